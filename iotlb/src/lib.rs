@@ -1,0 +1,1 @@
+//! Lock-free set-associative translation caches with the hardware's invalidation semantics.

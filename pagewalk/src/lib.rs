@@ -1,0 +1,2 @@
+//! Page-table formats of Intel VT-d and AMD-Vi, one- and two-dimensional walkers, and a table
+//! builder.

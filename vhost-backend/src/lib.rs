@@ -1,0 +1,1 @@
+//! `vhost-device-iommu`: a virtio-iommu device served as a vhost-user backend.
