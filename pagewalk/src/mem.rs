@@ -1,0 +1,270 @@
+//! The physical-memory surface that walkers, the table builder and the hardware models use.
+//!
+//! Hardware reads and A/D-updates paging entries with 64-bit locked cycles; [`PhysMem`] offers
+//! exactly those operations, each fallible, so that a table pointer that leads outside memory
+//! becomes a typed fault instead of a panic.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileMemory,
+};
+
+/// Why a physical-memory access failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MemError {
+    /// No memory backs the address.
+    #[error("no memory at physical address {0:#x}")]
+    Unmapped(u64),
+    /// The address is not aligned to the access size.
+    #[error("physical address {0:#x} is not aligned to the access size")]
+    Unaligned(u64),
+}
+
+/// Naturally aligned 32- and 64-bit atomic access to system physical memory.
+pub trait PhysMem {
+    /// Reads the 64-bit entry at `addr` (8-byte aligned) with an atomic load.
+    fn read_u64(&self, addr: u64) -> Result<u64, MemError>;
+
+    /// Writes the 64-bit entry at `addr` (8-byte aligned) with an atomic store.
+    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError>;
+
+    /// Atomically replaces the 64-bit entry at `addr` with `new` if it still holds `current`.
+    ///
+    /// Returns `Ok(Ok(current))` when the exchange happened and `Ok(Err(actual))` with the value
+    /// found when it did not, as a locked compare-and-exchange cycle would.
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError>;
+
+    /// Writes the 32-bit value at `addr` (4-byte aligned), as a status write does.
+    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError>;
+
+    /// Reads the 32-bit value at `addr` (4-byte aligned).
+    fn read_u32(&self, addr: u64) -> Result<u32, MemError>;
+}
+
+impl<T: PhysMem + ?Sized> PhysMem for &T {
+    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        (**self).read_u64(addr)
+    }
+    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
+        (**self).write_u64(addr, val)
+    }
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        (**self).compare_exchange_u64(addr, current, new)
+    }
+    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
+        (**self).write_u32(addr, val)
+    }
+    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+        (**self).read_u32(addr)
+    }
+}
+
+fn check_align(addr: u64, size: u64) -> Result<(), MemError> {
+    if addr.is_multiple_of(size) {
+        Ok(())
+    } else {
+        Err(MemError::Unaligned(addr))
+    }
+}
+
+/// [`PhysMem`] over any vm-memory [`GuestMemoryBackend`] (guest physical memory), with atomic access to the backing pages.
+#[derive(Debug, Clone)]
+pub struct GuestMem<M>(pub M);
+
+impl<M: GuestMemoryBackend> GuestMem<M> {
+    fn atomic<A: vm_memory::AtomicInteger, R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&A) -> R,
+    ) -> Result<R, MemError> {
+        let size = std::mem::size_of::<A>() as u64;
+        check_align(addr, size)?;
+        let (region, offset): (_, MemoryRegionAddress) = self
+            .0
+            .to_region_addr(GuestAddress(addr))
+            .ok_or(MemError::Unmapped(addr))?;
+        let slice = region
+            .get_slice(offset, size as usize)
+            .map_err(|_| MemError::Unmapped(addr))?;
+        let atomic = slice
+            .get_atomic_ref::<A>(0)
+            .map_err(|_| MemError::Unaligned(addr))?;
+        Ok(f(atomic))
+    }
+}
+
+impl<M: GuestMemoryBackend> PhysMem for GuestMem<M> {
+    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        self.atomic(addr, |a: &AtomicU64| a.load(Ordering::Acquire))
+    }
+    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
+        self.atomic(addr, |a: &AtomicU64| a.store(val, Ordering::Release))
+    }
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        self.atomic(addr, |a: &AtomicU64| {
+            a.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+        })
+    }
+    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
+        self.atomic(addr, |a: &AtomicU32| a.store(val, Ordering::Release))
+    }
+    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+        self.atomic(addr, |a: &AtomicU32| a.load(Ordering::Acquire))
+    }
+}
+
+/// Sparse test memory: 4 KiB pages created on first write, reading zero where never written,
+/// limited to addresses below `limit`. Accesses at or above `limit` fail with
+/// [`MemError::Unmapped`], which lets tests exercise memory-read faults.
+#[derive(Debug)]
+pub struct SparseMem {
+    limit: u64,
+    pages: Mutex<HashMap<u64, Box<[AtomicU64; 512]>>>,
+}
+
+impl SparseMem {
+    /// Memory covering physical addresses `[0, limit)`.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            pages: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The first address past the memory.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn with_word<R>(&self, addr: u64, f: impl FnOnce(&AtomicU64) -> R) -> Result<R, MemError> {
+        if addr >= self.limit || self.limit - addr < 8 {
+            return Err(MemError::Unmapped(addr));
+        }
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        let page = pages
+            .entry(addr >> 12)
+            .or_insert_with(|| Box::new(std::array::from_fn(|_| AtomicU64::new(0))));
+        Ok(f(&page[((addr & 0xfff) >> 3) as usize]))
+    }
+}
+
+impl PhysMem for SparseMem {
+    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        check_align(addr, 8)?;
+        self.with_word(addr, |w| w.load(Ordering::Acquire))
+    }
+    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
+        check_align(addr, 8)?;
+        self.with_word(addr, |w| w.store(val, Ordering::Release))
+    }
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        check_align(addr, 8)?;
+        self.with_word(addr, |w| {
+            w.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+        })
+    }
+    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
+        check_align(addr, 4)?;
+        let shift = (addr & 4) * 8;
+        let mask = 0xffff_ffffu64 << shift;
+        self.with_word(addr & !7, |w| {
+            let mut old = w.load(Ordering::Acquire);
+            loop {
+                let new = (old & !mask) | (u64::from(val) << shift);
+                match w.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => break,
+                    Err(actual) => old = actual,
+                }
+            }
+        })
+    }
+    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+        check_align(addr, 4)?;
+        let shift = (addr & 4) * 8;
+        self.with_word(addr & !7, |w| (w.load(Ordering::Acquire) >> shift) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn exercise(mem: &dyn PhysMem, base: u64) {
+        assert_eq!(mem.read_u64(base).unwrap(), 0);
+        mem.write_u64(base, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(mem.read_u64(base).unwrap(), 0x1122_3344_5566_7788);
+        assert_eq!(mem.read_u32(base).unwrap(), 0x5566_7788);
+        assert_eq!(mem.read_u32(base + 4).unwrap(), 0x1122_3344);
+        mem.write_u32(base + 4, 0xdead_beef).unwrap();
+        assert_eq!(mem.read_u64(base).unwrap(), 0xdead_beef_5566_7788);
+        assert_eq!(
+            mem.compare_exchange_u64(base, 1, 2).unwrap(),
+            Err(0xdead_beef_5566_7788)
+        );
+        assert_eq!(mem.read_u64(base).unwrap(), 0xdead_beef_5566_7788);
+        assert_eq!(
+            mem.compare_exchange_u64(base, 0xdead_beef_5566_7788, 7)
+                .unwrap(),
+            Ok(0xdead_beef_5566_7788)
+        );
+        assert_eq!(mem.read_u64(base).unwrap(), 7);
+        assert_eq!(mem.read_u64(base + 4), Err(MemError::Unaligned(base + 4)));
+        assert_eq!(
+            mem.write_u32(base + 2, 0),
+            Err(MemError::Unaligned(base + 2))
+        );
+    }
+
+    #[test]
+    fn sparse_mem_reads_writes_and_exchanges() {
+        let mem = SparseMem::new(1 << 20);
+        exercise(&mem, 0x1000);
+        assert_eq!(mem.read_u64(1 << 20), Err(MemError::Unmapped(1 << 20)));
+        assert_eq!(
+            mem.write_u64(u64::MAX - 7, 1),
+            Err(MemError::Unmapped(u64::MAX - 7))
+        );
+    }
+
+    #[test]
+    fn guest_mem_reads_writes_and_exchanges() {
+        let gm = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x100000), 0x10000),
+        ])
+        .unwrap();
+        let mem = GuestMem(gm);
+        exercise(&mem, 0x2000);
+        exercise(&mem, 0x100008);
+        assert_eq!(mem.read_u64(0x10000), Err(MemError::Unmapped(0x10000)));
+        assert_eq!(mem.read_u64(0x110000), Err(MemError::Unmapped(0x110000)));
+        assert_eq!(
+            mem.read_u64(u64::MAX - 7),
+            Err(MemError::Unmapped(u64::MAX - 7))
+        );
+    }
+}
