@@ -1,0 +1,291 @@
+//! The agent's command line.
+//!
+//! ```text
+//! guest-agent info <BDF>
+//! guest-agent find <VENDOR:DEVICE>                      (hex IDs, e.g. 1234:11e8)
+//! guest-agent bind <BDF> [DRIVER]                       (default driver: vfio-pci)
+//! guest-agent release <BDF>                             (unbind, clear driver_override)
+//! guest-agent vfio-map <BDF> [--iova A] [--pages N] [--hold-ms MS] [--wait-stdin] [--keep]
+//! guest-agent vfio-bench <BDF> [--count N] [--iova A] [--pages N]
+//! ```
+
+use crate::bdf::Bdf;
+use crate::report::parse_u64;
+use crate::{AgentError, Result};
+
+/// The default IOVA of `vfio-map` and `vfio-bench`: 1 MiB, inside every IOMMU's aperture and
+/// clear of the x86 MSI window at 0xfee00000.
+pub const DEFAULT_IOVA: u64 = 0x10_0000;
+/// The most pages one mapping may span (4 MiB of 4 KiB pages).
+pub const MAX_PAGES: u64 = 1024;
+/// The most iterations of `vfio-bench`.
+pub const MAX_COUNT: u64 = 100_000_000;
+
+/// One parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Print what sysfs says about a device.
+    Info(Bdf),
+    /// Print the devices with these vendor and device IDs.
+    Find {
+        /// PCI vendor ID.
+        vendor: u16,
+        /// PCI device ID.
+        device: u16,
+    },
+    /// Bind a device to a driver through `driver_override`.
+    Bind {
+        /// The device.
+        bdf: Bdf,
+        /// The driver.
+        driver: String,
+    },
+    /// Unbind a device and clear its `driver_override`.
+    Release(Bdf),
+    /// Map a buffer for a device through VFIO type1 and print IOVA and guest-physical
+    /// addresses.
+    VfioMap(MapArgs),
+    /// Loop `MAP_DMA`/`UNMAP_DMA`.
+    VfioBench {
+        /// Common mapping arguments.
+        map: MapArgs,
+        /// Map/unmap pairs.
+        count: u64,
+    },
+}
+
+/// Arguments shared by `vfio-map` and `vfio-bench`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapArgs {
+    /// The device, bound to `vfio-pci`.
+    pub bdf: Bdf,
+    /// The IOVA of the first page.
+    pub iova: u64,
+    /// Pages in the buffer.
+    pub pages: u64,
+    /// Milliseconds to hold the mapping before unmapping it.
+    pub hold_ms: u64,
+    /// Read a line from standard input before unmapping.
+    pub wait_stdin: bool,
+    /// Leave the mapping in place and exit (the kernel unmaps when the container closes).
+    pub keep: bool,
+}
+
+fn usage(msg: impl Into<String>) -> AgentError {
+    AgentError::Usage(msg.into())
+}
+
+fn number(opt: &str, v: Option<&String>) -> Result<u64> {
+    let v = v.ok_or_else(|| usage(format!("{opt} needs a value")))?;
+    parse_u64(v).ok_or_else(|| usage(format!("{opt}: not a number: {v:?}")))
+}
+
+fn bdf_arg(v: Option<&String>) -> Result<Bdf> {
+    v.ok_or_else(|| usage("missing PCI address"))?.parse()
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command> {
+    let (cmd, rest) = args.split_first().ok_or_else(|| usage("missing command"))?;
+    match cmd.as_str() {
+        "info" => {
+            expect_len(rest, 1)?;
+            Ok(Command::Info(bdf_arg(rest.first())?))
+        }
+        "find" => {
+            expect_len(rest, 1)?;
+            let (v, d) = rest[0]
+                .split_once(':')
+                .ok_or_else(|| usage("find takes VENDOR:DEVICE"))?;
+            let hex = |s: &str| {
+                u16::from_str_radix(s, 16).map_err(|_| usage(format!("bad PCI ID {s:?}")))
+            };
+            Ok(Command::Find {
+                vendor: hex(v)?,
+                device: hex(d)?,
+            })
+        }
+        "bind" => {
+            if rest.is_empty() || rest.len() > 2 {
+                return Err(usage("bind <BDF> [DRIVER]"));
+            }
+            let driver = rest.get(1).cloned().unwrap_or_else(|| "vfio-pci".into());
+            if driver.is_empty() || driver.contains(['/', '\n']) {
+                return Err(usage(format!("bad driver name {driver:?}")));
+            }
+            Ok(Command::Bind {
+                bdf: bdf_arg(rest.first())?,
+                driver,
+            })
+        }
+        "release" => {
+            expect_len(rest, 1)?;
+            Ok(Command::Release(bdf_arg(rest.first())?))
+        }
+        "vfio-map" | "vfio-bench" => {
+            let bench = cmd == "vfio-bench";
+            let bdf = bdf_arg(rest.first())?;
+            let mut m = MapArgs {
+                bdf,
+                iova: DEFAULT_IOVA,
+                pages: 1,
+                hold_ms: 0,
+                wait_stdin: false,
+                keep: false,
+            };
+            let mut count = 1000;
+            let mut it = rest[1..].iter();
+            while let Some(opt) = it.next() {
+                match opt.as_str() {
+                    "--iova" => m.iova = number(opt, it.next())?,
+                    "--pages" => m.pages = number(opt, it.next())?,
+                    "--count" if bench => count = number(opt, it.next())?,
+                    "--hold-ms" if !bench => m.hold_ms = number(opt, it.next())?,
+                    "--wait-stdin" if !bench => m.wait_stdin = true,
+                    "--keep" if !bench => m.keep = true,
+                    _ => return Err(usage(format!("{cmd}: unknown option {opt:?}"))),
+                }
+            }
+            if m.pages == 0 || m.pages > MAX_PAGES {
+                return Err(usage(format!("--pages must be 1..={MAX_PAGES}")));
+            }
+            if m.hold_ms > 3_600_000 {
+                return Err(usage("--hold-ms at most one hour"));
+            }
+            if bench {
+                if count == 0 || count > MAX_COUNT {
+                    return Err(usage(format!("--count must be 1..={MAX_COUNT}")));
+                }
+                Ok(Command::VfioBench { map: m, count })
+            } else {
+                Ok(Command::VfioMap(m))
+            }
+        }
+        other => Err(usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn expect_len(rest: &[String], n: usize) -> Result<()> {
+    if rest.len() != n {
+        return Err(usage(format!(
+            "expected {n} argument(s), got {}",
+            rest.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(s: &str) -> Result<Command> {
+        let v: Vec<String> = s.split_whitespace().map(String::from).collect();
+        parse(&v)
+    }
+
+    #[test]
+    fn map_defaults_and_options() {
+        let Command::VfioMap(m) = p("vfio-map 00:03.0").unwrap() else {
+            panic!("not vfio-map")
+        };
+        assert_eq!(
+            (m.iova, m.pages, m.hold_ms, m.wait_stdin, m.keep),
+            (DEFAULT_IOVA, 1, 0, false, false)
+        );
+        let Command::VfioMap(m) =
+            p("vfio-map 0000:00:04.0 --iova 0x200000 --pages 4 --hold-ms 50 --wait-stdin --keep")
+                .unwrap()
+        else {
+            panic!("not vfio-map")
+        };
+        assert_eq!(m.bdf.device, 4);
+        assert_eq!(
+            (m.iova, m.pages, m.hold_ms, m.wait_stdin, m.keep),
+            (0x20_0000, 4, 50, true, true)
+        );
+    }
+
+    #[test]
+    fn bench_count() {
+        let Command::VfioBench { map, count } =
+            p("vfio-bench 00:03.0 --count 500 --pages 2").unwrap()
+        else {
+            panic!("not vfio-bench")
+        };
+        assert_eq!((count, map.pages), (500, 2));
+        assert!(p("vfio-bench 00:03.0 --count 0").is_err());
+        assert!(
+            p("vfio-bench 00:03.0 --hold-ms 5").is_err(),
+            "map-only option"
+        );
+        assert!(
+            p("vfio-map 00:03.0 --count 5").is_err(),
+            "bench-only option"
+        );
+    }
+
+    #[test]
+    fn other_commands() {
+        assert_eq!(
+            p("find 1234:11e8").unwrap(),
+            Command::Find {
+                vendor: 0x1234,
+                device: 0x11e8
+            }
+        );
+        assert_eq!(
+            p("bind 00:03.0").unwrap(),
+            Command::Bind {
+                bdf: "00:03.0".parse().unwrap(),
+                driver: "vfio-pci".into()
+            }
+        );
+        assert_eq!(
+            p("bind 00:03.0 virtio-pci").unwrap(),
+            Command::Bind {
+                bdf: "00:03.0".parse().unwrap(),
+                driver: "virtio-pci".into()
+            }
+        );
+        assert_eq!(
+            p("release 00:03.0").unwrap(),
+            Command::Release("00:03.0".parse().unwrap())
+        );
+        assert_eq!(
+            p("info 00:03.0").unwrap(),
+            Command::Info("00:03.0".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        for s in [
+            "",
+            "nope",
+            "info",
+            "info 00:03.0 extra",
+            "find 1234",
+            "find 12345:1",
+            "bind",
+            "bind 00:03.0 a/b",
+            "vfio-map",
+            "vfio-map 00:03.0 --iova",
+            "vfio-map 00:03.0 --iova x",
+            "vfio-map 00:03.0 --pages 0",
+            "vfio-map 00:03.0 --pages 1025",
+            "vfio-map 00:99.0",
+            "vfio-map 00:03.0 --bogus",
+        ] {
+            assert!(p(s).is_err(), "{s:?} parsed");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(v in proptest::collection::vec("\\PC{0,12}", 0..6)) {
+            let _ = parse(&v);
+        }
+    }
+}
