@@ -1,0 +1,304 @@
+//! Requests, permissions, results and faults shared by every format and walker.
+
+use crate::mem::MemError;
+
+/// The 4 KiB granule every format in this crate is built on.
+pub const PAGE_SHIFT: u8 = 12;
+
+/// Number of input-address bits each table level resolves (512 eight-byte entries).
+pub const LEVEL_BITS: u8 = 9;
+
+/// The deepest table any supported format has (AMD-Vi v1 mode 6).
+pub const MAX_LEVELS: u8 = 6;
+
+/// log2 of the region one entry at `level` maps (level 1 = 4 KiB, 2 = 2 MiB, 3 = 1 GiB...).
+///
+/// `level` is expected in `1..=7`; larger values saturate at 63 so the result is always a valid
+/// shift amount.
+#[inline]
+pub const fn level_shift(level: u8) -> u8 {
+    let s = PAGE_SHIFT as u32 + LEVEL_BITS as u32 * (level as u32).saturating_sub(1);
+    if s > 63 { 63 } else { s as u8 }
+}
+
+/// Index of the entry that translates `addr` in a table at `level`.
+#[inline]
+pub const fn level_index(level: u8, addr: u64) -> u64 {
+    let s = PAGE_SHIFT as u32 + LEVEL_BITS as u32 * (level as u32).saturating_sub(1);
+    if s >= 64 { 0 } else { (addr >> s) & 0x1ff }
+}
+
+/// Which translation stage a reference, visit or fault belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Stage {
+    /// The first stage (VT-d first-stage, AMD-Vi v2 guest tables), or the only stage of a 1D walk
+    /// over a first-stage format.
+    #[default]
+    First,
+    /// The second stage (VT-d second-stage, AMD-Vi v1 host tables).
+    Second,
+}
+
+/// Kind of a DMA access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccessKind {
+    /// Memory read.
+    Read,
+    /// Memory write.
+    Write,
+    /// Instruction fetch (execute request).
+    Execute,
+}
+
+/// A translation request's access: kind and privilege (VT-d PR / AMD-Vi PRIV bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Access {
+    /// Read, write or execute.
+    pub kind: AccessKind,
+    /// Supervisor (privileged) request.
+    pub privileged: bool,
+}
+
+impl Access {
+    /// A user-mode read.
+    pub const READ: Access = Access {
+        kind: AccessKind::Read,
+        privileged: false,
+    };
+    /// A user-mode write.
+    pub const WRITE: Access = Access {
+        kind: AccessKind::Write,
+        privileged: false,
+    };
+    /// A user-mode execute request.
+    pub const EXECUTE: Access = Access {
+        kind: AccessKind::Execute,
+        privileged: false,
+    };
+
+    /// The same access as a supervisor request.
+    pub const fn supervisor(self) -> Access {
+        Access {
+            kind: self.kind,
+            privileged: true,
+        }
+    }
+
+    /// Whether the access writes memory.
+    pub const fn is_write(self) -> bool {
+        matches!(self.kind, AccessKind::Write)
+    }
+}
+
+/// Effective permissions of a translation, accumulated over the levels walked.
+///
+/// `USER` is the x86 U/S meaning "user-mode accessible"; formats without a U/S bit (VT-d
+/// second-stage, AMD-Vi v1) leave it set so it never restricts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Perms(u8);
+
+impl Perms {
+    /// No permission.
+    pub const NONE: Perms = Perms(0);
+    /// Read.
+    pub const R: Perms = Perms(1);
+    /// Write.
+    pub const W: Perms = Perms(2);
+    /// Execute.
+    pub const X: Perms = Perms(4);
+    /// User-mode accessible.
+    pub const U: Perms = Perms(8);
+    /// Read and write.
+    pub const RW: Perms = Perms(3);
+    /// Everything: the starting point of a walk from the root.
+    pub const ALL: Perms = Perms(15);
+
+    /// The raw bits (R=1, W=2, X=4, U=8).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+    /// Permissions from raw bits; unknown bits are dropped.
+    pub const fn from_bits(bits: u8) -> Perms {
+        Perms(bits & 15)
+    }
+    /// Whether every permission in `other` is present.
+    pub const fn contains(self, other: Perms) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// Union.
+    pub const fn union(self, other: Perms) -> Perms {
+        Perms(self.0 | other.0)
+    }
+    /// Intersection.
+    pub const fn intersect(self, other: Perms) -> Perms {
+        Perms(self.0 & other.0)
+    }
+    /// `self` without `other`.
+    pub const fn without(self, other: Perms) -> Perms {
+        Perms(self.0 & !other.0)
+    }
+    /// Read permission.
+    pub const fn read(self) -> bool {
+        self.0 & 1 != 0
+    }
+    /// Write permission.
+    pub const fn write(self) -> bool {
+        self.0 & 2 != 0
+    }
+    /// Execute permission.
+    pub const fn execute(self) -> bool {
+        self.0 & 4 != 0
+    }
+    /// User-mode accessible.
+    pub const fn user(self) -> bool {
+        self.0 & 8 != 0
+    }
+}
+
+impl core::ops::BitOr for Perms {
+    type Output = Perms;
+    fn bitor(self, rhs: Perms) -> Perms {
+        self.union(rhs)
+    }
+}
+
+impl core::ops::BitAnd for Perms {
+    type Output = Perms;
+    fn bitand(self, rhs: Perms) -> Perms {
+        self.intersect(rhs)
+    }
+}
+
+impl core::fmt::Debug for Perms {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let c = |b: bool, ch: char| if b { ch } else { '-' };
+        write!(
+            f,
+            "Perms({}{}{}{})",
+            c(self.read(), 'r'),
+            c(self.write(), 'w'),
+            c(self.execute(), 'x'),
+            c(self.user(), 'u')
+        )
+    }
+}
+
+/// A successful translation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// Output address (system physical for a 1D walk over a host format or a nested walk, guest
+    /// physical for a 1D walk over a first-stage format used nested).
+    pub output: u64,
+    /// log2 of the page size that maps the input address.
+    pub page_shift: u8,
+    /// Effective permissions (R/W/X and user/supervisor).
+    pub perms: Perms,
+    /// AMD-Vi v1 FC (force coherent) bit of the leaf PTE; `false` for other formats.
+    pub force_coherent: bool,
+    /// Level of the leaf entry (1 = 4 KiB table).
+    pub level: u8,
+    /// Address (in the memory walked) of the leaf entry.
+    pub entry_addr: u64,
+    /// Value of the leaf entry after any A/D update.
+    pub entry: u64,
+}
+
+impl Translation {
+    /// Size in bytes of the page that maps the input address.
+    pub const fn page_size(&self) -> u64 {
+        1u64 << self.page_shift
+    }
+    /// Output address of the start of the page.
+    pub const fn page_base(&self) -> u64 {
+        self.output & !((1u64 << self.page_shift) - 1)
+    }
+}
+
+/// What went wrong in a walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FaultKind {
+    /// The entry is not present (P=0; VT-d second stage R=W=0; AMD-Vi PR=0).
+    #[error("entry not present")]
+    NotPresent,
+    /// The access is not allowed by the accumulated permissions or the per-walk controls.
+    #[error("permission denied")]
+    Permission,
+    /// A reserved bit is set in the entry.
+    #[error("reserved bit set")]
+    ReservedBit,
+    /// The input address is beyond the width the table covers (or not canonical, or has
+    /// non-zero bits in an AMD-Vi skipped level).
+    #[error("address beyond the translated width")]
+    AddressBeyondWidth,
+    /// The entry (or the walk start) encodes a level that the format does not allow.
+    #[error("bad level encoding")]
+    BadLevel,
+    /// A table entry could not be read or updated.
+    #[error("memory access failed: {0}")]
+    MemoryRead(MemError),
+    /// The entry kept changing under the A/D compare-and-exchange for too many attempts.
+    #[error("A/D update kept racing with entry changes")]
+    AdUpdateContention,
+}
+
+/// A translation fault: which stage and level, which entry, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{stage:?}-stage fault at level {level} (input {input:#x}): {kind}")]
+pub struct Fault {
+    /// The stage whose walk faulted.
+    pub stage: Stage,
+    /// The level of the entry (or, for checks before any read, of the table the walk started at).
+    pub level: u8,
+    /// The input address of that stage's walk (IOVA for the first stage, GPA for the second).
+    pub input: u64,
+    /// Address of the entry involved, where one was located.
+    pub entry_addr: Option<u64>,
+    /// Raw value of the entry, where one was read.
+    pub entry: Option<u64>,
+    /// Why.
+    pub kind: FaultKind,
+}
+
+/// Where a walk begins: the root (level = the format's level count, table = its root pointer,
+/// perms = the context's permissions), or a paging-structure-cache hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkStart {
+    /// Level of the table `table` points to.
+    pub level: u8,
+    /// Address of that table (4 KiB aligned; low bits are ignored).
+    pub table: u64,
+    /// Permissions accumulated by the levels above.
+    pub perms: Perms,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_geometry() {
+        assert_eq!(level_shift(1), 12);
+        assert_eq!(level_shift(2), 21);
+        assert_eq!(level_shift(3), 30);
+        assert_eq!(level_shift(4), 39);
+        assert_eq!(level_shift(5), 48);
+        assert_eq!(level_shift(6), 57);
+        assert_eq!(level_shift(9), 63);
+        assert_eq!(level_index(1, 0x0000_1234_5678_9abc), 0x189);
+        assert_eq!(level_index(4, 0xff80_0000_0000), 0x1ff);
+        // Level 6 resolves only bits 63:57.
+        assert_eq!(level_index(6, u64::MAX), 0x7f);
+        assert_eq!(level_index(8, u64::MAX), 0);
+    }
+
+    #[test]
+    fn perms_algebra() {
+        let p = Perms::R | Perms::W;
+        assert!(p.contains(Perms::RW));
+        assert!(!p.contains(Perms::X));
+        assert_eq!(p & Perms::W, Perms::W);
+        assert_eq!(Perms::ALL.without(Perms::U), Perms::from_bits(7));
+        assert_eq!(format!("{:?}", Perms::R | Perms::U), "Perms(r--u)");
+        assert_eq!(Perms::from_bits(0xff), Perms::ALL);
+    }
+}
