@@ -1,0 +1,178 @@
+//! Per-cache statistics without a contended counter on the hot path.
+//!
+//! Counters live in cache-line-padded shards; a thread picks its shard once (round-robin over the
+//! threads that ever touch a cache) and bumps it with relaxed atomic adds, so two threads doing
+//! lookups never write the same line. A snapshot sums the shards.
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// A snapshot of a cache's counters. `lookups == hits + misses`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CacheStats {
+    /// Lookups performed.
+    pub lookups: u64,
+    /// Lookups that returned a value.
+    pub hits: u64,
+    /// Lookups that returned nothing.
+    pub misses: u64,
+    /// Values stored (new entries and updates of an existing tag).
+    pub inserts: u64,
+    /// Inserts refused because an invalidation covering the tag completed after the caller's
+    /// token was taken, or because every way of the set was busy.
+    pub refused: u64,
+    /// Live entries displaced by an insert (capacity evictions).
+    pub evictions: u64,
+    /// Entries dropped by invalidation: removed by a selective scan, or — after an O(1)
+    /// global/domain invalidation, which leaves dead entries in place — counted when an insert
+    /// reclaims their way.
+    pub invalidated: u64,
+    /// Invalidation requests processed.
+    pub invalidations: u64,
+}
+
+impl CacheStats {
+    /// Hits as a fraction of lookups (0 when there were none).
+    pub fn hit_rate(&self) -> f64 {
+        if self.lookups == 0 {
+            0.0
+        } else {
+            self.hits as f64 / self.lookups as f64
+        }
+    }
+}
+
+impl core::fmt::Display for CacheStats {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "lookups {} hits {} misses {} ({:.1}% hit) inserts {} refused {} evictions {} \
+             invalidated {} invalidations {}",
+            self.lookups,
+            self.hits,
+            self.misses,
+            self.hit_rate() * 100.0,
+            self.inserts,
+            self.refused,
+            self.evictions,
+            self.invalidated,
+            self.invalidations
+        )
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Counter {
+    Hits = 0,
+    Misses = 1,
+    Inserts = 2,
+    Refused = 3,
+    Evictions = 4,
+    Invalidated = 5,
+    Invalidations = 6,
+}
+
+const COUNTERS: usize = 7;
+
+#[cfg(not(loom))]
+const SHARDS: usize = 16;
+// Loom explores every interleaving of every atomic; one shard keeps the models small.
+#[cfg(loom)]
+const SHARDS: usize = 1;
+
+struct Shard {
+    counters: [AtomicU64; COUNTERS],
+}
+
+pub(crate) struct Stats {
+    shards: Box<[CachePadded<Shard>]>,
+}
+
+#[cfg(not(loom))]
+fn shard_index() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        let mut v = i.get();
+        if v == usize::MAX {
+            v = NEXT.fetch_add(1, StdOrdering::Relaxed) % SHARDS;
+            i.set(v);
+        }
+        v
+    })
+}
+
+#[cfg(loom)]
+fn shard_index() -> usize {
+    0
+}
+
+impl Stats {
+    pub(crate) fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    CachePadded::new(Shard {
+                        counters: core::array::from_fn(|_| AtomicU64::new(0)),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        if n != 0 {
+            self.shards[shard_index()].counters[counter as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> CacheStats {
+        let mut sum = [0u64; COUNTERS];
+        for shard in self.shards.iter() {
+            for (s, c) in sum.iter_mut().zip(shard.counters.iter()) {
+                *s = s.wrapping_add(c.load(Ordering::Relaxed));
+            }
+        }
+        CacheStats {
+            lookups: sum[Counter::Hits as usize].wrapping_add(sum[Counter::Misses as usize]),
+            hits: sum[Counter::Hits as usize],
+            misses: sum[Counter::Misses as usize],
+            inserts: sum[Counter::Inserts as usize],
+            refused: sum[Counter::Refused as usize],
+            evictions: sum[Counter::Evictions as usize],
+            invalidated: sum[Counter::Invalidated as usize],
+            invalidations: sum[Counter::Invalidations as usize],
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_sum_across_threads() {
+        let stats = Stats::new();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        stats.add(Counter::Hits, 1);
+                    }
+                    stats.add(Counter::Misses, 3);
+                });
+            }
+        });
+        let snap = stats.snapshot();
+        assert_eq!(snap.hits, 4000);
+        assert_eq!(snap.misses, 12);
+        assert_eq!(snap.lookups, 4012);
+        assert!((snap.hit_rate() - 4000.0 / 4012.0).abs() < 1e-12);
+    }
+}
