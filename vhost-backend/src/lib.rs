@@ -7,3 +7,6 @@
 
 pub mod device;
 pub mod protocol;
+
+/// The ACPI VIOT table that tells x86 guests which endpoints sit behind the virtio-iommu.
+pub mod viot;

@@ -185,7 +185,8 @@ fn spec_example_sequence() {
 #[test]
 fn spec_unmap_examples_over_the_wire() {
     const P: u64 = 0x1000;
-    let cases: [(&[(u64, u64)], (u64, u64), Status, usize); 7] = [
+    type Case = (&'static [(u64, u64)], (u64, u64), Status, usize);
+    let cases: [Case; 7] = [
         (&[], (0, 4), Status::Ok, 0),
         (&[(0, 9)], (0, 9), Status::Ok, 0),
         (&[(0, 4), (5, 9)], (0, 9), Status::Ok, 0),
