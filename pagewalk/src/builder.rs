@@ -1,0 +1,1367 @@
+//! The driver side: building and tearing down page tables in memory.
+//!
+//! [`TableBuilder`] maps and unmaps ranges in any format, allocating 4 KiB table pages from a
+//! [`FrameAllocator`] passed in and freeing tables that become empty. It encodes and parses
+//! entries with its own code, written from the spec layouts independently of the decoders the
+//! walker uses (`crate::format`), so that tests of one check the other.
+//!
+//! Every operation validates its whole request before touching memory; a map that runs out of
+//! table pages (or hits a memory error) undoes what it wrote and frees what it allocated, so a
+//! failed call leaves the tables as they were.
+//!
+//! The builder never uses AMD-Vi level skipping (each table points to the level right below);
+//! it uses the Next Level = 7 encoding for AMD-Vi v1 page sizes between the levels' own sizes.
+
+use crate::format::WalkConfig;
+use crate::mem::{MemError, PhysMem};
+use crate::types::Perms;
+
+/// Size of a table page.
+pub const TABLE_SIZE: u64 = 4096;
+
+/// Source of zero-able 4 KiB pages for tables.
+pub trait FrameAllocator {
+    /// A 4 KiB-aligned physical page, or `None` if none is left. The builder zeroes it.
+    fn alloc_frame(&mut self) -> Option<u64>;
+    /// Returns a page obtained from [`FrameAllocator::alloc_frame`].
+    fn free_frame(&mut self, addr: u64);
+}
+
+impl<A: FrameAllocator + ?Sized> FrameAllocator for &mut A {
+    fn alloc_frame(&mut self) -> Option<u64> {
+        (**self).alloc_frame()
+    }
+    fn free_frame(&mut self, addr: u64) {
+        (**self).free_frame(addr)
+    }
+}
+
+/// A bump allocator with a free list over a physical range, e.g. the IOMMU-private table region.
+#[derive(Debug, Clone)]
+pub struct BumpAllocator {
+    start: u64,
+    end: u64,
+    next: u64,
+    free: Vec<u64>,
+    in_use: usize,
+}
+
+impl BumpAllocator {
+    /// Pages from `[start, end)`; `start` is rounded up and `end` down to 4 KiB.
+    pub fn new(start: u64, end: u64) -> Self {
+        let start = start
+            .checked_next_multiple_of(TABLE_SIZE)
+            .unwrap_or(!0xfff);
+        let end = (end & !(TABLE_SIZE - 1)).max(start);
+        Self {
+            start,
+            end,
+            next: start,
+            free: Vec::new(),
+            in_use: 0,
+        }
+    }
+
+    /// Pages currently handed out.
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    /// Whether `addr` is a page of this allocator's range.
+    pub fn owns(&self, addr: u64) -> bool {
+        addr >= self.start && addr < self.end && addr.is_multiple_of(TABLE_SIZE)
+    }
+}
+
+impl FrameAllocator for BumpAllocator {
+    fn alloc_frame(&mut self) -> Option<u64> {
+        let page = match self.free.pop() {
+            Some(p) => p,
+            None if self.end - self.next >= TABLE_SIZE => {
+                let p = self.next;
+                self.next += TABLE_SIZE;
+                p
+            }
+            None => return None,
+        };
+        self.in_use += 1;
+        Some(page)
+    }
+
+    fn free_frame(&mut self, addr: u64) {
+        if self.owns(addr) && addr < self.next && !self.free.contains(&addr) {
+            self.free.push(addr);
+            self.in_use = self.in_use.saturating_sub(1);
+        } else {
+            log::warn!("BumpAllocator: ignoring free of {addr:#x}, not an allocated page");
+        }
+    }
+}
+
+/// How [`TableBuilder::map`] chooses page sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageSizePolicy {
+    /// Every page has this size (log2); the range must be aligned to it.
+    Fixed(u8),
+    /// The largest size the format supports (at most `1 << max_shift`) that the remaining range
+    /// and the alignment of both addresses allow.
+    Largest {
+        /// log2 of the largest page to use.
+        max_shift: u8,
+    },
+}
+
+impl PageSizePolicy {
+    /// Largest pages without limit.
+    pub const LARGEST: PageSizePolicy = PageSizePolicy::Largest { max_shift: 63 };
+}
+
+/// One mapping found in the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mapping {
+    /// Input address of the page.
+    pub iova: u64,
+    /// Output address of the page.
+    pub phys: u64,
+    /// log2 of the page size.
+    pub shift: u8,
+    /// Permissions as the entries grant them.
+    pub perms: Perms,
+}
+
+/// Why a builder operation was refused. The tables are unchanged after any error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Address or length not aligned to 4 KiB (or to the fixed page size).
+    #[error("range {iova:#x}+{len:#x} -> {phys:#x} is not aligned to the page size")]
+    Unaligned {
+        /// Input address.
+        iova: u64,
+        /// Output address.
+        phys: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Zero length.
+    #[error("empty range")]
+    Empty,
+    /// The range does not fit the input or output address width.
+    #[error("range {iova:#x}+{len:#x} is outside the translatable range")]
+    OutOfRange {
+        /// Input address.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Part of the range is already mapped.
+    #[error("{iova:#x} is already mapped")]
+    Overlap {
+        /// A mapped input address inside the range.
+        iova: u64,
+    },
+    /// The unmap range covers only part of a larger page.
+    #[error("the range covers only part of the page at {iova:#x}")]
+    SplitsPage {
+        /// Input address of the page.
+        iova: u64,
+    },
+    /// The format or its configuration has no page of this size.
+    #[error("page size 2^{0} is not supported by this format")]
+    UnsupportedPageSize(u8),
+    /// The format cannot express these permissions.
+    #[error("permissions {0:?} cannot be expressed in this format")]
+    UnsupportedPerms(Perms),
+    /// The level count of the configuration is not one the format allows.
+    #[error("invalid level count")]
+    BadLevels,
+    /// The allocator has no page left.
+    #[error("table page allocator exhausted")]
+    AllocatorExhausted,
+    /// A table page could not be accessed.
+    #[error("memory access failed: {0}")]
+    Memory(#[from] MemError),
+    /// An entry in the tables is not one this builder writes.
+    #[error("unexpected entry {entry:#x} at {addr:#x}")]
+    Corrupt {
+        /// Entry address.
+        addr: u64,
+        /// Entry value.
+        entry: u64,
+    },
+}
+
+/// An entry as the builder understands it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ent {
+    Empty,
+    Table(u64),
+    /// A leaf of `1 << shift` bytes mapping `phys` (page-aligned).
+    Leaf {
+        phys: u64,
+        shift: u8,
+        perms: Perms,
+    },
+    /// Not an entry this builder writes at this level.
+    Foreign,
+}
+
+// Entry encodings, written from the specs (see the layout tables in `crate::format::*`):
+// VT-d §9.8 (second stage), Intel SDM §4.5 / VT-d §9.7 (x86), AMD IOMMU §2.2.3 (v1).
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+const SS_READ: u64 = 1;
+const SS_WRITE: u64 = 2;
+const SS_EXEC: u64 = 4;
+const SS_SUPERPAGE: u64 = 1 << 7;
+const X86_PRESENT: u64 = 1;
+const X86_WRITABLE: u64 = 2;
+const X86_USER: u64 = 4;
+const X86_LARGE: u64 = 1 << 7;
+const X86_NX: u64 = 1 << 63;
+const V1_PRESENT: u64 = 1;
+const V1_NL_SHIFT: u32 = 9;
+const V1_READ: u64 = 1 << 61;
+const V1_WRITE: u64 = 1 << 62;
+
+fn lshift(level: u8) -> u32 {
+    12 + 9 * (u32::from(level) - 1)
+}
+
+/// Builds and edits one table hierarchy.
+#[derive(Debug, Clone)]
+pub struct TableBuilder {
+    config: WalkConfig,
+    root: u64,
+}
+
+impl TableBuilder {
+    /// Allocates and zeroes a root table for `config`.
+    pub fn new<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        config: WalkConfig,
+        mem: &M,
+        alloc: &mut A,
+    ) -> Result<Self, BuildError> {
+        if !config.levels_valid() {
+            return Err(BuildError::BadLevels);
+        }
+        let root = alloc.alloc_frame().ok_or(BuildError::AllocatorExhausted)?;
+        if let Err(e) = zero_table(mem, root) {
+            alloc.free_frame(root);
+            return Err(e);
+        }
+        Ok(Self { config, root })
+    }
+
+    /// Adopts existing tables rooted at `root` (which the builder may then edit and free).
+    pub fn with_root(config: WalkConfig, root: u64) -> Result<Self, BuildError> {
+        if !config.levels_valid() {
+            return Err(BuildError::BadLevels);
+        }
+        Ok(Self {
+            config,
+            root: root & ADDR,
+        })
+    }
+
+    /// The root table address.
+    pub fn root(&self) -> u64 {
+        self.root
+    }
+
+    /// The configuration the tables are built for.
+    pub fn config(&self) -> &WalkConfig {
+        &self.config
+    }
+
+    fn levels(&self) -> u8 {
+        self.config.levels()
+    }
+
+    fn x86(&self) -> Option<&crate::format::X86Config> {
+        match &self.config {
+            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Width of the translated input range.
+    fn in_width(&self) -> u32 {
+        let w = lshift(self.levels()) + 9;
+        match &self.config {
+            WalkConfig::VtdSecondStage(c) => w.min(u32::from(c.input_width)),
+            _ => w.min(64),
+        }
+    }
+
+    fn out_width(&self) -> u32 {
+        let w = match &self.config {
+            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => c.out_width,
+            WalkConfig::VtdSecondStage(c) => c.haw,
+            WalkConfig::AmdV1(c) => c.out_width,
+        };
+        u32::from(w.min(52))
+    }
+
+    /// The permissions the tables will grant for a requested set (formats without U/S grant
+    /// U; where the format has no execute control, X follows R), or an error if the format
+    /// cannot express them.
+    pub fn effective_perms(&self, perms: Perms) -> Result<Perms, BuildError> {
+        match &self.config {
+            WalkConfig::VtdSecondStage(c) => {
+                if !perms.read() && !perms.write() {
+                    return Err(BuildError::UnsupportedPerms(perms));
+                }
+                let mut p = perms | Perms::U;
+                if !c.slee {
+                    p = if p.read() {
+                        p | Perms::X
+                    } else {
+                        p.without(Perms::X)
+                    };
+                }
+                Ok(p)
+            }
+            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
+                if !perms.read() {
+                    return Err(BuildError::UnsupportedPerms(perms));
+                }
+                Ok(if c.nxe { perms } else { perms | Perms::X })
+            }
+            WalkConfig::AmdV1(_) => {
+                let p = perms | Perms::U;
+                Ok(if p.read() {
+                    p | Perms::X
+                } else {
+                    p.without(Perms::X)
+                })
+            }
+        }
+    }
+
+    /// Page sizes (log2, ascending) this builder can map in its format.
+    pub fn page_shifts(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        for level in 1..=self.levels() {
+            let own = lshift(level);
+            match &self.config {
+                WalkConfig::VtdSecondStage(c) => {
+                    let ok = match level {
+                        1 => true,
+                        2 => c.sp_2m,
+                        3 => c.sp_1g,
+                        _ => false,
+                    };
+                    if ok {
+                        v.push(own as u8);
+                    }
+                }
+                WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
+                    if level <= 2 || (level == 3 && c.ps_1g) {
+                        v.push(own as u8);
+                    }
+                }
+                WalkConfig::AmdV1(_) => {
+                    for s in own..own + 9 {
+                        if s <= 52 && s < self.in_width() {
+                            v.push(s as u8);
+                        }
+                    }
+                }
+            }
+        }
+        v.retain(|s| u32::from(*s) < self.in_width().max(13));
+        v
+    }
+
+    /// Level at which a page of `1 << shift` bytes sits.
+    fn level_for(&self, shift: u8) -> u8 {
+        ((u32::from(shift) - 12) / 9 + 1) as u8
+    }
+
+    /// Input address → internal (truncated to the input width) form.
+    fn to_internal(&self, iova: u64) -> u128 {
+        let w = self.in_width();
+        if w >= 64 {
+            u128::from(iova)
+        } else {
+            u128::from(iova & ((1u64 << w) - 1))
+        }
+    }
+
+    /// Internal form → input address (sign-extended for x86 formats).
+    fn to_external(&self, t: u128) -> u64 {
+        let w = self.in_width();
+        let v = t as u64;
+        if self.x86().is_some() && w < 64 {
+            (((v << (64 - w)) as i64) >> (64 - w)) as u64
+        } else {
+            v
+        }
+    }
+
+    /// Checks `[iova, iova+len)` is translatable; returns it in internal form.
+    fn check_range(&self, iova: u64, len: u64) -> Result<(u128, u128), BuildError> {
+        if len == 0 {
+            return Err(BuildError::Empty);
+        }
+        let oor = BuildError::OutOfRange { iova, len };
+        let w = self.in_width();
+        let last = iova.checked_add(len - 1).ok_or(oor)?;
+        if self.x86().is_some() {
+            let canon = |a: u64| {
+                let top = (a as i64) >> (w - 1);
+                top == 0 || top == -1
+            };
+            // Both ends canonical and in the same half.
+            if !canon(iova) || !canon(last) || (iova >> 63) != (last >> 63) {
+                return Err(oor);
+            }
+        } else if w < 64 && last >> w != 0 {
+            return Err(oor);
+        }
+        let s = self.to_internal(iova);
+        Ok((s, s + u128::from(len)))
+    }
+
+    /// Maps `[iova, iova+len)` to `[phys, phys+len)` with `perms`, choosing page sizes by
+    /// `policy`. Refused (tables unchanged) if any part of the range is mapped.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        &mut self,
+        mem: &M,
+        alloc: &mut A,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        perms: Perms,
+        policy: PageSizePolicy,
+    ) -> Result<(), BuildError> {
+        let unaligned = BuildError::Unaligned { iova, phys, len };
+        if (iova | phys | len) & 0xfff != 0 {
+            return Err(if len == 0 {
+                BuildError::Empty
+            } else {
+                unaligned
+            });
+        }
+        let (start, end) = self.check_range(iova, len)?;
+        let out_end = u128::from(phys) + u128::from(len);
+        if out_end > 1u128 << self.out_width() {
+            return Err(BuildError::OutOfRange { iova, len });
+        }
+        let perms = self.effective_perms(perms)?;
+        let shifts = self.page_shifts();
+        // Plan the pages.
+        let mut plan: Vec<(u128, u64, u8)> = Vec::new();
+        let mut cur = start;
+        let mut p = phys;
+        while cur < end {
+            let remaining = end - cur;
+            let shift = match policy {
+                PageSizePolicy::Fixed(s) => {
+                    if !shifts.contains(&s) {
+                        return Err(BuildError::UnsupportedPageSize(s));
+                    }
+                    let m = (1u128 << s) - 1;
+                    if cur & m != 0 || u128::from(p) & m != 0 || remaining & m != 0 {
+                        return Err(unaligned);
+                    }
+                    s
+                }
+                PageSizePolicy::Largest { max_shift } => *shifts
+                    .iter()
+                    .rev()
+                    .find(|&&s| {
+                        let m = (1u128 << s) - 1;
+                        s <= max_shift && cur & m == 0 && u128::from(p) & m == 0 && remaining > m
+                    })
+                    .ok_or(BuildError::UnsupportedPageSize(12))?,
+            };
+            plan.push((cur, p, shift));
+            cur += 1u128 << shift;
+            p = p.wrapping_add(1u64 << shift);
+        }
+        // Refuse overlaps before writing anything.
+        self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
+            Err(BuildError::Overlap { iova: m.iova })
+        })?;
+        // Apply, logging what to undo.
+        let mut written: Vec<u64> = Vec::new();
+        let mut allocated: Vec<u64> = Vec::new();
+        for &(at, pa, shift) in &plan {
+            if let Err(e) = self.install(
+                mem,
+                alloc,
+                at,
+                pa,
+                shift,
+                perms,
+                &mut written,
+                &mut allocated,
+            ) {
+                for a in written.iter().rev() {
+                    if let Err(me) = mem.write_u64(*a, 0) {
+                        log::error!("builder rollback: cannot clear {a:#x}: {me}");
+                    }
+                }
+                for f in allocated {
+                    alloc.free_frame(f);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one leaf for the page at internal address `at`, creating tables on the way.
+    #[allow(clippy::too_many_arguments)]
+    fn install<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        &self,
+        mem: &M,
+        alloc: &mut A,
+        at: u128,
+        phys: u64,
+        shift: u8,
+        perms: Perms,
+        written: &mut Vec<u64>,
+        allocated: &mut Vec<u64>,
+    ) -> Result<(), BuildError> {
+        let target = self.level_for(shift);
+        let mut table = self.root;
+        let mut level = self.levels();
+        while level > target {
+            let addr = table + index(level, at) * 8;
+            let e = mem.read_u64(addr)?;
+            table = match self.parse(level, e) {
+                Ent::Table(next) => next,
+                Ent::Empty => {
+                    let next = alloc.alloc_frame().ok_or(BuildError::AllocatorExhausted)?;
+                    allocated.push(next);
+                    zero_table(mem, next)?;
+                    mem.write_u64(addr, self.encode_table(level, next))?;
+                    written.push(addr);
+                    next
+                }
+                Ent::Leaf { .. } | Ent::Foreign => {
+                    return Err(BuildError::Corrupt { addr, entry: e });
+                }
+            };
+            level -= 1;
+        }
+        let entry = self.encode_leaf(level, phys, shift, perms);
+        let slots = 1u64 << (u32::from(shift) - lshift(level));
+        let first = index(level, at);
+        for i in 0..slots {
+            let addr = table + (first + i) * 8;
+            mem.write_u64(addr, entry)?;
+            written.push(addr);
+        }
+        Ok(())
+    }
+
+    /// Unmaps every page inside `[iova, iova+len)` and frees tables left empty; returns what was
+    /// unmapped, in address order. Refused (tables unchanged) if a page straddles the range's
+    /// ends. Unmapped holes inside the range are fine.
+    pub fn unmap<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        &mut self,
+        mem: &M,
+        alloc: &mut A,
+        iova: u64,
+        len: u64,
+    ) -> Result<Vec<Mapping>, BuildError> {
+        if (iova | len) & 0xfff != 0 {
+            return Err(if len == 0 {
+                BuildError::Empty
+            } else {
+                BuildError::Unaligned { iova, phys: 0, len }
+            });
+        }
+        let (start, end) = self.check_range(iova, len)?;
+        let mut found = Vec::new();
+        self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
+            let s = self.to_internal(m.iova);
+            if s < start || s + (1u128 << m.shift) > end {
+                return Err(BuildError::SplitsPage { iova: m.iova });
+            }
+            found.push(m);
+            Ok(())
+        })?;
+        self.clear(mem, alloc, self.levels(), self.root, 0, start, end)?;
+        Ok(found)
+    }
+
+    /// Every mapping, in address order.
+    pub fn mappings<M: PhysMem + ?Sized>(&self, mem: &M) -> Result<Vec<Mapping>, BuildError> {
+        let mut v = Vec::new();
+        let end = 1u128 << self.in_width();
+        self.scan(mem, self.levels(), self.root, 0, 0, end, &mut |m| {
+            v.push(m);
+            Ok(())
+        })?;
+        Ok(v)
+    }
+
+    /// Unmaps everything and frees every table, the root included.
+    pub fn destroy<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        self,
+        mem: &M,
+        alloc: &mut A,
+    ) -> Result<(), BuildError> {
+        let end = 1u128 << self.in_width();
+        self.clear(mem, alloc, self.levels(), self.root, 0, 0, end)?;
+        alloc.free_frame(self.root);
+        Ok(())
+    }
+
+    /// Calls `f` for every leaf intersecting `[start, end)` in the table at `level` whose
+    /// coverage begins at `base`, in address order.
+    #[allow(clippy::too_many_arguments)]
+    fn scan<M: PhysMem + ?Sized>(
+        &self,
+        mem: &M,
+        level: u8,
+        table: u64,
+        base: u128,
+        start: u128,
+        end: u128,
+        f: &mut dyn FnMut(Mapping) -> Result<(), BuildError>,
+    ) -> Result<(), BuildError> {
+        let sh = lshift(level);
+        let (first, last) = slot_span(level, base, start, end);
+        let mut i = first;
+        while i <= last {
+            let addr = table + i * 8;
+            let e = mem.read_u64(addr)?;
+            let slot = base + (u128::from(i) << sh);
+            match self.parse(level, e) {
+                Ent::Foreign => return Err(BuildError::Corrupt { addr, entry: e }),
+                Ent::Empty => i += 1,
+                Ent::Table(next) => {
+                    if level == 1 {
+                        return Err(BuildError::Corrupt { addr, entry: e });
+                    }
+                    self.scan(mem, level - 1, next, slot, start, end, f)?;
+                    i += 1;
+                }
+                Ent::Leaf { phys, shift, perms } => {
+                    let slots = 1u64 << (u32::from(shift) - sh);
+                    let group = i & !(slots - 1);
+                    let page = base + (u128::from(group) << sh);
+                    f(Mapping {
+                        iova: self.to_external(page),
+                        phys,
+                        shift,
+                        perms,
+                    })?;
+                    i = group + slots;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears every leaf inside `[start, end)` (the caller checked none straddles it) and frees
+    /// tables left empty. Returns whether the table is now empty.
+    #[allow(clippy::too_many_arguments)]
+    fn clear<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        &self,
+        mem: &M,
+        alloc: &mut A,
+        level: u8,
+        table: u64,
+        base: u128,
+        start: u128,
+        end: u128,
+    ) -> Result<bool, BuildError> {
+        let sh = lshift(level);
+        let (first, last) = slot_span(level, base, start, end);
+        for i in first..=last {
+            let addr = table + i * 8;
+            let e = mem.read_u64(addr)?;
+            match self.parse(level, e) {
+                Ent::Foreign => return Err(BuildError::Corrupt { addr, entry: e }),
+                Ent::Empty => {}
+                Ent::Table(next) => {
+                    let slot = base + (u128::from(i) << sh);
+                    if level > 1 && self.clear(mem, alloc, level - 1, next, slot, start, end)? {
+                        mem.write_u64(addr, 0)?;
+                        alloc.free_frame(next);
+                    }
+                }
+                Ent::Leaf { .. } => mem.write_u64(addr, 0)?,
+            }
+        }
+        for i in 0..512 {
+            if self.parse(level, mem.read_u64(table + i * 8)?) != Ent::Empty {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn encode_table(&self, level: u8, next: u64) -> u64 {
+        match &self.config {
+            WalkConfig::VtdSecondStage(_) => next | SS_READ | SS_WRITE | SS_EXEC,
+            WalkConfig::VtdFirstStage(_) | WalkConfig::AmdV2(_) => {
+                next | X86_PRESENT | X86_WRITABLE | X86_USER
+            }
+            WalkConfig::AmdV1(_) => {
+                next | V1_PRESENT | (u64::from(level - 1) << V1_NL_SHIFT) | V1_READ | V1_WRITE
+            }
+        }
+    }
+
+    fn encode_leaf(&self, level: u8, phys: u64, shift: u8, perms: Perms) -> u64 {
+        let large = level > 1;
+        match &self.config {
+            WalkConfig::VtdSecondStage(c) => {
+                let mut e = phys;
+                if perms.read() {
+                    e |= SS_READ;
+                }
+                if perms.write() {
+                    e |= SS_WRITE;
+                }
+                // X is only defined with SLEE.
+                if c.slee && perms.execute() {
+                    e |= SS_EXEC;
+                }
+                if large {
+                    e |= SS_SUPERPAGE;
+                }
+                e
+            }
+            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
+                let mut e = phys | X86_PRESENT;
+                if perms.write() {
+                    e |= X86_WRITABLE;
+                }
+                if perms.user() {
+                    e |= X86_USER;
+                }
+                if c.nxe && !perms.execute() {
+                    e |= X86_NX;
+                }
+                if large {
+                    e |= X86_LARGE;
+                }
+                e
+            }
+            WalkConfig::AmdV1(_) => {
+                let own = lshift(level);
+                let mut e = phys | V1_PRESENT;
+                if u32::from(shift) > own {
+                    // Next Level 7: ones from bit 12 up to bit shift-2, zero at bit shift-1.
+                    e |= (7 << V1_NL_SHIFT) | (((1u64 << (shift - 1)) - 1) & !0xfff);
+                }
+                if perms.read() {
+                    e |= V1_READ;
+                }
+                if perms.write() {
+                    e |= V1_WRITE;
+                }
+                e
+            }
+        }
+    }
+
+    /// Parses an entry the builder may have written. Anything it would not write is reported
+    /// as a table/leaf where unambiguous, and garbage pointers are caught by memory errors.
+    fn parse(&self, level: u8, e: u64) -> Ent {
+        let own = lshift(level) as u8;
+        match &self.config {
+            WalkConfig::VtdSecondStage(c) => {
+                if e & (SS_READ | SS_WRITE) == 0 {
+                    return Ent::Empty;
+                }
+                if level == 1 || (level <= 3 && e & SS_SUPERPAGE != 0) {
+                    let mut p = Perms::U;
+                    if e & SS_READ != 0 {
+                        p = p | Perms::R;
+                    }
+                    if e & SS_WRITE != 0 {
+                        p = p | Perms::W;
+                    }
+                    if (c.slee && e & SS_EXEC != 0) || (!c.slee && e & SS_READ != 0) {
+                        p = p | Perms::X;
+                    }
+                    let m = (1u64 << own) - 1;
+                    Ent::Leaf {
+                        phys: e & ADDR & !m,
+                        shift: own,
+                        perms: p,
+                    }
+                } else if e & SS_SUPERPAGE != 0 {
+                    Ent::Foreign
+                } else {
+                    Ent::Table(e & ADDR)
+                }
+            }
+            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
+                if e & X86_PRESENT == 0 {
+                    return Ent::Empty;
+                }
+                if level == 1 || (level <= 3 && e & X86_LARGE != 0) {
+                    let mut p = Perms::R;
+                    if e & X86_WRITABLE != 0 {
+                        p = p | Perms::W;
+                    }
+                    if e & X86_USER != 0 {
+                        p = p | Perms::U;
+                    }
+                    if !(c.nxe && e & X86_NX != 0) {
+                        p = p | Perms::X;
+                    }
+                    let m = (1u64 << own) - 1;
+                    Ent::Leaf {
+                        phys: e & ADDR & !m,
+                        shift: own,
+                        perms: p,
+                    }
+                } else if e & X86_LARGE != 0 {
+                    Ent::Foreign
+                } else {
+                    Ent::Table(e & ADDR)
+                }
+            }
+            WalkConfig::AmdV1(_) => {
+                if e & V1_PRESENT == 0 {
+                    return Ent::Empty;
+                }
+                let nl = (e >> V1_NL_SHIFT) & 7;
+                let mut p = Perms::U;
+                if e & V1_READ != 0 {
+                    p = p | Perms::R | Perms::X;
+                }
+                if e & V1_WRITE != 0 {
+                    p = p | Perms::W;
+                }
+                match nl {
+                    0 => Ent::Leaf {
+                        phys: e & ADDR & !((1u64 << own.min(52)) - 1),
+                        shift: own,
+                        perms: p,
+                    },
+                    7 => {
+                        let ones = ((e & ADDR) >> 12).trailing_ones() as u8;
+                        let shift = (13 + ones).clamp(own + 1, own + 8);
+                        Ent::Leaf {
+                            phys: e & ADDR & !((1u64 << shift.min(63)) - 1),
+                            shift,
+                            perms: p,
+                        }
+                    }
+                    n if n + 1 == u64::from(level) => Ent::Table(e & ADDR),
+                    _ => Ent::Foreign,
+                }
+            }
+        }
+    }
+}
+
+/// Index of `at` (internal form) in a table at `level`.
+fn index(level: u8, at: u128) -> u64 {
+    ((at >> lshift(level)) & 0x1ff) as u64
+}
+
+/// First and last slot of the table at `level` (coverage starting at `base`) that intersect
+/// `[start, end)`; the caller only descends into tables that intersect the range.
+fn slot_span(level: u8, base: u128, start: u128, end: u128) -> (u64, u64) {
+    let sh = lshift(level);
+    let cover = 1u128 << (sh + 9);
+    let lo = start.max(base);
+    let hi = end.min(base + cover);
+    if hi <= lo {
+        return (1, 0);
+    }
+    (((lo - base) >> sh) as u64, ((hi - 1 - base) >> sh) as u64)
+}
+
+fn zero_table<M: PhysMem + ?Sized>(mem: &M, table: u64) -> Result<(), BuildError> {
+    for i in 0..512 {
+        mem.write_u64(table + i * 8, 0)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{AmdV1Config, VtdSsConfig, X86Config};
+    use crate::mem::SparseMem;
+    use crate::types::{Access, level_index};
+    use crate::walk::walk;
+
+    fn setup(config: WalkConfig) -> (SparseMem, BumpAllocator, TableBuilder) {
+        let mem = SparseMem::new(1 << 40);
+        let mut alloc = BumpAllocator::new(0x100_0000, 0x200_0000);
+        let b = TableBuilder::new(config, &mem, &mut alloc).unwrap();
+        (mem, alloc, b)
+    }
+
+    fn ss4() -> WalkConfig {
+        WalkConfig::VtdSecondStage(VtdSsConfig::new(4))
+    }
+
+    /// Address of the entry for `iova` at `level`, following the builder's tables.
+    fn entry_addr(mem: &SparseMem, root: u64, levels: u8, iova: u64, level: u8) -> u64 {
+        let mut table = root;
+        for l in (level + 1..=levels).rev() {
+            table = mem.read_u64(table + level_index(l, iova) * 8).unwrap() & ADDR;
+        }
+        table + level_index(level, iova) * 8
+    }
+
+    #[test]
+    fn bump_allocator_reuses_and_exhausts() {
+        let mut a = BumpAllocator::new(0x1001, 0x4000);
+        assert_eq!(a.alloc_frame(), Some(0x2000));
+        assert_eq!(a.alloc_frame(), Some(0x3000));
+        assert_eq!(a.alloc_frame(), None);
+        a.free_frame(0x2000);
+        a.free_frame(0x2000); // double free ignored
+        a.free_frame(0x9000); // foreign page ignored
+        assert_eq!(a.in_use(), 1);
+        assert_eq!(a.alloc_frame(), Some(0x2000));
+        assert_eq!(a.alloc_frame(), None);
+        assert!(a.owns(0x3000) && !a.owns(0x4000) && !a.owns(0x3008));
+    }
+
+    #[test]
+    fn vtd_ss_entries_bit_by_bit() {
+        let (mem, mut alloc, mut b) = setup(ss4());
+        let iova = 0x12_3456_7000;
+        b.map(
+            &mem,
+            &mut alloc,
+            iova,
+            0xabc_d000,
+            0x1000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        // Root + 3 tables.
+        assert_eq!(alloc.in_use(), 4);
+        // Non-leaf: address | R | W | X (§9.8).
+        let root_e = mem.read_u64(b.root() + level_index(4, iova) * 8).unwrap();
+        assert_eq!(root_e & 0xfff, 0b111);
+        // Leaf: address | R.
+        let leaf = entry_addr(&mem, b.root(), 4, iova, 1);
+        assert_eq!(mem.read_u64(leaf).unwrap(), 0xabc_d000 | 1);
+        // 2 MiB read/write leaf: address | R | W | PS.
+        b.map(
+            &mem,
+            &mut alloc,
+            0x4000_0000,
+            0x8020_0000,
+            0x20_0000,
+            Perms::RW,
+            PageSizePolicy::Fixed(21),
+        )
+        .unwrap();
+        let pde = entry_addr(&mem, b.root(), 4, 0x4000_0000, 2);
+        assert_eq!(mem.read_u64(pde).unwrap(), 0x8020_0000 | 0b11 | (1 << 7));
+        let t = walk(&ss4(), &mem, b.root(), 0x4001_2345, Access::WRITE, &mut ()).unwrap();
+        assert_eq!((t.output, t.page_shift), (0x8021_2345, 21));
+    }
+
+    #[test]
+    fn x86_entries_bit_by_bit() {
+        let cfg = WalkConfig::VtdFirstStage(X86Config::vtd_first_stage(4));
+        let (mem, mut alloc, mut b) = setup(cfg);
+        let iova = 0xffff_ff80_0000_0000; // upper canonical half
+        b.map(
+            &mem,
+            &mut alloc,
+            iova,
+            0x4000_0000,
+            0x4000_0000,
+            Perms::R | Perms::U,
+            PageSizePolicy::LARGEST,
+        )
+        .unwrap();
+        // Root slot 511: P | R/W | U/S.
+        let r = mem.read_u64(b.root() + 511 * 8).unwrap();
+        assert_eq!(r & 0xfff, 0b111);
+        // 1 GiB leaf: P | U/S | PS | XD.
+        let pdpe = entry_addr(&mem, b.root(), 4, iova, 3);
+        assert_eq!(
+            mem.read_u64(pdpe).unwrap(),
+            0x4000_0000 | 0b101 | (1 << 7) | (1 << 63)
+        );
+        let maps = b.mappings(&mem).unwrap();
+        assert_eq!(
+            maps,
+            vec![Mapping {
+                iova,
+                phys: 0x4000_0000,
+                shift: 30,
+                perms: Perms::R | Perms::U
+            }]
+        );
+        // Non-canonical or half-crossing ranges are refused.
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0x8000_0000_0000,
+                0,
+                0x1000,
+                Perms::R,
+                PageSizePolicy::LARGEST
+            ),
+            Err(BuildError::OutOfRange {
+                iova: 0x8000_0000_0000,
+                len: 0x1000
+            })
+        );
+        assert!(matches!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0x7fff_ffff_f000,
+                0,
+                0x2000,
+                Perms::R,
+                PageSizePolicy::LARGEST
+            ),
+            Err(BuildError::OutOfRange { .. })
+        ));
+        // Write-only is not expressible in x86 tables.
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0,
+                0,
+                0x1000,
+                Perms::W,
+                PageSizePolicy::LARGEST
+            ),
+            Err(BuildError::UnsupportedPerms(Perms::W))
+        );
+    }
+
+    #[test]
+    fn amd_v1_sized_pages_bit_by_bit() {
+        let cfg = WalkConfig::AmdV1(AmdV1Config::new(3));
+        let (mem, mut alloc, mut b) = setup(cfg);
+        b.map(
+            &mem,
+            &mut alloc,
+            0x1_0000,
+            0x7_0000,
+            0x1_0000,
+            Perms::RW,
+            PageSizePolicy::Fixed(16),
+        )
+        .unwrap();
+        // Root PDE: PR | NL=2 | IR | IW.
+        let pde = mem.read_u64(b.root()).unwrap();
+        assert_eq!(pde & !ADDR, 1 | (2 << 9) | (1 << 61) | (1 << 62));
+        // Sixteen replicated PTEs: PR | NL=7 | bits 14:12 = 111 | IR | IW.
+        let pt = mem.read_u64(pde & ADDR).unwrap() & ADDR;
+        for i in 16..32 {
+            assert_eq!(
+                mem.read_u64(pt + i * 8).unwrap(),
+                0x7_0000 | 0x7000 | 1 | (7 << 9) | (1 << 61) | (1 << 62),
+                "slot {i}"
+            );
+        }
+        assert_eq!(mem.read_u64(pt + 32 * 8).unwrap(), 0);
+        // Largest picks a level-2 NL=0 2 MiB page where aligned, NL=7 sizes otherwise.
+        b.map(
+            &mem,
+            &mut alloc,
+            0x20_0000,
+            0x20_0000,
+            0x30_0000,
+            Perms::R,
+            PageSizePolicy::LARGEST,
+        )
+        .unwrap();
+        let maps = b.mappings(&mem).unwrap();
+        let shifts: Vec<_> = maps.iter().map(|m| (m.iova, m.shift)).collect();
+        assert_eq!(
+            shifts,
+            vec![(0x1_0000, 16), (0x20_0000, 21), (0x40_0000, 20)]
+        );
+        let e2m = mem.read_u64(b.root() + 8).unwrap();
+        assert_eq!(e2m & 0xe00, 0, "NL=0 leaf at level 2");
+        // Unmapping the 64 KiB page clears all 16 slots and returns it once.
+        let gone = b.unmap(&mem, &mut alloc, 0, 0x20_0000).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].shift, 16);
+        for i in 0..512 {
+            assert_eq!(mem.read_u64(pt + i * 8).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn errors_leave_tables_unchanged() {
+        let (mem, mut alloc, mut b) = setup(ss4());
+        b.map(
+            &mem,
+            &mut alloc,
+            0x20_0000,
+            0x20_0000,
+            0x20_0000,
+            Perms::RW,
+            PageSizePolicy::Fixed(21),
+        )
+        .unwrap();
+        let before = b.mappings(&mem).unwrap();
+        let used = alloc.in_use();
+        // Overlap with part of a larger range.
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0x1f_0000,
+                0,
+                0x2_0000,
+                Perms::R,
+                PageSizePolicy::Fixed(12)
+            ),
+            Err(BuildError::Overlap { iova: 0x20_0000 })
+        );
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0x1001,
+                0,
+                0x1000,
+                Perms::R,
+                PageSizePolicy::Fixed(12)
+            ),
+            Err(BuildError::Unaligned {
+                iova: 0x1001,
+                phys: 0,
+                len: 0x1000
+            })
+        );
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0x1000,
+                0,
+                0x20_0000,
+                Perms::R,
+                PageSizePolicy::Fixed(21)
+            ),
+            Err(BuildError::Unaligned {
+                iova: 0x1000,
+                phys: 0,
+                len: 0x20_0000
+            })
+        );
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0,
+                0,
+                0,
+                Perms::R,
+                PageSizePolicy::Fixed(12)
+            ),
+            Err(BuildError::Empty)
+        );
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                1 << 48,
+                0,
+                0x1000,
+                Perms::R,
+                PageSizePolicy::Fixed(12)
+            ),
+            Err(BuildError::OutOfRange {
+                iova: 1 << 48,
+                len: 0x1000
+            })
+        );
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0,
+                1 << 52,
+                0x1000,
+                Perms::R,
+                PageSizePolicy::Fixed(12)
+            ),
+            Err(BuildError::OutOfRange {
+                iova: 0,
+                len: 0x1000
+            })
+        );
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0,
+                0,
+                1 << 39,
+                Perms::R,
+                PageSizePolicy::Fixed(39)
+            ),
+            Err(BuildError::UnsupportedPageSize(39))
+        );
+        assert_eq!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0,
+                0,
+                0x1000,
+                Perms::X,
+                PageSizePolicy::Fixed(12)
+            ),
+            Err(BuildError::UnsupportedPerms(Perms::X))
+        );
+        // Unmap of half a 2 MiB page.
+        assert_eq!(
+            b.unmap(&mem, &mut alloc, 0x20_0000, 0x1000),
+            Err(BuildError::SplitsPage { iova: 0x20_0000 })
+        );
+        assert_eq!(b.mappings(&mem).unwrap(), before);
+        assert_eq!(alloc.in_use(), used);
+    }
+
+    #[test]
+    fn allocator_exhaustion_rolls_back() {
+        let mem = SparseMem::new(1 << 40);
+        // Root + 3 tables for the first page, then room for just one more table.
+        let mut alloc = BumpAllocator::new(0x10_0000, 0x10_5000);
+        let mut b = TableBuilder::new(ss4(), &mem, &mut alloc).unwrap();
+        b.map(
+            &mem,
+            &mut alloc,
+            0,
+            0,
+            0x1000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        assert_eq!(alloc.in_use(), 4);
+        // Two pages: one in the existing level-1 table, one needing two new tables (PDPT
+        // exists: needs a new PD and PT) -> exhausted after the first new table.
+        let r = b.map(
+            &mem,
+            &mut alloc,
+            0x1000,
+            0x1000,
+            0x1000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        );
+        assert!(r.is_ok());
+        let before = b.mappings(&mem).unwrap();
+        let r = b.map(
+            &mem,
+            &mut alloc,
+            0x8000_0000 - 0x1000,
+            0x9000,
+            0x2000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        );
+        assert_eq!(r, Err(BuildError::AllocatorExhausted));
+        assert_eq!(b.mappings(&mem).unwrap(), before);
+        assert_eq!(alloc.in_use(), 4);
+        // The walker agrees nothing is mapped there.
+        assert!(walk(&ss4(), &mem, b.root(), 0x7fff_f000, Access::READ, &mut ()).is_err());
+    }
+
+    #[test]
+    fn unmap_frees_empty_tables_and_reports() {
+        let (mem, mut alloc, mut b) = setup(ss4());
+        b.map(
+            &mem,
+            &mut alloc,
+            0x1000,
+            0x5000,
+            0x3000,
+            Perms::RW,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        b.map(
+            &mem,
+            &mut alloc,
+            0x80_0000_0000,
+            0x40_0000,
+            0x40_0000,
+            Perms::R,
+            PageSizePolicy::LARGEST,
+        )
+        .unwrap();
+        assert_eq!(alloc.in_use(), 1 + 3 + 2);
+        // Unmap a hole-containing range covering the first mapping.
+        let gone = b.unmap(&mem, &mut alloc, 0, 0x10_0000).unwrap();
+        assert_eq!(
+            gone.iter()
+                .map(|m| (m.iova, m.phys, m.shift))
+                .collect::<Vec<_>>(),
+            vec![
+                (0x1000, 0x5000, 12),
+                (0x2000, 0x6000, 12),
+                (0x3000, 0x7000, 12)
+            ]
+        );
+        assert_eq!(alloc.in_use(), 1 + 2);
+        assert!(b.unmap(&mem, &mut alloc, 0, 0x10_0000).unwrap().is_empty());
+        let gone = b
+            .unmap(&mem, &mut alloc, 0x80_0000_0000, 0x40_0000)
+            .unwrap();
+        assert_eq!(gone.len(), 2);
+        assert_eq!(alloc.in_use(), 1);
+        for i in 0..512 {
+            assert_eq!(mem.read_u64(b.root() + i * 8).unwrap(), 0);
+        }
+        b.map(
+            &mem,
+            &mut alloc,
+            0,
+            0,
+            0x1000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        b.destroy(&mem, &mut alloc).unwrap();
+        assert_eq!(alloc.in_use(), 0);
+    }
+
+    #[test]
+    fn corrupt_tables_are_reported_not_followed_blindly() {
+        let (mem, mut alloc, mut b) = setup(WalkConfig::AmdV1(AmdV1Config::new(3)));
+        // A root entry that skips levels: not something this builder writes.
+        mem.write_u64(b.root(), 0x5000 | 1 | (1 << 9)).unwrap();
+        assert!(matches!(b.mappings(&mem), Err(BuildError::Corrupt { .. })));
+        assert!(matches!(
+            b.map(
+                &mem,
+                &mut alloc,
+                0,
+                0,
+                0x1000,
+                Perms::R,
+                PageSizePolicy::Fixed(12)
+            ),
+            Err(BuildError::Corrupt { .. })
+        ));
+        // A pointer outside memory is a memory error.
+        mem.write_u64(b.root(), (1 << 45) | 1 | (2 << 9)).unwrap();
+        assert!(matches!(b.mappings(&mem), Err(BuildError::Memory(_))));
+        assert_eq!(
+            TableBuilder::with_root(WalkConfig::AmdV1(AmdV1Config::new(0)), 0).unwrap_err(),
+            BuildError::BadLevels
+        );
+    }
+}
