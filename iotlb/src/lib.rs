@@ -36,6 +36,8 @@ mod tag;
 mod value;
 
 #[cfg(all(test, not(loom)))]
+mod model_tests;
+#[cfg(all(test, not(loom)))]
 mod tests;
 
 pub use cache::{
