@@ -271,3 +271,429 @@ impl<M: PhysMem + ?Sized> PhysMem for SecondStageView<'_, M> {
         self.mem.read_u32(self.xlate(addr, Access::READ)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::{BumpAllocator, PageSizePolicy, TableBuilder};
+    use crate::format::{AmdV1Config, VtdSsConfig, X86Config};
+    use crate::mem::SparseMem;
+    use crate::observer::{RecordingTrace, TableVisit};
+    use crate::types::{Access, level_index};
+    use crate::walk::walk;
+
+    const FS_GPA_TABLES: (u64, u64) = (0x10_0000, 0x20_0000);
+    const DATA_GPA: u64 = 0x30_0000;
+    const DATA_SPA: u64 = 0x5000_0000;
+
+    struct World {
+        mem: SparseMem,
+        ss: WalkConfig,
+        ss_root: u64,
+        fs: WalkConfig,
+        fs_root: u64,
+    }
+
+    /// Second stage maps the first-stage table region and one data page, 4 KiB pages only (so
+    /// every second-stage walk is full depth) with `table_perms` for the table region.
+    fn world(fs: WalkConfig, ss: WalkConfig, iova: u64, table_perms: Perms) -> World {
+        let mem = SparseMem::new(1 << 40);
+        let mut ss_alloc = BumpAllocator::new(0x100_0000, 0x200_0000);
+        let mut ssb = TableBuilder::new(ss, &mem, &mut ss_alloc).unwrap();
+        let (lo, hi) = FS_GPA_TABLES;
+        let fixed = PageSizePolicy::Fixed(12);
+        ssb.map(
+            &mem,
+            &mut ss_alloc,
+            lo,
+            0x4000_0000,
+            hi - lo,
+            Perms::RW,
+            fixed,
+        )
+        .unwrap();
+        ssb.map(
+            &mem,
+            &mut ss_alloc,
+            DATA_GPA,
+            DATA_SPA,
+            0x1000,
+            Perms::RW,
+            fixed,
+        )
+        .unwrap();
+        let view = SecondStageView {
+            mem: &mem,
+            config: ss,
+            root: ssb.root(),
+        };
+        let mut fs_alloc = BumpAllocator::new(lo, hi);
+        let mut fsb = TableBuilder::new(fs, &view, &mut fs_alloc).unwrap();
+        fsb.map(
+            &view,
+            &mut fs_alloc,
+            iova & !0xfff,
+            DATA_GPA,
+            0x1000,
+            Perms::RW | Perms::U,
+            fixed,
+        )
+        .unwrap();
+        let fs_root = fsb.root();
+        if table_perms != Perms::RW {
+            // Re-map the table region with the requested permissions.
+            ssb.unmap(&mem, &mut ss_alloc, lo, hi - lo).unwrap();
+            ssb.map(
+                &mem,
+                &mut ss_alloc,
+                lo,
+                0x4000_0000,
+                hi - lo,
+                table_perms,
+                fixed,
+            )
+            .unwrap();
+        }
+        World {
+            ss_root: ssb.root(),
+            mem,
+            ss,
+            fs,
+            fs_root,
+        }
+    }
+
+    fn no_ad_fs(levels: u8) -> WalkConfig {
+        WalkConfig::VtdFirstStage(X86Config {
+            ad: false,
+            ..X86Config::vtd_first_stage(levels)
+        })
+    }
+
+    /// The exact trace a nested walk must make, built from one-dimensional walks.
+    fn expected_trace(w: &World, iova: u64) -> Vec<MemRef> {
+        let mut out = Vec::new();
+        let ss1d = |gpa: u64, out: &mut Vec<MemRef>| {
+            let mut t = RecordingTrace::<8>::new();
+            let r = walk(&w.ss, &w.mem, w.ss_root, gpa, Access::READ, &mut t).unwrap();
+            out.extend_from_slice(t.refs());
+            r.output
+        };
+        let mut table = w.fs_root;
+        for level in (1..=w.fs.levels()).rev() {
+            let spa = ss1d(table, &mut out);
+            let addr = spa + level_index(level, iova) * 8;
+            out.push(MemRef {
+                stage: Stage::First,
+                level,
+                addr,
+                kind: RefKind::Read,
+            });
+            table = w.mem.read_u64(addr).unwrap() & 0x000f_ffff_ffff_f000;
+        }
+        // `table` now holds the leaf's output page.
+        ss1d(table | (iova & 0xfff), &mut out);
+        out
+    }
+
+    fn check_exact_trace(levels: u8, expected_reads: usize) {
+        let iova = 0x00ab_cdef_1234_5678 & ((1u64 << (12 + 9 * levels as u32 - 1)) - 1);
+        let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(levels));
+        let w = world(no_ad_fs(levels), ss, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        let mut tr = RecordingTrace::<64>::new();
+        let t = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &w.mem,
+            iova,
+            Access::WRITE,
+            &mut tr,
+        )
+        .unwrap();
+        assert_eq!(t.output, DATA_SPA | (iova & 0xfff));
+        assert_eq!(t.page_shift, 12);
+        assert_eq!(t.first.output, DATA_GPA | (iova & 0xfff));
+        assert_eq!(tr.reads(), expected_reads);
+        assert_eq!(tr.refs().len(), expected_reads);
+        assert_eq!(tr.refs(), &expected_trace(&w, iova)[..]);
+        // Stage/level shape: (m second-stage reads, then one first-stage read) n times, then m.
+        let shape: Vec<(Stage, u8)> = tr.refs().iter().map(|r| (r.stage, r.level)).collect();
+        let mut want = Vec::new();
+        for fl in (1..=levels).rev() {
+            want.extend((1..=levels).rev().map(|l| (Stage::Second, l)));
+            want.push((Stage::First, fl));
+        }
+        want.extend((1..=levels).rev().map(|l| (Stage::Second, l)));
+        assert_eq!(shape, want);
+        // First-stage non-leaf visits report guest-physical next tables.
+        let fs_visits: Vec<&TableVisit> = tr
+            .visits()
+            .iter()
+            .filter(|v| v.stage == Stage::First)
+            .collect();
+        assert_eq!(fs_visits.len(), levels as usize - 1);
+        for v in fs_visits {
+            assert!(v.next_table >= FS_GPA_TABLES.0 && v.next_table < FS_GPA_TABLES.1);
+        }
+    }
+
+    #[test]
+    fn four_over_four_makes_exactly_24_reads() {
+        check_exact_trace(4, 24);
+    }
+
+    #[test]
+    fn five_over_five_makes_exactly_35_reads() {
+        check_exact_trace(5, 35);
+    }
+
+    #[test]
+    fn amd_v2_over_v1_and_over_identity() {
+        let iova = 0x7f12_3456_7000;
+        let v2 = WalkConfig::AmdV2(X86Config {
+            ad: false,
+            ..X86Config::amd_v2(4)
+        });
+        let v1 = WalkConfig::AmdV1(AmdV1Config::new(3));
+        let w = world(v2, v1, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: v1,
+            root: w.ss_root,
+        };
+        let mut tr = RecordingTrace::<64>::new();
+        let t = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &w.mem,
+            iova | 0x10,
+            Access::READ,
+            &mut tr,
+        )
+        .unwrap();
+        assert_eq!(t.output, DATA_SPA | 0x10);
+        // 4 first-stage reads, 5 three-level host walks.
+        assert_eq!(tr.reads(), 4 + 5 * 3);
+        assert_eq!(tr.refs(), &expected_trace(&w, iova | 0x10)[..]);
+
+        // Direct-mapped: the same first-stage tables placed at their guest addresses in system
+        // memory, walked with no host table.
+        let mem = SparseMem::new(1 << 40);
+        let mut a = BumpAllocator::new(0x10_0000, 0x20_0000);
+        let mut b = TableBuilder::new(v2, &mem, &mut a).unwrap();
+        b.map(
+            &mem,
+            &mut a,
+            iova,
+            0x9_9000,
+            0x1000,
+            Perms::R | Perms::U,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        let mut tr = RecordingTrace::<8>::new();
+        let t = walk_nested(
+            &v2,
+            b.root(),
+            &SecondStage::Identity,
+            &mem,
+            iova | 8,
+            Access::READ,
+            &mut tr,
+        )
+        .unwrap();
+        let one = walk(&v2, &mem, b.root(), iova | 8, Access::READ, &mut ()).unwrap();
+        assert_eq!(t.first, one);
+        assert_eq!((t.output, t.second), (0x9_9008, None));
+        assert_eq!(tr.reads(), 4);
+        assert!(tr.refs().iter().all(|r| r.stage == Stage::First));
+    }
+
+    #[test]
+    fn faults_name_their_stage() {
+        let iova = 0x1234_5000;
+        let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(4));
+        let w = world(no_ad_fs(4), ss, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        // First-stage not present.
+        let e = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &w.mem,
+            iova + 0x1000,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.stage, e.kind, e.level),
+            (Stage::First, FaultKind::NotPresent, 1)
+        );
+        assert_eq!(e.input, iova + 0x1000);
+        // First-stage root not mapped in the second stage.
+        let e = walk_nested(
+            &w.fs,
+            0x80_0000,
+            &second,
+            &w.mem,
+            iova,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.stage, e.kind, e.input),
+            (Stage::Second, FaultKind::NotPresent, 0x80_0000)
+        );
+        // Final output refused by a read-only second stage.
+        let ro = world(no_ad_fs(4), ss, iova, Perms::RW);
+        let mut a = BumpAllocator::new(0x180_0000, 0x190_0000);
+        let mut b = TableBuilder::with_root(ss, ro.ss_root).unwrap();
+        b.unmap(&ro.mem, &mut a, DATA_GPA, 0x1000).unwrap();
+        b.map(
+            &ro.mem,
+            &mut a,
+            DATA_GPA,
+            DATA_SPA,
+            0x1000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        let second = SecondStage::Tables {
+            config: ss,
+            root: ro.ss_root,
+        };
+        let e = walk_nested(
+            &ro.fs,
+            ro.fs_root,
+            &second,
+            &ro.mem,
+            iova,
+            Access::WRITE,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.stage, e.kind, e.level),
+            (Stage::Second, FaultKind::Permission, 1)
+        );
+        assert_eq!(e.input, DATA_GPA);
+        let t = walk_nested(
+            &ro.fs,
+            ro.fs_root,
+            &second,
+            &ro.mem,
+            iova,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap();
+        assert!(!t.perms.write() && t.first.perms.write());
+    }
+
+    #[test]
+    fn first_stage_ad_needs_second_stage_write_and_sets_its_dirty_flag() {
+        let iova = 0x1234_5000;
+        let fs = WalkConfig::VtdFirstStage(X86Config::vtd_first_stage(4));
+        let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_slade(true));
+        // Table region read-only in the second stage: the first A update faults there.
+        let w = world(fs, ss, iova, Perms::R);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        let e = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &w.mem,
+            iova,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!((e.stage, e.kind), (Stage::Second, FaultKind::Permission));
+        assert_eq!(e.input, w.fs_root);
+        // Writable: first-stage A/D get set, and the second-stage leaves of the table pages get
+        // A and D.
+        let w = world(fs, ss, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        let mut tr = RecordingTrace::<128>::new();
+        let t = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &w.mem,
+            iova,
+            Access::WRITE,
+            &mut tr,
+        )
+        .unwrap();
+        assert_eq!(t.first.entry & 0x60, 0x60, "first-stage leaf A and D");
+        let root_leaf = walk(&ss, &w.mem, w.ss_root, w.fs_root, Access::READ, &mut ()).unwrap();
+        assert_eq!(
+            root_leaf.entry & 0x300,
+            0x300,
+            "second-stage A and D on the FS root page"
+        );
+        let data = walk(&ss, &w.mem, w.ss_root, DATA_GPA, Access::READ, &mut ()).unwrap();
+        assert_eq!(
+            data.entry & 0x300,
+            0x300,
+            "second-stage A and D on the written page"
+        );
+        // A second identical walk reads only: 24 reads, no updates.
+        tr.clear();
+        walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &w.mem,
+            iova,
+            Access::WRITE,
+            &mut tr,
+        )
+        .unwrap();
+        assert_eq!((tr.refs().len(), tr.reads()), (24, 24));
+    }
+
+    #[test]
+    fn second_stage_view_translates_accesses() {
+        let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(4));
+        let w = world(no_ad_fs(4), ss, 0, Perms::R);
+        let view = SecondStageView {
+            mem: &w.mem,
+            config: ss,
+            root: w.ss_root,
+        };
+        w.mem.write_u64(DATA_SPA + 8, 77).unwrap();
+        assert_eq!(view.read_u64(DATA_GPA + 8), Ok(77));
+        assert_eq!(view.read_u32(DATA_GPA + 8), Ok(77));
+        view.write_u64(DATA_GPA, 5).unwrap();
+        assert_eq!(w.mem.read_u64(DATA_SPA), Ok(5));
+        view.write_u32(DATA_GPA + 4, 1).unwrap();
+        assert_eq!(
+            view.compare_exchange_u64(DATA_GPA, 1, 2),
+            Ok(Err(5 | (1 << 32)))
+        );
+        // Read-only table region refuses writes; unmapped GPAs fail.
+        assert_eq!(
+            view.write_u64(FS_GPA_TABLES.0, 1),
+            Err(MemError::Unmapped(FS_GPA_TABLES.0))
+        );
+        assert_eq!(view.read_u64(0x90_0000), Err(MemError::Unmapped(0x90_0000)));
+    }
+}
