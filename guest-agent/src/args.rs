@@ -7,6 +7,7 @@
 //! guest-agent release <BDF>                             (unbind, clear driver_override)
 //! guest-agent vfio-map <BDF> [--iova A] [--pages N] [--hold-ms MS] [--wait-stdin] [--keep]
 //! guest-agent vfio-bench <BDF> [--count N] [--iova A] [--pages N]
+//! guest-agent acpi-table <SIG>                          (hex dump of an ACPI table, e.g. VIOT)
 //! ```
 
 use crate::bdf::Bdf;
@@ -45,6 +46,8 @@ pub enum Command {
     /// Map a buffer for a device through VFIO type1 and print IOVA and guest-physical
     /// addresses.
     VfioMap(MapArgs),
+    /// Print an ACPI table from `/sys/firmware/acpi/tables/<SIG>` in hexadecimal.
+    AcpiTable(String),
     /// Loop `MAP_DMA`/`UNMAP_DMA`.
     VfioBench {
         /// Common mapping arguments.
@@ -117,6 +120,14 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 bdf: bdf_arg(rest.first())?,
                 driver,
             })
+        }
+        "acpi-table" => {
+            expect_len(rest, 1)?;
+            let sig = &rest[0];
+            if sig.len() != 4 || !sig.bytes().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(usage(format!("bad ACPI signature {sig:?}")));
+            }
+            Ok(Command::AcpiTable(sig.clone()))
         }
         "release" => {
             expect_len(rest, 1)?;

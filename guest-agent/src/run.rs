@@ -48,6 +48,18 @@ pub fn run(cmd: Command) -> Result<()> {
             sysfs::release(root, &bdf)?;
             emit(device_report("released", &sysfs::device(root, &bdf)?));
         }
+        Command::AcpiTable(sig) => {
+            let path = root.join("firmware/acpi/tables").join(&sig);
+            let bytes = std::fs::read(&path)
+                .map_err(|e| AgentError::io(format!("read {}", path.display()), e))?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            emit(
+                Report::new("acpi-table")
+                    .field("sig", &sig)
+                    .field("len", bytes.len())
+                    .field("hex", hex),
+            );
+        }
         Command::VfioMap(m) => vfio_map(root, &m)?,
         Command::VfioBench { map, count } => vfio_bench(root, &map, count)?,
     }
