@@ -1,0 +1,167 @@
+//! The VT-d unit's caches (VT-d spec rev 4.1, §6.2 "Translation Caching") and how each
+//! invalidation granularity (§6.5) maps onto them.
+//!
+//! - Context cache (§6.2.2): raw context entries, tagged by source id; the DID of a legacy
+//!   context entry is the tag's domain, so domain-selective invalidation finds it. Scalable-mode
+//!   context entries carry no DID: they are tagged with domain 0 and a domain-selective
+//!   context-cache invalidation drops the whole cache (the spec lets hardware invalidate more
+//!   than asked).
+//! - PASID cache (§6.2.3): PASID-table entries, looked up by (source id, PASID) since the DID is
+//!   only known once the entry is read. Entries are tagged with domain 0, so PASID-selective
+//!   invalidation drops the PASID for every source and domain-selective invalidation drops the
+//!   whole cache.
+//! - IOTLB (§6.2.4): leaf translations tagged with (DID, PASID or none, page, size). Requests
+//!   without PASID in scalable mode are tagged with their RID_PASID.
+//! - Paging-structure caches (§6.2.5): non-leaf entries of one-dimensional walks, tagged with
+//!   (DID, PASID, stage, level, the input prefix they translate).
+
+use iotlb::{Invalidation, PageRange, PasidMatch, SourceSelector, Tag, Translation};
+
+use super::VtdConfig;
+use super::qi::{
+    ContextGranularity, IotlbGranularity, PasidCacheGranularity, PasidIotlbGranularity,
+};
+use crate::cache::{GeometryError, TracedCache};
+use crate::trace::{CacheId, Stage};
+
+/// Flag of a cached translation: the leaf's dirty flag is known to be set (or the stage does no
+/// A/D tracking), so a write may use the entry without a walk.
+pub const FLAG_DIRTY_OK: u32 = 1;
+
+/// A cached paging-structure entry: where the next table is and what the levels above granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PscEntry {
+    /// The next table's address.
+    pub next_table: u64,
+    /// The next table's level.
+    pub next_level: u8,
+    /// Permission bits accumulated so far (pagewalk `Perms` encoding).
+    pub perms: u8,
+}
+
+impl iotlb::Value for PscEntry {
+    const WORDS: usize = 2;
+    fn encode(&self, out: &mut [u64]) {
+        out[0] = self.next_table;
+        out[1] = u64::from(self.next_level) | (u64::from(self.perms) << 8);
+    }
+    fn decode(words: &[u64]) -> Self {
+        Self {
+            next_table: words[0],
+            next_level: (words[1] & 0xff) as u8,
+            perms: ((words[1] >> 8) & 0xff) as u8,
+        }
+    }
+}
+
+/// Context-cache values: raw entry words. Legacy entries are `[lo, hi, 0, 1]`; scalable-mode
+/// entries `[qw0, qw1, qw2, qw3]` with `qw3 == 0` (it is reserved).
+pub type CtxWords = [u64; 4];
+/// Marker in word 3 of a cached legacy context entry.
+pub const CTX_LEGACY_MARK: u64 = 1;
+
+/// PASID-cache values: qwords 0..=2 of the PASID-table entry (the rest are reserved zero) and
+/// the FPD bit of the PASID-directory entry that led to it.
+pub type PasidWords = [u64; 4];
+
+fn psc_id(tag: &Tag) -> CacheId {
+    CacheId::PagingStructure {
+        stage: match tag.stage {
+            Some(iotlb::Stage::First) => Stage::First,
+            _ => Stage::Second,
+        },
+        level: tag.level,
+    }
+}
+
+/// The caches of one unit.
+#[derive(Debug)]
+pub struct VtdCaches {
+    /// Context cache.
+    pub context: TracedCache<CtxWords>,
+    /// PASID cache.
+    pub pasid: TracedCache<PasidWords>,
+    /// IOTLB.
+    pub iotlb: TracedCache<Translation>,
+    /// Paging-structure caches (all levels and stages in one structure, level and stage in the
+    /// tag).
+    pub psc: TracedCache<PscEntry>,
+}
+
+impl VtdCaches {
+    /// Caches with the geometry of `cfg`.
+    pub fn new(cfg: &VtdConfig) -> Result<Self, GeometryError> {
+        Ok(Self {
+            context: TracedCache::new(cfg.context_cache_entries, cfg.ways, |_| CacheId::Context)?,
+            pasid: TracedCache::new(cfg.pasid_cache_entries, cfg.ways, |_| CacheId::Pasid)?,
+            iotlb: TracedCache::new(cfg.iotlb_entries, cfg.ways, |_| CacheId::Iotlb)?,
+            psc: TracedCache::new(cfg.pwc_entries, cfg.ways, psc_id)?,
+        })
+    }
+
+    /// Context-cache invalidation (§6.5.2.1 / CCMD). `scalable`: the root table is in scalable
+    /// mode, where cached context entries carry no DID.
+    pub fn invalidate_context(&self, g: ContextGranularity, scalable: bool) {
+        let inv = match g {
+            ContextGranularity::Global => Invalidation::Global,
+            ContextGranularity::Domain(_) if scalable => Invalidation::Global,
+            ContextGranularity::Domain(d) => Invalidation::Domain(d),
+            ContextGranularity::Device { sid, fm, .. } => match SourceSelector::vtd(sid, fm) {
+                Ok(s) => Invalidation::Source(s),
+                Err(_) => Invalidation::Global,
+            },
+        };
+        self.context.invalidate(&inv);
+    }
+
+    /// IOTLB invalidation (§6.5.2.3 / IOTLB_REG): leaf entries and, unless the invalidation hint
+    /// says only leaves changed, paging-structure entries, of every PASID of the domain.
+    pub fn invalidate_iotlb(&self, g: IotlbGranularity) {
+        let inv = match g {
+            IotlbGranularity::Global => Invalidation::Global,
+            IotlbGranularity::Domain(d) => Invalidation::Domain(d),
+            IotlbGranularity::Page { did, addr, am, ih } => {
+                match PageRange::vtd(did, PasidMatch::Any, addr, am, ih) {
+                    Ok(r) => Invalidation::Range(r),
+                    Err(_) => Invalidation::Domain(did),
+                }
+            }
+        };
+        self.iotlb.invalidate(&inv);
+        self.psc.invalidate(&inv);
+    }
+
+    /// PASID-cache invalidation (§6.5.2.2).
+    pub fn invalidate_pasid_cache(&self, _did: u16, pasid: u32, g: PasidCacheGranularity) {
+        let inv = match g {
+            PasidCacheGranularity::Pasid => Invalidation::DomainPasid {
+                domain: 0,
+                pasid: Some(pasid),
+            },
+            PasidCacheGranularity::Domain | PasidCacheGranularity::Global => Invalidation::Global,
+        };
+        self.pasid.invalidate(&inv);
+    }
+
+    /// PASID-based IOTLB invalidation (§6.5.2.4): leaf and (unless IH) paging-structure entries
+    /// of one PASID of the domain.
+    pub fn invalidate_pasid_iotlb(&self, did: u16, pasid: u32, g: PasidIotlbGranularity) {
+        let inv = match g {
+            PasidIotlbGranularity::Pasid => Invalidation::DomainPasid {
+                domain: did,
+                pasid: Some(pasid),
+            },
+            PasidIotlbGranularity::Page { addr, am, ih } => {
+                match PageRange::vtd(did, PasidMatch::Exactly(Some(pasid)), addr, am, ih) {
+                    Ok(r) => Invalidation::Range(r),
+                    Err(_) => Invalidation::DomainPasid {
+                        domain: did,
+                        pasid: Some(pasid),
+                    },
+                }
+            }
+        };
+        self.iotlb.invalidate(&inv);
+        self.psc.invalidate(&inv);
+    }
+}

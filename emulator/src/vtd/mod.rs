@@ -1,0 +1,738 @@
+//! An Intel VT-d DMA-remapping unit that software programs only through its registers and
+//! memory-resident structures (Intel VT-d spec rev 4.1).
+//!
+//! - [`Vtd::mmio_read`] / [`Vtd::mmio_write`]: the register file of §10.4 (4- and 8-byte
+//!   accesses; anything else is ignored and reads zero).
+//! - [`Vtd::translate`]: one DMA request through the root, context and (in scalable mode) PASID
+//!   structures, the caches and the page walkers, with the event trace of what it did. Callable
+//!   from many threads at once; lock-free unless it faults.
+//! - Queued invalidation is processed synchronously when IQT is written.
+//! - Fault events and invalidation-completion events reach the embedder through the callback
+//!   given to [`Vtd::new`], as the MSI address/data pair software programmed.
+
+pub mod cache;
+pub mod fault;
+pub mod qi;
+pub mod regs;
+pub mod structs;
+mod translate;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pagewalk::PhysMem;
+
+use self::cache::VtdCaches;
+use self::fault::FaultInfo;
+use self::qi::{ContextGranularity, DecodeCtx, Descriptor, IotlbGranularity};
+use self::regs::*;
+pub use self::regs::{ConfigError, VtdConfig};
+
+/// An interrupt message the unit sends to the embedder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VtdEvent {
+    /// A fault event (§7.4.1 "Fault Event Interrupts"): the FEUADDR:FEADDR / FEDATA message.
+    Fault {
+        /// Message address.
+        addr: u64,
+        /// Message data.
+        data: u32,
+    },
+    /// An invalidation-completion event (§6.5.2.8): the IEUADDR:IEADDR / IEDATA message.
+    InvalidationComplete {
+        /// Message address.
+        addr: u64,
+        /// Message data.
+        data: u32,
+    },
+}
+
+/// The embedder's event callback.
+pub type EventSink = Box<dyn Fn(VtdEvent) + Send + Sync>;
+
+/// Bit 0 of the active-state word: GSTS.TES. Bits 11:10 hold the TTM and 63:12 the root table
+/// address latched by the last SRTP command.
+const ACTIVE_TE: u64 = 1;
+
+/// The register state software programs (everything but CAP/ECAP/VER).
+#[derive(Debug)]
+struct RegFile {
+    gsts: u32,
+    rtaddr: u64,
+    ccmd: u64,
+    /// FSTS without PPF (which is derived from the fault recording registers).
+    fsts: u32,
+    fectl: u32,
+    fedata: u32,
+    feaddr: u32,
+    feuaddr: u32,
+    frcd: Vec<[u64; 2]>,
+    /// Index of the fault recording register the next fault goes to.
+    next_frcd: usize,
+    iqh: u64,
+    iqt: u64,
+    iqa: u64,
+    ics: u32,
+    iectl: u32,
+    iedata: u32,
+    ieaddr: u32,
+    ieuaddr: u32,
+    iqercd: u64,
+    iva: u64,
+    iotlb: u64,
+}
+
+impl RegFile {
+    fn new(nfr: usize) -> Self {
+        Self {
+            gsts: 0,
+            rtaddr: 0,
+            ccmd: 0,
+            fsts: 0,
+            fectl: CTL_IM,
+            fedata: 0,
+            feaddr: 0,
+            feuaddr: 0,
+            frcd: vec![[0; 2]; nfr],
+            next_frcd: 0,
+            iqh: 0,
+            iqt: 0,
+            iqa: 0,
+            ics: 0,
+            iectl: CTL_IM,
+            iedata: 0,
+            ieaddr: 0,
+            ieuaddr: 0,
+            iqercd: 0,
+            iva: 0,
+            iotlb: 0,
+        }
+    }
+
+    fn ppf(&self) -> bool {
+        self.frcd.iter().any(|r| r[1] & FRCD_F != 0)
+    }
+
+    fn fsts_value(&self) -> u32 {
+        let mut v = self.fsts;
+        if self.ppf() {
+            v |= FSTS_PPF;
+        }
+        v
+    }
+
+    /// Sets `bits` in FSTS and raises a fault event if nothing was pending before (§7.4.1:
+    /// an interrupt is generated only when no earlier fault condition is still pending).
+    fn set_fsts(&mut self, bits: u32, out: &mut Vec<VtdEvent>) {
+        let before = self.fsts_value() & (FSTS_PFO | FSTS_PPF | FSTS_IQE | FSTS_ICE | FSTS_ITE);
+        self.fsts |= bits & !FSTS_PPF;
+        if before == 0 {
+            self.fault_interrupt(out);
+        }
+    }
+
+    fn fault_interrupt(&mut self, out: &mut Vec<VtdEvent>) {
+        if self.fectl & CTL_IM != 0 {
+            self.fectl |= CTL_IP;
+        } else {
+            self.fectl &= !CTL_IP;
+            out.push(VtdEvent::Fault {
+                addr: (u64::from(self.feuaddr) << 32) | u64::from(self.feaddr),
+                data: self.fedata,
+            });
+        }
+    }
+
+    fn completion_interrupt(&mut self, out: &mut Vec<VtdEvent>) {
+        if self.iectl & CTL_IM != 0 {
+            self.iectl |= CTL_IP;
+        } else {
+            self.iectl &= !CTL_IP;
+            out.push(VtdEvent::InvalidationComplete {
+                addr: (u64::from(self.ieuaddr) << 32) | u64::from(self.ieaddr),
+                data: self.iedata,
+            });
+        }
+    }
+
+    /// Primary fault logging (§7.2.1): record at the next fault recording register unless it is
+    /// still full (then overflow), or overflow is already pending.
+    fn record_fault(&mut self, info: &FaultInfo, out: &mut Vec<VtdEvent>) -> bool {
+        if self.fsts & FSTS_PFO != 0 {
+            return false;
+        }
+        let idx = self.next_frcd % self.frcd.len();
+        if self.frcd[idx][1] & FRCD_F != 0 {
+            self.set_fsts(FSTS_PFO, out);
+            return false;
+        }
+        let had_ppf = self.ppf();
+        self.frcd[idx] = info.frcd();
+        self.next_frcd = (idx + 1) % self.frcd.len();
+        if !had_ppf {
+            // FRI names the register the first pending fault was recorded in.
+            self.fsts = (self.fsts & !(0xff << FSTS_FRI_SHIFT)) | ((idx as u32) << FSTS_FRI_SHIFT);
+            let before = self.fsts & (FSTS_PFO | FSTS_IQE | FSTS_ICE | FSTS_ITE);
+            if before == 0 {
+                self.fault_interrupt(out);
+            }
+        }
+        true
+    }
+}
+
+/// Counters of what the unit did.
+#[derive(Debug, Default)]
+pub struct VtdStats {
+    /// Translations requested.
+    pub translations: AtomicU64,
+    /// Translations that faulted.
+    pub faults: AtomicU64,
+    /// Faults written to a fault recording register.
+    pub faults_recorded: AtomicU64,
+    /// Invalidation descriptors executed.
+    pub descriptors: AtomicU64,
+}
+
+/// A VT-d remapping hardware unit over the memory `M`.
+pub struct Vtd<M: PhysMem> {
+    mem: M,
+    cfg: VtdConfig,
+    cap: u64,
+    ecap: u64,
+    /// TE, TTM and the latched root table address, read once per translation.
+    active: AtomicU64,
+    regs: Mutex<RegFile>,
+    caches: VtdCaches,
+    sink: EventSink,
+    stats: VtdStats,
+}
+
+impl<M: PhysMem> std::fmt::Debug for Vtd<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vtd")
+            .field("cfg", &self.cfg)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an MMIO access maps onto the register file.
+enum RegAt {
+    /// A 64-bit register at this base offset.
+    Q(u64),
+    /// A 32-bit register at this offset.
+    D(u64),
+}
+
+impl<M: PhysMem> Vtd<M> {
+    /// A unit in its reset state (translation and queued invalidation disabled), reading and
+    /// writing structures through `mem`, reporting interrupts to `sink`.
+    pub fn new(mem: M, cfg: VtdConfig, sink: EventSink) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let caches = VtdCaches::new(&cfg)
+            .map_err(|_| ConfigError::Invalid("cache geometry refused by the cache"))?;
+        Ok(Self {
+            mem,
+            cap: cfg.cap(),
+            ecap: cfg.ecap(),
+            active: AtomicU64::new(0),
+            regs: Mutex::new(RegFile::new(usize::from(cfg.nfr))),
+            caches,
+            cfg,
+            sink,
+            stats: VtdStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VtdConfig {
+        &self.cfg
+    }
+
+    /// The memory the unit reads structures from.
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &VtdStats {
+        &self.stats
+    }
+
+    /// The caches (for statistics).
+    pub fn caches(&self) -> &VtdCaches {
+        &self.caches
+    }
+
+    fn regs(&self) -> std::sync::MutexGuard<'_, RegFile> {
+        self.regs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, events: Vec<VtdEvent>) {
+        for e in events {
+            log::debug!("vtd: event {e:?}");
+            (self.sink)(e);
+        }
+    }
+
+    fn reg_at(&self, off: u64) -> Option<RegAt> {
+        let fro = u64::from(self.cfg.fro);
+        let fr_end = fro + u64::from(self.cfg.nfr) * 16;
+        let iro = u64::from(self.cfg.iro);
+        let q = |base: u64| Some(RegAt::Q(base));
+        match off {
+            CAP_REG..=0x0f => q(CAP_REG),
+            ECAP_REG..=0x17 => q(ECAP_REG),
+            RTADDR_REG..=0x27 => q(RTADDR_REG),
+            CCMD_REG..=0x2f => q(CCMD_REG),
+            AFLOG_REG..=0x5f => q(AFLOG_REG),
+            IQH_REG..=0x87 => q(IQH_REG),
+            IQT_REG..=0x8f => q(IQT_REG),
+            IQA_REG..=0x97 => q(IQA_REG),
+            IQERCD_REG..=0xb7 => q(IQERCD_REG),
+            o if (iro..iro + 16).contains(&o) => q(o & !7),
+            o if (fro..fr_end).contains(&o) => q(o & !7),
+            VER_REG | GCMD_REG | GSTS_REG | FSTS_REG | FECTL_REG | FEDATA_REG | FEADDR_REG
+            | FEUADDR_REG | PMEN_REG | ICS_REG | IECTL_REG | IEDATA_REG | IEADDR_REG
+            | IEUADDR_REG => Some(RegAt::D(off)),
+            _ => None,
+        }
+    }
+
+    /// Reads `size` (4 or 8) bytes of the register file at `offset`. Unaligned accesses, other
+    /// sizes and offsets with no register read zero.
+    pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
+            log::warn!("vtd: bad MMIO read of {size} bytes at {offset:#x}");
+            return 0;
+        }
+        let r = self.regs();
+        match (self.reg_at(offset), size) {
+            (Some(RegAt::Q(base)), 8) if base == offset => self.read_q(&r, base),
+            (Some(RegAt::Q(base)), 4) => {
+                let v = self.read_q(&r, base);
+                if offset == base {
+                    v & 0xffff_ffff
+                } else {
+                    v >> 32
+                }
+            }
+            (Some(RegAt::D(o)), 4) => u64::from(self.read_d(&r, o)),
+            (_, 8) => {
+                // Two 32-bit registers read together.
+                let lo = match self.reg_at(offset) {
+                    Some(RegAt::D(o)) => u64::from(self.read_d(&r, o)),
+                    _ => 0,
+                };
+                let hi = match self.reg_at(offset + 4) {
+                    Some(RegAt::D(o)) => u64::from(self.read_d(&r, o)),
+                    _ => 0,
+                };
+                lo | (hi << 32)
+            }
+            _ => 0,
+        }
+    }
+
+    fn read_q(&self, r: &RegFile, base: u64) -> u64 {
+        let fro = u64::from(self.cfg.fro);
+        let iro = u64::from(self.cfg.iro);
+        match base {
+            CAP_REG => self.cap,
+            ECAP_REG => self.ecap,
+            RTADDR_REG => r.rtaddr,
+            CCMD_REG => r.ccmd,
+            IQH_REG => r.iqh,
+            IQT_REG => r.iqt,
+            IQA_REG => r.iqa,
+            IQERCD_REG => r.iqercd,
+            b if b == iro => r.iva,
+            b if b == iro + 8 => r.iotlb,
+            b if b >= fro => {
+                let i = ((b - fro) / 16) as usize;
+                r.frcd.get(i).map_or(0, |f| f[((b - fro) / 8 % 2) as usize])
+            }
+            _ => 0,
+        }
+    }
+
+    fn read_d(&self, r: &RegFile, off: u64) -> u32 {
+        match off {
+            VER_REG => self.cfg.version(),
+            GSTS_REG => r.gsts,
+            FSTS_REG => r.fsts_value(),
+            FECTL_REG => r.fectl,
+            FEDATA_REG => r.fedata,
+            FEADDR_REG => r.feaddr,
+            FEUADDR_REG => r.feuaddr,
+            ICS_REG => r.ics,
+            IECTL_REG => r.iectl,
+            IEDATA_REG => r.iedata,
+            IEADDR_REG => r.ieaddr,
+            IEUADDR_REG => r.ieuaddr,
+            // GCMD is write-only; PMEN reads zero (no protected memory regions).
+            _ => 0,
+        }
+    }
+
+    /// Writes `size` (4 or 8) bytes of `value` to the register file at `offset`, with the side
+    /// effects the spec gives each register. Unaligned accesses, other sizes, read-only
+    /// registers and offsets with no register are ignored.
+    pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
+        if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
+            log::warn!("vtd: bad MMIO write of {size} bytes at {offset:#x}");
+            return;
+        }
+        let mut events = Vec::new();
+        {
+            let mut r = self.regs();
+            match (self.reg_at(offset), size) {
+                (Some(RegAt::Q(base)), 8) if base == offset => {
+                    self.write_q(&mut r, base, value, true, true, &mut events)
+                }
+                (Some(RegAt::Q(base)), 4) => {
+                    let old = self.read_q(&r, base);
+                    let (v, lo, hi) = if offset == base {
+                        ((old & !0xffff_ffff) | (value & 0xffff_ffff), true, false)
+                    } else {
+                        ((old & 0xffff_ffff) | (value << 32), false, true)
+                    };
+                    self.write_q(&mut r, base, v, lo, hi, &mut events)
+                }
+                (Some(RegAt::D(o)), 4) => self.write_d(&mut r, o, value as u32, &mut events),
+                (_, 8) => {
+                    if let Some(RegAt::D(o)) = self.reg_at(offset) {
+                        self.write_d(&mut r, o, value as u32, &mut events);
+                    }
+                    if let Some(RegAt::D(o)) = self.reg_at(offset + 4) {
+                        self.write_d(&mut r, o, (value >> 32) as u32, &mut events);
+                    }
+                }
+                _ => log::debug!("vtd: write to unimplemented register {offset:#x} ignored"),
+            }
+        }
+        self.emit(events);
+    }
+
+    fn write_q(
+        &self,
+        r: &mut RegFile,
+        base: u64,
+        v: u64,
+        lo: bool,
+        hi: bool,
+        out: &mut Vec<VtdEvent>,
+    ) {
+        let fro = u64::from(self.cfg.fro);
+        let iro = u64::from(self.cfg.iro);
+        match base {
+            RTADDR_REG => r.rtaddr = v & !0x3ff,
+            CCMD_REG => {
+                r.ccmd = v & !(3 << CCMD_CAIG_SHIFT);
+                if hi && v & CCMD_ICC != 0 {
+                    self.register_context_invalidation(r);
+                }
+            }
+            IQT_REG => {
+                r.iqt = v & IQ_OFFSET_MASK;
+                if lo {
+                    self.process_queue(r, out);
+                }
+            }
+            IQA_REG => r.iqa = v & (IQA_BASE_MASK | IQA_DW | IQA_QS_MASK),
+            b if b == iro => r.iva = v & !(0x1f << 7),
+            b if b == iro + 8 => {
+                r.iotlb = v & !(3 << IOTLB_IAIG_SHIFT);
+                if hi && v & IOTLB_IVT != 0 {
+                    self.register_iotlb_invalidation(r);
+                }
+            }
+            b if b >= fro && (b - fro) % 16 == 8 => {
+                // FRCD: F (bit 127) is RW1C; everything else is read-only.
+                let i = ((b - fro) / 16) as usize;
+                if hi
+                    && v & FRCD_F != 0
+                    && let Some(f) = r.frcd.get_mut(i)
+                {
+                    f[1] &= !FRCD_F;
+                    if !r.ppf() {
+                        self.maybe_clear_fault_ip(r);
+                    }
+                }
+            }
+            // CAP, ECAP, IQH, IQERCD, AFLOG and FRCD low halves are read-only.
+            _ => {}
+        }
+    }
+
+    fn write_d(&self, r: &mut RegFile, off: u64, v: u32, out: &mut Vec<VtdEvent>) {
+        match off {
+            GCMD_REG => self.global_command(r, v, out),
+            FSTS_REG => {
+                let was_iqe = r.fsts & FSTS_IQE != 0;
+                r.fsts &= !(v & FSTS_RW1C);
+                self.maybe_clear_fault_ip(r);
+                if was_iqe && r.fsts & FSTS_IQE == 0 {
+                    // Hardware resumes fetching descriptors once IQE is cleared.
+                    self.process_queue(r, out);
+                }
+            }
+            FECTL_REG => {
+                r.fectl = (r.fectl & !CTL_IM) | (v & CTL_IM);
+                if r.fectl & (CTL_IM | CTL_IP) == CTL_IP {
+                    r.fault_interrupt(out);
+                }
+            }
+            FEDATA_REG => r.fedata = v & 0xffff,
+            FEADDR_REG => r.feaddr = v & !3,
+            FEUADDR_REG => r.feuaddr = v,
+            ICS_REG if v & ICS_IWC != 0 => {
+                r.ics &= !ICS_IWC;
+                r.iectl &= !CTL_IP;
+            }
+            IECTL_REG => {
+                r.iectl = (r.iectl & !CTL_IM) | (v & CTL_IM);
+                if r.iectl & (CTL_IM | CTL_IP) == CTL_IP {
+                    r.completion_interrupt(out);
+                }
+            }
+            IEDATA_REG => r.iedata = v & 0xffff,
+            IEADDR_REG => r.ieaddr = v & !3,
+            IEUADDR_REG => r.ieuaddr = v,
+            _ => {}
+        }
+    }
+
+    /// FECTL.IP is cleared once software has serviced every pending fault condition.
+    fn maybe_clear_fault_ip(&self, r: &mut RegFile) {
+        if r.fsts_value() & (FSTS_PFO | FSTS_PPF | FSTS_IQE | FSTS_ICE | FSTS_ITE) == 0 {
+            r.fectl &= !CTL_IP;
+        }
+    }
+
+    /// GCMD (§10.4.4): TE, QIE, IRE and CFI are states software keeps writing; SRTP, SFL, WBF
+    /// and SIRTP are one-shot commands. Each status bit in GSTS follows its command.
+    fn global_command(&self, r: &mut RegFile, v: u32, out: &mut Vec<VtdEvent>) {
+        if v & GCMD_SRTP != 0 {
+            // Latch RTADDR: the root table and its mode take effect now.
+            r.gsts |= GCMD_SRTP;
+            let te = self.active.load(Ordering::Acquire) & ACTIVE_TE;
+            self.active
+                .store((r.rtaddr & !0x3ff) | te, Ordering::Release);
+            log::debug!("vtd: root table pointer set to {:#x}", r.rtaddr);
+        }
+        if v & GCMD_WBF != 0 {
+            // Write-buffer flushing completes at once: WBFS reads back clear.
+            r.gsts &= !GCMD_WBF;
+        }
+        let te = v & GCMD_TE != 0;
+        if te != (r.gsts & GCMD_TE != 0) {
+            if te {
+                r.gsts |= GCMD_TE;
+                self.active.fetch_or(ACTIVE_TE, Ordering::AcqRel);
+            } else {
+                r.gsts &= !GCMD_TE;
+                self.active.fetch_and(!ACTIVE_TE, Ordering::AcqRel);
+            }
+            log::debug!(
+                "vtd: translation {}",
+                if te { "enabled" } else { "disabled" }
+            );
+        }
+        let qie = v & GCMD_QIE != 0;
+        if qie != (r.gsts & GCMD_QIE != 0) && self.cfg.queued_invalidation {
+            if qie {
+                r.gsts |= GCMD_QIE;
+                if r.iqt != r.iqh {
+                    self.process_queue(r, out);
+                }
+            } else {
+                // Disabling with descriptors pending is a programming error the spec leaves
+                // undefined; the model drops them. IQH resets to 0 when QI is disabled.
+                r.gsts &= !GCMD_QIE;
+                r.iqh = 0;
+            }
+        }
+        // SFL/EAFL (advanced fault logging), IRE/SIRTP/CFI (interrupt remapping) are not
+        // supported: CAP.AFL and ECAP.IR are 0, so those commands are ignored.
+    }
+
+    /// CCMD-based context-cache invalidation (§10.4.7, §6.5.1.1).
+    fn register_context_invalidation(&self, r: &mut RegFile) {
+        let v = r.ccmd;
+        let did = (v & 0xffff) as u16;
+        let sid = ((v >> CCMD_SID_SHIFT) & 0xffff) as u16;
+        let fm = ((v >> CCMD_FM_SHIFT) & 3) as u8;
+        let cirg = (v >> CCMD_CIRG_SHIFT) & 3;
+        let caig = if r.gsts & GCMD_QIE != 0 {
+            log::warn!("vtd: register-based invalidation while queued invalidation is enabled");
+            0
+        } else {
+            let g = match cirg {
+                1 => Some(ContextGranularity::Global),
+                2 => Some(ContextGranularity::Domain(did)),
+                3 => Some(ContextGranularity::Device { did, sid, fm }),
+                _ => None,
+            };
+            match g {
+                Some(g) => {
+                    self.caches.invalidate_context(g, self.scalable_active());
+                    cirg
+                }
+                None => 0,
+            }
+        };
+        r.ccmd = (v & !CCMD_ICC & !(3 << CCMD_CAIG_SHIFT)) | (caig << CCMD_CAIG_SHIFT);
+    }
+
+    /// IOTLB_REG-based invalidation (§10.4.8.1, §6.5.1.2). Page-selective requests beyond CAP.MAMV
+    /// or without CAP.PSI are performed domain-selectively, as IAIG reports.
+    fn register_iotlb_invalidation(&self, r: &mut RegFile) {
+        let v = r.iotlb;
+        let did = ((v >> IOTLB_DID_SHIFT) & 0xffff) as u16;
+        let iirg = (v >> IOTLB_IIRG_SHIFT) & 3;
+        let am = (r.iva & IVA_AM_MASK) as u8;
+        let iaig = if r.gsts & GCMD_QIE != 0 {
+            log::warn!("vtd: register-based invalidation while queued invalidation is enabled");
+            0
+        } else {
+            match iirg {
+                1 => {
+                    self.caches.invalidate_iotlb(IotlbGranularity::Global);
+                    1
+                }
+                2 => {
+                    self.caches.invalidate_iotlb(IotlbGranularity::Domain(did));
+                    2
+                }
+                3 if self.cfg.mamv.is_some_and(|m| am <= m) => {
+                    self.caches.invalidate_iotlb(IotlbGranularity::Page {
+                        did,
+                        addr: r.iva & !0xfff,
+                        am,
+                        ih: r.iva & IVA_IH != 0,
+                    });
+                    3
+                }
+                3 => {
+                    self.caches.invalidate_iotlb(IotlbGranularity::Domain(did));
+                    2
+                }
+                _ => 0,
+            }
+        };
+        r.iotlb = (v & !IOTLB_IVT & !(3 << IOTLB_IAIG_SHIFT)) | (iaig << IOTLB_IAIG_SHIFT);
+    }
+
+    /// Whether the latched root table is in scalable mode.
+    fn scalable_active(&self) -> bool {
+        (self.active.load(Ordering::Acquire) >> RTADDR_TTM_SHIFT) & 3 == TTM_SCALABLE
+    }
+
+    fn iq_error(&self, r: &mut RegFile, iqei: u64, out: &mut Vec<VtdEvent>) {
+        log::warn!(
+            "vtd: invalidation queue error, IQEI {iqei} at IQH {:#x}",
+            r.iqh
+        );
+        r.iqercd = (r.iqercd & !0xf) | iqei;
+        r.set_fsts(FSTS_IQE, out);
+    }
+
+    /// Fetches and executes descriptors from IQH up to IQT (§6.5.2). Stops at the first invalid
+    /// descriptor with FSTS.IQE set and IQH pointing at it.
+    fn process_queue(&self, r: &mut RegFile, out: &mut Vec<VtdEvent>) {
+        if r.gsts & GCMD_QIE == 0 || r.fsts & FSTS_IQE != 0 {
+            return;
+        }
+        let wide = r.iqa & IQA_DW != 0;
+        let dsize: u64 = if wide { 32 } else { 16 };
+        let qbytes = 1u64 << (12 + (r.iqa & IQA_QS_MASK));
+        let base = r.iqa & IQA_BASE_MASK;
+        if r.iqt >= qbytes {
+            return self.iq_error(r, IQEI_TAIL_BEYOND_QUEUE, out);
+        }
+        if wide && r.iqt & 0x10 != 0 {
+            return self.iq_error(r, IQEI_TAIL_MISALIGNED, out);
+        }
+        let ctx = DecodeCtx {
+            scalable: self.scalable_active(),
+            device_tlb: self.cfg.device_tlb,
+            pasid: self.cfg.scalable_mode,
+        };
+        // At most one pass over the queue per tail write.
+        for _ in 0..qbytes / dsize {
+            if r.iqh == r.iqt {
+                break;
+            }
+            let at = base + r.iqh;
+            let mut qw = [0u64; 4];
+            let n = (dsize / 8) as usize;
+            for (i, q) in qw.iter_mut().take(n).enumerate() {
+                match self.mem.read_u64(at + 8 * i as u64) {
+                    Ok(v) => *q = v,
+                    Err(e) => {
+                        log::warn!("vtd: fetching invalidation descriptor at {at:#x}: {e}");
+                        return self.iq_error(r, IQEI_FETCH_ERROR, out);
+                    }
+                }
+            }
+            let desc = match qi::decode(&qw[..n], ctx) {
+                Ok(d) => d,
+                Err(iqei) => return self.iq_error(r, iqei, out),
+            };
+            log::trace!("vtd: descriptor {desc:?} at {at:#x}");
+            self.execute(r, desc, out);
+            self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
+            r.iqh = (r.iqh + dsize) % qbytes;
+        }
+    }
+
+    fn execute(&self, r: &mut RegFile, desc: Descriptor, out: &mut Vec<VtdEvent>) {
+        match desc {
+            Descriptor::ContextCache(g) => {
+                self.caches.invalidate_context(g, self.scalable_active())
+            }
+            Descriptor::Iotlb(g) => self.caches.invalidate_iotlb(g),
+            Descriptor::PasidCache {
+                did,
+                pasid,
+                granularity,
+            } => self.caches.invalidate_pasid_cache(did, pasid, granularity),
+            Descriptor::PasidIotlb {
+                did,
+                pasid,
+                granularity,
+            } => self.caches.invalidate_pasid_iotlb(did, pasid, granularity),
+            // The model keeps no device-TLB state: ATS translation completions are not cached
+            // on its side, so there is nothing to invalidate or wait for.
+            Descriptor::DeviceTlb { .. } | Descriptor::PasidDeviceTlb { .. } => {}
+            Descriptor::Wait {
+                interrupt,
+                status_write,
+                data,
+                addr,
+                ..
+            } => {
+                // Every earlier descriptor has completed (they run synchronously), which is what
+                // both the plain and the fenced wait promise.
+                if status_write && let Err(e) = self.mem.write_u32(addr, data) {
+                    log::warn!("vtd: invalidation wait status write to {addr:#x}: {e}");
+                }
+                if interrupt && r.ics & ICS_IWC == 0 {
+                    r.ics |= ICS_IWC;
+                    r.completion_interrupt(out);
+                }
+            }
+        }
+    }
+
+    /// Records `info` in the fault recording registers (unless suppressed) and reports whether it
+    /// was recorded.
+    fn record_fault(&self, info: &FaultInfo) -> bool {
+        let mut events = Vec::new();
+        let recorded = self.regs().record_fault(info, &mut events);
+        self.emit(events);
+        recorded
+    }
+}

@@ -1,0 +1,587 @@
+//! VT-d register offsets and bit fields (Intel VT-d spec rev 4.1, §10.4 "Register Descriptions"),
+//! and the CAP/ECAP values the model reports for a [`VtdConfig`].
+
+/// VER_REG, 32-bit (§10.4.1).
+pub const VER_REG: u64 = 0x00;
+/// CAP_REG, 64-bit (§10.4.2).
+pub const CAP_REG: u64 = 0x08;
+/// ECAP_REG, 64-bit (§10.4.3).
+pub const ECAP_REG: u64 = 0x10;
+/// GCMD_REG, 32-bit, write-only (§10.4.4).
+pub const GCMD_REG: u64 = 0x18;
+/// GSTS_REG, 32-bit, read-only (§10.4.5).
+pub const GSTS_REG: u64 = 0x1c;
+/// RTADDR_REG, 64-bit (§10.4.6).
+pub const RTADDR_REG: u64 = 0x20;
+/// CCMD_REG, 64-bit (§10.4.7).
+pub const CCMD_REG: u64 = 0x28;
+/// FSTS_REG, 32-bit (§10.4.9).
+pub const FSTS_REG: u64 = 0x34;
+/// FECTL_REG, 32-bit (§10.4.10).
+pub const FECTL_REG: u64 = 0x38;
+/// FEDATA_REG, 32-bit (§10.4.11).
+pub const FEDATA_REG: u64 = 0x3c;
+/// FEADDR_REG, 32-bit (§10.4.12).
+pub const FEADDR_REG: u64 = 0x40;
+/// FEUADDR_REG, 32-bit (§10.4.13).
+pub const FEUADDR_REG: u64 = 0x44;
+/// AFLOG_REG, 64-bit (§10.4.15); reads zero here: advanced fault logging is not supported.
+pub const AFLOG_REG: u64 = 0x58;
+/// PMEN_REG, 32-bit (§10.4.16); protected memory regions are not supported (CAP.PLMR/PHMR = 0).
+pub const PMEN_REG: u64 = 0x64;
+/// IQH_REG, 64-bit (§10.4.22).
+pub const IQH_REG: u64 = 0x80;
+/// IQT_REG, 64-bit (§10.4.23).
+pub const IQT_REG: u64 = 0x88;
+/// IQA_REG, 64-bit (§10.4.24).
+pub const IQA_REG: u64 = 0x90;
+/// ICS_REG, 32-bit (§10.4.25).
+pub const ICS_REG: u64 = 0x9c;
+/// IECTL_REG, 32-bit (§10.4.26).
+pub const IECTL_REG: u64 = 0xa0;
+/// IEDATA_REG, 32-bit (§10.4.27).
+pub const IEDATA_REG: u64 = 0xa4;
+/// IEADDR_REG, 32-bit (§10.4.28).
+pub const IEADDR_REG: u64 = 0xa8;
+/// IEUADDR_REG, 32-bit (§10.4.29).
+pub const IEUADDR_REG: u64 = 0xac;
+/// IQERCD_REG, 64-bit (§10.4.30).
+pub const IQERCD_REG: u64 = 0xb0;
+
+// GCMD_REG / GSTS_REG bits (§10.4.4, §10.4.5).
+/// GCMD.TE / GSTS.TES: translation enable.
+pub const GCMD_TE: u32 = 1 << 31;
+/// GCMD.SRTP / GSTS.RTPS: set root table pointer.
+pub const GCMD_SRTP: u32 = 1 << 30;
+/// GCMD.SFL / GSTS.FLS: set fault log.
+pub const GCMD_SFL: u32 = 1 << 29;
+/// GCMD.EAFL / GSTS.AFLS: enable advanced fault logging.
+pub const GCMD_EAFL: u32 = 1 << 28;
+/// GCMD.WBF / GSTS.WBFS: write buffer flush.
+pub const GCMD_WBF: u32 = 1 << 27;
+/// GCMD.QIE / GSTS.QIES: queued invalidation enable.
+pub const GCMD_QIE: u32 = 1 << 26;
+/// GCMD.IRE / GSTS.IRES: interrupt remapping enable.
+pub const GCMD_IRE: u32 = 1 << 25;
+/// GCMD.SIRTP / GSTS.IRTPS: set interrupt remap table pointer.
+pub const GCMD_SIRTP: u32 = 1 << 24;
+/// GCMD.CFI / GSTS.CFIS: compatibility format interrupts.
+pub const GCMD_CFI: u32 = 1 << 23;
+
+// RTADDR_REG (§10.4.6).
+/// RTADDR.RTA: root table address, bits 63:12.
+pub const RTADDR_RTA_MASK: u64 = !0xfff;
+/// RTADDR.TTM shift: translation table mode, bits 11:10.
+pub const RTADDR_TTM_SHIFT: u32 = 10;
+/// TTM = 00b: legacy mode.
+pub const TTM_LEGACY: u64 = 0;
+/// TTM = 01b: scalable mode.
+pub const TTM_SCALABLE: u64 = 1;
+/// TTM = 11b: abort-DMA mode.
+pub const TTM_ABORT_DMA: u64 = 3;
+
+// CCMD_REG (§10.4.7).
+/// CCMD.ICC: invalidate context cache (bit 63).
+pub const CCMD_ICC: u64 = 1 << 63;
+/// CCMD.CIRG shift: requested granularity, bits 62:61.
+pub const CCMD_CIRG_SHIFT: u32 = 61;
+/// CCMD.CAIG shift: actual granularity, bits 60:59.
+pub const CCMD_CAIG_SHIFT: u32 = 59;
+/// CCMD.FM shift: function mask, bits 33:32.
+pub const CCMD_FM_SHIFT: u32 = 32;
+/// CCMD.SID shift: source id, bits 31:16.
+pub const CCMD_SID_SHIFT: u32 = 16;
+
+// IOTLB_REG and IVA_REG (§10.4.8.1, §10.4.8.2).
+/// IOTLB.IVT: invalidate IOTLB (bit 63).
+pub const IOTLB_IVT: u64 = 1 << 63;
+/// IOTLB.IIRG shift: requested granularity, bits 61:60.
+pub const IOTLB_IIRG_SHIFT: u32 = 60;
+/// IOTLB.IAIG shift: actual granularity, bits 58:57.
+pub const IOTLB_IAIG_SHIFT: u32 = 57;
+/// IOTLB.DID shift: domain id, bits 47:32.
+pub const IOTLB_DID_SHIFT: u32 = 32;
+/// IVA.IH: invalidation hint (bit 6).
+pub const IVA_IH: u64 = 1 << 6;
+/// IVA.AM: address mask, bits 5:0.
+pub const IVA_AM_MASK: u64 = 0x3f;
+
+// FSTS_REG (§10.4.9).
+/// FSTS.PFO: primary fault overflow (RW1C).
+pub const FSTS_PFO: u32 = 1 << 0;
+/// FSTS.PPF: primary pending fault (RO).
+pub const FSTS_PPF: u32 = 1 << 1;
+/// FSTS.IQE: invalidation queue error (RW1C).
+pub const FSTS_IQE: u32 = 1 << 4;
+/// FSTS.ICE: invalidation completion error (RW1C).
+pub const FSTS_ICE: u32 = 1 << 5;
+/// FSTS.ITE: invalidation time-out error (RW1C).
+pub const FSTS_ITE: u32 = 1 << 6;
+/// FSTS.FRI shift: fault record index, bits 15:8.
+pub const FSTS_FRI_SHIFT: u32 = 8;
+/// The FSTS bits software clears by writing one.
+pub const FSTS_RW1C: u32 = FSTS_PFO | FSTS_IQE | FSTS_ICE | FSTS_ITE;
+
+// FECTL_REG / IECTL_REG (§10.4.10, §10.4.26).
+/// IM: interrupt mask.
+pub const CTL_IM: u32 = 1 << 31;
+/// IP: interrupt pending (RO).
+pub const CTL_IP: u32 = 1 << 30;
+
+// ICS_REG (§10.4.25).
+/// ICS.IWC: invalidation wait descriptor complete (RW1C).
+pub const ICS_IWC: u32 = 1;
+
+// IQA_REG (§10.4.24).
+/// IQA.IQA: queue base, bits 63:12.
+pub const IQA_BASE_MASK: u64 = !0xfff;
+/// IQA.DW: descriptor width (0 = 128-bit, 1 = 256-bit), bit 11.
+pub const IQA_DW: u64 = 1 << 11;
+/// IQA.QS: queue size (2^QS 4 KiB pages), bits 2:0.
+pub const IQA_QS_MASK: u64 = 0x7;
+
+// IQH_REG / IQT_REG (§10.4.22, §10.4.23): bits 18:4 hold the offset of a 128-bit slot.
+/// IQH.QH / IQT.QT mask.
+pub const IQ_OFFSET_MASK: u64 = 0x7fff0;
+
+// IQERCD_REG (§10.4.30).
+/// IQEI: no information.
+pub const IQEI_NONE: u64 = 0;
+/// IQEI: IQT points beyond the queue.
+pub const IQEI_TAIL_BEYOND_QUEUE: u64 = 1;
+/// IQEI: error fetching a descriptor.
+pub const IQEI_FETCH_ERROR: u64 = 2;
+/// IQEI: invalid (or unsupported) descriptor type.
+pub const IQEI_INVALID_TYPE: u64 = 3;
+/// IQEI: reserved field set in a descriptor.
+pub const IQEI_RESERVED: u64 = 4;
+/// IQEI: a 256-bit-only descriptor in a 128-bit queue, or the reverse.
+pub const IQEI_INVALID_WIDTH: u64 = 5;
+/// IQEI: IQT not aligned to 256 bits in a 256-bit queue.
+pub const IQEI_TAIL_MISALIGNED: u64 = 6;
+/// IQEI: descriptor type invalid for the translation table mode.
+pub const IQEI_INVALID_TTM: u64 = 7;
+
+// FRCD (§10.4.14): two 64-bit halves per fault recording register.
+/// FRCD high half: F (fault), bit 127.
+pub const FRCD_F: u64 = 1 << 63;
+/// FRCD high half: T1 (type bit 1: 0 write, 1 read/atomic), bit 126.
+pub const FRCD_T1: u64 = 1 << 62;
+/// FRCD high half: AT shift, bits 125:124.
+pub const FRCD_AT_SHIFT: u32 = 60;
+/// FRCD high half: PV (PASID value) shift, bits 123:104.
+pub const FRCD_PV_SHIFT: u32 = 40;
+/// FRCD high half: FR (fault reason) shift, bits 103:96.
+pub const FRCD_FR_SHIFT: u32 = 32;
+/// FRCD high half: PP (PASID present), bit 95.
+pub const FRCD_PP: u64 = 1 << 31;
+/// FRCD high half: EXE (execute requested), bit 94.
+pub const FRCD_EXE: u64 = 1 << 30;
+/// FRCD high half: PRIV (privilege mode requested), bit 93.
+pub const FRCD_PRIV: u64 = 1 << 29;
+/// FRCD high half: T2 (type bit 2: page request or atomic), bit 92.
+pub const FRCD_T2: u64 = 1 << 28;
+
+// CAP_REG fields (§10.4.2).
+/// CAP.RWBF, bit 4.
+pub const CAP_RWBF: u64 = 1 << 4;
+/// CAP.CM (caching mode), bit 7.
+pub const CAP_CM: u64 = 1 << 7;
+/// CAP.SAGAW shift, bits 12:8.
+pub const CAP_SAGAW_SHIFT: u32 = 8;
+/// CAP.MGAW shift (value is MGAW - 1), bits 21:16.
+pub const CAP_MGAW_SHIFT: u32 = 16;
+/// CAP.ZLR, bit 22.
+pub const CAP_ZLR: u64 = 1 << 22;
+/// CAP.FRO shift (offset / 16), bits 33:24.
+pub const CAP_FRO_SHIFT: u32 = 24;
+/// CAP.SLLPS shift (bit 34 = 2 MiB, bit 35 = 1 GiB), bits 37:34.
+pub const CAP_SLLPS_SHIFT: u32 = 34;
+/// CAP.PSI, bit 39.
+pub const CAP_PSI: u64 = 1 << 39;
+/// CAP.NFR shift (value is NFR - 1), bits 47:40.
+pub const CAP_NFR_SHIFT: u32 = 40;
+/// CAP.MAMV shift, bits 53:48.
+pub const CAP_MAMV_SHIFT: u32 = 48;
+/// CAP.DWD, bit 54.
+pub const CAP_DWD: u64 = 1 << 54;
+/// CAP.DRD, bit 55.
+pub const CAP_DRD: u64 = 1 << 55;
+/// CAP.FS1GP (first-stage 1 GiB pages), bit 56.
+pub const CAP_FS1GP: u64 = 1 << 56;
+/// CAP.FS5LP (first-stage 5-level paging), bit 60.
+pub const CAP_FS5LP: u64 = 1 << 60;
+/// CAP.ND shift (number of domains: 2^(4 + 2 * ND)), bits 2:0.
+pub const CAP_ND_SHIFT: u32 = 0;
+
+// ECAP_REG fields (§10.4.3).
+/// ECAP.C (page-walk coherency), bit 0.
+pub const ECAP_C: u64 = 1 << 0;
+/// ECAP.QI, bit 1.
+pub const ECAP_QI: u64 = 1 << 1;
+/// ECAP.DT (device-TLB), bit 2.
+pub const ECAP_DT: u64 = 1 << 2;
+/// ECAP.PT (pass-through), bit 6.
+pub const ECAP_PT: u64 = 1 << 6;
+/// ECAP.SC (snoop control), bit 7.
+pub const ECAP_SC: u64 = 1 << 7;
+/// ECAP.IRO shift (offset / 16), bits 17:8.
+pub const ECAP_IRO_SHIFT: u32 = 8;
+/// ECAP.MHMV shift, bits 23:20.
+pub const ECAP_MHMV_SHIFT: u32 = 20;
+/// ECAP.NEST, bit 26.
+pub const ECAP_NEST: u64 = 1 << 26;
+/// ECAP.ERS (execute requests), bit 30.
+pub const ECAP_ERS: u64 = 1 << 30;
+/// ECAP.SRS (supervisor requests), bit 31.
+pub const ECAP_SRS: u64 = 1 << 31;
+/// ECAP.PSS shift (PASID size - 1), bits 39:35.
+pub const ECAP_PSS_SHIFT: u32 = 35;
+/// ECAP.PASID, bit 40.
+pub const ECAP_PASID: u64 = 1 << 40;
+/// ECAP.SMTS (scalable mode), bit 43.
+pub const ECAP_SMTS: u64 = 1 << 43;
+/// ECAP.SSADS (second-stage accessed/dirty), bit 45.
+pub const ECAP_SSADS: u64 = 1 << 45;
+/// ECAP.SSTS (second-stage translation), bit 46.
+pub const ECAP_SSTS: u64 = 1 << 46;
+/// ECAP.FSTS (first-stage translation), bit 47.
+pub const ECAP_FSTS: u64 = 1 << 47;
+/// ECAP.RPS (RID_PASID), bit 49.
+pub const ECAP_RPS: u64 = 1 << 49;
+
+/// What the embedder chooses about the remapping unit: the capabilities it reports and the
+/// register layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VtdConfig {
+    /// Supported adjusted guest address widths, CAP.SAGAW: bit 1 = 39-bit (3-level),
+    /// bit 2 = 48-bit (4-level), bit 3 = 57-bit (5-level).
+    pub sagaw: u8,
+    /// Maximum guest address width in bits (CAP.MGAW + 1), 39..=57.
+    pub mgaw: u8,
+    /// Host address width: bits above it in structure pointers are reserved.
+    pub haw: u8,
+    /// Number of fault recording registers (1..=256).
+    pub nfr: u16,
+    /// Offset of the first fault recording register, a multiple of 16 (CAP.FRO * 16).
+    pub fro: u16,
+    /// Offset of the IOTLB registers (IVA at `iro`, IOTLB_REG at `iro + 8`), a multiple of 16
+    /// (ECAP.IRO * 16).
+    pub iro: u16,
+    /// Second-stage large pages: 2 MiB (CAP.SLLPS bit 0).
+    pub sl_2m: bool,
+    /// Second-stage large pages: 1 GiB (CAP.SLLPS bit 1).
+    pub sl_1g: bool,
+    /// Page-selective invalidation and its maximum address mask (CAP.PSI, CAP.MAMV).
+    pub mamv: Option<u8>,
+    /// Queued invalidation (ECAP.QI).
+    pub queued_invalidation: bool,
+    /// Device TLBs (ECAP.DT).
+    pub device_tlb: bool,
+    /// Pass-through translation type (ECAP.PT).
+    pub pass_through: bool,
+    /// Scalable-mode translation (ECAP.SMTS) with PASID support.
+    pub scalable_mode: bool,
+    /// PASID width in bits (ECAP.PSS + 1), 1..=20; used in scalable mode.
+    pub pasid_bits: u8,
+    /// First-stage translation (ECAP.FSTS); scalable mode only.
+    pub first_stage: bool,
+    /// Second-stage translation in scalable mode (ECAP.SSTS).
+    pub second_stage: bool,
+    /// Nested translation (ECAP.NEST); needs first and second stage.
+    pub nested: bool,
+    /// First-stage 1 GiB pages (CAP.FS1GP).
+    pub fs_1g: bool,
+    /// First-stage 5-level paging (CAP.FS5LP).
+    pub fs_5level: bool,
+    /// Supervisor requests (ECAP.SRS) and execute requests (ECAP.ERS).
+    pub srs: bool,
+    /// Execute requests (ECAP.ERS).
+    pub ers: bool,
+    /// Second-stage accessed/dirty flags (ECAP.SSADS).
+    pub ss_ad: bool,
+    /// Caching mode (CAP.CM): not-present entries may be cached, so software must invalidate
+    /// after making an entry present.
+    pub caching_mode: bool,
+    /// Entries of the context cache.
+    pub context_cache_entries: usize,
+    /// Entries of the PASID cache.
+    pub pasid_cache_entries: usize,
+    /// Entries of the IOTLB.
+    pub iotlb_entries: usize,
+    /// Entries of each paging-structure cache.
+    pub pwc_entries: usize,
+    /// Associativity of every cache.
+    pub ways: usize,
+}
+
+impl Default for VtdConfig {
+    fn default() -> Self {
+        Self {
+            sagaw: 0b0110,
+            mgaw: 48,
+            haw: 48,
+            nfr: 8,
+            fro: 0x220,
+            iro: 0xf0,
+            sl_2m: true,
+            sl_1g: true,
+            mamv: Some(18),
+            queued_invalidation: true,
+            device_tlb: true,
+            pass_through: true,
+            scalable_mode: true,
+            pasid_bits: 20,
+            first_stage: true,
+            second_stage: true,
+            nested: false,
+            fs_1g: true,
+            fs_5level: false,
+            srs: true,
+            ers: false,
+            ss_ad: false,
+            caching_mode: false,
+            context_cache_entries: 256,
+            pasid_cache_entries: 256,
+            iotlb_entries: 1024,
+            pwc_entries: 128,
+            ways: 8,
+        }
+    }
+}
+
+/// Why a [`VtdConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A field is outside what the register layout can encode.
+    #[error("invalid VT-d configuration: {0}")]
+    Invalid(&'static str),
+}
+
+impl VtdConfig {
+    /// Checks that every field can be encoded and that the register blocks do not overlap.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m| Err(ConfigError::Invalid(m));
+        if self.sagaw & !0b1110 != 0 || self.sagaw == 0 {
+            return bad("SAGAW must be a non-empty subset of bits 1..=3");
+        }
+        if !(39..=57).contains(&self.mgaw) {
+            return bad("MGAW must be 39..=57");
+        }
+        if !(32..=52).contains(&self.haw) {
+            return bad("HAW must be 32..=52");
+        }
+        if self.nfr == 0 || self.nfr > 256 {
+            return bad("NFR must be 1..=256");
+        }
+        if !self.fro.is_multiple_of(16) || self.fro < 0x100 || u32::from(self.fro) / 16 > 0x3ff {
+            return bad("FRO must be a multiple of 16, at least 0x100, encodable in 10 bits");
+        }
+        if !self.iro.is_multiple_of(16)
+            || self.iro < 0x100 && self.iro != 0xf0
+            || self.iro / 16 > 0x3ff
+        {
+            return bad("IRO must be a multiple of 16 outside the architectural registers");
+        }
+        let fr_end = u32::from(self.fro) + u32::from(self.nfr) * 16;
+        let iro = u32::from(self.iro);
+        if iro + 16 > u32::from(self.fro) && iro < fr_end {
+            return bad("IOTLB registers overlap the fault recording registers");
+        }
+        if fr_end > 0x10000 {
+            return bad("fault recording registers extend past 64 KiB");
+        }
+        if let Some(m) = self.mamv
+            && m > 63
+        {
+            return bad("MAMV must fit 6 bits");
+        }
+        if !(1..=20).contains(&self.pasid_bits) {
+            return bad("PASID width must be 1..=20");
+        }
+        if self.nested {
+            return bad("nested translation is not implemented by this model yet");
+        }
+        for n in [
+            self.context_cache_entries,
+            self.pasid_cache_entries,
+            self.iotlb_entries,
+            self.pwc_entries,
+        ] {
+            if n == 0 || self.ways == 0 || n % self.ways != 0 {
+                return bad("cache sizes must be non-zero multiples of the associativity");
+            }
+        }
+        Ok(())
+    }
+
+    /// The CAP_REG value (§10.4.2).
+    pub fn cap(&self) -> u64 {
+        let mut cap = 2u64 << CAP_ND_SHIFT; // 256 domain ids
+        cap |= u64::from(self.sagaw) << CAP_SAGAW_SHIFT;
+        cap |= u64::from(self.mgaw - 1) << CAP_MGAW_SHIFT;
+        cap |= u64::from(self.fro / 16) << CAP_FRO_SHIFT;
+        cap |= u64::from(self.nfr - 1) << CAP_NFR_SHIFT;
+        cap |= (u64::from(self.sl_2m) | (u64::from(self.sl_1g) << 1)) << CAP_SLLPS_SHIFT;
+        if let Some(m) = self.mamv {
+            cap |= CAP_PSI | (u64::from(m) << CAP_MAMV_SHIFT);
+        }
+        cap |= CAP_DWD | CAP_DRD | CAP_ZLR;
+        if self.caching_mode {
+            cap |= CAP_CM;
+        }
+        if self.scalable_mode && self.first_stage {
+            if self.fs_1g {
+                cap |= CAP_FS1GP;
+            }
+            if self.fs_5level {
+                cap |= CAP_FS5LP;
+            }
+        }
+        cap
+    }
+
+    /// The ECAP_REG value (§10.4.3).
+    pub fn ecap(&self) -> u64 {
+        let mut ecap = ECAP_C | ECAP_SC;
+        ecap |= u64::from(self.iro / 16) << ECAP_IRO_SHIFT;
+        if self.queued_invalidation {
+            ecap |= ECAP_QI;
+        }
+        if self.device_tlb {
+            ecap |= ECAP_DT;
+        }
+        if self.pass_through {
+            ecap |= ECAP_PT;
+        }
+        if self.scalable_mode {
+            ecap |= ECAP_SMTS | ECAP_PASID | ECAP_RPS;
+            ecap |= u64::from(self.pasid_bits - 1) << ECAP_PSS_SHIFT;
+            if self.first_stage {
+                ecap |= ECAP_FSTS;
+            }
+            if self.second_stage {
+                ecap |= ECAP_SSTS;
+            }
+            if self.nested {
+                ecap |= ECAP_NEST;
+            }
+            if self.srs {
+                ecap |= ECAP_SRS;
+            }
+            if self.ers {
+                ecap |= ECAP_ERS;
+            }
+            if self.ss_ad {
+                ecap |= ECAP_SSADS;
+            }
+        }
+        ecap
+    }
+
+    /// VER_REG: 6.0 when scalable mode is offered, 1.0 otherwise (§10.4.1).
+    pub fn version(&self) -> u32 {
+        if self.scalable_mode { 0x60 } else { 0x10 }
+    }
+
+    /// Whether an AW / SAGAW encoding (1 = 3-level, 2 = 4-level, 3 = 5-level) is supported.
+    pub fn supports_aw(&self, aw: u8) -> bool {
+        (1..=3).contains(&aw) && self.sagaw & (1 << aw) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_encodes_cap_and_ecap_fields() {
+        let c = VtdConfig::default();
+        c.validate().unwrap();
+        let cap = c.cap();
+        assert_eq!((cap >> CAP_SAGAW_SHIFT) & 0x1f, 0b0110);
+        assert_eq!((cap >> CAP_MGAW_SHIFT) & 0x3f, 47);
+        assert_eq!(((cap >> CAP_FRO_SHIFT) & 0x3ff) * 16, 0x220);
+        assert_eq!(((cap >> CAP_NFR_SHIFT) & 0xff) + 1, 8);
+        assert_eq!((cap >> CAP_SLLPS_SHIFT) & 0xf, 0b11);
+        assert_ne!(cap & CAP_PSI, 0);
+        assert_eq!((cap >> CAP_MAMV_SHIFT) & 0x3f, 18);
+        let ecap = c.ecap();
+        assert_eq!(((ecap >> ECAP_IRO_SHIFT) & 0x3ff) * 16, 0xf0);
+        assert_ne!(ecap & ECAP_QI, 0);
+        assert_ne!(ecap & ECAP_SMTS, 0);
+        assert_eq!((ecap >> ECAP_PSS_SHIFT) & 0x1f, 19);
+        assert_eq!(ecap & ECAP_NEST, 0);
+        assert!(c.supports_aw(2));
+        assert!(!c.supports_aw(3));
+        assert!(!c.supports_aw(0));
+    }
+
+    #[test]
+    fn hand_built_cap_matches_linux_style_decoding() {
+        // A CAP value built by hand: SAGAW=4-level only, MGAW=39, FRO=0x100, NFR=1, no PSI.
+        let c = VtdConfig {
+            sagaw: 0b0100,
+            mgaw: 39,
+            fro: 0x100,
+            nfr: 1,
+            mamv: None,
+            sl_1g: false,
+            sl_2m: false,
+            scalable_mode: false,
+            nested: false,
+            ..VtdConfig::default()
+        };
+        c.validate().unwrap();
+        let expected =
+            (2u64) | (0b0100 << 8) | (38 << 16) | CAP_ZLR | (0x10 << 24) | CAP_DWD | CAP_DRD;
+        assert_eq!(c.cap(), expected);
+        assert_eq!(c.ecap() & ECAP_SMTS, 0);
+        assert_eq!(c.version(), 0x10);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        let ok = VtdConfig::default();
+        for bad in [
+            VtdConfig {
+                sagaw: 0,
+                ..ok.clone()
+            },
+            VtdConfig {
+                sagaw: 0b10001,
+                ..ok.clone()
+            },
+            VtdConfig {
+                mgaw: 64,
+                ..ok.clone()
+            },
+            VtdConfig {
+                nfr: 0,
+                ..ok.clone()
+            },
+            VtdConfig {
+                fro: 0x228,
+                ..ok.clone()
+            },
+            VtdConfig {
+                iro: 0x220,
+                ..ok.clone()
+            },
+            VtdConfig {
+                pasid_bits: 0,
+                ..ok.clone()
+            },
+            VtdConfig {
+                nested: true,
+                ..ok.clone()
+            },
+            VtdConfig {
+                iotlb_entries: 1001,
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
