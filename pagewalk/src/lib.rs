@@ -16,6 +16,8 @@ pub mod format;
 pub mod mem;
 pub mod nested;
 pub mod observer;
+#[cfg(test)]
+mod proptests;
 pub mod types;
 pub mod walk;
 
