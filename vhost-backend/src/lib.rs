@@ -5,7 +5,12 @@
 //! Endpoint ids are PCI requester ids of segment 0 (`bus << 8 | device << 3 | function`), the
 //! ids the VIOT table's PCI range nodes hand to the guest's driver.
 
+pub mod backend;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod device;
+pub mod dma;
 pub mod protocol;
 
 /// The ACPI VIOT table that tells x86 guests which endpoints sit behind the virtio-iommu.

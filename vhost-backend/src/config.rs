@@ -1,0 +1,297 @@
+//! Command-line arguments and the validated daemon configuration (the rust-vmm vhost-device
+//! convention: clap arguments turned into a checked config before anything starts).
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use iommu_emulator::core::{CoreConfig, EndpointSet, ResvRegion};
+
+/// Errors in the command line.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A number could not be parsed.
+    #[error("invalid number '{0}'")]
+    Number(String),
+    /// A range is malformed or reversed.
+    #[error("invalid range '{0}'")]
+    Range(String),
+    /// An endpoint id outside PCI segment 0's requester ids.
+    #[error("endpoint {0:#x} is not a PCI requester id (0x0000-0xffff)")]
+    Endpoint(u64),
+    /// A value outside what the device supports.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Which hardware model realises the domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Model {
+    /// No memory-resident structures: domains are mapping trees (for comparison and testing).
+    Soft,
+}
+
+/// vhost-user virtio-iommu device backed by an IOMMU hardware model.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// Location of the vhost-user Unix domain socket.
+    #[arg(long)]
+    pub socket_path: PathBuf,
+
+    /// Location of the JSON-lines control socket (translate, domains, stats).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+
+    /// Hardware model realising the domains.
+    #[arg(long, value_enum, default_value = "soft")]
+    pub model: Model,
+
+    /// Endpoints (PCI requester ids `bus<<8|dev<<3|fn`, or `BB:DD.F`) managed by the IOMMU:
+    /// comma-separated ids or `first-last` ranges.
+    #[arg(long, default_value = "0x0000-0xffff")]
+    pub endpoints: String,
+
+    /// Page sizes that can be mapped; the lowest set bit is the granularity.
+    #[arg(long, default_value = "0x40201000")]
+    pub page_size_mask: String,
+
+    /// Width of the I/O virtual address space in bits (input_range is [0, 2^bits - 1]).
+    #[arg(long, default_value_t = 48)]
+    pub input_bits: u32,
+
+    /// Width of the physical address space mappings may target, in bits.
+    #[arg(long, default_value_t = 48)]
+    pub phys_bits: u32,
+
+    /// Valid domain ids, `first-last`.
+    #[arg(long, default_value = "0-0xffff")]
+    pub domain_range: String,
+
+    /// Most domains that may exist at once (more gives VIRTIO_IOMMU_S_NOMEM).
+    #[arg(long, default_value_t = 4096)]
+    pub max_domains: usize,
+
+    /// Most mappings that may exist at once (more gives VIRTIO_IOMMU_S_NOMEM).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_mappings: usize,
+
+    /// Bytes of PROBE properties (config field probe_size).
+    #[arg(long, default_value_t = 512)]
+    pub probe_size: u32,
+
+    /// Initial value of config field `bypass`: unattached endpoints pass through.
+    #[arg(long)]
+    pub bypass: bool,
+
+    /// Do not report the x86 MSI window (0xfee00000-0xfeefffff) as a reserved region.
+    #[arg(long)]
+    pub no_msi_window: bool,
+}
+
+/// The validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// vhost-user socket path.
+    pub socket_path: PathBuf,
+    /// Control socket path.
+    pub control_socket: Option<PathBuf>,
+    /// Hardware model.
+    pub model: Model,
+    /// The core's configuration.
+    pub core: CoreConfig,
+    /// PROBE property bytes.
+    pub probe_size: u32,
+}
+
+/// Largest probe_size accepted.
+pub const MAX_PROBE_SIZE: u32 = 64 * 1024;
+
+fn parse_u64(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| ConfigError::Number(s.to_string()))
+}
+
+/// Parses an endpoint id: a number, or a PCI address `BB:DD.F` (hex, as lspci prints it).
+fn parse_endpoint(s: &str) -> Result<u32, ConfigError> {
+    let t = s.trim();
+    let v = if let Some((bus, rest)) = t.split_once(':') {
+        let (dev, func) = rest
+            .split_once('.')
+            .ok_or_else(|| ConfigError::Number(s.to_string()))?;
+        let p = |x: &str, max: u64| {
+            u64::from_str_radix(x, 16)
+                .ok()
+                .filter(|v| *v <= max)
+                .ok_or_else(|| ConfigError::Number(s.to_string()))
+        };
+        (p(bus, 0xff)? << 8) | (p(dev, 0x1f)? << 3) | p(func, 7)?
+    } else {
+        parse_u64(t)?
+    };
+    if v > 0xffff {
+        return Err(ConfigError::Endpoint(v));
+    }
+    Ok(v as u32)
+}
+
+fn parse_range<T>(
+    s: &str,
+    item: impl Fn(&str) -> Result<T, ConfigError>,
+) -> Result<RangeInclusive<T>, ConfigError>
+where
+    T: PartialOrd + Copy,
+{
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (item(a)?, item(b)?),
+        None => {
+            let v = item(s)?;
+            (v, v)
+        }
+    };
+    if a > b {
+        return Err(ConfigError::Range(s.to_string()));
+    }
+    Ok(a..=b)
+}
+
+impl TryFrom<Args> for DaemonConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: Args) -> Result<Self, ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if a.socket_path.as_os_str().is_empty() {
+            return invalid("--socket-path must not be empty".into());
+        }
+        let page_size_mask = parse_u64(&a.page_size_mask)?;
+        if page_size_mask == 0 {
+            return invalid("--page-size-mask must have at least one bit set".into());
+        }
+        if page_size_mask.trailing_zeros() < 12 {
+            return invalid("the page granularity must be at least 4 KiB".into());
+        }
+        if !(12..=64).contains(&a.input_bits) {
+            return invalid("--input-bits must be between 12 and 64".into());
+        }
+        if !(12..=64).contains(&a.phys_bits) {
+            return invalid("--phys-bits must be between 12 and 64".into());
+        }
+        let domains = parse_range(&a.domain_range, |x| {
+            let v = parse_u64(x)?;
+            u32::try_from(v).map_err(|_| ConfigError::Number(x.to_string()))
+        })?;
+        let mut ranges = Vec::new();
+        for part in a.endpoints.split(',').filter(|p| !p.trim().is_empty()) {
+            ranges.push(parse_range(part, parse_endpoint)?);
+        }
+        if ranges.is_empty() {
+            return invalid("--endpoints names no endpoint".into());
+        }
+        if a.max_domains == 0 || a.max_mappings == 0 {
+            return invalid("--max-domains and --max-mappings must be positive".into());
+        }
+        if a.probe_size > MAX_PROBE_SIZE {
+            return invalid(format!("--probe-size must be at most {MAX_PROBE_SIZE}"));
+        }
+        let reserved = if a.no_msi_window {
+            vec![]
+        } else {
+            vec![ResvRegion::X86_MSI]
+        };
+        let needed = reserved.len() as u32 * crate::protocol::RESV_MEM_LEN as u32;
+        if a.probe_size < needed {
+            return invalid(format!("--probe-size must be at least {needed}"));
+        }
+        let input_end = if a.input_bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << a.input_bits) - 1
+        };
+        Ok(Self {
+            socket_path: a.socket_path,
+            control_socket: a.control_socket,
+            model: a.model,
+            probe_size: a.probe_size,
+            core: CoreConfig {
+                page_size_mask,
+                input_range: (0, input_end),
+                domain_range: (*domains.start(), *domains.end()),
+                max_domains: a.max_domains,
+                max_mappings: a.max_mappings,
+                phys_addr_bits: a.phys_bits,
+                endpoints: EndpointSet::from_ranges(ranges),
+                reserved,
+                bypass: a.bypass,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<DaemonConfig, String> {
+        let mut argv = vec!["vhost-device-iommu", "--socket-path", "/tmp/x.sock"];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        DaemonConfig::try_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.core.page_size_mask, 0x4020_1000);
+        assert_eq!(c.core.input_range, (0, (1 << 48) - 1));
+        assert_eq!(c.core.domain_range, (0, 0xffff));
+        assert!(c.core.endpoints.contains(0xffff));
+        assert_eq!(c.core.reserved, vec![ResvRegion::X86_MSI]);
+        assert_eq!(c.probe_size, 512);
+        assert!(!c.core.bypass);
+        assert_eq!(c.model, Model::Soft);
+    }
+
+    #[test]
+    fn endpoints_accept_numbers_ranges_and_bdfs() {
+        let c = parse(&["--endpoints", "0x08, 00:03.0-00:04.7,16", "--bypass"]).unwrap();
+        let e = &c.core.endpoints;
+        assert!(e.contains(8) && e.contains(16) && e.contains(0x18) && e.contains(0x27));
+        assert!(!e.contains(0x17) && !e.contains(0x28) && !e.contains(9));
+        assert!(c.core.bypass);
+        let c = parse(&["--endpoints", "01:1f.7"]).unwrap();
+        assert!(c.core.endpoints.contains(0x1ff));
+    }
+
+    #[test]
+    fn bad_arguments_are_rejected_with_a_message() {
+        for (args, msg) in [
+            (&["--endpoints", "0x10000"][..], "not a PCI requester id"),
+            (&["--endpoints", "5-3"][..], "invalid range"),
+            (&["--endpoints", "00:20.0"][..], "invalid number"),
+            (&["--endpoints", ","][..], "names no endpoint"),
+            (&["--page-size-mask", "0"][..], "at least one bit"),
+            (&["--page-size-mask", "0x200"][..], "at least 4 KiB"),
+            (&["--page-size-mask", "zz"][..], "invalid number"),
+            (&["--domain-range", "10-1"][..], "invalid range"),
+            (&["--domain-range", "0-0x100000000"][..], "invalid number"),
+            (&["--input-bits", "8"][..], "--input-bits"),
+            (&["--phys-bits", "65"][..], "--phys-bits"),
+            (&["--probe-size", "8"][..], "at least 24"),
+            (&["--probe-size", "1000000"][..], "at most"),
+            (&["--max-domains", "0"][..], "positive"),
+            (&["--model", "nope"][..], "invalid value"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(msg), "{args:?}: {e}");
+        }
+        assert!(parse(&["--probe-size", "8", "--no-msi-window"]).is_ok());
+        assert!(
+            Args::try_parse_from(["vhost-device-iommu"]).is_err(),
+            "--socket-path is required"
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The control socket: JSON lines over a Unix stream socket, for tests, scripts and users.
+//!
+//! One request per line, one answer per line. Requests:
+//! - `{"cmd":"translate","endpoint":8,"iova":4096,"access":"read"}` — the model's answer:
+//!   `{"ok":true,"translation":{"phys":..,"len":..,"perm":"rw"},"fault":null,"trace":[..],
+//!   "trace_len":N}` or with `"fault":{"reason":"mapping","address":..,"detail":".."}`.
+//!   A fault is also reported on the event queue, as any DMA fault is.
+//! - `{"cmd":"domains"}` — `{"ok":true,"bypass":false,"domains":[{"id":1,"kind":"paging",
+//!   "hw_domain":1,"endpoints":[8],"mappings":[{"virt_start":..,"virt_end":..,
+//!   "phys_start":..,"flags":"rw"}]}]}`.
+//! - `{"cmd":"stats"}` — request counts by type and status, core and hardware counters.
+//!
+//! Bad input gets `{"ok":false,"error":"..."}`; lines longer than [`MAX_LINE`] close the
+//! connection.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use iommu_emulator::core::{Access, DomainKind, FaultReason};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::device::IommuDevice;
+
+/// Longest request line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Translate one access.
+    Translate {
+        /// Endpoint id (PCI requester id).
+        endpoint: u32,
+        /// I/O virtual address.
+        iova: u64,
+        /// `"read"` or `"write"`.
+        access: AccessArg,
+    },
+    /// List domains, endpoints and mappings.
+    Domains {},
+    /// Counters.
+    Stats {},
+}
+
+/// The access kind of a `translate` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessArg {
+    /// A DMA read.
+    Read,
+    /// A DMA write.
+    Write,
+}
+
+fn reason_name(r: FaultReason) -> &'static str {
+    match r {
+        FaultReason::Unknown => "unknown",
+        FaultReason::Domain => "domain",
+        FaultReason::Mapping => "mapping",
+    }
+}
+
+/// Answers one request line.
+pub fn handle_line(device: &IommuDevice, line: &str) -> Value {
+    let cmd: Command = match serde_json::from_str(line) {
+        Ok(c) => c,
+        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let core = device.core();
+    match cmd {
+        Command::Translate {
+            endpoint,
+            iova,
+            access,
+        } => {
+            let access = match access {
+                AccessArg::Read => Access::Read,
+                AccessArg::Write => Access::Write,
+            };
+            let out = core.translate(endpoint, iova, access);
+            let trace: Vec<&str> = out.trace.iter().map(|s| s.0.as_str()).collect();
+            let (translation, fault) = match &out.result {
+                Ok(t) => (
+                    json!({"phys": t.phys, "len": t.len, "perm": t.perm.to_string()}),
+                    Value::Null,
+                ),
+                Err(f) => (
+                    Value::Null,
+                    json!({"reason": reason_name(f.reason), "address": f.address,
+                           "detail": f.detail}),
+                ),
+            };
+            json!({"ok": true, "translation": translation, "fault": fault,
+                   "trace_len": trace.len(), "trace": trace})
+        }
+        Command::Domains {} => {
+            let domains: Vec<Value> = core
+                .domains()
+                .into_iter()
+                .map(|d| {
+                    let mappings: Vec<Value> = d
+                        .mappings
+                        .iter()
+                        .map(|m| {
+                            json!({"virt_start": m.virt_start, "virt_end": m.virt_end,
+                                   "phys_start": m.phys_start, "flags": m.flags.to_string()})
+                        })
+                        .collect();
+                    json!({
+                        "id": d.id,
+                        "kind": match d.kind { DomainKind::Paging => "paging",
+                                               DomainKind::Bypass => "bypass" },
+                        "hw_domain": d.hw.map(|h| h.0),
+                        "endpoints": d.endpoints,
+                        "mappings": mappings,
+                    })
+                })
+                .collect();
+            json!({"ok": true, "bypass": core.bypass(), "model": core.hardware_name(),
+                   "domains": domains})
+        }
+        Command::Stats {} => {
+            let s = core.stats();
+            let hw: serde_json::Map<String, Value> =
+                s.hardware.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            json!({
+                "ok": true,
+                "requests": device.request_counts(),
+                "core": {"domains": s.domains, "mappings": s.mappings,
+                         "translations": s.translations, "faults": s.faults,
+                         "faults_dropped": s.faults_dropped},
+                "hardware": hw,
+                "model": core.hardware_name(),
+            })
+        }
+    }
+}
+
+fn serve_connection(device: &IommuDevice, stream: UnixStream) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.len() > MAX_LINE {
+            writeln!(out, "{}", json!({"ok": false, "error": "line too long"}))?;
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let answer = handle_line(device, text);
+        writeln!(out, "{answer}")?;
+    }
+}
+
+use std::io::Read as _;
+
+/// Binds `path` (replacing a stale socket file) and serves connections on a background thread.
+pub fn spawn(
+    device: Arc<IommuDevice>,
+    path: &Path,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("control socket accept: {e}");
+                        continue;
+                    }
+                };
+                if active.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+                    log::warn!("control socket: too many connections");
+                    continue;
+                }
+                active.fetch_add(1, Ordering::AcqRel);
+                let (device, active) = (device.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("control-conn".into())
+                    .spawn(move || {
+                        if let Err(e) = serve_connection(&device, stream) {
+                            log::debug!("control connection: {e}");
+                        }
+                        active.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if let Err(e) = spawned {
+                    log::warn!("control socket: cannot spawn a thread: {e}");
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iommu_emulator::core::{Core, CoreConfig, EndpointSet, MapFlags, SoftHardware};
+
+    fn device() -> Arc<IommuDevice> {
+        let cfg = CoreConfig {
+            endpoints: EndpointSet::from_ranges([0..=0xff]),
+            ..CoreConfig::default()
+        };
+        let core = Arc::new(Core::new(cfg, Arc::new(SoftHardware::new())).unwrap());
+        Arc::new(IommuDevice::new(core, 64).unwrap())
+    }
+
+    #[test]
+    fn commands_answer_in_json() {
+        let d = device();
+        d.core().attach(3, 8, false).unwrap();
+        d.core()
+            .map(3, 0x1000, 0x1fff, 0xa000, MapFlags::RW)
+            .unwrap();
+        let t = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"write"}"#,
+        );
+        assert_eq!(t["ok"], true);
+        assert_eq!(t["translation"]["phys"], 0xa004);
+        assert_eq!(t["translation"]["perm"], "rw");
+        assert_eq!(t["trace_len"], t["trace"].as_array().unwrap().len());
+        assert!(t["trace_len"].as_u64().unwrap() > 0);
+        let f = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":8192,"access":"read"}"#,
+        );
+        assert_eq!(f["fault"]["reason"], "mapping");
+        assert_eq!(f["translation"], Value::Null);
+        let doms = handle_line(&d, r#"{"cmd":"domains"}"#);
+        assert_eq!(doms["domains"][0]["id"], 3);
+        assert_eq!(doms["domains"][0]["endpoints"][0], 8);
+        assert_eq!(doms["domains"][0]["mappings"][0]["phys_start"], 0xa000);
+        assert_eq!(doms["bypass"], false);
+        let s = handle_line(&d, r#"{"cmd":"stats"}"#);
+        assert_eq!(s["core"]["translations"], 2);
+        assert_eq!(s["core"]["faults"], 1);
+        assert_eq!(s["core"]["mappings"], 1);
+    }
+
+    #[test]
+    fn bad_requests_get_errors() {
+        let d = device();
+        for line in [
+            "not json",
+            r#"{"cmd":"nope"}"#,
+            r#"{"cmd":"translate","endpoint":8}"#,
+            r#"{"cmd":"translate","endpoint":8,"iova":-1,"access":"read"}"#,
+            r#"{"cmd":"translate","endpoint":8,"iova":1,"access":"exec"}"#,
+            r#"{"cmd":"stats","extra":1}"#,
+        ] {
+            let v = handle_line(&d, line);
+            assert_eq!(v["ok"], false, "{line}");
+            assert!(v["error"].as_str().unwrap().starts_with("bad request"));
+        }
+    }
+
+    #[test]
+    fn socket_serves_lines_and_refuses_long_ones() {
+        let d = device();
+        let dir = std::env::temp_dir().join(format!("viommu-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        spawn(d, &path).unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        writeln!(s, r#"{{"cmd":"stats"}}"#).unwrap();
+        writeln!(s).unwrap();
+        writeln!(s, r#"{{"cmd":"domains"}}"#).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&l).unwrap()["ok"], true);
+        l.clear();
+        r.read_line(&mut l).unwrap();
+        assert!(serde_json::from_str::<Value>(&l).unwrap()["domains"].is_array());
+        s.write_all(&vec![b'x'; MAX_LINE + 10]).unwrap();
+        l.clear();
+        r.read_line(&mut l).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&l).unwrap()["error"],
+            "line too long"
+        );
+        l.clear();
+        assert_eq!(r.read_line(&mut l).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

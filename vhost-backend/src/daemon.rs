@@ -1,0 +1,81 @@
+//! The daemon: builds the model, the core and the device from a [`DaemonConfig`], serves the
+//! control socket, and serves one vhost-user front end after another on the socket.
+
+use std::sync::Arc;
+
+use iommu_emulator::core::{Core, CoreError, Hardware, SoftHardware};
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
+use crate::config::{DaemonConfig, Model};
+use crate::device::{DeviceError, IommuDevice};
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The core could not be built.
+    #[error("cannot build the IOMMU core: {0}")]
+    Core(#[from] CoreError),
+    /// The device could not be built.
+    #[error("cannot build the device: {0}")]
+    Device(#[from] DeviceError),
+    /// The backend could not be built.
+    #[error("cannot build the backend: {0}")]
+    Backend(#[from] BackendError),
+    /// The control socket could not be opened.
+    #[error("cannot open the control socket: {0}")]
+    Control(std::io::Error),
+    /// vhost-user failure.
+    #[error("vhost-user: {0}")]
+    VhostUser(vhost_user_backend::Error),
+    /// The fault event could not be registered with the worker.
+    #[error("cannot register the fault event: {0}")]
+    Register(std::io::Error),
+}
+
+/// Builds the hardware model the configuration names.
+pub fn build_hardware(model: Model) -> Arc<dyn Hardware> {
+    match model {
+        Model::Soft => Arc::new(SoftHardware::new()),
+    }
+}
+
+/// Builds the device (model, core, virtio front) the configuration describes.
+pub fn build_device(cfg: &DaemonConfig) -> Result<Arc<IommuDevice>, DaemonError> {
+    let core = Arc::new(Core::new(cfg.core.clone(), build_hardware(cfg.model))?);
+    Ok(Arc::new(IommuDevice::new(core, cfg.probe_size)?))
+}
+
+/// Runs the daemon until a vhost-user connection fails with an error other than a disconnect.
+pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    let device = build_device(&cfg)?;
+    if let Some(path) = &cfg.control_socket {
+        crate::control::spawn(device.clone(), path).map_err(DaemonError::Control)?;
+        log::info!("control socket at {}", path.display());
+    }
+    let backend = Arc::new(IommuBackend::new(device.clone())?);
+    loop {
+        backend.renew_exit_event()?;
+        let mut daemon = VhostUserDaemon::new(
+            "vhost-device-iommu".to_string(),
+            backend.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        )
+        .map_err(DaemonError::VhostUser)?;
+        for handler in daemon.get_epoll_handlers() {
+            handler
+                .register_listener(backend.fault_fd(), EventSet::IN, u64::from(FAULT_EVENT))
+                .map_err(DaemonError::Register)?;
+        }
+        log::info!("waiting for a front end on {}", cfg.socket_path.display());
+        daemon
+            .serve(&cfg.socket_path)
+            .map_err(DaemonError::VhostUser)?;
+        log::info!("front end disconnected; resetting the device");
+        if let Err(e) = device.reset() {
+            log::error!("reset after disconnect: {e}");
+        }
+    }
+}
