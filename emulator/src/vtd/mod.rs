@@ -17,6 +17,9 @@ pub mod regs;
 pub mod structs;
 mod translate;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -334,7 +334,7 @@ impl Default for VtdConfig {
             pasid_bits: 20,
             first_stage: true,
             second_stage: true,
-            nested: false,
+            nested: true,
             fs_1g: true,
             fs_5level: false,
             srs: true,
@@ -399,8 +399,8 @@ impl VtdConfig {
         if !(1..=20).contains(&self.pasid_bits) {
             return bad("PASID width must be 1..=20");
         }
-        if self.nested {
-            return bad("nested translation is not implemented by this model yet");
+        if self.nested && !(self.first_stage && self.second_stage) {
+            return bad("nested translation needs first- and second-stage support");
         }
         for n in [
             self.context_cache_entries,
@@ -511,7 +511,7 @@ mod tests {
         assert_ne!(ecap & ECAP_QI, 0);
         assert_ne!(ecap & ECAP_SMTS, 0);
         assert_eq!((ecap >> ECAP_PSS_SHIFT) & 0x1f, 19);
-        assert_eq!(ecap & ECAP_NEST, 0);
+        assert_ne!(ecap & ECAP_NEST, 0);
         assert!(c.supports_aw(2));
         assert!(!c.supports_aw(3));
         assert!(!c.supports_aw(0));
@@ -573,7 +573,7 @@ mod tests {
                 ..ok.clone()
             },
             VtdConfig {
-                nested: true,
+                first_stage: false,
                 ..ok.clone()
             },
             VtdConfig {

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use iotlb::{Tag, Token};
 use pagewalk::{
     Access as PwAccess, AccessKind as PwKind, FaultKind as PwFault, MemRef, PhysMem, RefKind,
-    TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart, X86Config, level_shift,
+    SecondStage, TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart, X86Config,
+    level_shift, walk_nested,
 };
 
 use super::cache::{CTX_LEGACY_MARK, FLAG_DIRTY_OK, PscEntry};
@@ -501,9 +502,12 @@ impl<M: PhysMem> Vtd<M> {
                     out_width: self.cfg.haw,
                     sre: pe.sre,
                     wpe: pe.wpe,
-                    nxe: pe.nxe,
+                    // XD is always defined and supervisor execution from user pages refused
+                    // for first-stage tables (rev 4.x: the NXE and SMEP controls of earlier
+                    // revisions are gone).
+                    nxe: true,
                     ere: pe.ere,
-                    smep: pe.smep,
+                    smep: true,
                     eafe: false,
                     ad: true,
                     ps_1g: self.cfg.fs_1g,
@@ -513,9 +517,16 @@ impl<M: PhysMem> Vtd<M> {
                     return Err(Fail::fpd(FaultReason::NonCanonical, fpd));
                 }
                 if pe.pgtt == Pgtt::Nested {
-                    // ECAP.NEST is 0: the PASID-entry decoder refuses PGTT = nested, so this is
-                    // reached only if that check changes; report it the same way.
-                    return Err(Fail::fpd(FaultReason::PasidEntryInvalid, fpd));
+                    let ss = self.ss_config(pe.aw, pe.ssade, pe.ssee);
+                    let setting = Setting {
+                        did: pe.did,
+                        pasid_tag: Some(pasid),
+                        fpd,
+                        cfg,
+                        root: pe.fsptptr,
+                        legacy: false,
+                    };
+                    return self.nested(&setting, ss, pe.ssptptr, &req_priv, tokens, trace);
                 }
                 let setting = Setting {
                     did: pe.did,
@@ -730,5 +741,83 @@ impl<M: PhysMem> Vtd<M> {
             _ if access.kind == PwKind::Execute => FaultReason::ExecuteDenied,
             _ => FaultReason::SmWriteDenied,
         }
+    }
+
+    /// Nested translation (§3.8): the first-stage walk whose table addresses and output are
+    /// guest-physical, each translated by the second stage. The IOTLB caches the combined
+    /// translation; the paging-structure caches are not used for nested walks.
+    fn nested(
+        &self,
+        s: &Setting,
+        ss: VtdSsConfig,
+        ssptptr: u64,
+        req: &DmaRequest,
+        tokens: Tokens,
+        trace: &mut Trace,
+    ) -> Result<Translation, Fail> {
+        let access = pw_access(req.access, req.privileged, false);
+        let needs_read = req.access == AccessKind::Atomic;
+        let input = Self::tag_input(&s.cfg, req.addr);
+        let itag = Tag::translation(s.did, s.pasid_tag, input >> 12, 0);
+        let second = SecondStage::Tables {
+            config: WalkConfig::VtdSecondStage(ss),
+            root: ssptptr,
+        };
+        if let Some(c) = self.caches.iotlb.lookup(&itag, trace) {
+            let perms = pagewalk::Perms::from_bits(c.perms.bits());
+            if s.cfg.permits(perms, access)
+                && (!needs_read || perms.read())
+                && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0)
+            {
+                let mask = (1u64 << c.page_shift.min(63)) - 1;
+                return Ok(self.output(
+                    req,
+                    c.output | (req.addr & mask),
+                    c.page_shift,
+                    perms,
+                    s.did,
+                ));
+            }
+        }
+        let mut obs = Obs::new(trace);
+        let res = walk_nested(
+            &s.cfg, s.root, &second, &self.mem, req.addr, access, &mut obs,
+        );
+        let t = match res {
+            Ok(t) => t,
+            Err(f) if f.stage == pagewalk::Stage::First => {
+                let levels = s.cfg.levels();
+                return Err(self.walk_fault(s, req, access, true, levels, f));
+            }
+            Err(f) => {
+                use FaultReason as R;
+                let reason = match f.kind {
+                    PwFault::NotPresent => R::SsNotPresent,
+                    PwFault::Permission if access.kind == PwKind::Execute => R::ExecuteDenied,
+                    PwFault::Permission if access.is_write() => R::SmWriteDenied,
+                    PwFault::Permission => R::SmReadDenied,
+                    PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
+                    PwFault::AddressBeyondWidth => R::SmAddressBeyondAw,
+                    PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
+                };
+                return Err(Fail::fpd(reason, s.fpd));
+            }
+        };
+        if needs_read && !t.perms.read() {
+            return Err(Fail::fpd(FaultReason::SmReadDenied, s.fpd));
+        }
+        let shift = t.page_shift;
+        let page = (input >> shift) << (shift - 12);
+        self.caches.iotlb.insert(
+            tokens.iotlb,
+            &Tag::translation(s.did, s.pasid_tag, page, shift - 12),
+            &iotlb::Translation {
+                output: t.output & !((1u64 << shift) - 1),
+                page_shift: shift,
+                perms: iotlb::Perms::from_bits(t.perms.bits()),
+                flags: if access.is_write() { FLAG_DIRTY_OK } else { 0 },
+            },
+        );
+        Ok(self.output(req, t.output, shift, t.perms, s.did))
     }
 }
