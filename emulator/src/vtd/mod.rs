@@ -668,11 +668,15 @@ impl<M: PhysMem> Vtd<M> {
             if r.iqh == r.iqt {
                 break;
             }
-            let at = base + r.iqh;
+            let at = base.wrapping_add(r.iqh);
             let mut qw = [0u64; 4];
             let n = (dsize / 8) as usize;
             for (i, q) in qw.iter_mut().take(n).enumerate() {
-                match self.mem.read_u64(at + 8 * i as u64) {
+                let fetched = at
+                    .checked_add(8 * i as u64)
+                    .ok_or(pagewalk::MemError::Unmapped(at))
+                    .and_then(|a| self.mem.read_u64(a));
+                match fetched {
                     Ok(v) => *q = v,
                     Err(e) => {
                         log::warn!("vtd: fetching invalidation descriptor at {at:#x}: {e}");

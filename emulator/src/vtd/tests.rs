@@ -1376,4 +1376,49 @@ proptest! {
         }
         let _ = d.translate(DmaRequest::new(0x100, 0x1000, 4, AccessKind::Read));
     }
+
+    /// Whatever the memory-resident structures hold, translation returns a translation or a
+    /// typed fault and never panics; a fault of a structure entry is recorded with its SID.
+    #[test]
+    fn random_structures_never_panic(
+        scalable in any::<bool>(),
+        words in proptest::collection::vec(any::<u64>(), 16),
+        pointer_bits in proptest::collection::vec(0u64..0x100, 8),
+        pasid in proptest::option::of(0u32..0x100),
+        addr in any::<u64>(),
+        access in 0u8..4,
+        privileged in any::<bool>(),
+    ) {
+        let mut d = Driver::new(VtdConfig::default());
+        d.set_root(scalable);
+        d.enable_translation();
+        // Random entries: root entry of bus 0, context entry of devfn 8, a PASID directory and
+        // table (pointers are steered into memory half of the time).
+        let steer = |w: u64, k: usize| if pointer_bits[k] & 1 == 0 {
+            (w & 0xfff) | ((pointer_bits[k] << 12) + TABLES.0)
+        } else {
+            w
+        };
+        d.mem.write_u64(d.root, steer(words[0], 0)).unwrap();
+        d.mem.write_u64(d.root + 8, steer(words[1], 1)).unwrap();
+        for (k, w) in words.iter().enumerate().skip(2) {
+            let target = TABLES.0 + (pointer_bits[k % 8] << 12) + ((k as u64) % 8) * 8;
+            d.mem.write_u64(target, steer(*w, k % 8)).unwrap();
+        }
+        let access = [AccessKind::Read, AccessKind::Write, AccessKind::Atomic, AccessKind::Execute]
+            [usize::from(access)];
+        let mut req = DmaRequest::new(sid(0, 1, 0), addr, 8, access);
+        req.pasid = pasid;
+        req.privileged = privileged;
+        let (r, trace) = d.vtd.translate(&req);
+        prop_assert!(trace.dropped() == 0);
+        if let Err(f) = r {
+            prop_assert!(f.code != 0);
+            if f.recorded {
+                let [_, hi] = d.frcd(0);
+                prop_assert_eq!(hi & 0xffff, u64::from(req.source_id));
+                prop_assert_eq!((hi >> 32) & 0xff, u64::from(f.code));
+            }
+        }
+    }
 }
