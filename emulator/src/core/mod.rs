@@ -17,6 +17,7 @@
 
 mod hw;
 mod types;
+pub mod vtd;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,699 @@
+//! Domains realised in the VT-d model ([`crate::vtd::Vtd`]), programmed the way a driver
+//! programs silicon: only through the register file and memory-resident structures.
+//!
+//! - Structures live in an IOMMU-private physical region (outside guest RAM): the legacy-mode
+//!   root table, one context table per bus in use, the second-stage tables of every domain
+//!   (built with pagewalk's [`TableBuilder`]), the invalidation queue and its wait-status word.
+//! - Bring-up (VT-d spec rev 4.1, §10.4.4–§10.4.6, §6.5.2): RTADDR, GCMD.SRTP, IQA, GCMD.QIE,
+//!   global context-cache and IOTLB invalidation, GCMD.TE.
+//! - Every invalidation goes through the invalidation queue and ends with an invalidation-wait
+//!   descriptor whose status write the driver checks (§6.5.2.8).
+//! - A paging domain is a domain id (DID) plus second-stage tables; an endpoint's context entry
+//!   (§9.3) points at them (T = 00b). Identity is T = 10b (pass-through, ECAP.PT). A blocked
+//!   endpoint has no present context entry, so its DMA faults (fault reason 2h).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use pagewalk::{
+    BumpAllocator, FrameAllocator, PageSizePolicy, PhysMem, TableBuilder, VtdSsConfig, WalkConfig,
+};
+
+use super::hw::{EndpointMode, Hardware, HwDomain, HwError, HwStats};
+use super::types::{
+    Access, EndpointId, Fault, FaultReason, MapFlags, Mapping, Outcome, TraceStep, Translated,
+};
+use crate::request::{AccessKind, DmaRequest};
+use crate::vtd::fault::FaultReason as VtdFaultReason;
+use crate::vtd::regs::*;
+use crate::vtd::{Vtd, VtdConfig};
+
+/// Size of a table page.
+const PAGE: u64 = 4096;
+
+/// The DID every pass-through context entry carries (the spec requires a DID even for T = 10b;
+/// like Linux, we reserve one for identity).
+pub const PASS_THROUGH_DID: u16 = 1;
+/// First DID handed to paging domains (DID 0 is reserved when CAP.CM is set, §9.3).
+pub const FIRST_DID: u16 = 2;
+
+// Invalidation descriptor encodings (§6.5.2.1 context-cache, §6.5.2.2 IOTLB, §6.5.2.8 wait):
+// type in bits 3:0, granularity in bits 5:4, DID in bits 31:16.
+const DESC_CC: u64 = 0x1;
+const DESC_IOTLB: u64 = 0x2;
+const DESC_WAIT: u64 = 0x5;
+/// Granularity field values (bits 5:4): global, domain-selective, device/page-selective.
+const G_GLOBAL: u64 = 1 << 4;
+const G_DOMAIN: u64 = 2 << 4;
+const G_SELECTIVE: u64 = 3 << 4;
+/// Invalidation wait: SW (bit 5), status data in bits 63:32, status address in qword 1.
+const WAIT_SW: u64 = 1 << 5;
+
+/// Context entry fields (§9.3): lower qword P (bit 0), T (bits 3:2), SLPTPTR (63:12); upper
+/// qword AW (bits 2:0), DID (bits 23:8).
+const CTX_P: u64 = 1;
+const CTX_T_PASS_THROUGH: u64 = 2 << 2;
+/// Root entry present bit (§9.1).
+const ROOT_P: u64 = 1;
+
+/// At most this many page-selective IOTLB descriptors for one unmap; more becomes one
+/// domain-selective invalidation.
+const MAX_PSI: usize = 32;
+
+/// Descriptor slots in the (one-page, 128-bit descriptor) invalidation queue.
+const IQ_SLOTS: u64 = PAGE / 16;
+
+#[derive(Debug)]
+struct DomainHw {
+    did: u16,
+    tables: TableBuilder,
+}
+
+#[derive(Debug)]
+struct Ctl {
+    alloc: BumpAllocator,
+    root: u64,
+    context_tables: HashMap<u8, u64>,
+    iq_base: u64,
+    iq_tail: u64,
+    status_addr: u64,
+    status_seq: u32,
+    domains: HashMap<HwDomain, DomainHw>,
+    next_handle: u64,
+    free_dids: Vec<u16>,
+    next_did: u16,
+    /// The DID each endpoint's present context entry carries.
+    endpoint_did: HashMap<u16, u16>,
+}
+
+/// Where the VT-d realisation keeps its structures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivateRegion {
+    /// First byte (4 KiB aligned).
+    pub base: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A [`Hardware`] that realises domains in a VT-d remapping unit.
+pub struct VtdHardware<M: PhysMem> {
+    unit: Vtd<M>,
+    ctl: Mutex<Ctl>,
+    ss: VtdSsConfig,
+    aw: u64,
+    max_did: u16,
+    psi_max_am: Option<u8>,
+}
+
+impl<M: PhysMem> std::fmt::Debug for VtdHardware<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VtdHardware")
+            .field("unit", &self.unit)
+            .field("ss", &self.ss)
+            .finish_non_exhaustive()
+    }
+}
+
+fn exhausted(what: &str) -> HwError {
+    HwError::Exhausted(what.to_string())
+}
+
+fn failed(what: impl std::fmt::Display) -> HwError {
+    HwError::Failed(what.to_string())
+}
+
+impl<M: PhysMem + Send + Sync> VtdHardware<M> {
+    /// Brings up a VT-d unit over `mem` (which must back `region`) in legacy mode with queued
+    /// invalidation, translation enabled and every endpoint blocked.
+    pub fn new(mem: M, cfg: VtdConfig, region: PrivateRegion) -> Result<Self, HwError> {
+        if !cfg.queued_invalidation || !cfg.pass_through {
+            return Err(failed(
+                "the VT-d realisation needs queued invalidation and pass-through (ECAP.QI, ECAP.PT)",
+            ));
+        }
+        // AGAW: prefer 4-level (48-bit), then 3-level, then 5-level (CAP.SAGAW bits 2, 1, 3).
+        let levels = [4u8, 3, 5]
+            .into_iter()
+            .find(|l| cfg.sagaw & (1 << (l - 2)) != 0)
+            .ok_or_else(|| failed("CAP.SAGAW offers no second-stage depth"))?;
+        let mut ss = VtdSsConfig::new(levels);
+        ss.input_width = ss.input_width.min(cfg.mgaw);
+        ss.haw = cfg.haw;
+        ss.sp_2m = cfg.sl_2m;
+        ss.sp_1g = cfg.sl_1g;
+        let end = region
+            .base
+            .checked_add(region.size)
+            .ok_or_else(|| failed("private region wraps"))?;
+        let unit =
+            Vtd::new(mem, cfg, Box::new(|e| log::debug!("vtd event {e:?}"))).map_err(failed)?;
+        // CAP.ND (bits 2:0): 2^(4 + 2*ND) domain ids (§10.4.2).
+        let nd = unit.mmio_read(CAP_REG, 8) & 7;
+        let dids = 1u64 << (4 + 2 * nd);
+        let max_did = u16::try_from(dids - 1).unwrap_or(u16::MAX);
+        let psi_max_am = unit.config().mamv;
+        let mut alloc = BumpAllocator::new(region.base, end);
+        let mut page = || {
+            alloc
+                .alloc_frame()
+                .ok_or_else(|| exhausted("private memory"))
+        };
+        let (root, iq_base, status_page) = (page()?, page()?, page()?);
+        let hw = Self {
+            unit,
+            ctl: Mutex::new(Ctl {
+                alloc,
+                root,
+                context_tables: HashMap::new(),
+                iq_base,
+                iq_tail: 0,
+                status_addr: status_page,
+                status_seq: 0,
+                domains: HashMap::new(),
+                next_handle: 1,
+                free_dids: Vec::new(),
+                next_did: FIRST_DID,
+                endpoint_did: HashMap::new(),
+            }),
+            ss,
+            aw: u64::from(levels - 2),
+            max_did,
+            psi_max_am,
+        };
+        for p in [root, iq_base, status_page] {
+            hw.zero_page(p)?;
+        }
+        hw.bring_up()?;
+        Ok(hw)
+    }
+
+    /// The VT-d unit (for inspection: registers, caches, statistics).
+    pub fn unit(&self) -> &Vtd<M> {
+        &self.unit
+    }
+
+    /// The second-stage configuration domains are built with.
+    pub fn second_stage(&self) -> &VtdSsConfig {
+        &self.ss
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ctl> {
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mem(&self) -> &M {
+        self.unit.mem()
+    }
+
+    fn zero_page(&self, page: u64) -> Result<(), HwError> {
+        for i in 0..PAGE / 8 {
+            self.mem().write_u64(page + 8 * i, 0).map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    fn gsts(&self) -> u32 {
+        self.unit.mmio_read(GSTS_REG, 4) as u32
+    }
+
+    /// Issues a GCMD command with the persistent state bits (TE, QIE) kept, and checks that
+    /// GSTS reports `expect` (§10.4.4: software reads GSTS, ORs in the command, writes GCMD).
+    fn gcmd(&self, set: u32, expect: u32) -> Result<(), HwError> {
+        let keep = self.gsts() & (GCMD_TE | GCMD_QIE);
+        self.unit.mmio_write(GCMD_REG, 4, u64::from(keep | set));
+        if self.gsts() & expect != expect {
+            return Err(failed(format!("GSTS {:#x} lacks {expect:#x}", self.gsts())));
+        }
+        Ok(())
+    }
+
+    fn bring_up(&self) -> Result<(), HwError> {
+        let (root, iq_base) = {
+            let c = self.lock();
+            (c.root, c.iq_base)
+        };
+        // RTADDR with TTM = 00b (legacy mode), then Set Root Table Pointer (§10.4.6).
+        self.unit
+            .mmio_write(RTADDR_REG, 8, root | (TTM_LEGACY << RTADDR_TTM_SHIFT));
+        self.gcmd(GCMD_SRTP, GCMD_SRTP)?;
+        // Invalidation queue: one page of 128-bit descriptors (IQA.QS = 0, DW = 0), IQT = 0,
+        // then Queued Invalidation Enable (§10.4.23, §6.5.2).
+        self.unit.mmio_write(IQA_REG, 8, iq_base);
+        self.unit.mmio_write(IQT_REG, 8, 0);
+        self.gcmd(GCMD_QIE, GCMD_QIE)?;
+        {
+            let mut c = self.lock();
+            self.submit(
+                &mut c,
+                &[[DESC_CC | G_GLOBAL, 0], [DESC_IOTLB | G_GLOBAL, 0]],
+            )?;
+        }
+        self.gcmd(GCMD_TE, GCMD_TE)
+    }
+
+    /// Queues `descs` plus an invalidation wait with a status write, moves IQT, and checks the
+    /// status word: when it reads back, every descriptor before it has completed (§6.5.2.8).
+    fn submit(&self, c: &mut Ctl, descs: &[[u64; 2]]) -> Result<(), HwError> {
+        // One wait per chunk; a chunk never fills the queue.
+        for chunk in descs.chunks((IQ_SLOTS / 2) as usize) {
+            c.status_seq = c.status_seq.wrapping_add(1);
+            let seq = c.status_seq;
+            let wait = [DESC_WAIT | WAIT_SW | (u64::from(seq) << 32), c.status_addr];
+            for d in chunk.iter().chain(std::iter::once(&wait)) {
+                let at = c.iq_base + c.iq_tail;
+                self.mem().write_u64(at, d[0]).map_err(failed)?;
+                self.mem().write_u64(at + 8, d[1]).map_err(failed)?;
+                c.iq_tail = (c.iq_tail + 16) % PAGE;
+            }
+            self.unit.mmio_write(IQT_REG, 8, c.iq_tail);
+            let status = self.mem().read_u32(c.status_addr).map_err(failed)?;
+            if status != seq {
+                let fsts = self.unit.mmio_read(FSTS_REG, 4) as u32;
+                // Recover as a driver would: clear IQE and resynchronise the tail with IQH.
+                self.unit.mmio_write(FSTS_REG, 4, u64::from(FSTS_IQE));
+                c.iq_tail = self.unit.mmio_read(IQH_REG, 8) & (PAGE - 1);
+                self.unit.mmio_write(IQT_REG, 8, c.iq_tail);
+                return Err(failed(format!(
+                    "invalidation wait did not complete (FSTS {fsts:#x})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The context table for `bus`, created (and its root entry made present) if needed.
+    fn context_table(&self, c: &mut Ctl, bus: u8) -> Result<u64, HwError> {
+        if let Some(t) = c.context_tables.get(&bus) {
+            return Ok(*t);
+        }
+        let t = c
+            .alloc
+            .alloc_frame()
+            .ok_or_else(|| exhausted("private memory"))?;
+        if let Err(e) = self.zero_page(t) {
+            c.alloc.free_frame(t);
+            return Err(e);
+        }
+        // Root entry (§9.1): lower qword CTP | P, upper qword reserved (zero).
+        let re = c.root + 16 * u64::from(bus);
+        self.mem().write_u64(re + 8, 0).map_err(failed)?;
+        self.mem().write_u64(re, t | ROOT_P).map_err(failed)?;
+        c.context_tables.insert(bus, t);
+        Ok(t)
+    }
+
+    /// The context entry `mode` needs, and the DID it carries.
+    fn context_entry(
+        &self,
+        c: &Ctl,
+        mode: EndpointMode,
+    ) -> Result<Option<(u64, u64, u16)>, HwError> {
+        Ok(match mode {
+            EndpointMode::Blocked => None,
+            EndpointMode::PassThrough => Some((
+                CTX_T_PASS_THROUGH | CTX_P,
+                self.aw | (u64::from(PASS_THROUGH_DID) << 8),
+                PASS_THROUGH_DID,
+            )),
+            EndpointMode::Translated(h) => {
+                let d = c
+                    .domains
+                    .get(&h)
+                    .ok_or_else(|| failed(format!("no domain {h:?}")))?;
+                Some((
+                    d.tables.root() | CTX_P,
+                    self.aw | (u64::from(d.did) << 8),
+                    d.did,
+                ))
+            }
+        })
+    }
+
+    /// Writes `endpoint`'s context entry for `mode` and returns the DID it replaced (if the old
+    /// entry was present). No invalidation.
+    fn write_context(
+        &self,
+        c: &mut Ctl,
+        endpoint: EndpointId,
+        mode: EndpointMode,
+    ) -> Result<Option<u16>, HwError> {
+        let sid = u16::try_from(endpoint)
+            .map_err(|_| failed(format!("endpoint {endpoint:#x} is not a requester id")))?;
+        let entry = self.context_entry(c, mode)?;
+        let [bus, devfn] = sid.to_be_bytes();
+        let table = match (entry, c.context_tables.get(&bus)) {
+            // Blocking an endpoint whose bus has no context table: nothing to write.
+            (None, None) => return Ok(c.endpoint_did.remove(&sid)),
+            _ => self.context_table(c, bus)?,
+        };
+        let ce = table + 16 * u64::from(devfn);
+        let old = c.endpoint_did.get(&sid).copied();
+        match (entry, old) {
+            (None, _) => {
+                // Clear P first, so no walk sees a half-cleared entry as present.
+                self.mem().write_u64(ce, 0).map_err(failed)?;
+                self.mem().write_u64(ce + 8, 0).map_err(failed)?;
+                c.endpoint_did.remove(&sid);
+            }
+            (Some((lo, hi, did)), None) => {
+                // Upper qword first, P last (§9.3 programming order).
+                self.mem().write_u64(ce + 8, hi).map_err(failed)?;
+                self.mem().write_u64(ce, lo).map_err(failed)?;
+                c.endpoint_did.insert(sid, did);
+            }
+            (Some((lo, hi, did)), Some(_)) => {
+                // Present to present (a domain switch): the entry stays present throughout, so
+                // DMA never sees a blocked or pass-through state. A walk racing the two stores
+                // may pair one half of each entry; the invalidation of both DIDs that follows
+                // removes whatever it cached.
+                self.mem().write_u64(ce, lo).map_err(failed)?;
+                self.mem().write_u64(ce + 8, hi).map_err(failed)?;
+                c.endpoint_did.insert(sid, did);
+            }
+        }
+        Ok(old)
+    }
+
+    /// The invalidations a context-entry change for `sid` needs (§6.5.3.3 "Guidance to Software
+    /// for Invalidations": device-selective context-cache invalidation with the old DID, then a
+    /// domain-selective IOTLB invalidation of the old DID; the new DID too when a present
+    /// entry was rewritten in place).
+    fn context_change_descs(sid: u16, old: Option<u16>, new: Option<u16>) -> Vec<[u64; 2]> {
+        let cc_did = old.or(new).unwrap_or(0);
+        let mut v = vec![[
+            DESC_CC | G_SELECTIVE | (u64::from(cc_did) << 16) | (u64::from(sid) << 32),
+            0,
+        ]];
+        if let Some(o) = old {
+            v.push([DESC_IOTLB | G_DOMAIN | (u64::from(o) << 16), 0]);
+            if let Some(n) = new
+                && n != o
+            {
+                v.push([DESC_IOTLB | G_DOMAIN | (u64::from(n) << 16), 0]);
+            }
+        }
+        v
+    }
+
+    /// Page-selective IOTLB invalidations covering `[iova, iova + len)` in `did` (§6.5.2.2:
+    /// 2^AM pages at an address aligned to them), or one domain-selective invalidation when PSI
+    /// is unsupported or the range needs too many descriptors.
+    fn iotlb_range_descs(&self, did: u16, iova: u64, len: u64) -> Vec<[u64; 2]> {
+        let domain = vec![[DESC_IOTLB | G_DOMAIN | (u64::from(did) << 16), 0]];
+        let Some(max_am) = self.psi_max_am else {
+            return domain;
+        };
+        let mut v = Vec::new();
+        let (mut page, end) = (iova >> 12, (iova.saturating_add(len)) >> 12);
+        while page < end {
+            let align = page.trailing_zeros().min(u32::from(max_am));
+            let fit = 63 - (end - page).leading_zeros();
+            let am = align.min(fit);
+            v.push([
+                DESC_IOTLB | G_SELECTIVE | (u64::from(did) << 16),
+                (page << 12) | u64::from(am),
+            ]);
+            page += 1 << am;
+            if v.len() > MAX_PSI {
+                return domain;
+            }
+        }
+        v
+    }
+
+    fn perms(flags: MapFlags) -> pagewalk::Perms {
+        let mut p = pagewalk::Perms::NONE;
+        if flags.read {
+            p = p | pagewalk::Perms::R;
+        }
+        if flags.write {
+            p = p | pagewalk::Perms::W;
+        }
+        p
+    }
+
+    /// Clears the fault recording registers and FSTS overflow, as a driver's fault handler
+    /// does, so later faults are recorded too (§7.2.1, §10.4.14).
+    fn clear_faults(&self) {
+        let cfg = self.unit.config();
+        for i in 0..u64::from(cfg.nfr) {
+            let hi = u64::from(cfg.fro) + 16 * i + 8;
+            if self.unit.mmio_read(hi, 8) & FRCD_F != 0 {
+                self.unit.mmio_write(hi, 8, FRCD_F);
+            }
+        }
+        self.unit.mmio_write(FSTS_REG, 4, u64::from(FSTS_PFO));
+    }
+}
+
+impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
+    fn name(&self) -> &'static str {
+        "vtd"
+    }
+
+    fn domain_alloc(&self) -> Result<HwDomain, HwError> {
+        let mut c = self.lock();
+        let c = &mut *c;
+        let did = match c.free_dids.pop() {
+            Some(d) => d,
+            None if c.next_did <= self.max_did => {
+                c.next_did += 1;
+                c.next_did - 1
+            }
+            None => return Err(exhausted("VT-d domain ids")),
+        };
+        let tables = match TableBuilder::new(
+            WalkConfig::VtdSecondStage(self.ss),
+            self.mem(),
+            &mut c.alloc,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                c.free_dids.push(did);
+                return Err(match e {
+                    pagewalk::BuildError::AllocatorExhausted => exhausted("private memory"),
+                    e => failed(e),
+                });
+            }
+        };
+        let h = HwDomain(c.next_handle);
+        c.next_handle += 1;
+        c.domains.insert(h, DomainHw { did, tables });
+        log::debug!("vtd: domain {h:?} is DID {did}");
+        Ok(h)
+    }
+
+    fn domain_free(&self, domain: HwDomain) -> Result<(), HwError> {
+        let mut c = self.lock();
+        let c = &mut *c;
+        let d = c
+            .domains
+            .remove(&domain)
+            .ok_or_else(|| failed(format!("no domain {domain:?}")))?;
+        let did = d.did;
+        d.tables.destroy(self.mem(), &mut c.alloc).map_err(failed)?;
+        // Nothing cached under the DID may survive its reuse.
+        self.submit(c, &[[DESC_IOTLB | G_DOMAIN | (u64::from(did) << 16), 0]])?;
+        c.free_dids.push(did);
+        Ok(())
+    }
+
+    fn map(&self, domain: HwDomain, m: &Mapping) -> Result<(), HwError> {
+        if !m.flags.read && !m.flags.write {
+            // Nothing to write: a second-stage entry with R = W = 0 is not present.
+            return Ok(());
+        }
+        let len = m
+            .size()
+            .ok_or_else(|| failed("mapping covers the whole address space"))?;
+        let mut c = self.lock();
+        let c = &mut *c;
+        let d = c
+            .domains
+            .get_mut(&domain)
+            .ok_or_else(|| failed(format!("no domain {domain:?}")))?;
+        d.tables
+            .map(
+                self.mem(),
+                &mut c.alloc,
+                m.virt_start,
+                m.phys_start,
+                len,
+                Self::perms(m.flags),
+                PageSizePolicy::LARGEST,
+            )
+            .map_err(|e| match e {
+                pagewalk::BuildError::AllocatorExhausted => exhausted("private memory"),
+                e => failed(e),
+            })?;
+        if self.unit.config().caching_mode {
+            // CAP.CM: not-present entries may be cached; invalidate what became present.
+            let did = d.did;
+            let descs = self.iotlb_range_descs(did, m.virt_start, len);
+            self.submit(c, &descs)?;
+        }
+        Ok(())
+    }
+
+    fn unmap(&self, domain: HwDomain, m: &Mapping) -> Result<(), HwError> {
+        let len = m
+            .size()
+            .ok_or_else(|| failed("mapping covers the whole address space"))?;
+        let mut c = self.lock();
+        let c = &mut *c;
+        let d = c
+            .domains
+            .get_mut(&domain)
+            .ok_or_else(|| failed(format!("no domain {domain:?}")))?;
+        let did = d.did;
+        d.tables
+            .unmap(self.mem(), &mut c.alloc, m.virt_start, len)
+            .map_err(failed)?;
+        let descs = self.iotlb_range_descs(did, m.virt_start, len);
+        self.submit(c, &descs)
+    }
+
+    fn set_endpoint(&self, endpoint: EndpointId, mode: EndpointMode) -> Result<(), HwError> {
+        let mut c = self.lock();
+        let c = &mut *c;
+        let old = self.write_context(c, endpoint, mode)?;
+        let new = c.endpoint_did.get(&(endpoint as u16)).copied();
+        if old.is_none() && new.is_none() {
+            return Ok(());
+        }
+        let descs = Self::context_change_descs(endpoint as u16, old, new);
+        self.submit(c, &descs)
+    }
+
+    fn set_endpoints(
+        &self,
+        endpoints: &mut dyn Iterator<Item = EndpointId>,
+        mode: EndpointMode,
+    ) -> Result<(), HwError> {
+        let mut c = self.lock();
+        let c = &mut *c;
+        let mut changed = false;
+        for ep in endpoints {
+            let old = self.write_context(c, ep, mode)?;
+            changed |= old.is_some() || mode != EndpointMode::Blocked;
+        }
+        if changed {
+            // One global invalidation instead of one per endpoint (§6.5.3.3 allows coarser).
+            self.submit(c, &[[DESC_CC | G_GLOBAL, 0], [DESC_IOTLB | G_GLOBAL, 0]])?;
+        }
+        Ok(())
+    }
+
+    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access) -> Outcome {
+        let kind = match access {
+            Access::Read => AccessKind::Read,
+            Access::Write => AccessKind::Write,
+        };
+        let Ok(sid) = u16::try_from(endpoint) else {
+            return Outcome {
+                result: Err(Fault {
+                    reason: FaultReason::Domain,
+                    endpoint,
+                    address: iova,
+                    access,
+                    detail: "not a PCI requester id".into(),
+                }),
+                trace: Vec::new(),
+            };
+        };
+        let (r, trace) = self.unit.translate(&DmaRequest::new(sid, iova, 1, kind));
+        let trace = trace
+            .events()
+            .iter()
+            .map(|e| TraceStep(format!("{e:?}")))
+            .collect();
+        let result = match r {
+            Ok(t) => {
+                let page = 1u64 << t.page_shift.min(63);
+                Ok(Translated {
+                    phys: t.addr,
+                    len: page - (iova & (page - 1)),
+                    perm: MapFlags {
+                        read: t.perms.read,
+                        write: t.perms.write,
+                        mmio: false,
+                    },
+                })
+            }
+            Err(f) => {
+                if f.recorded {
+                    self.clear_faults();
+                }
+                let code = f.code;
+                let reason = if code == VtdFaultReason::RootNotPresent as u16
+                    || code == VtdFaultReason::ContextNotPresent as u16
+                {
+                    FaultReason::Domain
+                } else if code == VtdFaultReason::AddressBeyondAw as u16
+                    || code == VtdFaultReason::WriteDenied as u16
+                    || code == VtdFaultReason::ReadDenied as u16
+                    || code == VtdFaultReason::SsNotPresent as u16
+                {
+                    FaultReason::Mapping
+                } else {
+                    FaultReason::Unknown
+                };
+                Err(Fault {
+                    reason,
+                    endpoint,
+                    address: iova,
+                    access,
+                    detail: format!("VT-d fault reason {code:#x} ({:?})", f.kind),
+                })
+            }
+        };
+        Outcome { result, trace }
+    }
+
+    fn reset(&self) -> Result<(), HwError> {
+        let mut c = self.lock();
+        let c = &mut *c;
+        for (bus, t) in std::mem::take(&mut c.context_tables) {
+            self.mem()
+                .write_u64(c.root + 16 * u64::from(bus), 0)
+                .map_err(failed)?;
+            c.alloc.free_frame(t);
+        }
+        for (_, d) in std::mem::take(&mut c.domains) {
+            d.tables.destroy(self.mem(), &mut c.alloc).map_err(failed)?;
+        }
+        c.endpoint_did.clear();
+        c.free_dids.clear();
+        c.next_did = FIRST_DID;
+        self.submit(c, &[[DESC_CC | G_GLOBAL, 0], [DESC_IOTLB | G_GLOBAL, 0]])
+    }
+
+    fn stats(&self) -> HwStats {
+        let s = self.unit.stats();
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let mut v = vec![
+            ("translations".to_string(), ld(&s.translations)),
+            ("faults".to_string(), ld(&s.faults)),
+            ("faults_recorded".to_string(), ld(&s.faults_recorded)),
+            ("invalidation_descriptors".to_string(), ld(&s.descriptors)),
+        ];
+        let caches = self.unit.caches();
+        for (name, st) in [
+            ("context_cache", caches.context.stats()),
+            ("iotlb", caches.iotlb.stats()),
+            ("paging_structure_cache", caches.psc.stats()),
+        ] {
+            v.push((format!("{name}.lookups"), st.lookups));
+            v.push((format!("{name}.hits"), st.hits));
+            v.push((format!("{name}.misses"), st.misses));
+            v.push((format!("{name}.inserts"), st.inserts));
+        }
+        let c = self.lock();
+        v.push(("domains".to_string(), c.domains.len() as u64));
+        v.push(("private_pages_in_use".to_string(), c.alloc.in_use() as u64));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+use super::*;
+use crate::core::{Core, CoreConfig, CoreError, EndpointSet, SoftHardware};
+use crate::vtd::structs::{ContextEntry, TranslationType};
+use pagewalk::SparseMem;
+use proptest::prelude::*;
+use std::sync::Arc;
+
+const BASE: u64 = 0x1000_0000;
+const EP: u32 = 0x0108; // 01:01.0
+const EP2: u32 = 0x0010; // 00:02.0
+
+fn hw_with(pages: u64) -> VtdHardware<SparseMem> {
+    VtdHardware::new(
+        SparseMem::new(0x2000_0000),
+        VtdConfig::default(),
+        PrivateRegion {
+            base: BASE,
+            size: pages * PAGE,
+        },
+    )
+    .unwrap()
+}
+
+fn cfg() -> CoreConfig {
+    CoreConfig {
+        endpoints: EndpointSet::from_ranges([0..=0x1ff]),
+        ..CoreConfig::default()
+    }
+}
+
+fn core_on(hw: Arc<VtdHardware<SparseMem>>) -> Core {
+    Core::new(cfg(), hw).unwrap()
+}
+
+fn phys(c: &Core, ep: u32, iova: u64, access: Access) -> Result<u64, FaultReason> {
+    c.translate(ep, iova, access)
+        .result
+        .map(|t| t.phys)
+        .map_err(|f| f.reason)
+}
+
+/// Reads and decodes `ep`'s context entry the way the hardware does.
+fn context_of(hw: &VtdHardware<SparseMem>, ep: u32) -> Option<ContextEntry> {
+    let mem = hw.unit().mem();
+    let root = mem.read_u64(BASE + 16 * u64::from(ep >> 8)).unwrap();
+    if root & 1 == 0 {
+        return None;
+    }
+    let ce = (root & !0xfff) + 16 * u64::from(ep & 0xff);
+    let (lo, hi) = (mem.read_u64(ce).unwrap(), mem.read_u64(ce + 8).unwrap());
+    ContextEntry::decode(lo, hi, 48, true, true, |aw| aw == 2).ok()
+}
+
+#[test]
+fn bring_up_enables_translation_and_queued_invalidation() {
+    let hw = hw_with(64);
+    let gsts = hw.unit().mmio_read(GSTS_REG, 4) as u32;
+    assert_eq!(
+        gsts & (GCMD_TE | GCMD_QIE | GCMD_SRTP),
+        GCMD_TE | GCMD_QIE | GCMD_SRTP
+    );
+    assert_eq!(hw.unit().mmio_read(RTADDR_REG, 8) & !0xfff, BASE);
+    // The bring-up invalidations ran through the queue: IQH caught up with IQT.
+    assert_eq!(
+        hw.unit().mmio_read(IQH_REG, 8),
+        hw.unit().mmio_read(IQT_REG, 8)
+    );
+    assert!(hw.unit().mmio_read(IQT_REG, 8) > 0);
+    assert_eq!(hw.unit().mmio_read(FSTS_REG, 4), 0);
+}
+
+#[test]
+fn attach_writes_a_context_entry_pointing_at_the_domain_tables() {
+    let hw = Arc::new(hw_with(64));
+    let c = core_on(hw.clone());
+    assert_eq!(context_of(&hw, EP), None);
+    c.attach(5, EP, false).unwrap();
+    let ce = context_of(&hw, EP).unwrap();
+    assert_eq!(ce.tt, TranslationType::UntranslatedOnly);
+    assert_eq!(ce.aw, 2);
+    assert_eq!(ce.did, FIRST_DID);
+    let hwd = c.domains()[0].hw.unwrap();
+    let root = hw.lock().domains[&hwd].tables.root();
+    assert_eq!(ce.slptptr, root);
+    assert!(
+        (BASE..BASE + 64 * PAGE).contains(&root),
+        "tables in the private region"
+    );
+    // A bypass domain is pass-through.
+    c.attach(6, EP2, true).unwrap();
+    let pt = context_of(&hw, EP2).unwrap();
+    assert_eq!(pt.tt, TranslationType::PassThrough);
+    assert_eq!(pt.did, PASS_THROUGH_DID);
+    // Detach blocks: the entry is no longer present.
+    c.detach(5, EP).unwrap();
+    assert_eq!(context_of(&hw, EP), None);
+}
+
+#[test]
+fn map_translate_unmap_through_the_model() {
+    let hw = Arc::new(hw_with(64));
+    let c = core_on(hw.clone());
+    c.attach(1, EP, false).unwrap();
+    c.map(1, 0x20_0000, 0x3f_ffff, 0x8000_0000, MapFlags::RW)
+        .unwrap();
+    let first = c.translate(EP, 0x20_1234, Access::Write);
+    let t = first.result.clone().unwrap();
+    assert_eq!(t.phys, 0x8000_1234);
+    // A 2 MiB mapping aligned on both sides is one 2 MiB page.
+    assert_eq!(t.len, 0x20_0000 - 0x1234);
+    assert!(!first.trace.is_empty());
+    // The second translation of the page hits the IOTLB and reads no table.
+    let second = c.translate(EP, 0x20_1238, Access::Read);
+    assert_eq!(second.result.unwrap().phys, 0x8000_1238);
+    assert!(second.trace.len() < first.trace.len());
+    // UNMAP edits the tables and invalidates the IOTLB: the cached translation is gone.
+    c.unmap(1, 0x20_0000, 0x3f_ffff).unwrap();
+    assert_eq!(
+        phys(&c, EP, 0x20_1234, Access::Read),
+        Err(FaultReason::Mapping)
+    );
+    let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
+    assert!(stats["iotlb.hits"] >= 1);
+    assert!(stats["invalidation_descriptors"] > 4);
+}
+
+#[test]
+fn read_only_and_write_only_mappings() {
+    let hw = Arc::new(hw_with(64));
+    let c = core_on(hw);
+    c.attach(1, EP, false).unwrap();
+    let ro = MapFlags {
+        read: true,
+        ..Default::default()
+    };
+    let wo = MapFlags {
+        write: true,
+        ..Default::default()
+    };
+    c.map(1, 0x1000, 0x1fff, 0x5000, ro).unwrap();
+    c.map(1, 0x2000, 0x2fff, 0x6000, wo).unwrap();
+    c.map(1, 0x3000, 0x3fff, 0x7000, MapFlags::default())
+        .unwrap();
+    assert_eq!(phys(&c, EP, 0x1008, Access::Read), Ok(0x5008));
+    assert_eq!(
+        phys(&c, EP, 0x1008, Access::Write),
+        Err(FaultReason::Mapping)
+    );
+    assert_eq!(phys(&c, EP, 0x2008, Access::Write), Ok(0x6008));
+    assert_eq!(
+        phys(&c, EP, 0x2008, Access::Read),
+        Err(FaultReason::Mapping)
+    );
+    assert_eq!(
+        phys(&c, EP, 0x3008, Access::Read),
+        Err(FaultReason::Mapping)
+    );
+    // The no-access mapping is still a mapping: it can be unmapped, and it blocks overlaps.
+    assert!(c.map(1, 0x3000, 0x3fff, 0, MapFlags::RW).is_err());
+    c.unmap(1, 0x3000, 0x3fff).unwrap();
+}
+
+#[test]
+fn bypass_and_blocked_endpoints() {
+    let hw = Arc::new(hw_with(64));
+    let c = core_on(hw.clone());
+    assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
+    c.set_bypass(true).unwrap();
+    assert_eq!(phys(&c, EP, 0x1000, Access::Read), Ok(0x1000));
+    assert_eq!(
+        context_of(&hw, 0x1ff).map(|e| e.tt),
+        Some(TranslationType::PassThrough)
+    );
+    c.set_bypass(false).unwrap();
+    assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
+    assert_eq!(context_of(&hw, 0x1ff), None);
+    // Faults keep being recorded: the realisation clears the fault recording registers.
+    for i in 0..20 {
+        let _ = c.translate(EP, i << 12, Access::Write);
+    }
+    let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
+    assert!(stats["faults_recorded"] >= 20, "{stats:?}");
+}
+
+#[test]
+fn moving_an_endpoint_switches_tables_without_stale_translations() {
+    let hw = Arc::new(hw_with(64));
+    let c = core_on(hw.clone());
+    c.attach(1, EP, false).unwrap();
+    c.map(1, 0x4000, 0x4fff, 0xa000, MapFlags::RW).unwrap();
+    assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xa010));
+    c.attach(2, EP, false).unwrap();
+    // Domain 2 has nothing mapped: the IOTLB entry of domain 1 must not answer.
+    assert_eq!(
+        phys(&c, EP, 0x4010, Access::Read),
+        Err(FaultReason::Mapping)
+    );
+    c.map(2, 0x4000, 0x4fff, 0xb000, MapFlags::RW).unwrap();
+    assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xb010));
+    // Domain 1 was freed; its DID goes to the next domain, with nothing stale cached under it.
+    c.attach(3, EP2, false).unwrap();
+    assert_eq!(context_of(&hw, EP2).unwrap().did, FIRST_DID);
+    assert_eq!(
+        phys(&c, EP2, 0x4010, Access::Read),
+        Err(FaultReason::Mapping)
+    );
+    // Identity to translated and back, in place.
+    c.attach(4, EP, true).unwrap();
+    assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0x4010));
+    c.attach(5, EP, false).unwrap();
+    assert_eq!(
+        phys(&c, EP, 0x4010, Access::Read),
+        Err(FaultReason::Mapping)
+    );
+}
+
+#[test]
+fn domain_ids_and_private_memory_run_out_as_nomem() {
+    let hw = Arc::new(hw_with(1024));
+    let c = Core::new(
+        CoreConfig {
+            max_domains: 1000,
+            ..cfg()
+        },
+        hw.clone(),
+    )
+    .unwrap();
+    // CAP.ND = 2: 256 DIDs, 0 and 1 reserved.
+    for d in 0..254u32 {
+        c.attach(d + 1, d, false).unwrap();
+    }
+    assert!(matches!(
+        c.attach(300, 254, false),
+        Err(CoreError::Hardware(HwError::Exhausted(_)))
+    ));
+    assert_eq!(c.domains().len(), 254);
+
+    // A region of a few pages: the tables of a scattered mapping set exhaust it.
+    let hw = Arc::new(hw_with(8));
+    let c = core_on(hw);
+    c.attach(1, EP, false).unwrap();
+    let mut exhausted = false;
+    for i in 0..16u64 {
+        match c.map(1, i << 30, (i << 30) + 0xfff, 0, MapFlags::RW) {
+            Ok(()) => {}
+            Err(CoreError::Hardware(HwError::Exhausted(_))) => {
+                exhausted = true;
+                // The refused mapping is not recorded.
+                assert_eq!(c.stats().mappings as u64, i);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(exhausted);
+}
+
+#[test]
+fn reset_clears_every_structure() {
+    let hw = Arc::new(hw_with(64));
+    let c = core_on(hw.clone());
+    c.attach(1, EP, false).unwrap();
+    c.map(1, 0, 0xfff, 0x9000, MapFlags::RW).unwrap();
+    assert_eq!(phys(&c, EP, 0x10, Access::Read), Ok(0x9010));
+    c.reset().unwrap();
+    assert_eq!(context_of(&hw, EP), None);
+    assert_eq!(phys(&c, EP, 0x10, Access::Read), Err(FaultReason::Domain));
+    let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
+    // Root, queue and status pages remain.
+    assert_eq!(stats["private_pages_in_use"], 3);
+}
+
+#[test]
+fn psi_covers_the_range_with_aligned_blocks() {
+    let hw = hw_with(16);
+    let d = hw.iotlb_range_descs(7, 0x3000, 0x5000);
+    // Pages 3..8: 3 (am 0), 4-7 (am 2).
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0][1], 0x3000);
+    assert_eq!(d[1][1], 0x4000 | 2);
+    assert!(
+        d.iter()
+            .all(|x| x[0] == DESC_IOTLB | G_SELECTIVE | (7 << 16))
+    );
+    // A huge unaligned range falls back to one domain-selective invalidation.
+    let d = hw.iotlb_range_descs(7, 0x1000, 0x10_0000_0000);
+    assert_eq!(d, vec![[DESC_IOTLB | G_DOMAIN | (7 << 16), 0]]);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Attach(u32, u32, bool),
+    Detach(u32, u32),
+    Map(u32, u64, u64, u64, bool),
+    Unmap(u32, u64, u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u32..4, 0u32..3, prop::bool::weighted(0.2)).prop_map(|(d, e, b)| Op::Attach(d, e, b)),
+        (1u32..4, 0u32..3).prop_map(|(d, e)| Op::Detach(d, e)),
+        (1u32..4, 0u64..1100, 1u64..600, 0u64..4096, any::<bool>())
+            .prop_map(|(d, s, n, p, w)| Op::Map(d, s, n, p, w)),
+        (1u32..4, 0u64..1100, 0u64..1100).prop_map(|(d, s, n)| Op::Unmap(d, s, n)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The VT-d realisation translates exactly as the plain mapping trees do, for any sequence
+    /// of operations (including large pages and domain switches), and accepts the same ones.
+    #[test]
+    fn vtd_agrees_with_the_soft_model(ops in prop::collection::vec(op(), 1..25)) {
+        let soft = Core::new(cfg(), Arc::new(SoftHardware::new())).unwrap();
+        let vtd = core_on(Arc::new(hw_with(4096)));
+        const P: u64 = 0x1000;
+        let mut probes = vec![];
+        for op in &ops {
+            let (a, b) = match *op {
+                Op::Attach(d, e, b) => (soft.attach(d, e, b), vtd.attach(d, e, b)),
+                Op::Detach(d, e) => (soft.detach(d, e), vtd.detach(d, e)),
+                Op::Map(d, s, n, p, w) => {
+                    let f = MapFlags { read: true, write: w, mmio: false };
+                    let args = (s * P, (s + n) * P - 1, p * 0x20_0000 + (s % 512) * P);
+                    probes.push(s * P);
+                    probes.push((s + n) * P - 8);
+                    (soft.map(d, args.0, args.1, args.2, f), vtd.map(d, args.0, args.1, args.2, f))
+                }
+                Op::Unmap(d, s, n) => (
+                    soft.unmap(d, s * P, (s + n + 1) * P - 1).map(|_| ()),
+                    vtd.unmap(d, s * P, (s + n + 1) * P - 1).map(|_| ()),
+                ),
+            };
+            prop_assert_eq!(a.is_ok(), b.is_ok(), "{:?}: soft {:?} vtd {:?}", op, a, b);
+            // Probe after every step so that cached translations are exercised.
+            for ep in 0..3 {
+                for &iova in &probes {
+                    for acc in [Access::Read, Access::Write] {
+                        prop_assert_eq!(phys(&soft, ep, iova, acc), phys(&vtd, ep, iova, acc),
+                            "ep {} iova {:#x} {:?} after {:?}", ep, iova, acc, op);
+                    }
+                }
+            }
+        }
+    }
+}
