@@ -1191,12 +1191,124 @@ fn scalable_nested_translation() {
     // 4 x 4 nested: 24 table reads after the four structure reads.
     assert_eq!(trace.mem_reads(), 4 + 24);
     // An unmapped IOVA faults in the first stage.
-    assert_eq!(
-        d.translate(DmaRequest::new(dev, 0x7100_0000, 4, AccessKind::Read).with_pasid(4))
+    let code = |d: &Driver, pasid, addr| {
+        d.translate(DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(pasid))
             .unwrap_err()
-            .code,
-        0x71
+            .code
+    };
+    assert_eq!(code(&d, 4, 0x7100_0000), 0x71);
+    // The first stage's output GPA has no second-stage mapping (SSS.2).
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_1000,
+        0x200_0000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    assert_eq!(code(&d, 4, 0x7000_1000), 0x79);
+    // Second stages that grant the first-stage tables less: read-only tables make the A/D
+    // update of a fresh entry fail (SFS.8); unmapped tables make the root unreadable (SFS.6).
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_2000,
+        0x30_2000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let mut ro = d.ss_domain(2);
+    d.map(&mut ro, 0, gpa_base, 0x10_0000, RW);
+    d.map(&mut ro, 0x10_0000, gpa_base + 0x10_0000, 0x10_0000, R);
+    d.map(&mut ro, 0x20_0000, gpa_base + 0x20_0000, 0xe0_0000, RW);
+    d.pasid_entry(dir, 5, [ro.root() | (3 << 6) | (2 << 2) | 1, 3, fs.root()]);
+    assert_eq!(code(&d, 5, 0x7000_2000), 0x77);
+    let mut holes = d.ss_domain(2);
+    d.map(&mut holes, 0, gpa_base, 0x10_0000, RW);
+    d.map(&mut holes, 0x20_0000, gpa_base + 0x20_0000, 0xe0_0000, RW);
+    d.pasid_entry(
+        dir,
+        6,
+        [holes.root() | (3 << 6) | (2 << 2) | 1, 4, fs.root()],
     );
+    assert_eq!(code(&d, 6, 0x7000_0000), 0x75);
+}
+
+#[test]
+fn five_level_first_stage_and_second_stage_dirty_tracking() {
+    let mut d = Driver::new(VtdConfig {
+        fs_5level: true,
+        ss_ad: true,
+        ..VtdConfig::default()
+    });
+    d.set_root(true);
+    d.enable_qi(false);
+    d.enable_translation();
+    let dev = sid(0, 9, 0);
+    let mut c = X86Config::vtd_first_stage(5);
+    c.out_width = 48;
+    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), d.mem, &mut d.alloc).unwrap();
+    let high = 0x00ff_0000_0000_0000u64; // needs 57-bit (5-level) canonical addresses
+    d.map(&mut fs, high, 0x5000_0000, 0x1000, PwPerms::RW | PwPerms::U);
+    let dir = d.sm_context(dev, 0, true, 0);
+    // FSPM = 01b: 5-level paging.
+    d.pasid_entry(dir, 1, [(1 << 6) | 1, 2, fs.root() | (1 << 2)]);
+    let (r, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(dev, high | 0x10, 4, AccessKind::Read).with_pasid(1));
+    assert_eq!(r.unwrap().addr, 0x5000_0010);
+    let fs_reads = trace
+        .events()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                TraceEvent::MemRead {
+                    target: MemTarget::PageTable {
+                        stage: Stage::First,
+                        ..
+                    },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(fs_reads, 5);
+    // Second stage with SSADE: a write sets A and D in the leaf.
+    let mut ss = d.ss_domain(2);
+    d.map(&mut ss, 0x8000, 0x5100_0000, 0x1000, RW);
+    d.pasid_entry(
+        dir,
+        2,
+        [ss.root() | (1 << 9) | (2 << 6) | (2 << 2) | 1, 3, 0],
+    );
+    let w = DmaRequest::new(dev, 0x8000, 4, AccessKind::Write).with_pasid(2);
+    assert_eq!(d.translate(w).unwrap().addr, 0x5100_0000);
+    let mut tr = pagewalk::RecordingTrace::<16>::new();
+    let leaf = pagewalk::walk(
+        ss.config(),
+        d.mem,
+        ss.root(),
+        0x8000,
+        pagewalk::Access::READ,
+        &mut tr,
+    )
+    .unwrap()
+    .entry;
+    assert_eq!(leaf & 0x300, 0x300, "A and D set");
+    // Without SSADS the SSADE bit is invalid programming (SPT.4).
+    let mut plain = scalable();
+    let dir = plain.sm_context(dev, 0, true, 0);
+    plain.pasid_entry(
+        dir,
+        2,
+        [ss.root() | (1 << 9) | (2 << 6) | (2 << 2) | 1, 3, 0],
+    );
+    assert_eq!(plain.translate(w).unwrap_err().code, 0x5b);
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use iotlb::{Tag, Token};
 use pagewalk::{
     Access as PwAccess, AccessKind as PwKind, FaultKind as PwFault, MemRef, PhysMem, RefKind,
-    SecondStage, TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart, X86Config,
-    level_shift, walk_nested,
+    SecondStage, SecondStageView, TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart,
+    X86Config, level_shift, walk_nested,
 };
 
 use super::cache::{CTX_LEGACY_MARK, FLAG_DIRTY_OK, PscEntry};
@@ -790,16 +790,7 @@ impl<M: PhysMem> Vtd<M> {
                 return Err(self.walk_fault(s, req, access, true, levels, f));
             }
             Err(f) => {
-                use FaultReason as R;
-                let reason = match f.kind {
-                    PwFault::NotPresent => R::SsNotPresent,
-                    PwFault::Permission if access.kind == PwKind::Execute => R::ExecuteDenied,
-                    PwFault::Permission if access.is_write() => R::SmWriteDenied,
-                    PwFault::Permission => R::SmReadDenied,
-                    PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
-                    PwFault::AddressBeyondWidth => R::SmAddressBeyondAw,
-                    PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
-                };
+                let reason = self.nested_ss_fault(s, &second, req, access, &f);
                 return Err(Fail::fpd(reason, s.fpd));
             }
         };
@@ -819,5 +810,61 @@ impl<M: PhysMem> Vtd<M> {
             },
         );
         Ok(self.output(req, t.output, shift, t.perms, s.did))
+    }
+
+    /// The fault reason of a second-stage fault in a nested walk: either the second-stage walk
+    /// of a first-stage table (SFS.5-SFS.8: beyond the address width, no read permission for
+    /// the first-stage root or another first-stage table, no write permission for an A/D
+    /// update) or the walk of the final guest-physical output (SSS.x / SGN.x). Which one is
+    /// found out by walking the first stage through a second-stage view of guest memory.
+    fn nested_ss_fault(
+        &self,
+        s: &Setting,
+        second: &SecondStage,
+        req: &DmaRequest,
+        access: PwAccess,
+        f: &pagewalk::Fault,
+    ) -> FaultReason {
+        use FaultReason as R;
+        let SecondStage::Tables { config, root } = *second else {
+            return R::SsAccessError;
+        };
+        let view = SecondStageView {
+            mem: &self.mem,
+            config,
+            root,
+        };
+        let read = PwAccess {
+            kind: PwKind::Read,
+            privileged: access.privileged,
+        };
+        let fs_output = pagewalk::walk(&s.cfg, &view, s.root, req.addr, read, &mut ())
+            .ok()
+            .map(|t| t.output);
+        let final_output = fs_output.is_some_and(|o| o >> 12 == f.input >> 12);
+        if final_output {
+            return match f.kind {
+                PwFault::NotPresent => R::SsNotPresent,
+                PwFault::Permission if access.kind == PwKind::Execute => R::ExecuteDenied,
+                PwFault::Permission if access.is_write() => R::SmWriteDenied,
+                PwFault::Permission => R::SmReadDenied,
+                PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
+                PwFault::AddressBeyondWidth => R::SmAddressBeyondAw,
+                PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
+            };
+        }
+        let readable =
+            pagewalk::walk(&config, &self.mem, root, f.input, PwAccess::READ, &mut ()).is_ok();
+        match f.kind {
+            PwFault::AddressBeyondWidth => R::NestedFsBeyondAw,
+            // The table could be read: what failed is the A/D write to it.
+            PwFault::Permission if readable => R::NestedFsWriteDenied,
+            PwFault::NotPresent | PwFault::Permission if f.input >> 12 == s.root >> 12 => {
+                R::NestedFsRootReadDenied
+            }
+            PwFault::NotPresent | PwFault::Permission => R::NestedFsReadDenied,
+            PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
+            PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
+        }
     }
 }
