@@ -27,6 +27,9 @@ pub enum ConfigError {
 /// Which hardware model realises the domains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Model {
+    /// Intel VT-d: context entries, second-stage tables and queued invalidation in an
+    /// IOMMU-private memory region; translation through the model's caches and walkers.
+    Vtd,
     /// No memory-resident structures: domains are mapping trees (for comparison and testing).
     Soft,
 }
@@ -44,8 +47,18 @@ pub struct Args {
     pub control_socket: Option<PathBuf>,
 
     /// Hardware model realising the domains.
-    #[arg(long, value_enum, default_value = "soft")]
+    #[arg(long, value_enum, default_value = "vtd")]
     pub model: Model,
+
+    /// Physical base of the IOMMU-private region holding the model's tables (outside guest RAM,
+    /// below 2^phys-bits).
+    #[arg(long, default_value = "0x400000000000")]
+    pub private_base: String,
+
+    /// Size of the IOMMU-private region in MiB (reserved address space; pages are touched only
+    /// as tables are built).
+    #[arg(long, default_value_t = 256)]
+    pub private_mib: u64,
 
     /// Endpoints (PCI requester ids `bus<<8|dev<<3|fn`, or `BB:DD.F`) managed by the IOMMU:
     /// comma-separated ids or `first-last` ranges.
@@ -100,6 +113,8 @@ pub struct DaemonConfig {
     pub model: Model,
     /// The core's configuration.
     pub core: CoreConfig,
+    /// Base and size of the IOMMU-private region.
+    pub private_region: (u64, u64),
     /// PROBE property bytes.
     pub probe_size: u32,
 }
@@ -206,6 +221,19 @@ impl TryFrom<Args> for DaemonConfig {
         if a.probe_size < needed {
             return invalid(format!("--probe-size must be at least {needed}"));
         }
+        let private_base = parse_u64(&a.private_base)?;
+        let private_size = a
+            .private_mib
+            .checked_mul(1 << 20)
+            .filter(|s| (1..=1 << 40).contains(s))
+            .ok_or_else(|| ConfigError::Invalid("--private-mib must be 1..=1048576".into()))?;
+        if private_base & 0xfff != 0 {
+            return invalid("--private-base must be 4 KiB aligned".into());
+        }
+        match private_base.checked_add(private_size) {
+            Some(end) if a.phys_bits == 64 || end <= 1u64 << a.phys_bits => {}
+            _ => return invalid("the private region must end below 2^phys-bits".into()),
+        }
         let input_end = if a.input_bits == 64 {
             u64::MAX
         } else {
@@ -216,6 +244,7 @@ impl TryFrom<Args> for DaemonConfig {
             control_socket: a.control_socket,
             model: a.model,
             probe_size: a.probe_size,
+            private_region: (private_base, private_size),
             core: CoreConfig {
                 page_size_mask,
                 input_range: (0, input_end),
@@ -252,7 +281,8 @@ mod tests {
         assert_eq!(c.core.reserved, vec![ResvRegion::X86_MSI]);
         assert_eq!(c.probe_size, 512);
         assert!(!c.core.bypass);
-        assert_eq!(c.model, Model::Soft);
+        assert_eq!(c.model, Model::Vtd);
+        assert_eq!(c.private_region, (0x4000_0000_0000, 256 << 20));
     }
 
     #[test]
@@ -284,6 +314,12 @@ mod tests {
             (&["--probe-size", "1000000"][..], "at most"),
             (&["--max-domains", "0"][..], "positive"),
             (&["--model", "nope"][..], "invalid value"),
+            (&["--private-base", "0x1001"][..], "4 KiB aligned"),
+            (
+                &["--private-base", "0xffffffff0000"][..],
+                "below 2^phys-bits",
+            ),
+            (&["--private-mib", "0"][..], "--private-mib"),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(msg), "{args:?}: {e}");

@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
-use iommu_emulator::core::{Core, CoreError, Hardware, SoftHardware};
+use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware};
+use iommu_emulator::core::{Core, CoreError, Hardware, HwError, SoftHardware};
+use iommu_emulator::vtd::VtdConfig;
+use pagewalk::GuestMem;
 use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
@@ -15,6 +18,12 @@ use crate::device::{DeviceError, IommuDevice};
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The IOMMU-private region could not be mapped.
+    #[error("cannot map the {0}-byte IOMMU-private region")]
+    PrivateRegion(u64),
+    /// The hardware model could not be brought up.
+    #[error("cannot bring up the hardware model: {0}")]
+    Hardware(#[from] HwError),
     /// The core could not be built.
     #[error("cannot build the IOMMU core: {0}")]
     Core(#[from] CoreError),
@@ -35,16 +44,33 @@ pub enum DaemonError {
     Register(std::io::Error),
 }
 
-/// Builds the hardware model the configuration names.
-pub fn build_hardware(model: Model) -> Arc<dyn Hardware> {
-    match model {
+/// Builds the hardware model the configuration names. The VT-d model's memory is the
+/// IOMMU-private region: an anonymous mapping at `cfg.private_region`'s physical base, outside
+/// guest RAM, holding every structure the model reads.
+pub fn build_hardware(cfg: &DaemonConfig) -> Result<Arc<dyn Hardware>, DaemonError> {
+    Ok(match cfg.model {
         Model::Soft => Arc::new(SoftHardware::new()),
-    }
+        Model::Vtd => {
+            let (base, size) = cfg.private_region;
+            let len = usize::try_from(size).map_err(|_| DaemonError::PrivateRegion(size))?;
+            let region = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(base), len)])
+                .map_err(|_| DaemonError::PrivateRegion(size))?;
+            let vtd_cfg = VtdConfig {
+                haw: u8::try_from(cfg.core.phys_addr_bits.min(52)).unwrap_or(52),
+                ..VtdConfig::default()
+            };
+            Arc::new(VtdHardware::new(
+                GuestMem(region),
+                vtd_cfg,
+                PrivateRegion { base, size },
+            )?)
+        }
+    })
 }
 
 /// Builds the device (model, core, virtio front) the configuration describes.
 pub fn build_device(cfg: &DaemonConfig) -> Result<Arc<IommuDevice>, DaemonError> {
-    let core = Arc::new(Core::new(cfg.core.clone(), build_hardware(cfg.model))?);
+    let core = Arc::new(Core::new(cfg.core.clone(), build_hardware(cfg)?)?);
     Ok(Arc::new(IommuDevice::new(core, cfg.probe_size)?))
 }
 
