@@ -1,6 +1,8 @@
 //! Real-guest tests against QEMU's OWN devices: the baseline the `vhost-device-iommu` daemon
 //! is compared with, and the proof that the guest environment (provisioning, kernel, modules,
-//! agent, VIOT) works before the daemon is attached.
+//! agent, VIOT) works before the daemon is attached. The scenarios themselves
+//! (`tests/guest/scenarios.rs`) take the virtio-iommu front end as a parameter, so the daemon's
+//! tests run the same ones with `Front::vhost_user`.
 //!
 //! They boot a Debian cloud kernel under TCG inside the provisioned trixie root, so they need
 //! root and a provisioned (or provisionable) environment, and take ~10 s each; they are
@@ -9,64 +11,15 @@
 
 #[path = "guest/harness.rs"]
 mod harness;
+#[path = "guest/scenarios.rs"]
+mod scenarios;
 
-use guest_agent::report::{Report, parse_u64};
-use harness::{GuestEnv, Qemu, QemuOpts, RunDir, bind_first, find};
+use harness::{GuestEnv, Qemu, QemuOpts, RunDir};
+use scenarios::{Front, RAM_MB, hex_bytes};
 use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
-use vhost_device_iommu::viot::{EndpointRange, PciBdf, Topology, build_viot, parse_viot};
-
-/// QEMU's `edu` test device (hw/misc/edu.c): a PCI function no guest driver claims, so it is a
-/// free endpoint for VFIO.
-const EDU_ID: &str = "1234:11e8";
-/// Guest RAM; every guest-physical page must lie below it (q35 puts all of it below 4 GiB).
-const RAM_MB: u32 = 512;
-
-fn hex_bytes(s: &str) -> Vec<u8> {
-    assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-fn iommu_bdf(reports: &[Report]) -> PciBdf {
-    let r = reports
-        .iter()
-        .find(|r| r.event == "iommu")
-        .expect("the guest reported no IOMMU");
-    r.get("name")
-        .unwrap()
-        .parse()
-        .expect("IOMMU name is a PCI address")
-}
-
-fn check_map(m: &Report, iova: u64, pages: u64) -> Vec<u64> {
-    assert_eq!(m.get_u64("iova"), Some(iova), "{m:?}");
-    assert_eq!(m.get_u64("size"), Some(pages * 4096), "{m:?}");
-    assert_eq!(m.get("iommu_type"), Some("type1v2"), "{m:?}");
-    let gpas: Vec<u64> = m
-        .get("gpas")
-        .unwrap()
-        .split(',')
-        .map(|g| parse_u64(g).expect("gpa"))
-        .collect();
-    assert_eq!(gpas.len() as u64, pages, "{m:?}");
-    assert_eq!(m.get_u64("gpa"), Some(gpas[0]));
-    let mut sorted = gpas.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(sorted.len(), gpas.len(), "pages share a frame: {m:?}");
-    for g in &gpas {
-        assert_eq!(g % 4096, 0, "unaligned frame {g:#x}");
-        assert!(
-            *g != 0 && *g < u64::from(RAM_MB) << 20,
-            "frame {g:#x} outside RAM"
-        );
-    }
-    gpas
-}
+use vhost_device_iommu::viot::{EndpointRange, Topology, build_viot, parse_viot};
 
 /// Probe + translated (VFIO) flow against QEMU's virtio-iommu-pci, and QEMU's own VIOT table
 /// checked against our builder.
@@ -74,63 +27,28 @@ fn check_map(m: &Report, iova: u64, pages: u64) -> Vec<u64> {
 #[ignore = "boots a guest: run by scripts/guest-test"]
 fn qemu_virtio_iommu_probe_vfio_map_and_viot() {
     let env = GuestEnv::provision();
-    let run = RunDir::new(&env);
-    let opts = QemuOpts {
-        memory_mb: RAM_MB,
-        script: format!(
-            "guest-agent acpi-table VIOT || exit 1\n{}\
-             guest-agent info \"$bdf\" || exit 1\n\
-             guest-agent vfio-map \"$bdf\" --iova 0x200000 --pages 4 --wait-stdin || exit 1\n\
-             guest-agent info \"$bdf\" || exit 1\n",
-            bind_first(EDU_ID)
-        ),
-        args: ["-device", "virtio-iommu-pci", "-device", "edu"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    };
-    let mut q = Qemu::spawn(&env, &run, &opts);
-    let boot = q.next("boot");
-    assert!(boot.get("kernel").unwrap().contains("cloud-amd64"));
-    let modules = q.next("modules");
-    assert_eq!(modules.get_u64("failed"), Some(0), "{modules:?}");
-    assert_eq!(q.next("acpi").get("viot"), Some("yes"));
-    let table = q.next("acpi-table");
-    let bound = q.next("bound");
-    assert_eq!(bound.get("driver"), Some("vfio-pci"));
-    let edu = bound.get("bdf").unwrap().to_string();
-    let map = q.next("vfio-map");
-    q.next("vfio-wait");
-    // The mapping is live while the agent waits: this is where the daemon test asks the
-    // device to translate the IOVA. Then let the agent unmap.
-    q.send_line("");
-    let unmap = q.next("vfio-unmap");
-    let reports = q.finish().reports;
-
-    // Probe: the driver bound and put every PCI function on bus 0 behind itself.
-    let iommu = iommu_bdf(&reports);
-    assert!(
-        reports.iter().any(|r| r.event == "virtio-iommu"),
-        "virtio_iommu did not bind"
+    let mut live = Vec::new();
+    let r = scenarios::probe_and_vfio_map(
+        &env,
+        &Front::Qemu,
+        |_, gpas| live.extend_from_slice(gpas),
+        |_| {},
     );
-    let ep = find(&reports, "endpoint", "bdf", &edu).expect("edu is no endpoint");
-    assert_eq!(ep.get("iommu"), Some(iommu.to_string().as_str()));
-    assert!(ep.get("domain").unwrap().starts_with("DMA"), "{ep:?}");
-    let info = find(&reports, "info", "bdf", &edu).unwrap();
-    assert_eq!(info.get("iommu"), Some(iommu.to_string().as_str()));
-
-    // Translated: 4 distinct guest frames behind IOVA 0x200000, then a full unmap.
-    let gpas = check_map(&map, 0x20_0000, 4);
-    eprintln!("vfio-map iova=0x200000 -> {gpas:#x?}");
-    assert_eq!(unmap.get_u64("unmapped"), Some(4 * 4096));
+    assert_eq!(live, r.gpas, "the hook saw the frames the agent reported");
+    eprintln!(
+        "vfio-map iova={:#x} -> {:#x?}",
+        scenarios::PROBE_IOVA,
+        r.gpas
+    );
 
     // QEMU's own VIOT: one virtio-pci IOMMU node and one range covering bus 0; our builder
     // gives the same nodes for the same topology.
-    assert_eq!(table.get("sig"), Some("VIOT"));
-    let qemu_viot = hex_bytes(table.get("hex").unwrap());
+    assert_eq!(r.viot.get("sig"), Some("VIOT"));
+    let qemu_viot = hex_bytes(r.viot.get("hex").unwrap());
     let topo = parse_viot(&qemu_viot).expect("QEMU's VIOT decodes");
-    assert_eq!(topo.iommu, iommu);
+    assert_eq!(topo.iommu, r.iommu);
     assert_eq!(topo.endpoints, vec![EndpointRange::bus(0, 0)]);
+    assert!(topo.endpoints[0].contains(&r.endpoint));
     let ours = build_viot(&topo).unwrap();
     assert_eq!(ours.len(), qemu_viot.len());
     assert_eq!(ours[36..], qemu_viot[36..], "node bytes differ from QEMU's");
@@ -142,63 +60,32 @@ fn qemu_virtio_iommu_probe_vfio_map_and_viot() {
 #[ignore = "boots a guest: run by scripts/guest-test"]
 fn qemu_virtio_iommu_identity_virtio_blk() {
     let env = GuestEnv::provision();
-    let run = RunDir::new(&env);
-    // 4 MiB of xorshift64 noise.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let image: Vec<u8> = (0..(4 << 20) / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
-    let disk = run.write("disk.img", &image);
-    let out = std::process::Command::new("sha256sum")
-        .arg(run.host.join("disk.img"))
-        .output()
-        .expect("sha256sum");
-    let want = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let opts = QemuOpts {
-        memory_mb: RAM_MB,
-        append: vec!["iommu.passthrough=1".into()],
-        script: "set -e\n\
-                 echo \"AGENT disk sha256=$(sha256sum /dev/vda | cut -d' ' -f1) \
-                 bdf=$(basename $(readlink -f /sys/block/vda/device/..))\"\n"
-            .into(),
-        args: vec![
-            "-device".into(),
-            "virtio-iommu-pci".into(),
-            "-drive".into(),
-            format!(
-                "file={},format=raw,if=none,id=d0,readonly=on",
-                disk.display()
-            ),
-            "-device".into(),
-            "virtio-blk-pci,drive=d0".into(),
-        ],
-        ..Default::default()
-    };
-    let mut q = Qemu::spawn(&env, &run, &opts);
-    let d = q.next("disk");
-    let reports = q.finish().reports;
-    assert_eq!(
-        d.get("sha256"),
-        Some(want.as_str()),
-        "guest read a different image"
+    let (blk, _) = scenarios::identity_virtio_blk(&env, &Front::Qemu);
+    eprintln!("virtio-blk {blk} read its image through an identity domain");
+}
+
+/// Reboot and detach against QEMU's virtio-iommu: the guest state the daemon's version of
+/// this test checks the control socket against.
+#[test]
+#[ignore = "boots a guest: run by scripts/guest-test"]
+fn qemu_virtio_iommu_reboot_and_detach() {
+    let env = GuestEnv::provision();
+    let mut detached = None;
+    let mut second_boot = 0;
+    scenarios::reboot_and_detach(
+        &env,
+        &Front::Qemu,
+        |r| detached = r.get("domain").map(String::from),
+        |rs| second_boot = rs.iter().filter(|r| r.event == "endpoint").count(),
     );
-    let blk = d.get("bdf").unwrap();
-    let ep = find(&reports, "endpoint", "bdf", blk).expect("virtio-blk is no endpoint");
-    assert_eq!(ep.get("domain"), Some("identity"), "{ep:?}");
-    assert_eq!(ep.get("driver"), Some("virtio-pci"), "{ep:?}");
+    // After the unbind the group is back in its default (DMA) domain.
+    let domain = detached.expect("release reported no domain");
+    assert!(domain.starts_with("DMA"), "{domain}");
+    assert!(second_boot > 0, "no endpoints probed after the reset");
 }
 
 /// The guest benchmark mode against QEMU's virtio-iommu-pci: VFIO MAP_DMA/UNMAP_DMA pairs per
-/// second. Prints the figure (the daemon run will print its own and the ratio).
+/// second. Prints the figure (the daemon run prints its own and the ratio).
 #[test]
 #[ignore = "boots a guest: run by scripts/guest-test"]
 fn qemu_virtio_iommu_vfio_bench() {
@@ -207,38 +94,7 @@ fn qemu_virtio_iommu_vfio_bench() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(5000);
     let env = GuestEnv::provision();
-    let run = RunDir::new(&env);
-    let opts = QemuOpts {
-        memory_mb: RAM_MB,
-        script: format!(
-            "{}for i in 1 2 3; do guest-agent vfio-bench \"$bdf\" --count {count} || exit 1; done\n",
-            bind_first(EDU_ID)
-        ),
-        args: ["-device", "virtio-iommu-pci", "-device", "edu"]
-            .map(String::from)
-            .to_vec(),
-        timeout: Duration::from_secs(300),
-        ..Default::default()
-    };
-    let q = Qemu::spawn(&env, &run, &opts);
-    let reports = q.finish().reports;
-    let runs: Vec<&Report> = reports.iter().filter(|r| r.event == "vfio-bench").collect();
-    assert_eq!(runs.len(), 3);
-    let mut rates: Vec<f64> = runs
-        .iter()
-        .map(|r| {
-            assert_eq!(r.get_u64("count"), Some(count));
-            let elapsed = r.get_u64("elapsed_ns").unwrap();
-            let per_pair = r.get_u64("map_ns_avg").unwrap() + r.get_u64("unmap_ns_avg").unwrap();
-            // The timed parts fit inside the whole loop.
-            assert!(per_pair * count <= elapsed, "{r:?}");
-            let rate = r.get_f64("pairs_per_sec").unwrap();
-            let expect = count as f64 / (elapsed as f64 / 1e9);
-            assert!((rate - expect).abs() <= expect * 0.01 + 0.1, "{r:?}");
-            rate
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
+    let rates = scenarios::vfio_bench(&env, &Front::Qemu, count, 3);
     eprintln!(
         "BENCH qemu-virtio-iommu vfio map+unmap pairs/s: median {:.0} (runs {:.0?}), {count} pairs each",
         rates[1], rates
@@ -299,33 +155,15 @@ fn our_viot_is_parsed_by_the_guest() {
 fn vhost_user_iommu_front_end_connects_to_backend() {
     let env = GuestEnv::provision();
     let run = RunDir::new(&env);
-    let iommu: PciBdf = "00:03.0".parse().unwrap();
-    let topo = Topology {
-        iommu,
-        endpoints: vec![EndpointRange::bus(0, 0)],
-    };
-    let viot = run.write("viot.bin", &build_viot(&topo).unwrap());
-    let sock_host = run.host.join("vu.sock");
+    let (front, sock_host) = Front::vhost_user(&run);
     let listener = UnixListener::bind(&sock_host).expect("bind vhost-user socket");
     listener.set_nonblocking(true).unwrap();
-    let sock = run.guest.join("vu.sock");
-    let opts = QemuOpts {
+    let mut opts = QemuOpts {
         memory_mb: RAM_MB,
-        machine: "q35,memory-backend=mem".into(),
-        args: vec![
-            "-object".into(),
-            format!("memory-backend-memfd,id=mem,size={RAM_MB}M,share=on"),
-            "-chardev".into(),
-            format!("socket,id=vu,path={}", sock.display()),
-            "-device".into(),
-            "vhost-user-test-device-pci,chardev=vu,virtio-id=23,num_vqs=2,config_size=40,addr=03.0"
-                .into(),
-            "-acpitable".into(),
-            format!("file={}", viot.display()),
-        ],
         timeout: Duration::from_secs(60),
         ..Default::default()
     };
+    front.apply(&mut opts);
     let q = Qemu::spawn(&env, &run, &opts);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut conn = loop {

@@ -8,6 +8,7 @@
 //! guest-agent vfio-map <BDF> [--iova A] [--pages N] [--hold-ms MS] [--wait-stdin] [--keep]
 //! guest-agent vfio-bench <BDF> [--count N] [--iova A] [--pages N]
 //! guest-agent acpi-table <SIG>                          (hex dump of an ACPI table, e.g. VIOT)
+//! guest-agent virtio-iommu                              (bound virtio-iommu devices, features)
 //! ```
 
 use crate::bdf::Bdf;
@@ -46,6 +47,8 @@ pub enum Command {
     /// Map a buffer for a device through VFIO type1 and print IOVA and guest-physical
     /// addresses.
     VfioMap(MapArgs),
+    /// Print the virtio-iommu devices bound to the driver and their negotiated features.
+    VirtioIommu,
     /// Print an ACPI table from `/sys/firmware/acpi/tables/<SIG>` in hexadecimal.
     AcpiTable(String),
     /// Loop `MAP_DMA`/`UNMAP_DMA`.
@@ -128,6 +131,10 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 return Err(usage(format!("bad ACPI signature {sig:?}")));
             }
             Ok(Command::AcpiTable(sig.clone()))
+        }
+        "virtio-iommu" => {
+            expect_len(rest, 0)?;
+            Ok(Command::VirtioIommu)
         }
         "release" => {
             expect_len(rest, 1)?;

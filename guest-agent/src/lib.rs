@@ -15,6 +15,7 @@ pub mod report;
 pub mod sysfs;
 #[cfg(target_os = "linux")]
 pub mod vfio;
+pub mod virtio;
 
 use thiserror::Error;
 

@@ -4,7 +4,7 @@ use guest_agent::args::{Command, MapArgs};
 use guest_agent::report::Report;
 use guest_agent::sysfs::{self, PciDevice};
 use guest_agent::vfio::{Container, DmaBuffer, Group, VFIO_TYPE1V2_IOMMU};
-use guest_agent::{AgentError, Result, pagemap};
+use guest_agent::{AgentError, Result, pagemap, virtio};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ fn device_report(event: &str, d: &PciDevice) -> Report {
             d.iommu_group.map_or("none".to_string(), |g| g.to_string()),
         )
         .field("iommu", d.iommu.as_deref().unwrap_or("none"))
+        .field("domain", d.domain.as_deref().unwrap_or("none"))
 }
 
 /// Runs `cmd`, printing its reports.
@@ -59,6 +60,41 @@ pub fn run(cmd: Command) -> Result<()> {
                     .field("len", bytes.len())
                     .field("hex", hex),
             );
+        }
+        Command::VirtioIommu => {
+            let dir = root.join("bus/virtio/drivers/virtio_iommu");
+            let mut n = 0;
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("virtio"))
+                    .collect();
+                names.sort();
+                for name in names {
+                    let dev = root.join("bus/virtio/devices").join(&name);
+                    let bits = std::fs::read_to_string(dev.join("features"))
+                        .map_err(|e| AgentError::io(format!("read {name}/features"), e))?;
+                    let f = virtio::Features::from_sysfs(&bits)?;
+                    let parent = std::fs::canonicalize(&dev)
+                        .ok()
+                        .and_then(|p| {
+                            p.parent()
+                                .and_then(|p| p.file_name())
+                                .map(|n| n.to_string_lossy().into_owned())
+                        })
+                        .unwrap_or_else(|| "none".into());
+                    emit(
+                        Report::new("virtio-iommu")
+                            .field("dev", &name)
+                            .field("pci", parent)
+                            .hex("features", f.bits())
+                            .field("names", f.names().join(",")),
+                    );
+                    n += 1;
+                }
+            }
+            emit(Report::new("virtio-iommu-done").field("count", n));
         }
         Command::VfioMap(m) => vfio_map(root, &m)?,
         Command::VfioBench { map, count } => vfio_bench(root, &map, count)?,

@@ -25,6 +25,9 @@ pub struct PciDevice {
     pub iommu_group: Option<u32>,
     /// The IOMMU device's sysfs name (the `iommu` link), if any.
     pub iommu: Option<String>,
+    /// The type of the domain the group is attached to (`iommu_group/type`: `DMA`,
+    /// `DMA-FQ`, `identity`, `blocked`, ...), if the kernel shows it.
+    pub domain: Option<String>,
 }
 
 fn dev_dir(root: &Path, bdf: &Bdf) -> PathBuf {
@@ -74,6 +77,9 @@ pub fn device(root: &Path, bdf: &Bdf) -> Result<PciDevice> {
         driver: link_name(&d.join("driver")),
         iommu_group,
         iommu: link_name(&d.join("iommu")),
+        domain: fs::read_to_string(d.join("iommu_group/type"))
+            .ok()
+            .map(|t| t.trim().to_string()),
     })
 }
 
@@ -171,6 +177,7 @@ mod tests {
         }
         let d = devs.join("0000:00:03.0");
         symlink(root.join("kernel/iommu_groups/3"), d.join("iommu_group")).unwrap();
+        fs::write(root.join("kernel/iommu_groups/3/type"), "DMA-FQ\n").unwrap();
         symlink(root.join("devices/virtio0/iommu/virtio0"), d.join("iommu")).unwrap();
         symlink(
             root.join("bus/pci/drivers/e1000e"),
@@ -189,9 +196,11 @@ mod tests {
         assert_eq!(d.iommu_group, Some(3));
         assert_eq!(d.iommu.as_deref(), Some("virtio0"));
         assert_eq!(d.driver, None);
+        assert_eq!(d.domain.as_deref(), Some("DMA-FQ"));
         let e = device(&t.0, &"00:02.0".parse().unwrap()).unwrap();
         assert_eq!(e.driver.as_deref(), Some("e1000e"));
         assert_eq!(e.iommu_group, None);
+        assert_eq!(e.domain, None);
         let all = devices(&t.0).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].bdf.to_string(), "0000:00:02.0");

@@ -119,6 +119,9 @@ pub struct QemuOpts {
     pub machine: String,
     /// Hard bound on the QEMU process.
     pub timeout: Duration,
+    /// `-no-reboot`: a guest reboot ends QEMU. Off for tests that reboot the guest (a device
+    /// reset), which then end by powering off.
+    pub no_reboot: bool,
 }
 
 impl Default for QemuOpts {
@@ -130,6 +133,7 @@ impl Default for QemuOpts {
             args: Vec::new(),
             machine: "q35".into(),
             timeout: Duration::from_secs(120),
+            no_reboot: true,
         }
     }
 }
@@ -191,7 +195,6 @@ pub fn qemu_args(run: &RunDir, opts: &QemuOpts) -> Vec<String> {
         "none",
         "-serial",
         "stdio",
-        "-no-reboot",
         "-kernel",
         &g("vmlinuz"),
         "-initrd",
@@ -204,6 +207,9 @@ pub fn qemu_args(run: &RunDir, opts: &QemuOpts) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if opts.no_reboot {
+        a.push("-no-reboot".into());
+    }
     a.extend(opts.args.iter().cloned());
     a
 }
