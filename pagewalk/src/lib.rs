@@ -13,6 +13,8 @@
 
 pub mod builder;
 pub mod format;
+#[cfg(all(test, loom))]
+mod loom_tests;
 pub mod mem;
 pub mod nested;
 pub mod observer;

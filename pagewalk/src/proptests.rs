@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use crate::builder::{BuildError, BumpAllocator, FrameAllocator, PageSizePolicy, TableBuilder};
+use crate::builder::{BuildError, BumpAllocator, PageSizePolicy, TableBuilder};
 use crate::format::{AmdV1Config, VtdSsConfig, WalkConfig, X86Config};
 use crate::mem::{MemError, SparseMem};
 use crate::nested::{SecondStage, SecondStageView, walk_nested};
@@ -422,7 +422,3 @@ impl crate::mem::PhysMem for Offset<'_> {
         self.mem.read_u32(self.at(a)?)
     }
 }
-
-// Keep the allocator trait in scope for `&mut` forwarding in helpers above.
-#[allow(dead_code)]
-fn _alloc_is_object_safe(_: &mut dyn FrameAllocator) {}
