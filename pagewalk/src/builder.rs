@@ -49,9 +49,7 @@ pub struct BumpAllocator {
 impl BumpAllocator {
     /// Pages from `[start, end)`; `start` is rounded up and `end` down to 4 KiB.
     pub fn new(start: u64, end: u64) -> Self {
-        let start = start
-            .checked_next_multiple_of(TABLE_SIZE)
-            .unwrap_or(!0xfff);
+        let start = start.checked_next_multiple_of(TABLE_SIZE).unwrap_or(!0xfff);
         let end = (end & !(TABLE_SIZE - 1)).max(start);
         Self {
             start,
