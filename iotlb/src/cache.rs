@@ -83,7 +83,11 @@ fn next(seq: u64, state: u64) -> u64 {
 }
 
 /// Source-id marks: one per low byte of the source id (the devfn).
+#[cfg(not(loom))]
 const SOURCE_SLOTS: usize = 256;
+/// Loom models stay small: four slots (source ids modulo 4).
+#[cfg(loom)]
+const SOURCE_SLOTS: usize = 4;
 /// Retries of a scan's kill CAS on one entry; see [`Cache::scan_entry`] for why this bound holds.
 const SCAN_ATTEMPTS: usize = 4;
 
@@ -652,7 +656,7 @@ impl<V: Value> Cache<V> {
             }
             Invalidation::Source(s) => {
                 for (i, mark) in self.source_sel.iter().enumerate() {
-                    if s.matches_low_byte(i as u8) {
+                    if s.matches_slot(i, SOURCE_SLOTS) {
                         mark.fetch_max(c, Ordering::Relaxed);
                     }
                 }

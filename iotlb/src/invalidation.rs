@@ -156,9 +156,11 @@ impl SourceSelector {
         (source_id ^ self.source_id) & !self.mask == 0
     }
 
-    /// Whether some source id with this low byte (devfn) matches.
-    pub(crate) fn matches_low_byte(&self, low: u8) -> bool {
-        (low ^ self.source_id as u8) & !(self.mask as u8) == 0
+    /// Whether some matching source id falls in `slot` of `slots` (a power of two; a source
+    /// id's slot is its value modulo `slots`).
+    pub(crate) fn matches_slot(&self, slot: usize, slots: usize) -> bool {
+        let low = slots as u16 - 1;
+        ((slot as u16) ^ self.source_id) & !self.mask & low == 0
     }
 }
 

@@ -35,6 +35,8 @@ mod sync;
 mod tag;
 mod value;
 
+#[cfg(all(test, loom))]
+mod loom_tests;
 #[cfg(all(test, not(loom)))]
 mod model_tests;
 #[cfg(all(test, not(loom)))]
