@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::sync::{Arc, RwLock};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware};
+use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware, VtdMode};
 use iommu_emulator::core::{Core, CoreConfig, EndpointSet, Hardware, SoftHardware};
 use iommu_emulator::vtd::VtdConfig;
 use pagewalk::GuestMem;
@@ -76,6 +76,7 @@ fn vtd() -> Arc<dyn Hardware> {
                 base: PRIVATE.0,
                 size: PRIVATE.1,
             },
+            VtdMode::Legacy,
         )
         .unwrap(),
     )
@@ -106,7 +107,10 @@ fn baseline(m: &Baseline, req: &[u8]) -> u8 {
         3 => {
             let (phys, flags) = (le64(req, 24), le32(req, 32));
             let mut t = m.write().unwrap();
-            if t.range(..=end).next_back().is_some_and(|(_, v)| v.0 >= start) {
+            if t.range(..=end)
+                .next_back()
+                .is_some_and(|(_, v)| v.0 >= start)
+            {
                 return 4;
             }
             t.insert(start, (end, phys, flags));
@@ -114,7 +118,10 @@ fn baseline(m: &Baseline, req: &[u8]) -> u8 {
         }
         _ => {
             let mut t = m.write().unwrap();
-            if t.range(..start).next_back().is_some_and(|(_, v)| v.0 >= start) {
+            if t.range(..start)
+                .next_back()
+                .is_some_and(|(_, v)| v.0 >= start)
+            {
                 return 5;
             }
             let keys: Vec<u64> = t.range(start..=end).map(|(k, _)| *k).collect();
@@ -148,7 +155,10 @@ fn bench(c: &mut Criterion) {
     });
 
     for (name, hw) in [
-        ("device_soft", Arc::new(SoftHardware::new()) as Arc<dyn Hardware>),
+        (
+            "device_soft",
+            Arc::new(SoftHardware::new()) as Arc<dyn Hardware>,
+        ),
         ("device_vtd", vtd()),
     ] {
         let d = device(hw);

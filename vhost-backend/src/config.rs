@@ -34,6 +34,15 @@ pub enum Model {
     Soft,
 }
 
+/// How the VT-d realisation programs the unit (RTADDR.TTM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VtdModeArg {
+    /// Legacy mode: root and context entries.
+    Legacy,
+    /// Scalable mode: scalable context entries, PASID directories and tables.
+    Scalable,
+}
+
 /// vhost-user virtio-iommu device backed by an IOMMU hardware model.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -49,6 +58,11 @@ pub struct Args {
     /// Hardware model realising the domains.
     #[arg(long, value_enum, default_value = "vtd")]
     pub model: Model,
+
+    /// How the VT-d model is programmed: legacy (context entries) or scalable (PASID entries of
+    /// RID_PASID; needs 8 KiB of private memory per endpoint ever made present).
+    #[arg(long, value_enum, default_value = "legacy")]
+    pub vtd_mode: VtdModeArg,
 
     /// Physical base of the IOMMU-private region holding the model's tables (outside guest RAM,
     /// below 2^phys-bits).
@@ -111,6 +125,8 @@ pub struct DaemonConfig {
     pub control_socket: Option<PathBuf>,
     /// Hardware model.
     pub model: Model,
+    /// VT-d programming mode.
+    pub vtd_mode: VtdModeArg,
     /// The core's configuration.
     pub core: CoreConfig,
     /// Base and size of the IOMMU-private region.
@@ -243,6 +259,7 @@ impl TryFrom<Args> for DaemonConfig {
             socket_path: a.socket_path,
             control_socket: a.control_socket,
             model: a.model,
+            vtd_mode: a.vtd_mode,
             probe_size: a.probe_size,
             private_region: (private_base, private_size),
             core: CoreConfig {
@@ -282,6 +299,9 @@ mod tests {
         assert_eq!(c.probe_size, 512);
         assert!(!c.core.bypass);
         assert_eq!(c.model, Model::Vtd);
+        assert_eq!(c.vtd_mode, VtdModeArg::Legacy);
+        let c = parse(&["--vtd-mode", "scalable", "--model", "soft"]).unwrap();
+        assert_eq!((c.model, c.vtd_mode), (Model::Soft, VtdModeArg::Scalable));
         assert_eq!(c.private_region, (0x4000_0000_0000, 256 << 20));
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware};
+use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware, VtdMode};
 use iommu_emulator::core::{Core, CoreError, Hardware, HwError, SoftHardware};
 use iommu_emulator::vtd::VtdConfig;
 use pagewalk::GuestMem;
@@ -12,7 +12,7 @@ use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
-use crate::config::{DaemonConfig, Model};
+use crate::config::{DaemonConfig, Model, VtdModeArg};
 use crate::device::{DeviceError, IommuDevice};
 
 /// Errors that stop the daemon.
@@ -59,10 +59,15 @@ pub fn build_hardware(cfg: &DaemonConfig) -> Result<Arc<dyn Hardware>, DaemonErr
                 haw: u8::try_from(cfg.core.phys_addr_bits.min(52)).unwrap_or(52),
                 ..VtdConfig::default()
             };
+            let mode = match cfg.vtd_mode {
+                VtdModeArg::Legacy => VtdMode::Legacy,
+                VtdModeArg::Scalable => VtdMode::Scalable,
+            };
             Arc::new(VtdHardware::new(
                 GuestMem(region),
                 vtd_cfg,
                 PrivateRegion { base, size },
+                mode,
             )?)
         }
     })
@@ -100,7 +105,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             .serve(&cfg.socket_path)
             .map_err(DaemonError::VhostUser)?;
         log::info!("front end disconnected; resetting the device");
-        if let Err(e) = device.reset() {
+        if let Err(e) = device.system_reset() {
             log::error!("reset after disconnect: {e}");
         }
     }

@@ -164,6 +164,14 @@ impl IommuDevice {
         Ok(())
     }
 
+    /// System reset (the front end went away): [`IommuDevice::reset`] plus `bypass` back to its
+    /// initial value (§5.13.4: "SHOULD be restored to its initial value on system reset").
+    pub fn system_reset(&self) -> Result<(), DeviceError> {
+        self.acked.store(0, Ordering::Release);
+        self.core.system_reset()?;
+        Ok(())
+    }
+
     /// The configuration space's current contents.
     pub fn config_space(&self) -> ConfigSpace {
         let c = self.core.config();

@@ -8,9 +8,16 @@
 //!   global context-cache and IOTLB invalidation, GCMD.TE.
 //! - Every invalidation goes through the invalidation queue and ends with an invalidation-wait
 //!   descriptor whose status write the driver checks (§6.5.2.8).
-//! - A paging domain is a domain id (DID) plus second-stage tables; an endpoint's context entry
-//!   (§9.3) points at them (T = 00b). Identity is T = 10b (pass-through, ECAP.PT). A blocked
+//! - A paging domain is a domain id (DID) plus second-stage tables.
+//! - Legacy mode ([`VtdMode::Legacy`], RTADDR.TTM = 00b): an endpoint's context entry (§9.3)
+//!   points at the tables (T = 00b). Identity is T = 10b (pass-through, ECAP.PT). A blocked
 //!   endpoint has no present context entry, so its DMA faults (fault reason 2h).
+//! - Scalable mode ([`VtdMode::Scalable`], TTM = 01b): each endpoint gets a scalable-mode
+//!   context entry (§9.4) with a PASID directory (§9.5) and PASID table; attach writes the
+//!   PASID-table entry (§9.6) of RID_PASID 0: PGTT = 010b (second stage) with SSPTPTR and DID,
+//!   or PGTT = 100b (pass-through); blocked clears its P bit (fault reason 59h). The invalidation
+//!   queue then uses 256-bit descriptors (IQA.DW = 1), and PASID-entry changes add PASID-cache
+//!   invalidations (§6.5.2.4).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -60,8 +67,25 @@ const ROOT_P: u64 = 1;
 /// domain-selective invalidation.
 const MAX_PSI: usize = 32;
 
-/// Descriptor slots in the (one-page, 128-bit descriptor) invalidation queue.
-const IQ_SLOTS: u64 = PAGE / 16;
+/// PASID-cache invalidate descriptor (§6.5.2.4): type 7, granularity in bits 5:4 (01b
+/// PASID-selective, 11b global), DID in bits 31:16, PASID in bits 51:32.
+const DESC_PC: u64 = 0x7;
+const PC_PASID: u64 = 1 << 4;
+const PC_GLOBAL: u64 = 3 << 4;
+/// PASID-table entry (§9.6): qword 0 P (bit 0), AW (bits 4:2), PGTT (bits 8:6), SSPTPTR
+/// (63:12); qword 1 DID (bits 15:0).
+const PGTT_SECOND_STAGE: u64 = 0b010 << 6;
+const PGTT_PASS_THROUGH: u64 = 0b100 << 6;
+
+/// How the realisation programs the unit (RTADDR.TTM, §10.4.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VtdMode {
+    /// Legacy mode: root and context entries (§9.1, §9.3).
+    Legacy,
+    /// Scalable mode: scalable root and context entries, PASID directory and table (§9.2,
+    /// §9.4–§9.6); endpoints are attached through the PASID entry of RID_PASID 0.
+    Scalable,
+}
 
 #[derive(Debug)]
 struct DomainHw {
@@ -73,7 +97,10 @@ struct DomainHw {
 struct Ctl {
     alloc: BumpAllocator,
     root: u64,
-    context_tables: HashMap<u8, u64>,
+    /// Context tables by `bus << 1 | half` (half: devfn >= 128, scalable mode only).
+    context_tables: HashMap<u16, u64>,
+    /// Scalable mode: each endpoint's PASID directory and PASID table.
+    pasid_tables: HashMap<u16, (u64, u64)>,
     iq_base: u64,
     iq_tail: u64,
     status_addr: u64,
@@ -98,6 +125,7 @@ pub struct PrivateRegion {
 /// A [`Hardware`] that realises domains in a VT-d remapping unit.
 pub struct VtdHardware<M: PhysMem> {
     unit: Vtd<M>,
+    mode: VtdMode,
     ctl: Mutex<Ctl>,
     ss: VtdSsConfig,
     aw: u64,
@@ -123,12 +151,22 @@ fn failed(what: impl std::fmt::Display) -> HwError {
 }
 
 impl<M: PhysMem + Send + Sync> VtdHardware<M> {
-    /// Brings up a VT-d unit over `mem` (which must back `region`) in legacy mode with queued
+    /// Brings up a VT-d unit over `mem` (which must back `region`) in `mode` with queued
     /// invalidation, translation enabled and every endpoint blocked.
-    pub fn new(mem: M, cfg: VtdConfig, region: PrivateRegion) -> Result<Self, HwError> {
+    pub fn new(
+        mem: M,
+        cfg: VtdConfig,
+        region: PrivateRegion,
+        mode: VtdMode,
+    ) -> Result<Self, HwError> {
         if !cfg.queued_invalidation || !cfg.pass_through {
             return Err(failed(
                 "the VT-d realisation needs queued invalidation and pass-through (ECAP.QI, ECAP.PT)",
+            ));
+        }
+        if mode == VtdMode::Scalable && !(cfg.scalable_mode && cfg.second_stage) {
+            return Err(failed(
+                "scalable mode needs ECAP.SMTS and ECAP.SSTS (second-stage translation)",
             ));
         }
         // AGAW: prefer 4-level (48-bit), then 3-level, then 5-level (CAP.SAGAW bits 2, 1, 3).
@@ -161,10 +199,12 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         let (root, iq_base, status_page) = (page()?, page()?, page()?);
         let hw = Self {
             unit,
+            mode,
             ctl: Mutex::new(Ctl {
                 alloc,
                 root,
                 context_tables: HashMap::new(),
+                pasid_tables: HashMap::new(),
                 iq_base,
                 iq_tail: 0,
                 status_addr: status_page,
@@ -190,6 +230,19 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     /// The VT-d unit (for inspection: registers, caches, statistics).
     pub fn unit(&self) -> &Vtd<M> {
         &self.unit
+    }
+
+    /// The mode the unit is programmed in.
+    pub fn mode(&self) -> VtdMode {
+        self.mode
+    }
+
+    /// Bytes per invalidation descriptor: 16, or 32 in scalable mode (IQA.DW = 1).
+    fn desc_size(&self) -> u64 {
+        match self.mode {
+            VtdMode::Legacy => 16,
+            VtdMode::Scalable => 32,
+        }
     }
 
     /// The second-stage configuration domains are built with.
@@ -232,21 +285,29 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
             let c = self.lock();
             (c.root, c.iq_base)
         };
-        // RTADDR with TTM = 00b (legacy mode), then Set Root Table Pointer (§10.4.6).
+        // RTADDR with TTM = 00b (legacy) or 01b (scalable), then Set Root Table Pointer
+        // (§10.4.6).
+        let ttm = match self.mode {
+            VtdMode::Legacy => TTM_LEGACY,
+            VtdMode::Scalable => TTM_SCALABLE,
+        };
         self.unit
-            .mmio_write(RTADDR_REG, 8, root | (TTM_LEGACY << RTADDR_TTM_SHIFT));
+            .mmio_write(RTADDR_REG, 8, root | (ttm << RTADDR_TTM_SHIFT));
         self.gcmd(GCMD_SRTP, GCMD_SRTP)?;
-        // Invalidation queue: one page of 128-bit descriptors (IQA.QS = 0, DW = 0), IQT = 0,
-        // then Queued Invalidation Enable (§10.4.23, §6.5.2).
-        self.unit.mmio_write(IQA_REG, 8, iq_base);
+        // Invalidation queue: one page (IQA.QS = 0) of 128-bit descriptors, or 256-bit ones
+        // (DW = 1) in scalable mode; IQT = 0; then Queued Invalidation Enable (§10.4.23,
+        // §6.5.2).
+        let dw = if self.mode == VtdMode::Scalable {
+            IQA_DW
+        } else {
+            0
+        };
+        self.unit.mmio_write(IQA_REG, 8, iq_base | dw);
         self.unit.mmio_write(IQT_REG, 8, 0);
         self.gcmd(GCMD_QIE, GCMD_QIE)?;
         {
             let mut c = self.lock();
-            self.submit(
-                &mut c,
-                &[[DESC_CC | G_GLOBAL, 0], [DESC_IOTLB | G_GLOBAL, 0]],
-            )?;
+            self.submit(&mut c, &self.global_descs())?;
         }
         self.gcmd(GCMD_TE, GCMD_TE)
     }
@@ -254,8 +315,9 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     /// Queues `descs` plus an invalidation wait with a status write, moves IQT, and checks the
     /// status word: when it reads back, every descriptor before it has completed (§6.5.2.8).
     fn submit(&self, c: &mut Ctl, descs: &[[u64; 2]]) -> Result<(), HwError> {
+        let dsize = self.desc_size();
         // One wait per chunk; a chunk never fills the queue.
-        for chunk in descs.chunks((IQ_SLOTS / 2) as usize) {
+        for chunk in descs.chunks((PAGE / dsize / 2) as usize) {
             c.status_seq = c.status_seq.wrapping_add(1);
             let seq = c.status_seq;
             let wait = [DESC_WAIT | WAIT_SW | (u64::from(seq) << 32), c.status_addr];
@@ -263,7 +325,11 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
                 let at = c.iq_base + c.iq_tail;
                 self.mem().write_u64(at, d[0]).map_err(failed)?;
                 self.mem().write_u64(at + 8, d[1]).map_err(failed)?;
-                c.iq_tail = (c.iq_tail + 16) % PAGE;
+                // 256-bit descriptors: the upper 128 bits are reserved (zero) for these types.
+                for q in 2..dsize / 8 {
+                    self.mem().write_u64(at + 8 * q, 0).map_err(failed)?;
+                }
+                c.iq_tail = (c.iq_tail + dsize) % PAGE;
             }
             self.unit.mmio_write(IQT_REG, 8, c.iq_tail);
             let status = self.mem().read_u32(c.status_addr).map_err(failed)?;
@@ -281,28 +347,76 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         Ok(())
     }
 
-    /// The context table for `bus`, created (and its root entry made present) if needed.
-    fn context_table(&self, c: &mut Ctl, bus: u8) -> Result<u64, HwError> {
-        if let Some(t) = c.context_tables.get(&bus) {
+    /// Allocates and zeroes `n` pages, all or none.
+    fn alloc_pages(&self, c: &mut Ctl, n: usize) -> Result<Vec<u64>, HwError> {
+        let mut pages = Vec::with_capacity(n);
+        for _ in 0..n {
+            match c.alloc.alloc_frame() {
+                Some(p) if self.zero_page(p).is_ok() => pages.push(p),
+                other => {
+                    if let Some(p) = other {
+                        c.alloc.free_frame(p);
+                    }
+                    for p in pages {
+                        c.alloc.free_frame(p);
+                    }
+                    return Err(exhausted("private memory"));
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    /// The context table for `bus` (and, in scalable mode, the half of the devfn space
+    /// `half` selects), created with its root entry (half) made present if needed.
+    fn context_table(&self, c: &mut Ctl, bus: u8, half: u8) -> Result<u64, HwError> {
+        let key = (u16::from(bus) << 1) | u16::from(half);
+        if let Some(t) = c.context_tables.get(&key) {
             return Ok(*t);
         }
-        let t = c
-            .alloc
-            .alloc_frame()
-            .ok_or_else(|| exhausted("private memory"))?;
-        if let Err(e) = self.zero_page(t) {
+        let t = self.alloc_pages(c, 1)?[0];
+        // Legacy root entry (§9.1): lower qword CTP | P, upper qword reserved. Scalable root
+        // entry (§9.2): lower qword LCTP | LP (devfn 0-127), upper UCTP | UP (128-255).
+        let re = c.root + 16 * u64::from(bus) + 8 * u64::from(half);
+        if let Err(e) = self.mem().write_u64(re, t | ROOT_P) {
             c.alloc.free_frame(t);
-            return Err(e);
+            return Err(failed(e));
         }
-        // Root entry (§9.1): lower qword CTP | P, upper qword reserved (zero).
-        let re = c.root + 16 * u64::from(bus);
-        self.mem().write_u64(re + 8, 0).map_err(failed)?;
-        self.mem().write_u64(re, t | ROOT_P).map_err(failed)?;
-        c.context_tables.insert(bus, t);
+        c.context_tables.insert(key, t);
         Ok(t)
     }
 
-    /// The context entry `mode` needs, and the DID it carries.
+    /// Scalable mode: `sid`'s PASID table, created with its context entry (§9.4: PASIDDIRPTR,
+    /// PDTS = 0, RID_PASID = 0) and PASID-directory entry (§9.5) if needed.
+    fn pasid_table(&self, c: &mut Ctl, sid: u16) -> Result<u64, HwError> {
+        if let Some((_, t)) = c.pasid_tables.get(&sid) {
+            return Ok(*t);
+        }
+        let [bus, devfn] = sid.to_be_bytes();
+        let ctx = self.context_table(c, bus, devfn >> 7)?;
+        let pages = self.alloc_pages(c, 2)?;
+        let (dir, table) = (pages[0], pages[1]);
+        let ce = ctx + 32 * u64::from(devfn & 0x7f);
+        let wr = |addr: u64, v: u64| self.mem().write_u64(addr, v).map_err(failed);
+        let r = (|| {
+            wr(dir, table | 1)?;
+            // Qwords 1-3 (RID_PASID = 0, reserved) first, then qword 0 with P.
+            for q in 1..4 {
+                wr(ce + 8 * q, 0)?;
+            }
+            wr(ce, dir | CTX_P)
+        })();
+        if let Err(e) = r {
+            c.alloc.free_frame(dir);
+            c.alloc.free_frame(table);
+            return Err(e);
+        }
+        c.pasid_tables.insert(sid, (dir, table));
+        Ok(table)
+    }
+
+    /// The context entry (legacy) or PASID-table entry (scalable) `mode` needs, as its two
+    /// low qwords, and the DID it carries.
     fn context_entry(
         &self,
         c: &Ctl,
@@ -310,27 +424,42 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     ) -> Result<Option<(u64, u64, u16)>, HwError> {
         Ok(match mode {
             EndpointMode::Blocked => None,
-            EndpointMode::PassThrough => Some((
-                CTX_T_PASS_THROUGH | CTX_P,
-                self.aw | (u64::from(PASS_THROUGH_DID) << 8),
-                PASS_THROUGH_DID,
-            )),
+            EndpointMode::PassThrough => Some(match self.mode {
+                VtdMode::Legacy => (
+                    CTX_T_PASS_THROUGH | CTX_P,
+                    self.aw | (u64::from(PASS_THROUGH_DID) << 8),
+                    PASS_THROUGH_DID,
+                ),
+                VtdMode::Scalable => (
+                    PGTT_PASS_THROUGH | (self.aw << 2) | CTX_P,
+                    u64::from(PASS_THROUGH_DID),
+                    PASS_THROUGH_DID,
+                ),
+            }),
             EndpointMode::Translated(h) => {
                 let d = c
                     .domains
                     .get(&h)
                     .ok_or_else(|| failed(format!("no domain {h:?}")))?;
-                Some((
-                    d.tables.root() | CTX_P,
-                    self.aw | (u64::from(d.did) << 8),
-                    d.did,
-                ))
+                Some(match self.mode {
+                    VtdMode::Legacy => (
+                        d.tables.root() | CTX_P,
+                        self.aw | (u64::from(d.did) << 8),
+                        d.did,
+                    ),
+                    VtdMode::Scalable => (
+                        d.tables.root() | PGTT_SECOND_STAGE | (self.aw << 2) | CTX_P,
+                        u64::from(d.did),
+                        d.did,
+                    ),
+                })
             }
         })
     }
 
-    /// Writes `endpoint`'s context entry for `mode` and returns the DID it replaced (if the old
-    /// entry was present). No invalidation.
+    /// Writes `endpoint`'s context entry (legacy) or RID_PASID PASID-table entry (scalable)
+    /// for `mode` and returns the DID it replaced (if the old entry was present). No
+    /// invalidation.
     fn write_context(
         &self,
         c: &mut Ctl,
@@ -341,24 +470,30 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
             .map_err(|_| failed(format!("endpoint {endpoint:#x} is not a requester id")))?;
         let entry = self.context_entry(c, mode)?;
         let [bus, devfn] = sid.to_be_bytes();
-        let table = match (entry, c.context_tables.get(&bus)) {
-            // Blocking an endpoint whose bus has no context table: nothing to write.
-            (None, None) => return Ok(c.endpoint_did.remove(&sid)),
-            _ => self.context_table(c, bus)?,
+        let at = match self.mode {
+            VtdMode::Legacy => match (entry, c.context_tables.get(&(u16::from(bus) << 1))) {
+                // Blocking an endpoint whose bus has no context table: nothing to write.
+                (None, None) => return Ok(c.endpoint_did.remove(&sid)),
+                _ => self.context_table(c, bus, 0)? + 16 * u64::from(devfn),
+            },
+            VtdMode::Scalable => match (entry, c.pasid_tables.get(&sid)) {
+                (None, None) => return Ok(c.endpoint_did.remove(&sid)),
+                _ => self.pasid_table(c, sid)?,
+            },
         };
-        let ce = table + 16 * u64::from(devfn);
         let old = c.endpoint_did.get(&sid).copied();
+        let wr = |addr: u64, v: u64| self.mem().write_u64(addr, v).map_err(failed);
         match (entry, old) {
             (None, _) => {
                 // Clear P first, so no walk sees a half-cleared entry as present.
-                self.mem().write_u64(ce, 0).map_err(failed)?;
-                self.mem().write_u64(ce + 8, 0).map_err(failed)?;
+                wr(at, 0)?;
+                wr(at + 8, 0)?;
                 c.endpoint_did.remove(&sid);
             }
             (Some((lo, hi, did)), None) => {
-                // Upper qword first, P last (§9.3 programming order).
-                self.mem().write_u64(ce + 8, hi).map_err(failed)?;
-                self.mem().write_u64(ce, lo).map_err(failed)?;
+                // Upper qword first, P last.
+                wr(at + 8, hi)?;
+                wr(at, lo)?;
                 c.endpoint_did.insert(sid, did);
             }
             (Some((lo, hi, did)), Some(_)) => {
@@ -366,8 +501,8 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
                 // DMA never sees a blocked or pass-through state. A walk racing the two stores
                 // may pair one half of each entry; the invalidation of both DIDs that follows
                 // removes whatever it cached.
-                self.mem().write_u64(ce, lo).map_err(failed)?;
-                self.mem().write_u64(ce + 8, hi).map_err(failed)?;
+                wr(at, lo)?;
+                wr(at + 8, hi)?;
                 c.endpoint_did.insert(sid, did);
             }
         }
@@ -378,12 +513,25 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     /// for Invalidations": device-selective context-cache invalidation with the old DID, then a
     /// domain-selective IOTLB invalidation of the old DID; the new DID too when a present
     /// entry was rewritten in place).
-    fn context_change_descs(sid: u16, old: Option<u16>, new: Option<u16>) -> Vec<[u64; 2]> {
+    fn context_change_descs(&self, sid: u16, old: Option<u16>, new: Option<u16>) -> Vec<[u64; 2]> {
         let cc_did = old.or(new).unwrap_or(0);
         let mut v = vec![[
             DESC_CC | G_SELECTIVE | (u64::from(cc_did) << 16) | (u64::from(sid) << 32),
             0,
         ]];
+        if self.mode == VtdMode::Scalable {
+            // §6.5.3.3 for a PASID-table entry: PASID-selective PASID-cache invalidation (PASID
+            // 0) for every DID the entry carried.
+            let mut dids = vec![cc_did];
+            if let (Some(o), Some(n)) = (old, new)
+                && n != o
+            {
+                dids.push(n);
+            }
+            for did in dids {
+                v.push([DESC_PC | PC_PASID | (u64::from(did) << 16), 0]);
+            }
+        }
         if let Some(o) = old {
             v.push([DESC_IOTLB | G_DOMAIN | (u64::from(o) << 16), 0]);
             if let Some(n) = new
@@ -392,6 +540,16 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
                 v.push([DESC_IOTLB | G_DOMAIN | (u64::from(n) << 16), 0]);
             }
         }
+        v
+    }
+
+    /// Global invalidation of every cache.
+    fn global_descs(&self) -> Vec<[u64; 2]> {
+        let mut v = vec![[DESC_CC | G_GLOBAL, 0]];
+        if self.mode == VtdMode::Scalable {
+            v.push([DESC_PC | PC_GLOBAL, 0]);
+        }
+        v.push([DESC_IOTLB | G_GLOBAL, 0]);
         v
     }
 
@@ -561,7 +719,7 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         if old.is_none() && new.is_none() {
             return Ok(());
         }
-        let descs = Self::context_change_descs(endpoint as u16, old, new);
+        let descs = self.context_change_descs(endpoint as u16, old, new);
         self.submit(c, &descs)
     }
 
@@ -573,13 +731,41 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         let mut c = self.lock();
         let c = &mut *c;
         let mut changed = false;
+        let mut done: Vec<(EndpointId, Option<u16>)> = Vec::new();
         for ep in endpoints {
-            let old = self.write_context(c, ep, mode)?;
-            changed |= old.is_some() || mode != EndpointMode::Blocked;
+            match self.write_context(c, ep, mode) {
+                Ok(old) => {
+                    changed |= old.is_some() || mode != EndpointMode::Blocked;
+                    done.push((ep, old));
+                }
+                Err(e) => {
+                    // Put back what was switched (the structures exist, so this allocates
+                    // nothing), leaving every endpoint as it was.
+                    for (ep, old) in done.into_iter().rev() {
+                        let back = match old {
+                            None => EndpointMode::Blocked,
+                            Some(PASS_THROUGH_DID) => EndpointMode::PassThrough,
+                            Some(did) => c
+                                .domains
+                                .iter()
+                                .find(|(_, d)| d.did == did)
+                                .map_or(EndpointMode::Blocked, |(h, _)| {
+                                    EndpointMode::Translated(*h)
+                                }),
+                        };
+                        if let Err(e2) = self.write_context(c, ep, back) {
+                            log::error!("vtd: restoring endpoint {ep:#x}: {e2}");
+                        }
+                    }
+                    let descs = self.global_descs();
+                    self.submit(c, &descs)?;
+                    return Err(e);
+                }
+            }
         }
         if changed {
             // One global invalidation instead of one per endpoint (§6.5.3.3 allows coarser).
-            self.submit(c, &[[DESC_CC | G_GLOBAL, 0], [DESC_IOTLB | G_GLOBAL, 0]])?;
+            self.submit(c, &self.global_descs())?;
         }
         Ok(())
     }
@@ -625,14 +811,30 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
                     self.clear_faults();
                 }
                 let code = f.code;
-                let reason = if code == VtdFaultReason::RootNotPresent as u16
-                    || code == VtdFaultReason::ContextNotPresent as u16
+                use VtdFaultReason as V;
+                let is = |r: V| code == r as u16;
+                let reason = if [
+                    V::RootNotPresent,
+                    V::ContextNotPresent,
+                    V::SmRootNotPresent,
+                    V::SmContextNotPresent,
+                    V::PasidDirNotPresent,
+                    V::PasidEntryNotPresent,
+                ]
+                .into_iter()
+                .any(is)
                 {
                     FaultReason::Domain
-                } else if code == VtdFaultReason::AddressBeyondAw as u16
-                    || code == VtdFaultReason::WriteDenied as u16
-                    || code == VtdFaultReason::ReadDenied as u16
-                    || code == VtdFaultReason::SsNotPresent as u16
+                } else if [
+                    V::AddressBeyondAw,
+                    V::WriteDenied,
+                    V::ReadDenied,
+                    V::SsNotPresent,
+                    V::SmWriteDenied,
+                    V::SmReadDenied,
+                ]
+                .into_iter()
+                .any(is)
                 {
                     FaultReason::Mapping
                 } else {
@@ -653,11 +855,15 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
     fn reset(&self) -> Result<(), HwError> {
         let mut c = self.lock();
         let c = &mut *c;
-        for (bus, t) in std::mem::take(&mut c.context_tables) {
-            self.mem()
-                .write_u64(c.root + 16 * u64::from(bus), 0)
-                .map_err(failed)?;
+        for (key, t) in std::mem::take(&mut c.context_tables) {
+            // Root entry (half) for this table: not present.
+            let re = c.root + 16 * u64::from(key >> 1) + 8 * u64::from(key & 1);
+            self.mem().write_u64(re, 0).map_err(failed)?;
             c.alloc.free_frame(t);
+        }
+        for (_, (dir, table)) in std::mem::take(&mut c.pasid_tables) {
+            c.alloc.free_frame(dir);
+            c.alloc.free_frame(table);
         }
         for (_, d) in std::mem::take(&mut c.domains) {
             d.tables.destroy(self.mem(), &mut c.alloc).map_err(failed)?;
@@ -665,7 +871,8 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         c.endpoint_did.clear();
         c.free_dids.clear();
         c.next_did = FIRST_DID;
-        self.submit(c, &[[DESC_CC | G_GLOBAL, 0], [DESC_IOTLB | G_GLOBAL, 0]])
+        let descs = self.global_descs();
+        self.submit(c, &descs)
     }
 
     fn stats(&self) -> HwStats {
@@ -689,6 +896,10 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
             v.push((format!("{name}.inserts"), st.inserts));
         }
         let c = self.lock();
+        v.push((
+            "scalable_mode".to_string(),
+            u64::from(self.mode == VtdMode::Scalable),
+        ));
         v.push(("domains".to_string(), c.domains.len() as u64));
         v.push(("private_pages_in_use".to_string(), c.alloc.in_use() as u64));
         v

@@ -544,6 +544,13 @@ fn reset_detaches_everything() {
     assert_eq!(d.core().endpoint_domain(EP), None);
     // Features must be negotiated again.
     assert_eq!(status(&d, &attach_req(1, EP, 1)), Status::Inval);
+    // Device reset keeps bypass; system reset restores its initial value.
+    d.set_acked_features(ALL);
+    d.write_config(36, &[1]).unwrap();
+    d.reset().unwrap();
+    assert!(d.core().bypass());
+    d.system_reset().unwrap();
+    assert!(!d.core().bypass());
 }
 
 #[test]

@@ -1,6 +1,9 @@
 use super::*;
 use crate::core::{Core, CoreConfig, CoreError, EndpointSet, SoftHardware};
-use crate::vtd::structs::{ContextEntry, TranslationType};
+use crate::vtd::structs::{
+    ContextEntry, PasidDirEntry, PasidEntry, PasidSupport, Pgtt, ScalableContextEntry,
+    TranslationType,
+};
 use pagewalk::SparseMem;
 use proptest::prelude::*;
 use std::sync::Arc;
@@ -9,7 +12,7 @@ const BASE: u64 = 0x1000_0000;
 const EP: u32 = 0x0108; // 01:01.0
 const EP2: u32 = 0x0010; // 00:02.0
 
-fn hw_with(pages: u64) -> VtdHardware<SparseMem> {
+fn hw_mode(pages: u64, mode: VtdMode) -> VtdHardware<SparseMem> {
     VtdHardware::new(
         SparseMem::new(0x2000_0000),
         VtdConfig::default(),
@@ -17,9 +20,16 @@ fn hw_with(pages: u64) -> VtdHardware<SparseMem> {
             base: BASE,
             size: pages * PAGE,
         },
+        mode,
     )
     .unwrap()
 }
+
+fn hw_with(pages: u64) -> VtdHardware<SparseMem> {
+    hw_mode(pages, VtdMode::Legacy)
+}
+
+const MODES: [VtdMode; 2] = [VtdMode::Legacy, VtdMode::Scalable];
 
 fn cfg() -> CoreConfig {
     CoreConfig {
@@ -49,6 +59,70 @@ fn context_of(hw: &VtdHardware<SparseMem>, ep: u32) -> Option<ContextEntry> {
     let ce = (root & !0xfff) + 16 * u64::from(ep & 0xff);
     let (lo, hi) = (mem.read_u64(ce).unwrap(), mem.read_u64(ce + 8).unwrap());
     ContextEntry::decode(lo, hi, 48, true, true, |aw| aw == 2).ok()
+}
+
+/// What an endpoint's entry says, in either mode: (DID, pass-through, second-stage pointer).
+fn entry_of(hw: &VtdHardware<SparseMem>, ep: u32) -> Option<(u16, bool, u64)> {
+    if hw.mode() == VtdMode::Legacy {
+        return context_of(hw, ep)
+            .map(|e| (e.did, e.tt == TranslationType::PassThrough, e.slptptr));
+    }
+    let mem = hw.unit().mem();
+    let (bus, devfn) = (u64::from(ep >> 8), u64::from(ep & 0xff));
+    // §9.2: the lower half of the root entry serves devfn 0-127, the upper 128-255.
+    let half = mem.read_u64(BASE + 16 * bus + 8 * (devfn >> 7)).unwrap();
+    if half & 1 == 0 {
+        return None;
+    }
+    let ce = (half & !0xfff) + 32 * (devfn & 0x7f);
+    let qw: [u64; 4] = std::array::from_fn(|i| mem.read_u64(ce + 8 * i as u64).unwrap());
+    let ctx = ScalableContextEntry::decode(qw, 48, true, false).ok()?;
+    assert_eq!(ctx.rid_pasid, 0);
+    let dir = PasidDirEntry::decode(mem.read_u64(ctx.pasiddirptr).unwrap(), 48).ok()?;
+    let qw: [u64; 8] = std::array::from_fn(|i| mem.read_u64(dir.smptblptr + 8 * i as u64).unwrap());
+    let c = VtdConfig::default();
+    let support = PasidSupport {
+        first_stage: c.first_stage,
+        second_stage: c.second_stage,
+        nested: c.nested,
+        pass_through: c.pass_through,
+        fs_5level: c.fs_5level,
+        srs: c.srs,
+        ers: c.ers,
+        ss_ad: c.ss_ad,
+        sagaw: c.sagaw,
+        haw: c.haw,
+    };
+    let pe = PasidEntry::decode(qw, &support).ok()?;
+    assert!(matches!(pe.pgtt, Pgtt::SecondStage | Pgtt::PassThrough));
+    Some((pe.did, pe.pgtt == Pgtt::PassThrough, pe.ssptptr))
+}
+
+#[test]
+fn scalable_bring_up_and_pasid_entries() {
+    let hw = Arc::new(hw_mode(64, VtdMode::Scalable));
+    let rtaddr = hw.unit().mmio_read(RTADDR_REG, 8);
+    assert_eq!((rtaddr >> RTADDR_TTM_SHIFT) & 3, TTM_SCALABLE);
+    assert_ne!(hw.unit().mmio_read(IQA_REG, 8) & IQA_DW, 0);
+    let c = core_on(hw.clone());
+    assert_eq!(entry_of(&hw, EP), None);
+    c.attach(5, EP, false).unwrap();
+    let hwd = c.domains()[0].hw.unwrap();
+    let root = hw.lock().domains[&hwd].tables.root();
+    assert_eq!(entry_of(&hw, EP), Some((FIRST_DID, false, root)));
+    // devfn >= 128 uses the upper half of the root entry.
+    c.attach(6, 0x180, true).unwrap();
+    assert_eq!(
+        entry_of(&hw, 0x180).map(|e| (e.0, e.1)),
+        Some((PASS_THROUGH_DID, true))
+    );
+    c.detach(5, EP).unwrap();
+    assert_eq!(entry_of(&hw, EP), None);
+    assert_eq!(
+        hw.unit().mmio_read(FSTS_REG, 4),
+        0,
+        "no invalidation queue error"
+    );
 }
 
 #[test]
@@ -98,120 +172,147 @@ fn attach_writes_a_context_entry_pointing_at_the_domain_tables() {
 
 #[test]
 fn map_translate_unmap_through_the_model() {
-    let hw = Arc::new(hw_with(64));
-    let c = core_on(hw.clone());
-    c.attach(1, EP, false).unwrap();
-    c.map(1, 0x20_0000, 0x3f_ffff, 0x8000_0000, MapFlags::RW)
-        .unwrap();
-    let first = c.translate(EP, 0x20_1234, Access::Write);
-    let t = first.result.clone().unwrap();
-    assert_eq!(t.phys, 0x8000_1234);
-    // A 2 MiB mapping aligned on both sides is one 2 MiB page.
-    assert_eq!(t.len, 0x20_0000 - 0x1234);
-    assert!(!first.trace.is_empty());
-    // The second translation of the page hits the IOTLB and reads no table.
-    let second = c.translate(EP, 0x20_1238, Access::Read);
-    assert_eq!(second.result.unwrap().phys, 0x8000_1238);
-    assert!(second.trace.len() < first.trace.len());
-    // UNMAP edits the tables and invalidates the IOTLB: the cached translation is gone.
-    c.unmap(1, 0x20_0000, 0x3f_ffff).unwrap();
-    assert_eq!(
-        phys(&c, EP, 0x20_1234, Access::Read),
-        Err(FaultReason::Mapping)
-    );
-    let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
-    assert!(stats["iotlb.hits"] >= 1);
-    assert!(stats["invalidation_descriptors"] > 4);
+    for mode in MODES {
+        let hw = Arc::new(hw_mode(64, mode));
+        let c = core_on(hw.clone());
+        c.attach(1, EP, false).unwrap();
+        c.map(1, 0x20_0000, 0x3f_ffff, 0x8000_0000, MapFlags::RW)
+            .unwrap();
+        let first = c.translate(EP, 0x20_1234, Access::Write);
+        let t = first.result.clone().unwrap();
+        assert_eq!(t.phys, 0x8000_1234);
+        // A 2 MiB mapping aligned on both sides is one 2 MiB page.
+        assert_eq!(t.len, 0x20_0000 - 0x1234);
+        assert!(!first.trace.is_empty());
+        // The second translation of the page hits the IOTLB and reads no table.
+        let second = c.translate(EP, 0x20_1238, Access::Read);
+        assert_eq!(second.result.unwrap().phys, 0x8000_1238);
+        assert!(second.trace.len() < first.trace.len());
+        // UNMAP edits the tables and invalidates the IOTLB: the cached translation is gone.
+        c.unmap(1, 0x20_0000, 0x3f_ffff).unwrap();
+        assert_eq!(
+            phys(&c, EP, 0x20_1234, Access::Read),
+            Err(FaultReason::Mapping)
+        );
+        let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
+        assert!(stats["iotlb.hits"] >= 1);
+        assert!(stats["invalidation_descriptors"] > 4);
+    }
 }
 
 #[test]
 fn read_only_and_write_only_mappings() {
-    let hw = Arc::new(hw_with(64));
-    let c = core_on(hw);
-    c.attach(1, EP, false).unwrap();
-    let ro = MapFlags {
-        read: true,
-        ..Default::default()
-    };
-    let wo = MapFlags {
-        write: true,
-        ..Default::default()
-    };
-    c.map(1, 0x1000, 0x1fff, 0x5000, ro).unwrap();
-    c.map(1, 0x2000, 0x2fff, 0x6000, wo).unwrap();
-    c.map(1, 0x3000, 0x3fff, 0x7000, MapFlags::default())
-        .unwrap();
-    assert_eq!(phys(&c, EP, 0x1008, Access::Read), Ok(0x5008));
-    assert_eq!(
-        phys(&c, EP, 0x1008, Access::Write),
-        Err(FaultReason::Mapping)
-    );
-    assert_eq!(phys(&c, EP, 0x2008, Access::Write), Ok(0x6008));
-    assert_eq!(
-        phys(&c, EP, 0x2008, Access::Read),
-        Err(FaultReason::Mapping)
-    );
-    assert_eq!(
-        phys(&c, EP, 0x3008, Access::Read),
-        Err(FaultReason::Mapping)
-    );
-    // The no-access mapping is still a mapping: it can be unmapped, and it blocks overlaps.
-    assert!(c.map(1, 0x3000, 0x3fff, 0, MapFlags::RW).is_err());
-    c.unmap(1, 0x3000, 0x3fff).unwrap();
+    for mode in MODES {
+        let hw = Arc::new(hw_mode(64, mode));
+        let c = core_on(hw);
+        c.attach(1, EP, false).unwrap();
+        let ro = MapFlags {
+            read: true,
+            ..Default::default()
+        };
+        let wo = MapFlags {
+            write: true,
+            ..Default::default()
+        };
+        c.map(1, 0x1000, 0x1fff, 0x5000, ro).unwrap();
+        c.map(1, 0x2000, 0x2fff, 0x6000, wo).unwrap();
+        c.map(1, 0x3000, 0x3fff, 0x7000, MapFlags::default())
+            .unwrap();
+        assert_eq!(phys(&c, EP, 0x1008, Access::Read), Ok(0x5008));
+        assert_eq!(
+            phys(&c, EP, 0x1008, Access::Write),
+            Err(FaultReason::Mapping)
+        );
+        assert_eq!(phys(&c, EP, 0x2008, Access::Write), Ok(0x6008));
+        assert_eq!(
+            phys(&c, EP, 0x2008, Access::Read),
+            Err(FaultReason::Mapping)
+        );
+        assert_eq!(
+            phys(&c, EP, 0x3008, Access::Read),
+            Err(FaultReason::Mapping)
+        );
+        // The no-access mapping is still a mapping: it can be unmapped, and it blocks overlaps.
+        assert!(c.map(1, 0x3000, 0x3fff, 0, MapFlags::RW).is_err());
+        c.unmap(1, 0x3000, 0x3fff).unwrap();
+    }
 }
 
 #[test]
 fn bypass_and_blocked_endpoints() {
-    let hw = Arc::new(hw_with(64));
-    let c = core_on(hw.clone());
-    assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
-    c.set_bypass(true).unwrap();
-    assert_eq!(phys(&c, EP, 0x1000, Access::Read), Ok(0x1000));
-    assert_eq!(
-        context_of(&hw, 0x1ff).map(|e| e.tt),
-        Some(TranslationType::PassThrough)
-    );
-    c.set_bypass(false).unwrap();
-    assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
-    assert_eq!(context_of(&hw, 0x1ff), None);
-    // Faults keep being recorded: the realisation clears the fault recording registers.
-    for i in 0..20 {
-        let _ = c.translate(EP, i << 12, Access::Write);
+    for mode in MODES {
+        let hw = Arc::new(hw_mode(2048, mode));
+        let c = core_on(hw.clone());
+        assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
+        c.set_bypass(true).unwrap();
+        assert_eq!(phys(&c, EP, 0x1000, Access::Read), Ok(0x1000));
+        assert_eq!(
+            entry_of(&hw, 0x1ff).map(|e| (e.0, e.1)),
+            Some((PASS_THROUGH_DID, true))
+        );
+        c.set_bypass(false).unwrap();
+        assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(entry_of(&hw, 0x1ff), None);
+        // Faults keep being recorded: the realisation clears the fault recording registers.
+        for i in 0..20 {
+            let _ = c.translate(EP, i << 12, Access::Write);
+        }
+        let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
+        assert!(stats["faults_recorded"] >= 20, "{mode:?} {stats:?}");
     }
-    let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
-    assert!(stats["faults_recorded"] >= 20, "{stats:?}");
+}
+
+#[test]
+fn bypass_that_runs_out_of_memory_changes_nothing() {
+    // Scalable mode needs a PASID directory and table per endpoint: 48 pages cannot hold
+    // 512 endpoints' worth.
+    let hw = Arc::new(hw_mode(48, VtdMode::Scalable));
+    let c = core_on(hw.clone());
+    c.attach(1, EP, false).unwrap();
+    c.map(1, 0, 0xfff, 0x9000, MapFlags::RW).unwrap();
+    assert!(matches!(
+        c.set_bypass(true),
+        Err(CoreError::Hardware(HwError::Exhausted(_)))
+    ));
+    assert!(!c.bypass());
+    for ep in [0, 1, 0x10, 0x1ff] {
+        assert_eq!(phys(&c, ep, 0x1000, Access::Read), Err(FaultReason::Domain));
+    }
+    assert_eq!(phys(&c, EP, 0x10, Access::Read), Ok(0x9010));
 }
 
 #[test]
 fn moving_an_endpoint_switches_tables_without_stale_translations() {
-    let hw = Arc::new(hw_with(64));
-    let c = core_on(hw.clone());
-    c.attach(1, EP, false).unwrap();
-    c.map(1, 0x4000, 0x4fff, 0xa000, MapFlags::RW).unwrap();
-    assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xa010));
-    c.attach(2, EP, false).unwrap();
-    // Domain 2 has nothing mapped: the IOTLB entry of domain 1 must not answer.
-    assert_eq!(
-        phys(&c, EP, 0x4010, Access::Read),
-        Err(FaultReason::Mapping)
-    );
-    c.map(2, 0x4000, 0x4fff, 0xb000, MapFlags::RW).unwrap();
-    assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xb010));
-    // Domain 1 was freed; its DID goes to the next domain, with nothing stale cached under it.
-    c.attach(3, EP2, false).unwrap();
-    assert_eq!(context_of(&hw, EP2).unwrap().did, FIRST_DID);
-    assert_eq!(
-        phys(&c, EP2, 0x4010, Access::Read),
-        Err(FaultReason::Mapping)
-    );
-    // Identity to translated and back, in place.
-    c.attach(4, EP, true).unwrap();
-    assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0x4010));
-    c.attach(5, EP, false).unwrap();
-    assert_eq!(
-        phys(&c, EP, 0x4010, Access::Read),
-        Err(FaultReason::Mapping)
-    );
+    for mode in MODES {
+        let hw = Arc::new(hw_mode(64, mode));
+        let c = core_on(hw.clone());
+        c.attach(1, EP, false).unwrap();
+        c.map(1, 0x4000, 0x4fff, 0xa000, MapFlags::RW).unwrap();
+        assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xa010));
+        c.attach(2, EP, false).unwrap();
+        // Domain 2 has nothing mapped: the IOTLB entry of domain 1 must not answer.
+        assert_eq!(
+            phys(&c, EP, 0x4010, Access::Read),
+            Err(FaultReason::Mapping)
+        );
+        c.map(2, 0x4000, 0x4fff, 0xb000, MapFlags::RW).unwrap();
+        assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xb010));
+        // Domain 1 was freed; its DID goes to the next domain, with nothing stale cached under it.
+        c.attach(3, EP2, false).unwrap();
+        assert_eq!(entry_of(&hw, EP2).unwrap().0, FIRST_DID);
+        assert_eq!(
+            phys(&c, EP2, 0x4010, Access::Read),
+            Err(FaultReason::Mapping)
+        );
+        // Identity to translated and back, in place.
+        c.attach(4, EP, true).unwrap();
+        assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0x4010));
+        c.attach(5, EP, false).unwrap();
+        assert_eq!(
+            phys(&c, EP, 0x4010, Access::Read),
+            Err(FaultReason::Mapping)
+        );
+    }
 }
 
 #[test]
@@ -257,17 +358,19 @@ fn domain_ids_and_private_memory_run_out_as_nomem() {
 
 #[test]
 fn reset_clears_every_structure() {
-    let hw = Arc::new(hw_with(64));
-    let c = core_on(hw.clone());
-    c.attach(1, EP, false).unwrap();
-    c.map(1, 0, 0xfff, 0x9000, MapFlags::RW).unwrap();
-    assert_eq!(phys(&c, EP, 0x10, Access::Read), Ok(0x9010));
-    c.reset().unwrap();
-    assert_eq!(context_of(&hw, EP), None);
-    assert_eq!(phys(&c, EP, 0x10, Access::Read), Err(FaultReason::Domain));
-    let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
-    // Root, queue and status pages remain.
-    assert_eq!(stats["private_pages_in_use"], 3);
+    for mode in MODES {
+        let hw = Arc::new(hw_mode(64, mode));
+        let c = core_on(hw.clone());
+        c.attach(1, EP, false).unwrap();
+        c.map(1, 0, 0xfff, 0x9000, MapFlags::RW).unwrap();
+        assert_eq!(phys(&c, EP, 0x10, Access::Read), Ok(0x9010));
+        c.reset().unwrap();
+        assert_eq!(entry_of(&hw, EP), None);
+        assert_eq!(phys(&c, EP, 0x10, Access::Read), Err(FaultReason::Domain));
+        let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
+        // Root, queue and status pages remain.
+        assert_eq!(stats["private_pages_in_use"], 3);
+    }
 }
 
 #[test]
@@ -312,7 +415,8 @@ proptest! {
     #[test]
     fn vtd_agrees_with_the_soft_model(ops in prop::collection::vec(op(), 1..25)) {
         let soft = Core::new(cfg(), Arc::new(SoftHardware::new())).unwrap();
-        let vtd = core_on(Arc::new(hw_with(4096)));
+        let mode = if ops.len() % 2 == 0 { VtdMode::Legacy } else { VtdMode::Scalable };
+        let vtd = core_on(Arc::new(hw_mode(4096, mode)));
         const P: u64 = 0x1000;
         let mut probes = vec![];
         for op in &ops {
