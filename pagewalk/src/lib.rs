@@ -31,7 +31,7 @@ pub use mem::{GuestMem, MemError, PhysMem, SparseMem};
 pub use nested::{NestedTranslation, SecondStage, SecondStageView, walk_nested, walk_nested_from};
 pub use observer::{MemRef, RecordingTrace, RefKind, TableVisit, WalkObserver};
 pub use types::{
-    Access, AccessKind, Fault, FaultKind, Perms, Stage, Translation, WalkStart, level_index,
-    level_shift,
+    Access, AccessKind, Fault, FaultKind, NestedPhase, Perms, Stage, Translation, WalkStart,
+    level_index, level_shift,
 };
 pub use walk::{MAX_AD_RETRIES, walk, walk_from};

@@ -17,7 +17,7 @@
 use crate::format::{Decoded, WalkConfig};
 use crate::mem::{MemError, PhysMem};
 use crate::observer::{MemRef, RefKind, WalkObserver};
-use crate::types::{Access, Fault, FaultKind, Perms, Stage, Translation, WalkStart};
+use crate::types::{Access, Fault, FaultKind, NestedPhase, Perms, Stage, Translation, WalkStart};
 use crate::walk::{MAX_AD_RETRIES, TableXlate, walk_impl};
 
 /// The second stage of a nested walk.
@@ -113,6 +113,7 @@ pub fn walk_nested_from<M: PhysMem + ?Sized, O: WalkObserver>(
                 root,
                 last: None,
                 last_input: 0,
+                last_level: 0,
             };
             let t = walk_impl(first, Stage::First, mem, start, input, access, obs, &mut x)?;
             let s = walk_impl(
@@ -124,7 +125,11 @@ pub fn walk_nested_from<M: PhysMem + ?Sized, O: WalkObserver>(
                 access,
                 obs,
                 &mut crate::walk::Direct,
-            )?;
+            )
+            .map_err(|f| Fault {
+                nested: Some(NestedPhase::FinalOutput),
+                ..f
+            })?;
             Ok(NestedTranslation {
                 output: s.output,
                 page_shift: t.page_shift.min(s.page_shift),
@@ -143,11 +148,12 @@ struct SecondStageXlate<'a> {
     root: u64,
     last: Option<Translation>,
     last_input: u64,
+    last_level: u8,
 }
 
 impl<M: PhysMem + ?Sized, O: WalkObserver> TableXlate<M, O> for SecondStageXlate<'_> {
     #[inline]
-    fn table(&mut self, mem: &M, obs: &mut O, table: u64) -> Result<u64, Fault> {
+    fn table(&mut self, mem: &M, obs: &mut O, table: u64, level: u8) -> Result<u64, Fault> {
         let t = walk_impl(
             self.config,
             Stage::Second,
@@ -157,9 +163,14 @@ impl<M: PhysMem + ?Sized, O: WalkObserver> TableXlate<M, O> for SecondStageXlate
             Access::READ,
             obs,
             &mut crate::walk::Direct,
-        )?;
+        )
+        .map_err(|f| Fault {
+            nested: Some(NestedPhase::FirstStageTable { level }),
+            ..f
+        })?;
         self.last = Some(t);
         self.last_input = table;
+        self.last_level = level;
         Ok(t.output)
     }
 
@@ -168,6 +179,9 @@ impl<M: PhysMem + ?Sized, O: WalkObserver> TableXlate<M, O> for SecondStageXlate
             return Ok(());
         };
         let input = self.last_input;
+        let phase = NestedPhase::FirstStageAdUpdate {
+            level: self.last_level,
+        };
         let fault = |t: &Translation, kind| Fault {
             stage: Stage::Second,
             level: t.level,
@@ -175,6 +189,7 @@ impl<M: PhysMem + ?Sized, O: WalkObserver> TableXlate<M, O> for SecondStageXlate
             entry_addr: Some(t.entry_addr),
             entry: Some(t.entry),
             kind,
+            nested: Some(phase),
         };
         if !self.config.permits(t.perms, Access::WRITE) {
             return Err(fault(&t, FaultKind::Permission));
@@ -554,6 +569,7 @@ mod tests {
             (e.stage, e.kind, e.input),
             (Stage::Second, FaultKind::NotPresent, 0x80_0000)
         );
+        assert_eq!(e.nested, Some(NestedPhase::FirstStageTable { level: 4 }));
         // Final output refused by a read-only second stage.
         let ro = world(no_ad_fs(4), ss, iova, Perms::RW);
         let mut a = BumpAllocator::new(0x180_0000, 0x190_0000);
@@ -588,6 +604,7 @@ mod tests {
             (Stage::Second, FaultKind::Permission, 1)
         );
         assert_eq!(e.input, DATA_GPA);
+        assert_eq!(e.nested, Some(NestedPhase::FinalOutput));
         let t = walk_nested(
             &ro.fs,
             ro.fs_root,
@@ -624,6 +641,7 @@ mod tests {
         .unwrap_err();
         assert_eq!((e.stage, e.kind), (Stage::Second, FaultKind::Permission));
         assert_eq!(e.input, w.fs_root);
+        assert_eq!(e.nested, Some(NestedPhase::FirstStageAdUpdate { level: 4 }));
         // Writable: first-stage A/D get set, and the second-stage leaves of the table pages get
         // A and D.
         let w = world(fs, ss, iova, Perms::RW);

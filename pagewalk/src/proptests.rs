@@ -9,7 +9,7 @@ use crate::builder::{BuildError, BumpAllocator, PageSizePolicy, TableBuilder};
 use crate::format::{AmdV1Config, VtdSsConfig, WalkConfig, X86Config};
 use crate::mem::{MemError, SparseMem};
 use crate::nested::{SecondStage, SecondStageView, walk_nested};
-use crate::types::{Access, AccessKind, FaultKind, Perms, Stage};
+use crate::types::{Access, AccessKind, FaultKind, NestedPhase, Perms, Stage};
 use crate::walk::walk;
 
 /// The formats under test, with controls chosen so that every permission is expressible.
@@ -358,6 +358,8 @@ proptest! {
                         Err(e) if matches!(e.kind, FaultKind::MemoryRead(MemError::Unmapped(_))) => {
                             let n = nested.unwrap_err();
                             prop_assert_eq!(n.stage, Stage::Second);
+                            let in_table = matches!(n.nested, Some(NestedPhase::FirstStageTable { .. }));
+                            prop_assert!(in_table, "{:?}", n);
                         }
                         Err(e) => {
                             let n = nested.unwrap_err();
@@ -369,6 +371,7 @@ proptest! {
                                 Err(e) => {
                                     let n = nested.unwrap_err();
                                     prop_assert_eq!((n.stage, n.kind, n.level, n.input), (Stage::Second, e.kind, e.level, f.output));
+                                    prop_assert_eq!(n.nested, Some(NestedPhase::FinalOutput));
                                 }
                                 Ok(s) => {
                                     let n = nested.unwrap();

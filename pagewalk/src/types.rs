@@ -257,6 +257,29 @@ pub struct Fault {
     pub entry: Option<u64>,
     /// Why.
     pub kind: FaultKind,
+    /// For a second-stage fault inside a nested walk: what the second stage was doing. `None`
+    /// for first-stage faults and one-dimensional walks.
+    pub nested: Option<NestedPhase>,
+}
+
+/// What a second-stage walk inside a nested walk was translating when it faulted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NestedPhase {
+    /// The guest-physical address of the first-stage table at `level` (the first-stage root
+    /// when `level` is the first stage's level count), read access.
+    FirstStageTable {
+        /// Level of that first-stage table.
+        level: u8,
+    },
+    /// The write access of an accessed/dirty update to an entry of the first-stage table at
+    /// `level`: the page holding it is not writable in the second stage (or changed under the
+    /// second-stage dirty-flag update).
+    FirstStageAdUpdate {
+        /// Level of that first-stage table.
+        level: u8,
+    },
+    /// The first stage's output address.
+    FinalOutput,
 }
 
 /// Where a walk begins: the root (level = the format's level count, table = its root pointer,

@@ -21,8 +21,8 @@ pub const MAX_AD_RETRIES: u32 = 8;
 /// Translates the address of each table a walk visits before it is read: the identity for a
 /// one-dimensional walk, a second-stage walk for the first stage of a nested walk.
 pub(crate) trait TableXlate<M: PhysMem + ?Sized, O: WalkObserver> {
-    /// The system address of the table at `table`.
-    fn table(&mut self, mem: &M, obs: &mut O, table: u64) -> Result<u64, Fault>;
+    /// The system address of the table at `table`, which is at `level`.
+    fn table(&mut self, mem: &M, obs: &mut O, table: u64, level: u8) -> Result<u64, Fault>;
     /// Called before an A/D write into the table last returned by [`TableXlate::table`].
     fn before_write(&mut self, mem: &M, obs: &mut O) -> Result<(), Fault>;
 }
@@ -32,7 +32,7 @@ pub(crate) struct Direct;
 
 impl<M: PhysMem + ?Sized, O: WalkObserver> TableXlate<M, O> for Direct {
     #[inline(always)]
-    fn table(&mut self, _mem: &M, _obs: &mut O, table: u64) -> Result<u64, Fault> {
+    fn table(&mut self, _mem: &M, _obs: &mut O, table: u64, _level: u8) -> Result<u64, Fault> {
         Ok(table)
     }
     #[inline(always)]
@@ -100,6 +100,7 @@ pub(crate) fn walk_impl<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O
         entry_addr,
         entry,
         kind,
+        nested: None,
     };
     if !cfg.levels_valid() || start.level == 0 || start.level > cfg.levels() {
         return Err(fault(start.level, FaultKind::BadLevel, None, None));
@@ -121,7 +122,7 @@ pub(crate) fn walk_impl<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O
     let mut perms = start.perms;
     // Each iteration either returns or moves to a strictly lower level.
     for _ in 0..MAX_LEVELS {
-        let base = xlate.table(mem, obs, table)? & ADDR_MASK;
+        let base = xlate.table(mem, obs, table, level)? & ADDR_MASK;
         let addr = base + level_index(level, input) * 8;
         obs.mem_ref(MemRef {
             stage,
@@ -354,7 +355,8 @@ mod tests {
                 input: IOVA,
                 entry_addr: Some(addrs[3]),
                 entry: Some(0x9_9000 | SS_R),
-                kind: FaultKind::Permission
+                kind: FaultKind::Permission,
+                nested: None,
             }
         );
         // Beyond the 48-bit width.
