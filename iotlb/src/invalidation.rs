@@ -304,6 +304,28 @@ mod tests {
     }
 
     #[test]
+    fn source_slots_cover_every_matching_source() {
+        for (sid, fm) in [(0x1d, 0), (0x1d, 2), (0x318, 3), (0xffff, 1)] {
+            let sel = SourceSelector::vtd(sid, fm).unwrap();
+            for slots in [4usize, 256] {
+                for other in 0..=u16::MAX {
+                    if sel.matches(other) {
+                        let slot = usize::from(other) % slots;
+                        assert!(sel.matches_slot(slot, slots), "{sid:#x} fm {fm} {other:#x}");
+                    }
+                }
+                // Slots no matching source id falls in are not marked.
+                let marked = (0..slots).filter(|&s| sel.matches_slot(s, slots)).count();
+                let needed: std::collections::HashSet<usize> = (0..=u16::MAX)
+                    .filter(|&o| sel.matches(o))
+                    .map(|o| usize::from(o) % slots)
+                    .collect();
+                assert_eq!(marked, needed.len());
+            }
+        }
+    }
+
+    #[test]
     fn selectors_pick_the_right_kinds() {
         let leaf = Tag::translation(1, Some(5), 0x10, 0);
         let pde = Tag::paging_structure(1, Some(5), crate::Stage::First, 2, 0, 9);

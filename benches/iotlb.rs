@@ -1,0 +1,199 @@
+//! IOTLB benchmarks: the lock-free `iotlb::Cache` against the two ways VMM IOMMU models hold
+//! translations — a `Mutex<HashMap>` (QEMU's VT-d model: a GHashTable under the IOMMU lock) and
+//! an `RwLock<HashMap>` (the Rust virtio-iommu devices) — in the same criterion group, so each
+//! workload's ratio comes from one run.
+//!
+//! Workloads:
+//! * `lookup_hit_1t`: latency of one hitting lookup, one thread.
+//! * `lookup_2t`: two threads doing hitting lookups; time per iteration = one lookup per thread.
+//! * `mixed_2t`: two threads; every 32nd operation is a page invalidation followed by the refill a
+//!   device would do after its walk (token + insert for the cache), the rest hitting lookups.
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use iotlb::{Cache, CacheConfig, Invalidation, PageRange, PasidMatch, Perms, Tag, Translation};
+
+const DOMAIN: u16 = 1;
+const PAGES: u64 = 1024;
+const MIX_EVERY: u64 = 32;
+
+type Key = (u16, Option<u32>, u64);
+
+fn translation(page: u64) -> Translation {
+    Translation {
+        output: (page + 0x10_0000) << 12,
+        page_shift: 12,
+        perms: Perms::READ | Perms::WRITE,
+        flags: 0,
+    }
+}
+
+/// Pages in a scattered but fixed order (an LCG walk over 0..PAGES).
+fn pages() -> Vec<u64> {
+    let mut x = 7u64;
+    (0..PAGES)
+        .map(|_| {
+            x = (x * 37 + 11) % PAGES;
+            x
+        })
+        .collect()
+}
+
+trait Tlb: Sync {
+    fn name(&self) -> &'static str;
+    fn lookup(&self, page: u64) -> Option<Translation>;
+    /// Invalidate one page, then refill it as a device's walk would.
+    fn invalidate_and_refill(&self, page: u64);
+}
+
+struct Lockfree(Cache<Translation>);
+
+impl Tlb for Lockfree {
+    fn name(&self) -> &'static str {
+        "iotlb"
+    }
+    fn lookup(&self, page: u64) -> Option<Translation> {
+        self.0.lookup(&Tag::translation(DOMAIN, None, page, 0))
+    }
+    fn invalidate_and_refill(&self, page: u64) {
+        let r = PageRange::vtd(DOMAIN, PasidMatch::Any, page << 12, 0, true).unwrap();
+        self.0.invalidate(&Invalidation::Range(r)).unwrap();
+        let token = self.0.token();
+        let tag = Tag::translation(DOMAIN, None, page, 0);
+        let _ = self.0.insert(token, &tag, &translation(page)).unwrap();
+    }
+}
+
+struct MutexMap(Mutex<HashMap<Key, Translation>>);
+
+impl Tlb for MutexMap {
+    fn name(&self) -> &'static str {
+        "mutex_hashmap"
+    }
+    fn lookup(&self, page: u64) -> Option<Translation> {
+        self.0.lock().unwrap().get(&(DOMAIN, None, page)).copied()
+    }
+    fn invalidate_and_refill(&self, page: u64) {
+        self.0.lock().unwrap().remove(&(DOMAIN, None, page));
+        self.0
+            .lock()
+            .unwrap()
+            .insert((DOMAIN, None, page), translation(page));
+    }
+}
+
+struct RwLockMap(RwLock<HashMap<Key, Translation>>);
+
+impl Tlb for RwLockMap {
+    fn name(&self) -> &'static str {
+        "rwlock_hashmap"
+    }
+    fn lookup(&self, page: u64) -> Option<Translation> {
+        self.0.read().unwrap().get(&(DOMAIN, None, page)).copied()
+    }
+    fn invalidate_and_refill(&self, page: u64) {
+        self.0.write().unwrap().remove(&(DOMAIN, None, page));
+        self.0
+            .write()
+            .unwrap()
+            .insert((DOMAIN, None, page), translation(page));
+    }
+}
+
+fn contenders() -> Vec<Box<dyn Tlb>> {
+    let cache = Cache::new(CacheConfig::new(512, 8)).unwrap();
+    let mut map = HashMap::new();
+    for page in 0..PAGES {
+        let token = cache.token();
+        let stored = cache
+            .insert(
+                token,
+                &Tag::translation(DOMAIN, None, page, 0),
+                &translation(page),
+            )
+            .unwrap();
+        assert!(stored.is_stored());
+        map.insert((DOMAIN, None, page), translation(page));
+    }
+    let all: Vec<Box<dyn Tlb>> = vec![
+        Box::new(Lockfree(cache)),
+        Box::new(MutexMap(Mutex::new(map.clone()))),
+        Box::new(RwLockMap(RwLock::new(map))),
+    ];
+    // Every contender starts with every page cached.
+    for t in &all {
+        for page in 0..PAGES {
+            assert_eq!(t.lookup(page), Some(translation(page)), "{}", t.name());
+        }
+    }
+    all
+}
+
+fn lookup_hit_1t(c: &mut Criterion) {
+    let order = pages();
+    let mut g = c.benchmark_group("iotlb/lookup_hit_1t");
+    g.throughput(Throughput::Elements(1));
+    for t in contenders() {
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::from_parameter(t.name()), |b| {
+            b.iter(|| {
+                i = (i + 1) % order.len();
+                black_box(t.lookup(black_box(order[i])))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Runs `iters` operations on each of two threads; returns the wall time.
+fn two_threads(t: &dyn Tlb, iters: u64, mixed: bool) -> Duration {
+    let order = pages();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for thread in 0..2u64 {
+            let order = &order;
+            s.spawn(move || {
+                let mut hits = 0u64;
+                for n in 0..iters {
+                    let page = order[((n * 2 + thread) % PAGES) as usize];
+                    if mixed && n % MIX_EVERY == thread * (MIX_EVERY / 2) {
+                        t.invalidate_and_refill(page);
+                    } else if t.lookup(page).is_some() {
+                        hits += 1;
+                    }
+                }
+                black_box(hits);
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn lookup_2t(c: &mut Criterion) {
+    let mut g = c.benchmark_group("iotlb/lookup_2t");
+    g.throughput(Throughput::Elements(2));
+    for t in contenders() {
+        g.bench_function(BenchmarkId::from_parameter(t.name()), |b| {
+            b.iter_custom(|iters| two_threads(t.as_ref(), iters, false))
+        });
+    }
+    g.finish();
+}
+
+fn mixed_2t(c: &mut Criterion) {
+    let mut g = c.benchmark_group("iotlb/mixed_2t");
+    g.throughput(Throughput::Elements(2));
+    for t in contenders() {
+        g.bench_function(BenchmarkId::from_parameter(t.name()), |b| {
+            b.iter_custom(|iters| two_threads(t.as_ref(), iters, true))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup_hit_1t, lookup_2t, mixed_2t);
+criterion_main!(benches);
