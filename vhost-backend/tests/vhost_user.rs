@@ -401,9 +401,14 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
     // Bypass through the config space: unattached endpoints pass through.
     fe.set_config(36, VhostUserConfigFlags::WRITABLE, &[1])
         .unwrap();
+    // SET_CONFIG has no reply; GET_CONFIG's reply comes after it was handled.
+    let (_, cfg) = fe
+        .get_config(36, 1, VhostUserConfigFlags::WRITABLE, &[0])
+        .unwrap();
+    assert_eq!(cfg, vec![1]);
     let t =
         ctl.ask(json!({"cmd": "translate", "endpoint": 0x10, "iova": 0x7000, "access": "read"}));
-    assert_eq!(t["translation"]["phys"], 0x7000);
+    assert_eq!(t["translation"]["phys"], 0x7000, "{t}");
 
     let stats = ctl.ask(json!({"cmd": "stats"}));
     assert_eq!(stats["requests"]["by_type"]["map"]["OK"], 1);
