@@ -21,9 +21,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware, VtdMode};
 use iommu_emulator::core::{Core, CoreConfig, EndpointSet, Hardware, SoftHardware};
 use iommu_emulator::vtd::VtdConfig;
-use pagewalk::GuestMem;
 use vhost_device_iommu::device::{DEVICE_FEATURES, IommuDevice};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vhost_device_iommu::private_mem::PrivateMem;
 
 const IOVAS: u64 = 512;
 const EP: u32 = 0x08;
@@ -65,12 +64,9 @@ fn device(hw: Arc<dyn Hardware>) -> IommuDevice {
 }
 
 fn vtd() -> Arc<dyn Hardware> {
-    let region =
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(PRIVATE.0), PRIVATE.1 as usize)])
-            .unwrap();
     Arc::new(
         VtdHardware::new(
-            GuestMem(region),
+            PrivateMem::new(PRIVATE.0, PRIVATE.1).unwrap(),
             VtdConfig::default(),
             PrivateRegion {
                 base: PRIVATE.0,

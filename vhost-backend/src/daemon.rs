@@ -6,21 +6,21 @@ use std::sync::Arc;
 use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware, VtdMode};
 use iommu_emulator::core::{Core, CoreError, Hardware, HwError, SoftHardware};
 use iommu_emulator::vtd::VtdConfig;
-use pagewalk::GuestMem;
 use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
 use crate::config::{DaemonConfig, Model, VtdModeArg};
 use crate::device::{DeviceError, IommuDevice};
+use crate::private_mem::{PrivateMem, PrivateMemError};
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The IOMMU-private region could not be mapped.
-    #[error("cannot map the {0}-byte IOMMU-private region")]
-    PrivateRegion(u64),
+    #[error(transparent)]
+    PrivateRegion(#[from] PrivateMemError),
     /// The hardware model could not be brought up.
     #[error("cannot bring up the hardware model: {0}")]
     Hardware(#[from] HwError),
@@ -52,9 +52,7 @@ pub fn build_hardware(cfg: &DaemonConfig) -> Result<Arc<dyn Hardware>, DaemonErr
         Model::Soft => Arc::new(SoftHardware::new()),
         Model::Vtd => {
             let (base, size) = cfg.private_region;
-            let len = usize::try_from(size).map_err(|_| DaemonError::PrivateRegion(size))?;
-            let region = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(base), len)])
-                .map_err(|_| DaemonError::PrivateRegion(size))?;
+            let region = PrivateMem::new(base, size).map_err(DaemonError::PrivateRegion)?;
             let vtd_cfg = VtdConfig {
                 haw: u8::try_from(cfg.core.phys_addr_bits.min(52)).unwrap_or(52),
                 ..VtdConfig::default()
@@ -64,7 +62,7 @@ pub fn build_hardware(cfg: &DaemonConfig) -> Result<Arc<dyn Hardware>, DaemonErr
                 VtdModeArg::Scalable => VtdMode::Scalable,
             };
             Arc::new(VtdHardware::new(
-                GuestMem(region),
+                region,
                 vtd_cfg,
                 PrivateRegion { base, size },
                 mode,

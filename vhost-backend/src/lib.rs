@@ -11,6 +11,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod dma;
+pub mod private_mem;
 pub mod protocol;
 
 /// The ACPI VIOT table that tells x86 guests which endpoints sit behind the virtio-iommu.

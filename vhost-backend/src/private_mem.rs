@@ -1,0 +1,163 @@
+//! The IOMMU-private memory region: one anonymous mapping at a fixed physical base, outside
+//! guest RAM, where the hardware model's structures live.
+//!
+//! Access goes straight to the one region (no search through a region collection), with the
+//! naturally aligned 32- and 64-bit atomic operations [`PhysMem`] asks for; anything outside
+//! the region is [`MemError::Unmapped`].
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use pagewalk::{MemError, PhysMem};
+use vm_memory::{
+    AtomicInteger, GuestAddress, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+    MmapRegion, VolatileMemory,
+};
+
+/// Why the region could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateMemError {
+    /// Size zero, not a multiple of 4 KiB, or base + size overflows.
+    #[error("invalid private region {base:#x}+{size:#x}")]
+    Invalid {
+        /// Requested base.
+        base: u64,
+        /// Requested size.
+        size: u64,
+    },
+    /// The anonymous mapping failed.
+    #[error("cannot map the private region: {0}")]
+    Map(String),
+}
+
+/// The IOMMU-private region.
+#[derive(Debug)]
+pub struct PrivateMem {
+    base: u64,
+    size: u64,
+    region: GuestRegionMmap<()>,
+}
+
+impl PrivateMem {
+    /// Maps `size` bytes (reserved address space; pages are touched only when written) at
+    /// physical address `base`.
+    pub fn new(base: u64, size: u64) -> Result<Self, PrivateMemError> {
+        let invalid = PrivateMemError::Invalid { base, size };
+        if size == 0 || size & 0xfff != 0 || base & 0xfff != 0 || base.checked_add(size).is_none() {
+            return Err(invalid);
+        }
+        let len = usize::try_from(size).map_err(|_| invalid)?;
+        let mapping = MmapRegion::new(len).map_err(|e| PrivateMemError::Map(e.to_string()))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(base))
+            .ok_or_else(|| PrivateMemError::Map("region wraps".into()))?;
+        Ok(Self { base, size, region })
+    }
+
+    /// First physical address of the region.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn atomic<A: AtomicInteger, R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&A) -> R,
+    ) -> Result<R, MemError> {
+        let n = std::mem::size_of::<A>() as u64;
+        if !addr.is_multiple_of(n) {
+            return Err(MemError::Unaligned(addr));
+        }
+        let off = addr
+            .checked_sub(self.base)
+            .filter(|o| o.checked_add(n).is_some_and(|e| e <= self.size))
+            .ok_or(MemError::Unmapped(addr))?;
+        let slice = self
+            .region
+            .get_slice(MemoryRegionAddress(off), n as usize)
+            .map_err(|_| MemError::Unmapped(addr))?;
+        let a = slice
+            .get_atomic_ref::<A>(0)
+            .map_err(|_| MemError::Unaligned(addr))?;
+        Ok(f(a))
+    }
+}
+
+impl PhysMem for PrivateMem {
+    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        self.atomic(addr, |a: &AtomicU64| a.load(Ordering::Acquire))
+    }
+    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
+        self.atomic(addr, |a: &AtomicU64| a.store(val, Ordering::Release))
+    }
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        self.atomic(addr, |a: &AtomicU64| {
+            a.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+        })
+    }
+    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
+        self.atomic(addr, |a: &AtomicU32| a.store(val, Ordering::Release))
+    }
+    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+        self.atomic(addr, |a: &AtomicU32| a.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: u64 = 0x4000_0000_0000;
+
+    #[test]
+    fn reads_writes_and_exchanges_inside_the_region_only() {
+        let m = PrivateMem::new(BASE, 0x10000).unwrap();
+        assert_eq!((m.base(), m.size()), (BASE, 0x10000));
+        assert_eq!(m.read_u64(BASE + 0x10).unwrap(), 0);
+        m.write_u64(BASE + 0x10, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(m.read_u32(BASE + 0x10).unwrap(), 0x5566_7788);
+        assert_eq!(m.read_u32(BASE + 0x14).unwrap(), 0x1122_3344);
+        m.write_u32(BASE + 0x14, 0xdead_beef).unwrap();
+        assert_eq!(m.read_u64(BASE + 0x10).unwrap(), 0xdead_beef_5566_7788);
+        assert_eq!(
+            m.compare_exchange_u64(BASE + 0x10, 1, 2).unwrap(),
+            Err(0xdead_beef_5566_7788)
+        );
+        assert_eq!(
+            m.compare_exchange_u64(BASE + 0x10, 0xdead_beef_5566_7788, 2)
+                .unwrap(),
+            Ok(0xdead_beef_5566_7788)
+        );
+        m.write_u64(BASE + 0xfff8, 5).unwrap();
+        assert_eq!(m.read_u64(BASE + 0xfff8).unwrap(), 5);
+        for bad in [BASE - 8, BASE + 0x10000, 0, u64::MAX - 7] {
+            assert_eq!(m.read_u64(bad), Err(MemError::Unmapped(bad)));
+            assert_eq!(m.write_u64(bad, 1), Err(MemError::Unmapped(bad)));
+        }
+        assert_eq!(m.read_u64(BASE + 4), Err(MemError::Unaligned(BASE + 4)));
+        assert_eq!(m.write_u32(BASE + 2, 0), Err(MemError::Unaligned(BASE + 2)));
+    }
+
+    #[test]
+    fn invalid_regions_are_refused() {
+        for (b, s) in [
+            (BASE, 0),
+            (BASE, 0x1001),
+            (BASE + 1, 0x1000),
+            (u64::MAX & !0xfff, 0x2000),
+        ] {
+            assert!(matches!(
+                PrivateMem::new(b, s),
+                Err(PrivateMemError::Invalid { .. })
+            ));
+        }
+    }
+}
