@@ -150,9 +150,21 @@ impl<M: PhysMem> Vtd<M> {
     /// references. Safe to call from many threads at once.
     pub fn translate(&self, req: &DmaRequest) -> (Result<Translation, Fault>, Trace) {
         let mut trace = Trace::new();
+        let r = self.translate_with(req, &mut trace);
+        (r, trace)
+    }
+
+    /// [`Vtd::translate`] recording into a caller-owned trace (cleared first), which saves
+    /// building and moving a trace per request on hot paths.
+    pub fn translate_with(
+        &self,
+        req: &DmaRequest,
+        trace: &mut Trace,
+    ) -> Result<Translation, Fault> {
+        trace.clear();
         self.stats.translations.fetch_add(1, Ordering::Relaxed);
-        match self.translate_inner(req, &mut trace) {
-            Ok(t) => (Ok(t), trace),
+        match self.translate_inner(req, trace) {
+            Ok(t) => Ok(t),
             Err(fail) => {
                 self.stats.faults.fetch_add(1, Ordering::Relaxed);
                 let info = FaultInfo {
@@ -176,7 +188,7 @@ impl<M: PhysMem> Vtd<M> {
                     req.source_id,
                     req.addr
                 );
-                let fault = Fault {
+                Err(Fault {
                     kind: fail.reason.kind(),
                     code: u16::from(fail.reason.code()),
                     source_id: req.source_id,
@@ -184,8 +196,7 @@ impl<M: PhysMem> Vtd<M> {
                     addr: req.addr,
                     access: req.access,
                     recorded,
-                };
-                (Err(fault), trace)
+                })
             }
         }
     }

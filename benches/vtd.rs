@@ -1,0 +1,248 @@
+//! Translation latency of the VT-d model (`iommu_emulator::vtd::Vtd::translate`), programmed
+//! through its registers like a driver would, over warm guest memory (vm-memory
+//! `GuestMemoryMmap`).
+//!
+//! Group `vtd_translate` (every benchmark cycles through the same 1024 scattered IOVAs of one
+//! legacy-mode device, 4 KiB pages, 4-level second stage):
+//! - `baseline_btreemap`: a `BTreeMap<u64, (u64, u64)>` range lookup over the same mappings, how
+//!   QEMU's virtio-iommu and the Rust virtio-iommu devices keep their mappings;
+//! - `baseline_walk_1d`: pagewalk's bare 4-level walk of the same tables (no structures, no
+//!   caches);
+//!
+//! The unit is driven through `Vtd::translate_with`, reusing one trace.
+//! - `translate_hit`: the unit with caches large enough to hold everything (context-cache and
+//!   IOTLB hits);
+//! - `translate_miss`: the unit with 8-entry caches, so almost every request walks the root,
+//!   context and second-stage tables;
+//! - `translate_nested_hit` / `translate_nested_miss`: scalable mode, PGTT = nested, 4-level
+//!   first stage over a 4-level second stage.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use iommu_emulator::request::{AccessKind, DmaRequest};
+use iommu_emulator::trace::Trace;
+use iommu_emulator::vtd::regs::*;
+use iommu_emulator::vtd::{Vtd, VtdConfig};
+use pagewalk::{
+    Access, BumpAllocator, FrameAllocator, GuestMem, PageSizePolicy, Perms, PhysMem,
+    SecondStageView, TableBuilder, VtdSsConfig, WalkConfig, X86Config, walk,
+};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+const MAPPINGS: u64 = 1024;
+const MEM_SIZE: usize = 512 << 20;
+const TABLES: (u64, u64) = (0x100_0000, 0x800_0000);
+const SID: u16 = 0x0010;
+
+type Mem = GuestMem<GuestMemoryMmap<()>>;
+
+fn memory() -> Mem {
+    GuestMem(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap())
+}
+
+fn iovas() -> Vec<u64> {
+    (0..MAPPINGS)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) & ((1u64 << 47) - 1) & !0xfff)
+        .collect()
+}
+
+fn phys(i: usize) -> u64 {
+    0x1000_0000 + i as u64 * 0x3000
+}
+
+fn zeroed(mem: &Mem, alloc: &mut BumpAllocator) -> u64 {
+    let f = alloc.alloc_frame().unwrap();
+    for i in 0..512 {
+        mem.write_u64(f + i * 8, 0).unwrap();
+    }
+    f
+}
+
+fn config(cache_entries: usize) -> VtdConfig {
+    VtdConfig {
+        context_cache_entries: cache_entries,
+        pasid_cache_entries: cache_entries,
+        iotlb_entries: cache_entries,
+        pwc_entries: cache_entries,
+        ways: 8,
+        ..VtdConfig::default()
+    }
+}
+
+/// Second-stage tables mapping every IOVA; returns (root, sorted (iova, phys) list).
+fn ss_tables(mem: &Mem, alloc: &mut BumpAllocator, list: &[u64]) -> TableBuilder {
+    let mut t = TableBuilder::new(
+        WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_haw(48)),
+        mem,
+        alloc,
+    )
+    .unwrap();
+    for (i, iova) in list.iter().enumerate() {
+        t.map(
+            mem,
+            alloc,
+            *iova,
+            phys(i),
+            0x1000,
+            Perms::RW,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+    }
+    t
+}
+
+/// Points RTADDR at `root` with `ttm`, latches it and enables translation.
+fn enable(vtd: &Vtd<&'static Mem>, root: u64, ttm: u64) {
+    vtd.mmio_write(RTADDR_REG, 8, root | (ttm << RTADDR_TTM_SHIFT));
+    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_SRTP));
+    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_TE));
+}
+
+fn legacy_unit(cache_entries: usize) -> (Vtd<&'static Mem>, TableBuilder, &'static Mem) {
+    let mem: &'static Mem = Box::leak(Box::new(memory()));
+    let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
+    let t = ss_tables(mem, &mut alloc, &iovas());
+    let root = zeroed(mem, &mut alloc);
+    let ctx = zeroed(mem, &mut alloc);
+    mem.write_u64(root + u64::from(SID >> 8) * 16, ctx | 1)
+        .unwrap();
+    let ce = ctx + u64::from(SID & 0xff) * 16;
+    mem.write_u64(ce + 8, 2 | (1 << 8)).unwrap();
+    mem.write_u64(ce, t.root() | 1).unwrap();
+    let vtd = Vtd::new(mem, config(cache_entries), Box::new(|_| {})).unwrap();
+    enable(&vtd, root, TTM_LEGACY);
+    (vtd, t, mem)
+}
+
+fn nested_unit(cache_entries: usize) -> Vtd<&'static Mem> {
+    let mem: &'static Mem = Box::leak(Box::new(memory()));
+    let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
+    // Second stage: GPA [0, 256 MiB) -> SPA [0x1000_0000, ...).
+    let mut ss = TableBuilder::new(
+        WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_haw(48)),
+        mem,
+        &mut alloc,
+    )
+    .unwrap();
+    ss.map(
+        mem,
+        &mut alloc,
+        0,
+        0x1000_0000,
+        0x1000_0000,
+        Perms::RW,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let view = SecondStageView {
+        mem,
+        config: *ss.config(),
+        root: ss.root(),
+    };
+    let mut galloc = BumpAllocator::new(0x10_0000, 0xf0_0000);
+    let mut c = X86Config::vtd_first_stage(4);
+    c.out_width = 48;
+    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    for (i, iova) in iovas().iter().enumerate() {
+        let gpa = 0x100_0000 + i as u64 * 0x3000;
+        fs.map(
+            &view,
+            &mut galloc,
+            *iova,
+            gpa,
+            0x1000,
+            Perms::RW | Perms::U,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+    }
+    let root = zeroed(mem, &mut alloc);
+    let ctx = zeroed(mem, &mut alloc);
+    let dir = zeroed(mem, &mut alloc);
+    let ptab = zeroed(mem, &mut alloc);
+    mem.write_u64(root, ctx | 1).unwrap();
+    let ce = ctx + u64::from(SID & 0x7f) * 32;
+    mem.write_u64(ce, dir | (1 << 3) | 1).unwrap();
+    mem.write_u64(dir, ptab | 1).unwrap();
+    let pe = ptab + 64; // PASID 1
+    mem.write_u64(pe + 8, 3).unwrap();
+    mem.write_u64(pe + 16, fs.root()).unwrap();
+    mem.write_u64(pe, ss.root() | (3 << 6) | (2 << 2) | 1)
+        .unwrap();
+    let vtd = Vtd::new(mem, config(cache_entries), Box::new(|_| {})).unwrap();
+    enable(&vtd, root, TTM_SCALABLE);
+    vtd
+}
+
+fn bench(c: &mut Criterion) {
+    let list = iovas();
+    let mut g = c.benchmark_group("vtd_translate");
+
+    let map: BTreeMap<u64, (u64, u64)> = list
+        .iter()
+        .enumerate()
+        .map(|(i, iova)| (*iova, (iova + 0xfff, phys(i))))
+        .collect();
+    let mut i = 0usize;
+    g.bench_function("baseline_btreemap", |b| {
+        b.iter(|| {
+            let iova = list[i % list.len()] | 0x18;
+            i += 1;
+            let (start, (end, p)) = map.range(..=iova).next_back().unwrap();
+            assert!(iova <= *end);
+            black_box(p + (iova - start))
+        })
+    });
+
+    let (hit, tables, mem) = legacy_unit(4096);
+    let cfg = *tables.config();
+    let mut i = 0usize;
+    g.bench_function("baseline_walk_1d", |b| {
+        b.iter(|| {
+            let iova = list[i % list.len()] | 0x18;
+            i += 1;
+            black_box(walk(&cfg, mem, tables.root(), iova, Access::READ, &mut ()).unwrap())
+        })
+    });
+
+    let mut trace = Trace::new();
+    let mut run = |vtd: &Vtd<&'static Mem>, pasid: Option<u32>, i: &mut usize| {
+        let mut req = DmaRequest::new(SID, list[*i % list.len()] | 0x18, 8, AccessKind::Read);
+        req.pasid = pasid;
+        *i += 1;
+        let r = vtd.translate_with(&req, &mut trace);
+        black_box((r.unwrap(), trace.events().len()))
+    };
+
+    let mut i = 0usize;
+    for _ in 0..list.len() {
+        run(&hit, None, &mut i);
+    }
+    g.bench_function("translate_hit", |b| b.iter(|| run(&hit, None, &mut i)));
+
+    let (miss, _, _) = legacy_unit(8);
+    let mut i = 0usize;
+    g.bench_function("translate_miss", |b| b.iter(|| run(&miss, None, &mut i)));
+
+    let nested_hit = nested_unit(4096);
+    let mut i = 0usize;
+    for _ in 0..list.len() {
+        run(&nested_hit, Some(1), &mut i);
+    }
+    g.bench_function("translate_nested_hit", |b| {
+        b.iter(|| run(&nested_hit, Some(1), &mut i))
+    });
+
+    let nested_miss = nested_unit(8);
+    let mut i = 0usize;
+    g.bench_function("translate_nested_miss", |b| {
+        b.iter(|| run(&nested_miss, Some(1), &mut i))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
