@@ -277,6 +277,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// No request line, however malformed, panics the control handler.
+        #[test]
+        fn arbitrary_lines_never_panic(line in ".{0,200}", ep in 0u32..0x300, iova: u64) {
+            let d = device();
+            let v = handle_line(&d, &line);
+            proptest::prop_assert!(v["ok"].is_boolean());
+            let t = format!(r#"{{"cmd":"translate","endpoint":{ep},"iova":{iova},"access":"read"}}"#);
+            let v = handle_line(&d, &t);
+            proptest::prop_assert_eq!(&v["ok"], true);
+            proptest::prop_assert!(v["fault"].is_object() != v["translation"].is_object());
+        }
+    }
+
     #[test]
     fn socket_serves_lines_and_refuses_long_ones() {
         let d = device();

@@ -418,8 +418,50 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
     assert_eq!(stats["requests"]["unknown_type"], 1);
     assert_eq!(stats["requests"]["events_sent"], 2);
     assert!(stats["hardware"]["iotlb.lookups"].as_u64().unwrap() > 0);
+
+    // The front end goes away (QEMU quits or reconnects): the device returns to its initial
+    // state and the daemon serves the next front end.
     drop(fe);
+    let start = Instant::now();
+    loop {
+        let d = ctl.ask(json!({"cmd": "domains"}));
+        if d["domains"].as_array().unwrap().is_empty() && d["bypass"] == false {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no reset after disconnect: {d}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let start = Instant::now();
+    let (mut fe, _) = loop {
+        match Frontend::connect(&sock, 2) {
+            Ok(f) => {
+                f.set_owner().unwrap();
+                let features = f.get_features().unwrap();
+                break (f, features);
+            }
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "no second connection: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    fe.set_features(DEVICE_FEATURES_ACKED).unwrap();
+    fe.set_protocol_features(VhostUserProtocolFeatures::CONFIG)
+        .unwrap();
+    let (_, cfg) = fe
+        .get_config(36, 1, VhostUserConfigFlags::WRITABLE, &[9])
+        .unwrap();
+    assert_eq!(cfg, vec![0], "bypass back to its initial value");
 }
+
+/// VERSION_1 | MAP_UNMAP | PROBE | BYPASS_CONFIG | PROTOCOL_FEATURES.
+const DEVICE_FEATURES_ACKED: u64 = (1 << 32) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 30);
 
 #[test]
 fn bad_arguments_exit_non_zero_with_a_message() {
