@@ -1,0 +1,217 @@
+//! Real-guest end-to-end tests against the `vhost-device-iommu` daemon: the same scenarios as
+//! `tests/guest_qemu.rs` (`tests/guest/scenarios.rs`), with QEMU's vhost-user front end in
+//! place of its own virtio-iommu, and each checked against what the daemon reports on its
+//! control socket. Run by `scripts/guest-test` (they need root, the provisioned environment and
+//! the daemon binary, and boot guests): `cargo test --test guest_daemon -- --ignored
+//! --test-threads=1`.
+
+#[path = "guest/daemon.rs"]
+mod daemon;
+#[path = "guest/harness.rs"]
+mod harness;
+#[path = "guest/scenarios.rs"]
+mod scenarios;
+
+use daemon::Daemon;
+use guest_agent::report::Report;
+use harness::{GuestEnv, RunDir};
+use scenarios::{Front, PROBE_IOVA};
+use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::time::Duration;
+use vhost_device_iommu::viot::PciBdf;
+
+/// Every requester ID of bus 0, as the VIOT table the front end gets declares.
+const ENDPOINTS: &str = "00:00.0-00:1f.7";
+
+fn start(env: &GuestEnv) -> (RunDir, Front, Daemon) {
+    let dev = RunDir::new(env);
+    let (front, sock) = Front::vhost_user(&dev);
+    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &[]);
+    (dev, front, d)
+}
+
+fn rid_of(r: &Report) -> u16 {
+    r.get("bdf")
+        .expect("bdf")
+        .parse::<PciBdf>()
+        .expect("PCI address")
+        .rid()
+}
+
+fn ok_count(stats: &Value, ty: &str) -> u64 {
+    stats["requests"]["by_type"][ty]["OK"].as_u64().unwrap_or(0)
+}
+
+/// 1 (probe) and 3 (translated): the guest's virtio_iommu binds to the daemon, negotiates
+/// MAP_UNMAP and PROBE, probes and attaches its endpoints; edu, bound to vfio-pci, gets a
+/// VFIO mapping whose IOVAs the daemon translates to exactly the guest frames the agent read
+/// from pagemap; after UNMAP_DMA the same translation faults.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_probe_and_translated_vfio_map() {
+    let env = GuestEnv::provision();
+    let (_dev, front, d) = start(&env);
+    let snapshot = RefCell::new(Vec::new());
+    let r = scenarios::probe_and_vfio_map(
+        &env,
+        &front,
+        |map, gpas| {
+            let ep = rid_of(map);
+            for (i, gpa) in gpas.iter().enumerate() {
+                let iova = PROBE_IOVA + i as u64 * 4096;
+                let t = d.translate(ep, iova + 0x123, "write");
+                assert_eq!(t["fault"], Value::Null, "IOVA {iova:#x}: {t}");
+                assert_eq!(
+                    t["translation"]["phys"],
+                    json!(gpa + 0x123),
+                    "IOVA {iova:#x} of endpoint {ep:#x} does not reach guest frame {gpa:#x}: {t}"
+                );
+            }
+            *snapshot.borrow_mut() = d.domains();
+        },
+        |unmap| {
+            let ep = rid_of(unmap);
+            let t = d.translate(ep, PROBE_IOVA, "read");
+            assert_eq!(
+                t["translation"],
+                Value::Null,
+                "still mapped after UNMAP_DMA: {t}"
+            );
+            assert!(!t["fault"].is_null(), "{t}");
+        },
+    );
+    eprintln!("daemon translated {:#x}.. to {:#x?}", PROBE_IOVA, r.gpas);
+
+    // Features the driver negotiated with the daemon.
+    let vi = r
+        .reports
+        .iter()
+        .find(|r| r.event == "virtio-iommu")
+        .expect("virtio_iommu did not bind");
+    let names: Vec<&str> = vi.get("names").unwrap().split(',').collect();
+    for f in ["MAP_UNMAP", "PROBE", "VERSION_1"] {
+        assert!(names.contains(&f), "{f} not negotiated: {vi:?}");
+    }
+    assert_eq!(r.iommu.to_string(), scenarios::VHOST_USER_IOMMU_ADDR);
+
+    // While the mapping was live, every endpoint the guest probed sat in exactly one daemon
+    // domain, and edu's domain held the mapped range.
+    let domains = snapshot.into_inner();
+    let edu = r.endpoint.rid();
+    for ep in r.reports.iter().filter(|r| r.event == "endpoint") {
+        let rid = rid_of(ep);
+        let n = domains
+            .iter()
+            .filter(|d| d["endpoints"].as_array().unwrap().contains(&json!(rid)))
+            .count();
+        assert_eq!(n, 1, "endpoint {rid:#x} in {n} domains: {domains:?}");
+    }
+    let edu_dom = domains
+        .iter()
+        .find(|d| d["endpoints"].as_array().unwrap().contains(&json!(edu)))
+        .unwrap();
+    assert!(
+        edu_dom["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["virt_start"] == json!(PROBE_IOVA)),
+        "{edu_dom}"
+    );
+    let stats = d.ctl(json!({"cmd": "stats"}));
+    assert!(ok_count(&stats, "probe") > 0, "no PROBE answered: {stats}");
+    assert!(
+        ok_count(&stats, "attach") > 0,
+        "no ATTACH answered: {stats}"
+    );
+}
+
+/// 2 (identity): with `iommu.passthrough=1` the virtio-blk endpoint attaches with bypass and
+/// the guest reads the test's disk image intact.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_identity_virtio_blk() {
+    let env = GuestEnv::provision();
+    let (_dev, front, d) = start(&env);
+    let (blk, _) = scenarios::identity_virtio_blk(&env, &front);
+    let stats = d.ctl(json!({"cmd": "stats"}));
+    assert!(
+        ok_count(&stats, "attach") > 0,
+        "no ATTACH answered: {stats}"
+    );
+    assert_eq!(
+        ok_count(&stats, "map"),
+        0,
+        "identity domains need no MAP: {stats}"
+    );
+    eprintln!("virtio-blk {blk} read its image through a bypass domain of the daemon");
+}
+
+/// 4 (reboot and detach): unbinding edu moves it back to its default domain in the daemon,
+/// with no mapping left; the reboot resets the device, and after the second probe every
+/// endpoint is attached exactly once again.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_reboot_and_detach() {
+    let env = GuestEnv::provision();
+    let (_dev, front, d) = start(&env);
+    let edu = RefCell::new(None);
+    scenarios::reboot_and_detach(
+        &env,
+        &front,
+        |released| {
+            let ep = rid_of(released);
+            *edu.borrow_mut() = Some(ep);
+            let dom = d
+                .domain_of(ep)
+                .unwrap_or_else(|| panic!("endpoint {ep:#x} left in no domain after unbind"));
+            assert_eq!(dom["kind"], json!("paging"), "{dom}");
+            assert!(
+                dom["mappings"].as_array().unwrap().is_empty(),
+                "VFIO mappings survived the unbind: {dom}"
+            );
+            let t = d.translate(ep, scenarios::DEFAULT_IOVA, "read");
+            assert!(!t["fault"].is_null(), "{t}");
+        },
+        |second_boot| {
+            // After the reset and the second probe: the guest's endpoints, each in one domain.
+            for ep in second_boot.iter().filter(|r| r.event == "endpoint") {
+                let rid = rid_of(ep);
+                assert!(
+                    d.domain_of(rid).is_some(),
+                    "endpoint {rid:#x} not attached after the reboot"
+                );
+            }
+        },
+    );
+    assert!(edu.into_inner().is_some());
+}
+
+/// Side by side: the guest benchmark (VFIO MAP_DMA/UNMAP_DMA pairs per second) against QEMU's
+/// own virtio-iommu-pci and against the daemon, same guest, kernel and agent. Prints both and
+/// the ratio; no timing assertion.
+#[test]
+#[ignore = "boots two guests: run by scripts/guest-test"]
+fn side_by_side_vfio_bench() {
+    let count: u64 = std::env::var("GUEST_BENCH_COUNT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5000);
+    let env = GuestEnv::provision();
+    let qemu = scenarios::vfio_bench(&env, &Front::Qemu, count, 3);
+    let (_dev, front, d) = start(&env);
+    let ours = scenarios::vfio_bench(&env, &front, count, 3);
+    let stats = d.ctl(json!({"cmd": "stats"}));
+    assert!(
+        ok_count(&stats, "map") >= 3 * count,
+        "the daemon did not see the maps: {stats}"
+    );
+    eprintln!(
+        "BENCH vfio map+unmap pairs/s, median of 3 x {count}: qemu virtio-iommu-pci {:.0}, \
+         vhost-device-iommu {:.0}, ratio daemon/qemu {:.2}",
+        qemu[1],
+        ours[1],
+        ours[1] / qemu[1]
+    );
+}
