@@ -468,8 +468,7 @@ impl<M: PhysMem> Vtd<M> {
             return Err(Fail::fpd(FaultReason::SmDteClear, fpd));
         }
         let (pasid, privileged) = match req.pasid {
-            Some(p) if !ce.paside => {
-                let _ = p;
+            Some(_) if !ce.paside => {
                 return Err(Fail::fpd(FaultReason::SmPasidDisabled, fpd));
             }
             Some(p) => (p, req.privileged),
