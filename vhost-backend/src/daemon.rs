@@ -13,7 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
 use crate::config::{DaemonConfig, Model, VtdModeArg};
 use crate::device::{DeviceError, IommuDevice};
-use crate::private_mem::{PrivateMem, PrivateMemError};
+use crate::private_mem::{PrivateMem, PrivateMemError, SystemMem};
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +44,14 @@ pub enum DaemonError {
     Register(std::io::Error),
 }
 
-/// Builds the hardware model the configuration names. The VT-d model's memory is the
-/// IOMMU-private region: an anonymous mapping at `cfg.private_region`'s physical base, outside
-/// guest RAM, holding every structure the model reads.
-pub fn build_hardware(cfg: &DaemonConfig) -> Result<Arc<dyn Hardware>, DaemonError> {
+/// Builds the hardware model the configuration names. The VT-d model's memory is the system
+/// physical address space: the IOMMU-private region (an anonymous mapping at
+/// `cfg.private_region`'s physical base, holding every structure the model builds) plus guest
+/// RAM as the vhost-user memory table in `ram` describes it.
+pub fn build_hardware(
+    cfg: &DaemonConfig,
+    ram: &GuestMemoryAtomic<GuestMemoryMmap>,
+) -> Result<Arc<dyn Hardware>, DaemonError> {
     Ok(match cfg.model {
         Model::Soft => Arc::new(SoftHardware::new()),
         Model::Vtd => {
@@ -62,7 +66,7 @@ pub fn build_hardware(cfg: &DaemonConfig) -> Result<Arc<dyn Hardware>, DaemonErr
                 VtdModeArg::Scalable => VtdMode::Scalable,
             };
             Arc::new(VtdHardware::new(
-                region,
+                SystemMem::new(region, ram.clone()),
                 vtd_cfg,
                 PrivateRegion { base, size },
                 mode,
@@ -71,15 +75,22 @@ pub fn build_hardware(cfg: &DaemonConfig) -> Result<Arc<dyn Hardware>, DaemonErr
     })
 }
 
-/// Builds the device (model, core, virtio front) the configuration describes.
-pub fn build_device(cfg: &DaemonConfig) -> Result<Arc<IommuDevice>, DaemonError> {
-    let core = Arc::new(Core::new(cfg.core.clone(), build_hardware(cfg)?)?);
+/// Builds the device (model, core, virtio front) the configuration describes, over the guest
+/// RAM `ram` will hold.
+pub fn build_device(
+    cfg: &DaemonConfig,
+    ram: &GuestMemoryAtomic<GuestMemoryMmap>,
+) -> Result<Arc<IommuDevice>, DaemonError> {
+    let core = Arc::new(Core::new(cfg.core.clone(), build_hardware(cfg, ram)?)?);
     Ok(Arc::new(IommuDevice::new(core, cfg.probe_size)?))
 }
 
 /// Runs the daemon until a vhost-user connection fails with an error other than a disconnect.
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
-    let device = build_device(&cfg)?;
+    // One guest-memory handle for every connection: the vhost-user handler replaces its
+    // contents on each memory-table change, and the model reads guest RAM through it.
+    let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let device = build_device(&cfg, &ram)?;
     if let Some(path) = &cfg.control_socket {
         crate::control::spawn(device.clone(), path).map_err(DaemonError::Control)?;
         log::info!("control socket at {}", path.display());
@@ -90,7 +101,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         let mut daemon = VhostUserDaemon::new(
             "vhost-device-iommu".to_string(),
             backend.clone(),
-            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            ram.clone(),
         )
         .map_err(DaemonError::VhostUser)?;
         for handler in daemon.get_epoll_handlers() {
@@ -106,5 +117,9 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         if let Err(e) = device.system_reset() {
             log::error!("reset after disconnect: {e}");
         }
+        // The front end's memory is gone with it.
+        ram.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(GuestMemoryMmap::new());
     }
 }

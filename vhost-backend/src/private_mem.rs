@@ -1,17 +1,41 @@
-//! The IOMMU-private memory region: one anonymous mapping at a fixed physical base, outside
-//! guest RAM, where the hardware model's structures live.
+//! The system physical address space the hardware model sees (DESIGN: "guest RAM regions
+//! (from the vhost-user memory table) plus an IOMMU-private region, outside guest RAM").
 //!
-//! Access goes straight to the one region (no search through a region collection), with the
-//! naturally aligned 32- and 64-bit atomic operations [`PhysMem`] asks for; anything outside
-//! the region is [`MemError::Unmapped`].
+//! - [`PrivateMem`]: one anonymous mapping at a fixed physical base where the model's
+//!   structures live. Access goes straight to the one region (no search through a region
+//!   collection), with the naturally aligned 32- and 64-bit atomic operations [`PhysMem`] asks
+//!   for; anything outside the region is [`MemError::Unmapped`].
+//! - [`SystemMem`]: the private region plus guest RAM, read through the same
+//!   `GuestMemoryAtomic` the vhost-user handler updates on every memory-table change. The
+//!   private region is looked up first, so RAM a front end places over it is shadowed and can
+//!   never stand in for the model's tables.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use pagewalk::{MemError, PhysMem};
 use vm_memory::{
-    AtomicInteger, GuestAddress, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
-    MmapRegion, VolatileMemory,
+    AtomicInteger, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress, MmapRegion,
+    VolatileMemory,
 };
+
+/// Runs `f` on the naturally aligned atomic at offset `off` of `region` (`addr` is the physical
+/// address, for errors).
+fn atomic_at<A: AtomicInteger, R>(
+    region: &GuestRegionMmap<()>,
+    off: u64,
+    addr: u64,
+    f: impl FnOnce(&A) -> R,
+) -> Result<R, MemError> {
+    let n = std::mem::size_of::<A>();
+    let slice = region
+        .get_slice(MemoryRegionAddress(off), n)
+        .map_err(|_| MemError::Unmapped(addr))?;
+    let a = slice
+        .get_atomic_ref::<A>(0)
+        .map_err(|_| MemError::Unaligned(addr))?;
+    Ok(f(a))
+}
 
 /// Why the region could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +86,11 @@ impl PrivateMem {
         self.size
     }
 
+    /// Whether `addr` lies in the region.
+    pub fn contains(&self, addr: u64) -> bool {
+        addr.checked_sub(self.base).is_some_and(|o| o < self.size)
+    }
+
     fn atomic<A: AtomicInteger, R>(
         &self,
         addr: u64,
@@ -75,18 +104,73 @@ impl PrivateMem {
             .checked_sub(self.base)
             .filter(|o| o.checked_add(n).is_some_and(|e| e <= self.size))
             .ok_or(MemError::Unmapped(addr))?;
-        let slice = self
-            .region
-            .get_slice(MemoryRegionAddress(off), n as usize)
-            .map_err(|_| MemError::Unmapped(addr))?;
-        let a = slice
-            .get_atomic_ref::<A>(0)
-            .map_err(|_| MemError::Unaligned(addr))?;
-        Ok(f(a))
+        atomic_at(&self.region, off, addr, f)
+    }
+}
+
+/// The private region plus guest RAM: the model's system physical address space.
+#[derive(Debug)]
+pub struct SystemMem {
+    private: PrivateMem,
+    ram: GuestMemoryAtomic<GuestMemoryMmap>,
+}
+
+impl SystemMem {
+    /// `private` plus whatever `ram` holds now and later.
+    pub fn new(private: PrivateMem, ram: GuestMemoryAtomic<GuestMemoryMmap>) -> Self {
+        Self { private, ram }
+    }
+
+    /// The private region.
+    pub fn private(&self) -> &PrivateMem {
+        &self.private
+    }
+
+    fn atomic<A: AtomicInteger, R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&A) -> R,
+    ) -> Result<R, MemError> {
+        if self.private.contains(addr) {
+            return self.private.atomic(addr, f);
+        }
+        if !addr.is_multiple_of(std::mem::size_of::<A>() as u64) {
+            return Err(MemError::Unaligned(addr));
+        }
+        let ram = self.ram.memory();
+        let (region, off) = ram
+            .to_region_addr(GuestAddress(addr))
+            .ok_or(MemError::Unmapped(addr))?;
+        atomic_at(region, off.0, addr, f)
     }
 }
 
 impl PhysMem for PrivateMem {
+    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        self.atomic(addr, |a: &AtomicU64| a.load(Ordering::Acquire))
+    }
+    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
+        self.atomic(addr, |a: &AtomicU64| a.store(val, Ordering::Release))
+    }
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        self.atomic(addr, |a: &AtomicU64| {
+            a.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
+        })
+    }
+    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
+        self.atomic(addr, |a: &AtomicU32| a.store(val, Ordering::Release))
+    }
+    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+        self.atomic(addr, |a: &AtomicU32| a.load(Ordering::Acquire))
+    }
+}
+
+impl PhysMem for SystemMem {
     fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
         self.atomic(addr, |a: &AtomicU64| a.load(Ordering::Acquire))
     }
@@ -144,6 +228,35 @@ mod tests {
         }
         assert_eq!(m.read_u64(BASE + 4), Err(MemError::Unaligned(BASE + 4)));
         assert_eq!(m.write_u32(BASE + 2, 0), Err(MemError::Unaligned(BASE + 2)));
+    }
+
+    #[test]
+    fn system_memory_is_the_private_region_plus_current_guest_ram() {
+        let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let m = SystemMem::new(PrivateMem::new(BASE, 0x2000).unwrap(), ram.clone());
+        assert_eq!(m.read_u64(0x1000), Err(MemError::Unmapped(0x1000)));
+        m.write_u64(BASE + 8, 3).unwrap();
+        // The vhost-user handler replaces the memory table: the model sees the new RAM.
+        let table = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(BASE), 0x1000), // overlaps the private region: shadowed
+        ])
+        .unwrap();
+        ram.lock().unwrap().replace(table.clone());
+        m.write_u64(0x1000, 7).unwrap();
+        assert_eq!(m.read_u32(0x1000).unwrap(), 7);
+        assert_eq!(
+            vm_memory::Bytes::read_obj::<u64>(&table, GuestAddress(0x1000)).unwrap(),
+            7
+        );
+        assert_eq!(m.read_u64(BASE + 8).unwrap(), 3);
+        assert_eq!(
+            vm_memory::Bytes::read_obj::<u64>(&table, GuestAddress(BASE + 8)).unwrap(),
+            0
+        );
+        assert_eq!(m.read_u64(0x10000), Err(MemError::Unmapped(0x10000)));
+        assert_eq!(m.read_u64(0x1004), Err(MemError::Unaligned(0x1004)));
+        assert_eq!(m.private().base(), BASE);
     }
 
     #[test]
