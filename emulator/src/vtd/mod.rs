@@ -9,6 +9,38 @@
 //! - Queued invalidation is processed synchronously when IQT is written.
 //! - Fault events and invalidation-completion events reach the embedder through the callback
 //!   given to [`Vtd::new`], as the MSI address/data pair software programmed.
+//!
+//! # What the model supports, by capability bit (§10.4.2 CAP_REG, §10.4.3 ECAP_REG)
+//!
+//! | bit | meaning | model |
+//! |---|---|---|
+//! | CAP.ND | domain ids | 2 (256 DIDs reported; any 16-bit DID is honoured) |
+//! | CAP.AFL, GCMD.SFL/EAFL | advanced fault logging | 0: primary fault logging only |
+//! | CAP.RWBF | write-buffer flushing required | 0 (GCMD.WBF accepted, completes at once) |
+//! | CAP.PLMR/PHMR | protected memory regions | 0 |
+//! | CAP.CM | caching mode | configurable (no not-present entries are cached either way) |
+//! | CAP.SAGAW | 3/4/5-level second stage | configurable (default 4-level and 3-level) |
+//! | CAP.MGAW | max guest address width | configurable (default 48) |
+//! | CAP.ZLR, DRD, DWD | zero-length reads, draining | 1 (requests complete synchronously) |
+//! | CAP.FRO, NFR | fault recording registers | configurable offset and count |
+//! | CAP.SLLPS | second-stage 2 MiB / 1 GiB pages | configurable (default both) |
+//! | CAP.PSI, MAMV | page-selective invalidation | configurable (default MAMV 18) |
+//! | CAP.FS1GP, FS5LP | first-stage 1 GiB pages, 5-level | configurable (default 1 GiB only) |
+//! | CAP.PI, ESRTPS, ESIRTPS | posted interrupts, enhanced SRTP | 0 |
+//! | ECAP.C, SC | coherency, snoop control | 1 (memory is coherent; SNP accepted) |
+//! | ECAP.QI | queued invalidation | configurable (default 1) |
+//! | ECAP.DT | device TLBs | configurable: T = 01b, DTE, translation requests, device-TLB descriptors (no device-side TLB is modelled) |
+//! | ECAP.IR, EIM, IRO of IEC | interrupt remapping | 0 |
+//! | ECAP.PT | pass-through | configurable (default 1) |
+//! | ECAP.IRO | IOTLB register offset | configurable |
+//! | ECAP.MTS, PRS, NWFS, EAFS, VCS, DIT, PDS, ADMS, RPRIVS | memory types, page requests, ... | 0 |
+//! | ECAP.NEST | nested translation | configurable (default 1) |
+//! | ECAP.ERS / SRS | execute / supervisor requests | configurable (default SRS only) |
+//! | ECAP.PSS, PASID | PASID width | configurable (default 20 bits) |
+//! | ECAP.SMTS | scalable mode | configurable (default 1) |
+//! | ECAP.SSADS | second-stage A/D | configurable (default 0) |
+//! | ECAP.SSTS, FSTS | second-/first-stage translation in scalable mode | configurable (default 1) |
+//! | ECAP.RPS | RID_PASID | 1 with scalable mode |
 
 pub mod cache;
 pub mod fault;
