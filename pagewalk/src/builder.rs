@@ -12,6 +12,8 @@
 //! The builder never uses AMD-Vi level skipping (each table points to the level right below);
 //! it uses the Next Level = 7 encoding for AMD-Vi v1 page sizes between the levels' own sizes.
 
+use std::collections::HashSet;
+
 use crate::format::WalkConfig;
 use crate::mem::{MemError, PhysMem};
 use crate::types::Perms;
@@ -610,11 +612,46 @@ impl TableBuilder {
         Ok(())
     }
 
-    /// Calls `f` for every leaf intersecting `[start, end)` in the table at `level` whose
-    /// coverage begins at `base`, in address order.
+    /// Calls `f` for every leaf intersecting `[start, end)` below the table at `level`; a table
+    /// reached twice (a cycle or shared table, which this builder never writes) is reported as
+    /// corrupt, which bounds the work to 512 entries per distinct table.
     #[allow(clippy::too_many_arguments)]
     fn scan<M: PhysMem + ?Sized>(
         &self,
+        mem: &M,
+        level: u8,
+        table: u64,
+        base: u128,
+        start: u128,
+        end: u128,
+        f: &mut dyn FnMut(Mapping) -> Result<(), BuildError>,
+    ) -> Result<(), BuildError> {
+        let mut seen = HashSet::from([table]);
+        self.scan_in(&mut seen, mem, level, table, base, start, end, f)
+    }
+
+    /// [`Self::clear_in`] with cycle detection, as for [`Self::scan`].
+    #[allow(clippy::too_many_arguments)]
+    fn clear<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        &self,
+        mem: &M,
+        alloc: &mut A,
+        level: u8,
+        table: u64,
+        base: u128,
+        start: u128,
+        end: u128,
+    ) -> Result<bool, BuildError> {
+        let mut seen = HashSet::from([table]);
+        self.clear_in(&mut seen, mem, alloc, level, table, base, start, end)
+    }
+
+    /// Calls `f` for every leaf intersecting `[start, end)` in the table at `level` whose
+    /// coverage begins at `base`, in address order.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_in<M: PhysMem + ?Sized>(
+        &self,
+        seen: &mut HashSet<u64>,
         mem: &M,
         level: u8,
         table: u64,
@@ -637,7 +674,10 @@ impl TableBuilder {
                     if level == 1 {
                         return Err(BuildError::Corrupt { addr, entry: e });
                     }
-                    self.scan(mem, level - 1, next, slot, start, end, f)?;
+                    if !seen.insert(next) {
+                        return Err(BuildError::Corrupt { addr, entry: e });
+                    }
+                    self.scan_in(seen, mem, level - 1, next, slot, start, end, f)?;
                     i += 1;
                 }
                 Ent::Leaf { phys, shift, perms } => {
@@ -660,8 +700,9 @@ impl TableBuilder {
     /// Clears every leaf inside `[start, end)` (the caller checked none straddles it) and frees
     /// tables left empty. Returns whether the table is now empty.
     #[allow(clippy::too_many_arguments)]
-    fn clear<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+    fn clear_in<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
         &self,
+        seen: &mut HashSet<u64>,
         mem: &M,
         alloc: &mut A,
         level: u8,
@@ -680,7 +721,12 @@ impl TableBuilder {
                 Ent::Empty => {}
                 Ent::Table(next) => {
                     let slot = base + (u128::from(i) << sh);
-                    if level > 1 && self.clear(mem, alloc, level - 1, next, slot, start, end)? {
+                    if !seen.insert(next) {
+                        return Err(BuildError::Corrupt { addr, entry: e });
+                    }
+                    if level > 1
+                        && self.clear_in(seen, mem, alloc, level - 1, next, slot, start, end)?
+                    {
                         mem.write_u64(addr, 0)?;
                         alloc.free_frame(next);
                     }
@@ -1352,6 +1398,23 @@ mod tests {
                 Perms::R,
                 PageSizePolicy::Fixed(12)
             ),
+            Err(BuildError::Corrupt { .. })
+        ));
+        // Tables that point back at themselves are reported, not walked forever.
+        let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(4));
+        for i in 0..512 {
+            mem.write_u64(0x5000 + i * 8, 0x5000 | 3).unwrap();
+        }
+        let cyc = TableBuilder::with_root(ss, 0x5000).unwrap();
+        assert_eq!(
+            cyc.mappings(&mem),
+            Err(BuildError::Corrupt {
+                addr: 0x5000,
+                entry: 0x5003
+            })
+        );
+        assert!(matches!(
+            cyc.destroy(&mem, &mut alloc),
             Err(BuildError::Corrupt { .. })
         ));
         // A pointer outside memory is a memory error.

@@ -13,6 +13,8 @@
 
 pub mod builder;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz_support;
 #[cfg(all(test, loom))]
 mod loom_tests;
 pub mod mem;
@@ -27,7 +29,7 @@ pub use builder::{
     BuildError, BumpAllocator, FrameAllocator, Mapping, PageSizePolicy, TableBuilder,
 };
 pub use format::{AmdV1Config, Decoded, Format, VtdSsConfig, WalkConfig, X86Config};
-pub use mem::{GuestMem, MemError, PhysMem, SparseMem};
+pub use mem::{FlatMem, GuestMem, MemError, PhysMem, SparseMem};
 pub use nested::{NestedTranslation, SecondStage, SecondStageView, walk_nested, walk_nested_from};
 pub use observer::{MemRef, RecordingTrace, RefKind, TableVisit, WalkObserver};
 pub use types::{

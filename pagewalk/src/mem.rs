@@ -208,6 +208,106 @@ impl PhysMem for SparseMem {
     }
 }
 
+/// Flat, lock-free memory: `Vec<AtomicU64>` covering `[base, base + len)`, for benchmarks,
+/// fuzzing and tests that want every access to be a plain atomic operation.
+#[derive(Debug)]
+pub struct FlatMem {
+    base: u64,
+    words: Vec<AtomicU64>,
+}
+
+impl FlatMem {
+    /// Zeroed memory covering `[base, base + len)`; `len` is rounded down to 8 bytes.
+    pub fn new(base: u64, len: usize) -> Self {
+        Self {
+            base,
+            words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Memory at `base` initialised from `bytes` (little-endian 64-bit words; a trailing partial
+    /// word is zero-padded).
+    pub fn from_bytes(base: u64, bytes: &[u8]) -> Self {
+        let words = bytes
+            .chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                AtomicU64::new(u64::from_le_bytes(w))
+            })
+            .collect();
+        Self { base, words }
+    }
+
+    /// The first address covered.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Bytes covered.
+    pub fn len(&self) -> usize {
+        self.words.len() * 8
+    }
+
+    /// Whether no memory is covered.
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    fn word(&self, addr: u64) -> Result<&AtomicU64, MemError> {
+        addr.checked_sub(self.base)
+            .and_then(|off| usize::try_from(off / 8).ok())
+            .and_then(|i| self.words.get(i))
+            .ok_or(MemError::Unmapped(addr))
+    }
+}
+
+impl PhysMem for FlatMem {
+    #[inline]
+    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
+        check_align(addr, 8)?;
+        Ok(self.word(addr)?.load(Ordering::Acquire))
+    }
+    #[inline]
+    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
+        check_align(addr, 8)?;
+        self.word(addr)?.store(val, Ordering::Release);
+        Ok(())
+    }
+    #[inline]
+    fn compare_exchange_u64(
+        &self,
+        addr: u64,
+        current: u64,
+        new: u64,
+    ) -> Result<Result<u64, u64>, MemError> {
+        check_align(addr, 8)?;
+        Ok(self
+            .word(addr)?
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire))
+    }
+    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
+        check_align(addr, 4)?;
+        let shift = (addr & 4) * 8;
+        let mask = 0xffff_ffffu64 << shift;
+        let w = self.word(addr & !7)?;
+        let mut old = w.load(Ordering::Acquire);
+        // Bounded by contention only: each failure means another writer made progress.
+        loop {
+            let new = (old & !mask) | (u64::from(val) << shift);
+            match w.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(actual) => old = actual,
+            }
+        }
+    }
+    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
+        check_align(addr, 4)?;
+        let shift = (addr & 4) * 8;
+        Ok((self.word(addr & !7)?.load(Ordering::Acquire) >> shift) as u32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +348,27 @@ mod tests {
             mem.write_u64(u64::MAX - 7, 1),
             Err(MemError::Unmapped(u64::MAX - 7))
         );
+    }
+
+    #[test]
+    fn flat_mem_reads_writes_and_exchanges() {
+        let mem = FlatMem::new(0x1000, 0x2000);
+        assert_eq!(
+            (mem.base(), mem.len(), mem.is_empty()),
+            (0x1000, 0x2000, false)
+        );
+        exercise(&mem, 0x1000);
+        exercise(&mem, 0x2ff0);
+        assert_eq!(mem.read_u64(0x3000), Err(MemError::Unmapped(0x3000)));
+        assert_eq!(mem.read_u64(0xff8), Err(MemError::Unmapped(0xff8)));
+        assert_eq!(
+            mem.read_u64(u64::MAX - 7),
+            Err(MemError::Unmapped(u64::MAX - 7))
+        );
+        let m = FlatMem::from_bytes(0, &[1, 0, 0, 0, 0, 0, 0, 0, 2, 3]);
+        assert_eq!(m.read_u64(0), Ok(1));
+        assert_eq!(m.read_u64(8), Ok(0x0302));
+        assert_eq!(m.read_u64(16), Err(MemError::Unmapped(16)));
     }
 
     #[test]

@@ -390,6 +390,46 @@ proptest! {
     }
 }
 
+/// A table-entry-like word made from random bits: mostly pointers into the first nine pages with
+/// the low bits of present entries of each format (x86 P|RW|US, +A/D, +PS; VT-d R|W, +PS;
+/// AMD-Vi PR with Next Level 0..3 and 7), sometimes high bits (IR/IW, XD, reserved) or anything.
+fn entry_word(r: u64) -> u64 {
+    const LOWS: [u64; 10] = [
+        0x007, 0x067, 0x087, 0x003, 0x083, 0x001, 0x201, 0x401, 0x601, 0xe01,
+    ];
+    const HIGHS: [u64; 8] = [0, 0, 0, 0, 3 << 61, 1 << 61, 1 << 63, 1 << 55];
+    match r % 10 {
+        0 => 0,
+        1 => r,
+        _ => {
+            let page = (r >> 8) % 9;
+            let low = match (r >> 16) % 12 {
+                i @ 0..10 => LOWS[i as usize],
+                _ => (r >> 20) & 0xfff,
+            };
+            (page << 12) | low | HIGHS[((r >> 32) % 8) as usize]
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    /// Arbitrary memory contents in every format: no panic, bounded references, self-consistent
+    /// results (see `fuzz_support::check_walks`).
+    #[test]
+    fn arbitrary_memory_never_breaks_a_walk(
+        header in prop::collection::vec(any::<u8>(), crate::fuzz_support::HEADER),
+        words in prop::collection::vec(any::<u64>(), (8 * 512)..(9 * 512)),
+    ) {
+        let mut data = header;
+        for w in words {
+            data.extend_from_slice(&entry_word(w).to_le_bytes());
+        }
+        crate::fuzz_support::check_walks(&data);
+    }
+}
+
 /// Memory at `[lo, hi)` relocated by `delta` (test helper for building tables in place).
 struct Offset<'a> {
     mem: &'a SparseMem,
