@@ -265,7 +265,7 @@ mod tests {
             (BASE, 0),
             (BASE, 0x1001),
             (BASE + 1, 0x1000),
-            (u64::MAX & !0xfff, 0x2000),
+            (!0xfff, 0x2000),
         ] {
             assert!(matches!(
                 PrivateMem::new(b, s),
