@@ -39,7 +39,7 @@ pub fn check_walks(data: &[u8]) {
     let raw = u64::from_le_bytes(iova);
     let root = u64::from(h[12] % 8) * 0x1000;
     let start_level = h[13] % 8;
-    let start_table = u64::from(h[14] % 9) * 0x1000 | u64::from(h[15]);
+    let start_table = (u64::from(h[14] % 9) * 0x1000) | u64::from(h[15]);
     let start_perms = Perms::from_bits(h[15] >> 4);
     let image = &data[HEADER..data.len().min(HEADER + MAX_IMAGE)];
     let mem = FlatMem::from_bytes(0, image);
