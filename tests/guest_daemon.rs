@@ -12,36 +12,11 @@ mod harness;
 #[path = "guest/scenarios.rs"]
 mod scenarios;
 
-use daemon::Daemon;
-use guest_agent::report::Report;
-use harness::{GuestEnv, RunDir};
+use daemon::{ok_count, rid_of, start};
+use harness::GuestEnv;
 use scenarios::{Front, PROBE_IOVA};
 use serde_json::{Value, json};
 use std::cell::RefCell;
-use std::time::Duration;
-use vhost_device_iommu::viot::PciBdf;
-
-/// Every requester ID of bus 0, as the VIOT table the front end gets declares.
-const ENDPOINTS: &str = "00:00.0-00:1f.7";
-
-fn start(env: &GuestEnv) -> (RunDir, Front, Daemon) {
-    let dev = RunDir::new(env);
-    let (front, sock) = Front::vhost_user(&dev);
-    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &[]);
-    (dev, front, d)
-}
-
-fn rid_of(r: &Report) -> u16 {
-    r.get("bdf")
-        .expect("bdf")
-        .parse::<PciBdf>()
-        .expect("PCI address")
-        .rid()
-}
-
-fn ok_count(stats: &Value, ty: &str) -> u64 {
-    stats["requests"]["by_type"][ty]["OK"].as_u64().unwrap_or(0)
-}
 
 /// 1 (probe) and 3 (translated): the guest's virtio_iommu binds to the daemon, negotiates
 /// MAP_UNMAP and PROBE, probes and attaches its endpoints; edu, bound to vfio-pci, gets a

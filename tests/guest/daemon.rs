@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+use crate::harness::{GuestEnv, RunDir};
+use crate::scenarios::Front;
+use guest_agent::report::Report;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -11,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use vhost_device_iommu::viot::PciBdf;
 
 /// The daemon binary: `$VHOST_DEVICE_IOMMU_BIN`, or `vhost-device-iommu` in the `release` or
 /// `debug` directory of the target directory this test was built in (`scripts/guest-test`
@@ -155,4 +159,30 @@ impl Drop for Daemon {
         }
         let _ = self.child.wait();
     }
+}
+
+/// Every requester ID of bus 0, as the VIOT table of [`Front::vhost_user`] declares.
+pub const ENDPOINTS: &str = "00:00.0-00:1f.7";
+
+/// A daemon for one test: a run directory for its sockets and the VIOT table, the front end
+/// that points QEMU at it, and the daemon itself (bounded to 10 minutes).
+pub fn start(env: &GuestEnv) -> (RunDir, Front, Daemon) {
+    let dev = RunDir::new(env);
+    let (front, sock) = Front::vhost_user(&dev);
+    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &[]);
+    (dev, front, d)
+}
+
+/// The requester ID of the `bdf` field of an agent report.
+pub fn rid_of(r: &Report) -> u16 {
+    r.get("bdf")
+        .expect("bdf")
+        .parse::<PciBdf>()
+        .expect("PCI address")
+        .rid()
+}
+
+/// Requests of type `ty` (`attach`, `probe`, `map`, ...) the daemon answered with OK.
+pub fn ok_count(stats: &Value, ty: &str) -> u64 {
+    stats["requests"]["by_type"][ty]["OK"].as_u64().unwrap_or(0)
 }

@@ -1,0 +1,143 @@
+//! The main job, as a new user runs it (`scripts/guest-boot`): a real guest kernel booted
+//! under TCG against `vhost-device-iommu`, printing what the guest's virtio-iommu driver did and
+//! what the device saw. It checks what it prints (the same checks as the end-to-end tests), so
+//! a broken set-up fails loudly instead of printing nonsense.
+
+#[path = "guest/daemon.rs"]
+mod daemon;
+#[path = "guest/harness.rs"]
+mod harness;
+#[path = "guest/scenarios.rs"]
+mod scenarios;
+
+use daemon::{ok_count, rid_of, start};
+use harness::GuestEnv;
+use scenarios::PROBE_IOVA;
+use serde_json::{Value, json};
+use std::cell::RefCell;
+
+fn hex(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| v.to_string(), |n| format!("{n:#x}"))
+}
+
+fn print_domains(domains: &[Value]) {
+    for d in domains {
+        let eps: Vec<String> = d["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let rid = e.as_u64().unwrap();
+                format!("{:02x}:{:02x}.{:x}", rid >> 8, (rid >> 3) & 0x1f, rid & 7)
+            })
+            .collect();
+        println!(
+            "  domain {} ({}, hardware domain {}): endpoints [{}]",
+            d["id"],
+            d["kind"].as_str().unwrap_or("?"),
+            d["hw_domain"],
+            eps.join(", ")
+        );
+        for m in d["mappings"].as_array().unwrap() {
+            println!(
+                "    map IOVA {}..={} -> phys {} ({})",
+                hex(&m["virt_start"]),
+                hex(&m["virt_end"]),
+                hex(&m["phys_start"]),
+                m["flags"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-boot"]
+fn guest_against_vhost_device_iommu() {
+    let env = GuestEnv::provision();
+    let (_dev, front, d) = start(&env);
+    let live = RefCell::new((Vec::new(), Vec::new()));
+    let fault = RefCell::new(Value::Null);
+    let r = scenarios::probe_and_vfio_map(
+        &env,
+        &front,
+        |map, gpas| {
+            let ep = rid_of(map);
+            let mut answers = Vec::new();
+            for (i, gpa) in gpas.iter().enumerate() {
+                let iova = PROBE_IOVA + i as u64 * 4096;
+                let t = d.translate(ep, iova, "read");
+                assert_eq!(t["translation"]["phys"], json!(gpa), "{t}");
+                answers.push((iova, t));
+            }
+            *live.borrow_mut() = (d.domains(), answers);
+        },
+        |unmap| {
+            let t = d.translate(rid_of(unmap), PROBE_IOVA, "read");
+            assert!(!t["fault"].is_null(), "{t}");
+            *fault.borrow_mut() = t;
+        },
+    );
+    let (domains, answers) = live.into_inner();
+    let stats = d.ctl(json!({"cmd": "stats"}));
+
+    println!("\n== the guest: its virtio-iommu driver");
+    for rep in &r.reports {
+        match rep.event.as_str() {
+            "boot" => println!("  kernel {}", rep.get("kernel").unwrap_or("?")),
+            "virtio-iommu" => println!(
+                "  virtio_iommu bound to {} (PCI {}), negotiated {}",
+                rep.get("dev").unwrap_or("?"),
+                rep.get("pci").unwrap_or("?"),
+                rep.get("names").unwrap_or("?")
+            ),
+            "endpoint" => println!(
+                "  endpoint {} behind {}: IOMMU group {}, default domain {}",
+                rep.get("bdf").unwrap_or("?"),
+                rep.get("iommu").unwrap_or("?"),
+                rep.get("group").unwrap_or("?"),
+                rep.get("domain").unwrap_or("?")
+            ),
+            _ => {}
+        }
+    }
+    println!(
+        "  edu {} bound to vfio-pci; VFIO MAP_DMA of {} pages at IOVA {PROBE_IOVA:#x} -> guest frames {:#x?} (from /proc/self/pagemap)",
+        r.endpoint,
+        r.gpas.len(),
+        r.gpas
+    );
+    println!("\n== the device: vhost-device-iommu (control socket) while the mapping was live");
+    print_domains(&domains);
+    for (iova, t) in &answers {
+        println!(
+            "  translate {} IOVA {iova:#x} -> phys {} ({} trace events: {})",
+            r.endpoint,
+            hex(&t["translation"]["phys"]),
+            t["trace_len"],
+            t["trace"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|e| e.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
+        );
+    }
+    let f = fault.into_inner();
+    println!(
+        "  after UNMAP_DMA: translate IOVA {PROBE_IOVA:#x} -> fault {} ({})",
+        f["fault"]["reason"],
+        f["fault"]["detail"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  requests answered OK: attach {}, probe {}, map {}, unmap {}, detach {}",
+        ok_count(&stats, "attach"),
+        ok_count(&stats, "probe"),
+        ok_count(&stats, "map"),
+        ok_count(&stats, "unmap"),
+        ok_count(&stats, "detach")
+    );
+    assert!(ok_count(&stats, "probe") > 0 && ok_count(&stats, "map") > 0);
+}
