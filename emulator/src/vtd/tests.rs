@@ -1374,6 +1374,78 @@ fn concurrent_translations_agree() {
     assert_eq!(d.vtd.stats().translations.load(Ordering::Relaxed), 2000);
 }
 
+/// While one thread keeps translating a page, another remaps it and invalidates through the
+/// queue: once the invalidation wait has completed, no translation that starts afterwards may
+/// return the old page (a walk that began before the invalidation must not have left it cached).
+#[test]
+fn no_stale_translation_after_a_concurrent_invalidation_completes() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (mut d, mut t, dev) = legacy_with_domain();
+    d.enable_qi(false);
+    let iova = 0x10_0000u64;
+    let Driver {
+        vtd,
+        mem,
+        alloc,
+        iq,
+        status,
+        ..
+    } = &mut d;
+    let (vtd, mem, iq, status) = (&*vtd, *mem, *iq, *status);
+    // Generation g maps the page to 0xd000_0000 + g * 0x1000; `done` is the newest generation
+    // whose invalidation has completed.
+    let done = AtomicU64::new(0);
+    let rounds = 200u64;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..20_000 {
+                let floor = done.load(Ordering::Acquire);
+                // Between unmap and map the page is briefly absent: a fault is fine then.
+                if let Ok(got) = vtd
+                    .translate(&DmaRequest::new(dev, iova, 4, AccessKind::Read))
+                    .0
+                {
+                    let g = got.addr.wrapping_sub(0xd000_0000) / 0x1000;
+                    assert!(
+                        got.addr < 0xd000_0000 && floor == 0
+                            || (got.addr >= 0xd000_0000 && g >= floor),
+                        "generation {g} seen after generation {floor} was invalidated"
+                    );
+                }
+                if floor >= rounds {
+                    break;
+                }
+            }
+        });
+        let mut tail = 0u64;
+        for g in 1..=rounds {
+            t.unmap(mem, alloc, iova, 0x1000).unwrap();
+            t.map(
+                mem,
+                alloc,
+                iova,
+                0xd000_0000 + g * 0x1000,
+                0x1000,
+                RW,
+                PageSizePolicy::Fixed(12),
+            )
+            .unwrap();
+            let descs = [
+                iotlb_page(5, iova, 0, false),
+                wait_desc(false, true, g as u32, status),
+            ];
+            for desc in descs {
+                mem.write_u64(iq + tail, desc[0]).unwrap();
+                mem.write_u64(iq + tail + 8, desc[1]).unwrap();
+                tail = (tail + 16) % 4096;
+            }
+            vtd.mmio_write(IQT_REG, 8, tail);
+            assert_eq!(mem.read_u32(status).unwrap(), g as u32);
+            done.store(g, Ordering::Release);
+        }
+    });
+}
+
 // ------------------------------------------------------------------------ properties
 
 #[derive(Debug, Clone)]
