@@ -12,8 +12,10 @@
 //!   whole cache.
 //! - IOTLB (§6.2.4): leaf translations tagged with (DID, PASID or none, page, size). Requests
 //!   without PASID in scalable mode are tagged with their RID_PASID.
-//! - Paging-structure caches (§6.2.5): non-leaf entries of one-dimensional walks, tagged with
-//!   (DID, PASID, stage, level, the input prefix they translate).
+//! - Paging-structure caches (§6.2.5): non-leaf entries of one-dimensional walks and the
+//!   first-stage entries of nested walks (tagged with the nested stage: their next-table
+//!   addresses are guest-physical), tagged with (DID, PASID, stage, level, the input prefix
+//!   they translate).
 
 use iotlb::{Invalidation, PageRange, PasidMatch, SourceSelector, Tag, Translation};
 
@@ -67,7 +69,7 @@ pub type PasidWords = [u64; 4];
 fn psc_id(tag: &Tag) -> CacheId {
     CacheId::PagingStructure {
         stage: match tag.stage {
-            Some(iotlb::Stage::First) => Stage::First,
+            Some(iotlb::Stage::First | iotlb::Stage::Nested) => Stage::First,
             _ => Stage::Second,
         },
         level: tag.level,

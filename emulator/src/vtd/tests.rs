@@ -1190,6 +1190,30 @@ fn scalable_nested_translation() {
     assert_eq!(t.addr, gpa_base + 0x30_0044);
     // 4 x 4 nested: 24 table reads after the four structure reads.
     assert_eq!(trace.mem_reads(), 4 + 24);
+    // A neighbouring page starts from the cached first-stage PDE: the second-stage walk of the
+    // leaf table's address, the leaf, and the second-stage walk of the output.
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_3000,
+        0x30_3000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let (r, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(dev, 0x7000_3008, 4, AccessKind::Read).with_pasid(4));
+    assert_eq!(r.unwrap().addr, gpa_base + 0x30_3008);
+    assert_eq!(
+        trace.lookup(CacheId::PagingStructure {
+            stage: Stage::First,
+            level: 2
+        }),
+        Some(true)
+    );
+    assert_eq!(trace.mem_reads(), 4 + 1 + 4);
     // An unmapped IOVA faults in the first stage.
     let code = |d: &Driver, pasid, addr| {
         d.translate(DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(pasid))

@@ -8,7 +8,7 @@ use iotlb::{Tag, Token};
 use pagewalk::{
     Access as PwAccess, AccessKind as PwKind, FaultKind as PwFault, MemRef, PhysMem, RefKind,
     SecondStage, SecondStageView, TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart,
-    X86Config, level_shift, walk_nested,
+    X86Config, level_shift, walk_nested_from,
 };
 
 use super::cache::{CTX_LEGACY_MARK, FLAG_DIRTY_OK, PscEntry};
@@ -42,14 +42,18 @@ impl Fail {
 /// visited for the paging-structure cache.
 struct Obs<'a> {
     trace: &'a mut Trace,
+    /// The stage whose non-leaf entries are kept (a nested walk also visits second-stage
+    /// entries, which are not cached).
+    keep: pagewalk::Stage,
     visits: [TableVisit; 8],
     n: usize,
 }
 
 impl<'a> Obs<'a> {
-    fn new(trace: &'a mut Trace) -> Self {
+    fn new(trace: &'a mut Trace, keep: pagewalk::Stage) -> Self {
         Self {
             trace,
+            keep,
             visits: [TableVisit::default(); 8],
             n: 0,
         }
@@ -75,6 +79,9 @@ impl WalkObserver for Obs<'_> {
         }
     }
     fn table(&mut self, v: TableVisit) {
+        if v.stage != self.keep {
+            return;
+        }
         if let Some(slot) = self.visits.get_mut(self.n) {
             *slot = v;
             self.n += 1;
@@ -600,38 +607,15 @@ impl<M: PhysMem> Vtd<M> {
             iotlb::Stage::Second
         };
         let levels = s.cfg.levels();
-        let mut start = s.cfg.root_start(s.root);
-        for level in 2..=levels {
-            let shift = level_shift(level);
-            let page = (input >> shift) << (shift - 12);
-            let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, level, page, shift - 12);
-            if let Some(e) = self.caches.psc.lookup(&tag, trace) {
-                if e.next_level >= 1 && e.next_level < level {
-                    start = WalkStart {
-                        level: e.next_level,
-                        table: e.next_table,
-                        perms: pagewalk::Perms::from_bits(e.perms),
-                    };
-                }
-                break;
-            }
-        }
-        let mut obs = Obs::new(trace);
+        let start = self.psc_start(s, stage, input, trace);
+        let keep = if first_stage {
+            pagewalk::Stage::First
+        } else {
+            pagewalk::Stage::Second
+        };
+        let mut obs = Obs::new(trace, keep);
         let res = pagewalk::walk_from(&s.cfg, &self.mem, start, req.addr, access, &mut obs);
-        for v in &obs.visits[..obs.n] {
-            let shift = level_shift(v.level);
-            let page = (Self::tag_input(&s.cfg, v.prefix) >> shift) << (shift - 12);
-            let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, v.level, page, shift - 12);
-            self.caches.psc.insert(
-                tokens.psc,
-                &tag,
-                &PscEntry {
-                    next_table: v.next_table,
-                    next_level: v.next_level,
-                    perms: v.perms.bits(),
-                },
-            );
-        }
+        self.psc_fill(s, stage, &obs, tokens);
         let t = match res {
             Ok(t) => t,
             Err(f) => return Err(self.walk_fault(s, req, access, first_stage, levels, f)),
@@ -658,6 +642,57 @@ impl<M: PhysMem> Vtd<M> {
             },
         );
         Ok(self.output(req, t.output, shift, t.perms, s.did))
+    }
+
+    /// Where a walk of `s`'s tables for `input` starts: the deepest paging-structure-cache hit,
+    /// or the root.
+    fn psc_start(
+        &self,
+        s: &Setting,
+        stage: iotlb::Stage,
+        input: u64,
+        trace: &mut Trace,
+    ) -> WalkStart {
+        let levels = s.cfg.levels();
+        for level in 2..=levels {
+            let shift = level_shift(level);
+            let page = (input >> shift) << (shift - 12);
+            let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, level, page, shift - 12);
+            if let Some(e) = self.caches.psc.lookup(&tag, trace) {
+                if e.next_level >= 1 && e.next_level < level {
+                    return WalkStart {
+                        level: e.next_level,
+                        table: e.next_table,
+                        perms: pagewalk::Perms::from_bits(e.perms),
+                    };
+                }
+                break;
+            }
+        }
+        s.cfg.root_start(s.root)
+    }
+
+    /// Caches the non-leaf entries of `s`'s tables the walk went through (first-stage ones
+    /// only, for nested walks).
+    fn psc_fill(&self, s: &Setting, stage: iotlb::Stage, obs: &Obs<'_>, tokens: Tokens) {
+        let own = match stage {
+            iotlb::Stage::Second => pagewalk::Stage::Second,
+            _ => pagewalk::Stage::First,
+        };
+        for v in obs.visits[..obs.n].iter().filter(|v| v.stage == own) {
+            let shift = level_shift(v.level);
+            let page = (Self::tag_input(&s.cfg, v.prefix) >> shift) << (shift - 12);
+            let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, v.level, page, shift - 12);
+            self.caches.psc.insert(
+                tokens.psc,
+                &tag,
+                &PscEntry {
+                    next_table: v.next_table,
+                    next_level: v.next_level,
+                    perms: v.perms.bits(),
+                },
+            );
+        }
     }
 
     fn ad_tracked(&self, cfg: &WalkConfig) -> bool {
@@ -755,7 +790,8 @@ impl<M: PhysMem> Vtd<M> {
 
     /// Nested translation (§3.8): the first-stage walk whose table addresses and output are
     /// guest-physical, each translated by the second stage. The IOTLB caches the combined
-    /// translation; the paging-structure caches are not used for nested walks.
+    /// translation and the paging-structure cache the first-stage non-leaf entries; the
+    /// second-stage walks inside a nested walk always go to memory.
     fn nested(
         &self,
         s: &Setting,
@@ -789,10 +825,15 @@ impl<M: PhysMem> Vtd<M> {
                 ));
             }
         }
-        let mut obs = Obs::new(trace);
-        let res = walk_nested(
-            &s.cfg, s.root, &second, &self.mem, req.addr, access, &mut obs,
+        // First-stage paging-structure entries of a nested walk hold guest-physical table
+        // addresses; they are tagged with the nested stage so they never serve a
+        // first-stage-only walk.
+        let start = self.psc_start(s, iotlb::Stage::Nested, input, trace);
+        let mut obs = Obs::new(trace, pagewalk::Stage::First);
+        let res = walk_nested_from(
+            &s.cfg, start, &second, &self.mem, req.addr, access, &mut obs,
         );
+        self.psc_fill(s, iotlb::Stage::Nested, &obs, tokens);
         let t = match res {
             Ok(t) => t,
             Err(f) if f.stage == pagewalk::Stage::First => {
