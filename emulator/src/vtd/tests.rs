@@ -1381,6 +1381,31 @@ fn pasid_cache_and_pasid_iotlb_invalidations() {
 }
 
 #[test]
+fn scalable_second_stage_invalidations_and_global_pasid_cache() {
+    let mut d = scalable();
+    let dev = sid(3, 0, 0);
+    let mut t = d.ss_domain(2);
+    d.map(&mut t, 0x4000, 0x7100_0000, 0x1000, RW);
+    let dir = d.sm_context(dev, 0, false, 0);
+    d.pasid_entry(dir, 0, ss_pasid(&t, 20));
+    assert_eq!(d.read(dev, 0x4000).unwrap(), 0x7100_0000);
+    // Second-stage-only PASID entries are invalidated with the IOTLB descriptor (type 2).
+    d.unmap(&mut t, 0x4000, 0x1000);
+    d.map(&mut t, 0x4000, 0x7200_0000, 0x1000, RW);
+    d.submit_and_wait(&[iotlb_page(20, 0x4000, 0, false)]);
+    assert_eq!(d.read(dev, 0x4000).unwrap(), 0x7200_0000);
+    // Global PASID-cache invalidation (G = 11b) picks up a rewritten RID_PASID entry.
+    let mut t2 = d.ss_domain(2);
+    d.map(&mut t2, 0x4000, 0x7300_0000, 0x1000, RW);
+    d.pasid_entry(dir, 0, ss_pasid(&t2, 21));
+    d.submit_and_wait(&[[0x7 | (3 << 4), 0], iotlb_domain(20)]);
+    let t = d
+        .translate(DmaRequest::new(dev, 0x4000, 4, AccessKind::Read))
+        .unwrap();
+    assert_eq!((t.addr, t.domain_id), (0x7300_0000, 21));
+}
+
+#[test]
 fn concurrent_translations_agree() {
     let (d, _t, dev) = legacy_with_domain();
     std::thread::scope(|s| {
