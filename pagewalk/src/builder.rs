@@ -1425,4 +1425,71 @@ mod tests {
             BuildError::BadLevels
         );
     }
+
+    /// Never reuses a page (like an allocator whose frees are deferred until walkers are
+    /// done), so a walker racing with map/unmap can only see whole generations.
+    struct NoReuse(u64, u64);
+    impl FrameAllocator for NoReuse {
+        fn alloc_frame(&mut self) -> Option<u64> {
+            (self.0 < self.1).then(|| {
+                self.0 += TABLE_SIZE;
+                self.0 - TABLE_SIZE
+            })
+        }
+        fn free_frame(&mut self, _addr: u64) {}
+    }
+
+    #[test]
+    fn walkers_racing_with_map_and_unmap_see_whole_generations() {
+        use crate::mem::FlatMem;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mem = FlatMem::new(0, 16 << 20);
+        let cfg = WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_slade(true));
+        let mut alloc = NoReuse(0x10_0000, 16 << 20);
+        let mut b = TableBuilder::new(cfg, &mem, &mut alloc).unwrap();
+        let (iova, len) = (0x4000_0000u64, 0x40_0000u64);
+        let gen_base = |g: u64| 0x1_0000_0000 + g * 0x100_0000;
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let walker = |seed: u64| {
+                let (mem, done) = (&mem, &done);
+                let root = b.root();
+                s.spawn(move || {
+                    let mut x = seed;
+                    let mut hits = 0u32;
+                    while !done.load(Ordering::Acquire) {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let off = (x >> 20) % len;
+                        match walk(&cfg, mem, root, iova + off, Access::READ, &mut ()) {
+                            Ok(t) => {
+                                let g = (t.output - 0x1_0000_0000) / 0x100_0000;
+                                assert_eq!(t.output, gen_base(g) + off, "{t:?}");
+                                hits += 1;
+                            }
+                            Err(f) => assert_eq!(f.kind, crate::types::FaultKind::NotPresent),
+                        }
+                    }
+                    hits
+                })
+            };
+            let w1 = walker(1);
+            let w2 = walker(2);
+            for g in 0..150u64 {
+                let policy = if g % 2 == 0 {
+                    PageSizePolicy::LARGEST
+                } else {
+                    PageSizePolicy::Fixed(12)
+                };
+                b.map(&mem, &mut alloc, iova, gen_base(g), len, Perms::R, policy)
+                    .unwrap();
+                std::thread::yield_now();
+                let gone = b.unmap(&mem, &mut alloc, iova, len).unwrap();
+                assert_eq!(gone.iter().map(|m| 1u64 << m.shift).sum::<u64>(), len);
+            }
+            done.store(true, Ordering::Release);
+            let _ = (w1.join().unwrap(), w2.join().unwrap());
+        });
+    }
 }
