@@ -141,6 +141,24 @@ impl FaultReason {
         )
     }
 
+    /// Whether the reason is a page-level condition (the page is not present or does not grant
+    /// the access), as opposed to a problem with the structures or the request: an ATS
+    /// translation request meeting one gets an R = W = 0 completion instead of a fault.
+    pub fn page_condition(self) -> bool {
+        use FaultReason::*;
+        matches!(
+            self,
+            WriteDenied
+                | ReadDenied
+                | SsNotPresent
+                | FsNotPresent
+                | SmReadDenied
+                | SmWriteDenied
+                | UserSupervisor
+                | ExecuteDenied
+        )
+    }
+
     /// The vendor-neutral class of the fault.
     pub fn kind(self) -> FaultKind {
         use FaultReason::*;

@@ -539,11 +539,23 @@ fn legacy_pass_through_and_translation_types() {
     ats.at = AddressType::TranslationRequest;
     let f = d.translate(ats).unwrap_err();
     assert_eq!(f.code, 0xd);
-    // Device-TLB context: translation requests are translated.
+    // Device-TLB context: translation requests are translated, and answered with the page's
+    // permissions; an unmapped page is an R = W = 0 completion, not a recorded fault.
     let dtlb = sid(1, 2, 0);
+    d.map(&mut tables, 0x1000, 0x5000_1000, 0x1000, R);
     d.legacy_context(dtlb, tables.root() | (1 << 2) | 1, 2 | (3 << 8));
     ats.source_id = dtlb;
     assert_eq!(d.translate(ats).unwrap().addr, 0x5000_0000);
+    ats.addr = 0x1000;
+    ats.access = AccessKind::Write;
+    let ro = d.translate(ats).unwrap();
+    assert_eq!(ro.addr, 0x5000_1000);
+    assert!(ro.perms.read && !ro.perms.write);
+    ats.addr = 0x8000;
+    let fsts = d.r32(FSTS_REG);
+    let none = d.translate(ats).unwrap();
+    assert!(!none.perms.read && !none.perms.write);
+    assert_eq!(d.r32(FSTS_REG), fsts, "nothing recorded");
 }
 
 #[test]

@@ -110,8 +110,17 @@ struct Setting {
     legacy: bool,
 }
 
-fn pw_access(access: AccessKind, privileged: bool, legacy: bool) -> PwAccess {
-    let kind = match access {
+/// The walker access for a request. An ATS translation request asks what the page allows: it
+/// walks as a read and returns the permissions found (§4.2.3).
+fn pw_access(req: &DmaRequest, legacy: bool) -> PwAccess {
+    let privileged = req.privileged;
+    if req.at == AddressType::TranslationRequest {
+        return PwAccess {
+            kind: PwKind::Read,
+            privileged,
+        };
+    }
+    let kind = match req.access {
         AccessKind::Read => PwKind::Read,
         AccessKind::Write | AccessKind::Atomic => PwKind::Write,
         // Legacy mode has no execute requests: an execute-requested read is a read.
@@ -172,6 +181,20 @@ impl<M: PhysMem> Vtd<M> {
         self.stats.translations.fetch_add(1, Ordering::Relaxed);
         match self.translate_inner(req, trace) {
             Ok(t) => Ok(t),
+            // A translation request that finds no (or no permitted) page is not a fault: the
+            // completion reports R = W = 0 and nothing is recorded (§4.2.3).
+            Err(fail)
+                if req.at == AddressType::TranslationRequest && fail.reason.page_condition() =>
+            {
+                Ok(Translation {
+                    addr: 0,
+                    len: covered_len(req.addr, req.len, 12),
+                    page_shift: 12,
+                    perms: Perms::default(),
+                    domain_id: 0,
+                    identity: false,
+                })
+            }
             Err(fail) => {
                 self.stats.faults.fetch_add(1, Ordering::Relaxed);
                 let info = FaultInfo {
@@ -579,8 +602,8 @@ impl<M: PhysMem> Vtd<M> {
         tokens: Tokens,
         trace: &mut Trace,
     ) -> Result<Translation, Fail> {
-        let access = pw_access(req.access, req.privileged, s.legacy);
-        let needs_read = req.access == AccessKind::Atomic;
+        let access = pw_access(req, s.legacy);
+        let needs_read = req.access == AccessKind::Atomic && req.at == AddressType::Untranslated;
         let input = Self::tag_input(&s.cfg, req.addr);
         let itag = Tag::translation(s.did, s.pasid_tag, input >> 12, 0);
         if let Some(c) = self.caches.iotlb.lookup(&itag, trace) {
@@ -801,8 +824,8 @@ impl<M: PhysMem> Vtd<M> {
         tokens: Tokens,
         trace: &mut Trace,
     ) -> Result<Translation, Fail> {
-        let access = pw_access(req.access, req.privileged, false);
-        let needs_read = req.access == AccessKind::Atomic;
+        let access = pw_access(req, false);
+        let needs_read = req.access == AccessKind::Atomic && req.at == AddressType::Untranslated;
         let input = Self::tag_input(&s.cfg, req.addr);
         let itag = Tag::translation(s.did, s.pasid_tag, input >> 12, 0);
         let second = SecondStage::Tables {
