@@ -30,7 +30,7 @@
 //! | ECAP.C, SC | coherency, snoop control | 1 (memory is coherent; SNP accepted) |
 //! | ECAP.QI | queued invalidation | configurable (default 1) |
 //! | ECAP.DT | device TLBs | configurable: T = 01b, DTE, translation requests, device-TLB descriptors (no device-side TLB is modelled) |
-//! | ECAP.IR, EIM, IRO of IEC | interrupt remapping | 0 |
+//! | ECAP.IR, EIM | interrupt remapping (IEC descriptors are invalid) | 0 |
 //! | ECAP.PT | pass-through | configurable (default 1) |
 //! | ECAP.IRO | IOTLB register offset | configurable |
 //! | ECAP.MTS, PRS, NWFS, EAFS, VCS, DIT, PDS, ADMS, RPRIVS | memory types, page requests, ... | 0 |
