@@ -105,7 +105,7 @@ impl Tlb for RwLockMap {
 }
 
 fn contenders() -> Vec<Box<dyn Tlb>> {
-    let cache = Cache::new(CacheConfig::new(512, 8)).unwrap();
+    let cache = Cache::new(CacheConfig::new(128, 8)).unwrap();
     let mut map = HashMap::new();
     for page in 0..PAGES {
         let token = cache.token();

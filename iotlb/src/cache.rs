@@ -2,8 +2,11 @@
 //!
 //! # Storage
 //!
-//! All entries live in one flat array of `AtomicU64` words. An entry is
-//! `[seq, key0, key1, stamp, value words...]`:
+//! All entries live in one flat array of `AtomicU64` words, in 64-byte-aligned lines. An entry
+//! is `seq, key0, key1, stamp, value words...`; within its set's block every way's `seq` sits
+//! together, then every way's `key0`, then each way's `[key1, stamp, value..]` record
+//! (padded to a line), so a probe of all `W` ways reads the `seq` and `key0` lines and then only
+//! the matching way's record:
 //!
 //! * `seq` — bit 0 `LOCK` (a writer owns the entry), bits 2:1 the state (`EMPTY`, `PENDING`,
 //!   `VALID`), bits 63:3 a version bumped by every change. It is the sequence word of a seqlock
@@ -68,7 +71,56 @@ const SEQ: usize = 0;
 const KEY0: usize = 1;
 const KEY1: usize = 2;
 const STAMP: usize = 3;
+/// Header words per entry: seq, key0, key1, stamp.
 const HEADER: usize = 4;
+
+/// One 64-byte line of the entry array; sets start on a line boundary.
+#[repr(align(64))]
+struct Line([AtomicU64; 8]);
+
+/// One entry's words inside its set's block. A set of `W` ways keeps every way's `seq` together
+/// and every way's `key0` together, so a probe of all ways reads two lines (for 8 ways), then
+/// the rest of the matching way's record: `[seq; W] [key0; W] [key1, stamp, value..; W]`,
+/// padded to a whole line.
+struct Entry<'a> {
+    lines: &'a [Line],
+    base: usize,
+    way: usize,
+    ways: usize,
+    value_words: usize,
+}
+
+impl Entry<'_> {
+    #[inline]
+    fn word(&self, i: usize) -> &AtomicU64 {
+        &self.lines[i / 8].0[i % 8]
+    }
+
+    /// Where this way's `[key1, stamp, value..]` record starts.
+    #[inline]
+    fn record(&self) -> usize {
+        self.base + 2 * self.ways + self.way * (2 + self.value_words)
+    }
+
+    #[inline]
+    fn value(&self, i: usize) -> &AtomicU64 {
+        self.word(self.record() + 2 + i)
+    }
+}
+
+impl core::ops::Index<usize> for Entry<'_> {
+    type Output = AtomicU64;
+    /// Header word `field` (`SEQ`, `KEY0`, `KEY1`, `STAMP`).
+    #[inline]
+    fn index(&self, field: usize) -> &AtomicU64 {
+        match field {
+            SEQ => self.word(self.base + self.way),
+            KEY0 => self.word(self.base + self.ways + self.way),
+            KEY1 => self.word(self.record()),
+            _ => self.word(self.record() + 1),
+        }
+    }
+}
 
 const LOCK: u64 = 1;
 const STATE_MASK: u64 = 0b110;
@@ -206,10 +258,11 @@ pub struct Cache<V: Value> {
     sets: usize,
     set_bits: u32,
     ways: usize,
-    stride: usize,
+    /// Words per set block (a multiple of 8).
+    set_words: usize,
     replacement: Replacement,
     full_ways: u64,
-    words: Box<[AtomicU64]>,
+    words: Box<[Line]>,
     ref_bits: Box<[AtomicU64]>,
     rng: CachePadded<AtomicU64>,
     clock: CachePadded<AtomicU64>,
@@ -268,7 +321,7 @@ impl<V: Value> Cache<V> {
         if V::WORDS == 0 || V::WORDS > MAX_VALUE_WORDS {
             return Err(ConfigError::ValueWords(V::WORDS));
         }
-        let stride = HEADER + V::WORDS;
+        let set_words = (ways * (HEADER + V::WORDS)).div_ceil(8) * 8;
         let seed = match replacement {
             Replacement::Random { seed } => seed,
             Replacement::PseudoLru => 0,
@@ -277,14 +330,16 @@ impl<V: Value> Cache<V> {
             sets,
             set_bits: sets.trailing_zeros(),
             ways,
-            stride,
+            set_words,
             replacement,
             full_ways: if ways == 64 {
                 u64::MAX
             } else {
                 (1u64 << ways) - 1
             },
-            words: atomics(sets * ways * stride),
+            words: (0..sets * set_words / 8)
+                .map(|_| Line(core::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
             ref_bits: atomics(sets),
             rng: CachePadded::new(AtomicU64::new(seed)),
             clock: CachePadded::new(AtomicU64::new(0)),
@@ -323,25 +378,40 @@ impl<V: Value> Cache<V> {
         Token(self.clock.load(Ordering::Acquire))
     }
 
-    fn entry(&self, set: usize, way: usize) -> &[AtomicU64] {
-        let start = (set * self.ways + way) * self.stride;
-        &self.words[start..start + self.stride]
+    #[inline]
+    fn entry(&self, set: usize, way: usize) -> Entry<'_> {
+        Entry {
+            lines: &self.words,
+            base: set * self.set_words,
+            way,
+            ways: self.ways,
+            value_words: V::WORDS,
+        }
     }
 
+    /// The set index. As in hardware, the low bits of the page number (of the source id, of the
+    /// PASID) index the set, so a dense range fills every set evenly; higher bits are folded in
+    /// by XOR so large strides do not all land in one set, and the other tag fields (domain,
+    /// size class) offset the index through a multiplicative hash.
+    #[inline]
     fn set_of(&self, key0: u64, key1: u64) -> usize {
         if self.set_bits == 0 {
             return 0;
         }
+        let k = self.set_bits;
         let (a, b) = key::index_words(key0, key1);
-        let h = (a ^ b.wrapping_mul(0xff51_afd7_ed55_8ccd)).wrapping_mul(GOLDEN_GAMMA);
-        (h >> (64 - self.set_bits)) as usize
+        let folded = a ^ (a >> k) ^ (a >> (2 * k).min(63)) ^ (a >> (3 * k).min(63));
+        let offset = b.wrapping_mul(GOLDEN_GAMMA) >> (64 - k);
+        ((folded ^ offset) & (self.sets as u64 - 1)) as usize
     }
 
+    #[inline]
     fn domain_slot(&self, domain: u16) -> usize {
         usize::from(domain) & (self.domain_gen.len() - 1)
     }
 
     /// Whether an entry with this stamp and `key1` was killed by an O(1) invalidation.
+    #[inline]
     fn is_dead(&self, stamp: u64, key1: u64, global: u64) -> bool {
         stamp < global
             || stamp < self.domain_gen[self.domain_slot(key::domain(key1))].load(Ordering::Acquire)
@@ -365,6 +435,7 @@ impl<V: Value> Cache<V> {
         }
     }
 
+    #[inline]
     fn touch(&self, set: usize, way: usize) {
         if self.replacement != Replacement::PseudoLru {
             return;
@@ -385,6 +456,7 @@ impl<V: Value> Cache<V> {
     /// is ignored (every page-size class present in the cache is probed, smallest first).
     /// Context-type tags match on source id alone. Lock-free and allocation-free; a tag with
     /// out-of-range fields is a miss.
+    #[inline]
     pub fn lookup(&self, tag: &Tag) -> Option<V> {
         let found = self.lookup_inner(tag);
         self.stats.add(
@@ -398,6 +470,7 @@ impl<V: Value> Cache<V> {
         found
     }
 
+    #[inline]
     fn lookup_inner(&self, tag: &Tag) -> Option<V> {
         if tag.pasid.is_some_and(|p| p > PASID_MAX)
             || tag.level > MAX_LEVEL
@@ -425,6 +498,7 @@ impl<V: Value> Cache<V> {
         None
     }
 
+    #[inline]
     fn probe_set(&self, set: usize, want0: u64, want1: u64, mask1: u64, global: u64) -> Option<V> {
         for way in 0..self.ways {
             let e = self.entry(set, way);
@@ -441,8 +515,8 @@ impl<V: Value> Cache<V> {
             }
             let stamp = e[STAMP].load(Ordering::Relaxed);
             let mut buf = [0u64; MAX_VALUE_WORDS];
-            for (b, w) in buf[..V::WORDS].iter_mut().zip(&e[HEADER..]) {
-                *b = w.load(Ordering::Relaxed);
+            for (i, b) in buf[..V::WORDS].iter_mut().enumerate() {
+                *b = e.value(i).load(Ordering::Relaxed);
             }
             fence(Ordering::Acquire);
             if e[SEQ].load(Ordering::Relaxed) != s1 {
@@ -494,8 +568,8 @@ impl<V: Value> Cache<V> {
             e[KEY0].store(k0, Ordering::Relaxed);
             e[KEY1].store(k1, Ordering::Relaxed);
             e[STAMP].store(t, Ordering::Relaxed);
-            for (w, v) in e[HEADER..].iter().zip(&words[..V::WORDS]) {
-                w.store(*v, Ordering::Relaxed);
+            for (i, v) in words[..V::WORDS].iter().enumerate() {
+                e.value(i).store(*v, Ordering::Relaxed);
             }
             let pending = next(seq, PENDING);
             e[SEQ].store(pending, Ordering::Release);

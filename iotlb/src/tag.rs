@@ -68,6 +68,7 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    #[inline]
     fn from_bits(bits: u64) -> Option<Self> {
         match bits {
             0 => Some(Self::Translation),
@@ -81,12 +82,14 @@ impl EntryKind {
 
     /// Whether entries of this kind are context-type entries (keyed by source id; the target of
     /// source-id invalidations; their domain id is recorded but not part of the lookup key).
+    #[inline]
     pub const fn is_context_type(self) -> bool {
         matches!(self, Self::Context | Self::DeviceTable)
     }
 
     /// Whether entries of this kind are translation-type (leaf or paging-structure), the target
     /// of page-range invalidations.
+    #[inline]
     pub const fn is_translation_type(self) -> bool {
         matches!(self, Self::Translation | Self::PagingStructure)
     }
@@ -105,6 +108,7 @@ pub enum Stage {
 }
 
 impl Stage {
+    #[inline]
     fn encode(stage: Option<Stage>) -> u64 {
         stage.map_or(0, |s| s as u64)
     }
@@ -260,12 +264,14 @@ impl Tag {
     }
 
     /// Whether the entry's span contains the 4 KiB page `page`.
+    #[inline]
     pub fn covers(&self, page: u64) -> bool {
         page & !span_mask(self.size) == self.page
     }
 
     /// Packs the tag into its two key words (layout in the module documentation). The tag must
     /// be valid ([`Tag::validate`]); out-of-range bits are masked off.
+    #[inline]
     pub fn encode(&self) -> [u64; 2] {
         let key0 = (self.page & PAGE_MASK)
             | (u64::from(self.size & 0x3f) << SIZE_SHIFT)
@@ -312,6 +318,7 @@ impl Tag {
 }
 
 /// The low-bit mask of a span of `2^size` pages.
+#[inline]
 pub(crate) fn span_mask(size: u8) -> u64 {
     if u32::from(size) >= 64 {
         u64::MAX
@@ -324,22 +331,28 @@ pub(crate) fn span_mask(size: u8) -> u64 {
 pub(crate) mod key {
     use super::*;
 
+    #[inline]
     pub(crate) fn page(key0: u64) -> u64 {
         key0 & PAGE_MASK
     }
+    #[inline]
     pub(crate) fn size(key0: u64) -> u8 {
         ((key0 >> SIZE_SHIFT) & 0x3f) as u8
     }
     /// `key0` with its page and size fields cleared.
+    #[inline]
     pub(crate) fn without_page(key0: u64) -> u64 {
         key0 & !(PAGE_MASK | (0x3f << SIZE_SHIFT))
     }
+    #[inline]
     pub(crate) fn with_page(base: u64, page: u64, size: u8) -> u64 {
         base | (page & PAGE_MASK) | (u64::from(size) << SIZE_SHIFT)
     }
+    #[inline]
     pub(crate) fn domain(key1: u64) -> u16 {
         (key1 & DOMAIN_FIELD) as u16
     }
+    #[inline]
     pub(crate) fn pasid(key1: u64) -> Option<u32> {
         if key1 & PASID_PRESENT != 0 {
             Some(((key1 >> PASID_SHIFT) as u32) & PASID_MAX)
@@ -347,28 +360,33 @@ pub(crate) mod key {
             None
         }
     }
+    #[inline]
     pub(crate) fn source(key1: u64) -> u16 {
         ((key1 >> SOURCE_SHIFT) & 0xffff) as u16
     }
+    #[inline]
     pub(crate) fn kind(key1: u64) -> Option<EntryKind> {
         EntryKind::from_bits((key1 >> KIND_SHIFT) & 0x7)
     }
     /// The mask of `key1` bits that take part in matching: context-type entries are looked up
     /// by source id alone, their domain id is an attribute.
+    #[inline]
     pub(crate) fn match_mask(key1: u64) -> u64 {
         match kind(key1) {
             Some(k) if k.is_context_type() => !DOMAIN_FIELD,
             _ => u64::MAX,
         }
     }
-    /// The words that choose the set: translation-type entries by (page, size, domain), so a
+    /// The words that choose the set, as (low-bit index source, offset source):
+    /// translation-type entries by (page, size, domain), so a
     /// page-range invalidation can find them without knowing PASID, level or stage;
     /// context-type entries by source id; PASID entries by (domain, PASID).
+    #[inline]
     pub(crate) fn index_words(key0: u64, key1: u64) -> (u64, u64) {
         match kind(key1) {
             Some(EntryKind::Translation | EntryKind::PagingStructure) | None => (
-                (page(key0) >> size(key0).min(63)) | (u64::from(size(key0)) << 56),
-                key1 & DOMAIN_FIELD,
+                page(key0) >> size(key0).min(63),
+                (key1 & DOMAIN_FIELD) | (u64::from(size(key0)) << 16),
             ),
             Some(EntryKind::Context | EntryKind::DeviceTable) => {
                 (u64::from(source(key1)), key1 & (0x7 << KIND_SHIFT))

@@ -528,3 +528,21 @@ fn concurrent_lookups_never_see_torn_values() {
         }
     });
 }
+
+#[test]
+fn dense_range_fills_every_set_evenly() {
+    // 1024 consecutive pages in a 1024-entry cache: the low page bits index the set, so every
+    // page fits without an eviction, as in a hardware IOTLB.
+    let c = iotlb(128, 8);
+    for page in 0x4_0000..0x4_0400u64 {
+        put(&c, Tag::translation(3, None, page, 0), tr(page << 12, 12));
+    }
+    assert_eq!(c.stats().evictions, 0);
+    assert_eq!(c.live_entries(), 1024);
+    for page in 0x4_0000..0x4_0400u64 {
+        assert_eq!(
+            c.lookup(&Tag::translation(3, None, page, 0)),
+            Some(tr(page << 12, 12))
+        );
+    }
+}
