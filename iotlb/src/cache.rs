@@ -65,7 +65,7 @@ use crate::stats::{CacheStats, Counter, Stats};
 use crate::sync::{AtomicU64, Ordering, fence};
 use crate::tag::{EntryKind, MAX_LEVEL, PAGE_NUMBER_BITS, PASID_MAX, Tag, key, span_mask};
 use crate::value::{MAX_VALUE_WORDS, Value};
-use crate::{ConfigError, InvalidationError, TagError};
+use crate::{ConfigError, InsertError, InvalidationError};
 
 const SEQ: usize = 0;
 const KEY0: usize = 1;
@@ -205,13 +205,24 @@ impl CacheConfig {
 /// A generation token: take it with [`Cache::token`] before walking the tables, hand it to
 /// [`Cache::insert`] with the result. Tokens of one cache mean nothing to another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Token(u64);
+pub struct Token {
+    epoch: u64,
+    cache: u64,
+}
 
 impl Token {
     /// The invalidation-clock value the token captured.
     pub const fn epoch(self) -> u64 {
-        self.0
+        self.epoch
     }
+}
+
+/// Gives every cache an identity, so a token handed to the wrong cache is caught rather than
+/// compared against an unrelated clock. (Plain std atomic even under loom: it is not part of any
+/// model.)
+fn next_cache_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Why an insert was refused.
@@ -272,6 +283,7 @@ pub struct Cache<V: Value> {
     domain_sel: Box<[AtomicU64]>,
     source_sel: Box<[AtomicU64]>,
     stats: Stats,
+    id: u64,
     _value: PhantomData<fn() -> V>,
 }
 
@@ -349,6 +361,7 @@ impl<V: Value> Cache<V> {
             domain_sel: atomics(domain_slots),
             source_sel: atomics(SOURCE_SLOTS),
             stats: Stats::new(),
+            id: next_cache_id(),
             _value: PhantomData,
         })
     }
@@ -375,7 +388,10 @@ impl<V: Value> Cache<V> {
 
     /// Takes a generation token. Take it before reading the tables an insert will be based on.
     pub fn token(&self) -> Token {
-        Token(self.clock.load(Ordering::Acquire))
+        Token {
+            epoch: self.clock.load(Ordering::Acquire),
+            cache: self.id,
+        }
     }
 
     #[inline]
@@ -535,10 +551,15 @@ impl<V: Value> Cache<V> {
     /// `token` was taken (then the walk's result may be stale and the insert is refused and
     /// counted). An entry of the same tag is overwritten; otherwise a free or dead way is used,
     /// else the replacement policy picks a victim.
-    pub fn insert(&self, token: Token, tag: &Tag, value: &V) -> Result<InsertOutcome, TagError> {
+    ///
+    /// Errors: the tag has a field out of range, or the token was taken from another cache.
+    pub fn insert(&self, token: Token, tag: &Tag, value: &V) -> Result<InsertOutcome, InsertError> {
+        if token.cache != self.id {
+            return Err(InsertError::ForeignToken);
+        }
         tag.validate()?;
         let [k0, k1] = tag.encode();
-        let t = token.0;
+        let t = token.epoch;
         if self.token_is_stale(t, k1) {
             self.stats.add(Counter::Refused, 1);
             return Ok(InsertOutcome::Refused(Refusal::Invalidated));

@@ -75,6 +75,17 @@ pub enum TagError {
     LevelOutOfRange(u8),
 }
 
+/// Why an insert could not be attempted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InsertError {
+    /// The tag has a field out of range.
+    #[error(transparent)]
+    Tag(#[from] TagError),
+    /// The token was taken from another cache: its epoch means nothing here.
+    #[error("generation token taken from another cache")]
+    ForeignToken,
+}
+
 /// An invalidation request with a field out of range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidationError {

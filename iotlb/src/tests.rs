@@ -97,7 +97,7 @@ fn bad_tags_are_errors_and_misses() {
     let bad = Tag::translation(1, Some(1 << 20), 0, 0);
     assert_eq!(
         c.insert(t, &bad, &tr(0, 12)),
-        Err(TagError::PasidOutOfRange(1 << 20))
+        Err(InsertError::Tag(TagError::PasidOutOfRange(1 << 20)))
     );
     // A PASID that would alias PASID 0 once masked must not hit PASID 0's entry.
     put(&c, Tag::translation(1, Some(0), 0, 0), tr(0x1000, 12));
@@ -105,7 +105,7 @@ fn bad_tags_are_errors_and_misses() {
     assert_eq!(c.lookup(&Tag::translation(1, None, 1 << 52, 0)), None);
     assert_eq!(
         c.insert(t, &Tag::translation(1, None, 1, 9), &tr(0, 21)),
-        Err(TagError::Misaligned { page: 1, size: 9 })
+        Err(InsertError::Tag(TagError::Misaligned { page: 1, size: 9 }))
     );
     assert_eq!(c.live_entries(), 1);
 }
@@ -545,4 +545,22 @@ fn dense_range_fills_every_set_evenly() {
             Some(tr(page << 12, 12))
         );
     }
+}
+
+#[test]
+fn a_token_from_another_cache_is_an_error() {
+    let a = iotlb(4, 2);
+    let b = iotlb(4, 2);
+    // b's clock is ahead of a's: b's token would otherwise pass a's staleness check.
+    b.invalidate(&Invalidation::Global).unwrap();
+    b.invalidate(&Invalidation::Global).unwrap();
+    let t = b.token();
+    a.invalidate(&Invalidation::Domain(1)).unwrap();
+    let tag = Tag::translation(1, None, 0, 0);
+    assert_eq!(
+        a.insert(t, &tag, &tr(0, 12)),
+        Err(InsertError::ForeignToken)
+    );
+    assert_eq!(a.lookup(&tag), None);
+    assert_eq!(a.live_entries(), 0);
 }
