@@ -1678,6 +1678,55 @@ proptest! {
         }
     }
 
+    /// A queue of random valid and invalid descriptors runs exactly up to the first invalid
+    /// one: every wait descriptor before it writes its status, none after it does, IQH stops at
+    /// it with IQE set and a fault event raised.
+    #[test]
+    fn queue_runs_up_to_the_first_invalid_descriptor(
+        kinds in proptest::collection::vec(0u8..6, 1..40),
+    ) {
+        let mut d = Driver::legacy();
+        d.enable_qi(false);
+        d.w32(FECTL_REG, 0);
+        let status = d.status;
+        let mut descs = Vec::new();
+        for (i, k) in kinds.iter().enumerate() {
+            let slot = status + 4 * i as u64;
+            d.mem.write_u32(slot, 0).unwrap();
+            descs.push(match k {
+                0 => wait_desc(false, true, i as u32 + 1, slot),
+                1 => iotlb_domain(3),
+                2 => cc_global(),
+                3 => [0x4, 0],                       // interrupt entry cache: invalid type
+                4 => [0x2 | (1 << 4) | (1 << 8), 0], // reserved bit
+                _ => wait_desc(false, true, i as u32 + 1, slot),
+            });
+        }
+        d.submit(&descs);
+        let first_bad = kinds.iter().position(|k| *k == 3 || *k == 4);
+        for (i, k) in kinds.iter().enumerate() {
+            let ran = first_bad.is_none_or(|b| i < b);
+            let written = d.mem.read_u32(status + 4 * i as u64).unwrap();
+            if *k == 0 || *k == 5 {
+                prop_assert_eq!(written == i as u32 + 1, ran, "descriptor {}", i);
+            }
+        }
+        match first_bad {
+            Some(b) => {
+                prop_assert_eq!(d.r64(IQH_REG), 16 * b as u64);
+                prop_assert_ne!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+                let iqei = if kinds[b] == 3 { IQEI_INVALID_TYPE } else { IQEI_RESERVED };
+                prop_assert_eq!(d.r64(IQERCD_REG) & 0xf, iqei);
+                prop_assert_eq!(d.take_events().len(), 1);
+            }
+            None => {
+                prop_assert_eq!(d.r64(IQH_REG), d.iq_tail);
+                prop_assert_eq!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+                prop_assert!(d.take_events().is_empty());
+            }
+        }
+    }
+
     /// Arbitrary register writes never panic and leave the unit answering.
     #[test]
     fn arbitrary_register_writes_never_panic(
