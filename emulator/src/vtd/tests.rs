@@ -1418,6 +1418,43 @@ fn scalable_second_stage_invalidations_and_global_pasid_cache() {
 }
 
 #[test]
+fn scalable_fpd_and_mode_support() {
+    let mut d = scalable();
+    let dev = sid(4, 0, 0);
+    let t = d.ss_domain(2);
+    let dir = d.sm_context(dev, 0, true, 0);
+    // FPD in the PASID-table entry suppresses recording of the second-stage fault.
+    d.pasid_entry(dir, 1, [ss_pasid(&t, 3)[0] | 2, 3, 0]);
+    let f = d
+        .translate(DmaRequest::new(dev, 0x1000, 4, AccessKind::Read).with_pasid(1))
+        .unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x79, false));
+    // FPD in the PASID-directory entry suppresses the not-present PASID entry fault.
+    let de = dir + 8; // PASIDs 64..=127
+    let table = d.frame();
+    d.mem.write_u64(de, table | 2 | 1).unwrap();
+    let f = d
+        .translate(DmaRequest::new(dev, 0x1000, 4, AccessKind::Read).with_pasid(65))
+        .unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x59, false));
+    // Without FPD the same fault is recorded.
+    let f = d
+        .translate(DmaRequest::new(dev, 0x1000, 4, AccessKind::Read).with_pasid(2))
+        .unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x59, true));
+    // A unit without scalable mode refuses a scalable root table (RTA.1).
+    let mut legacy_only = Driver::new(VtdConfig {
+        scalable_mode: false,
+        nested: false,
+        ..VtdConfig::default()
+    });
+    assert_eq!(legacy_only.r64(ECAP_REG) & ECAP_SMTS, 0);
+    legacy_only.set_root(true);
+    legacy_only.enable_translation();
+    assert_eq!(legacy_only.read(0x100, 0).unwrap_err().code, 0x30);
+}
+
+#[test]
 fn concurrent_translations_agree() {
     let (d, _t, dev) = legacy_with_domain();
     std::thread::scope(|s| {
