@@ -374,7 +374,8 @@ impl PasidEntry {
             if pgtt == Pgtt::FirstStage && e.fsptptr & haw_mask != 0 {
                 return Err(EntryError::Reserved);
             }
-            if (e.sre && !s.srs) || (e.ere && !s.ers) {
+            // EAFE (qword 2 bit 7) needs ECAP.EAFS, which the model does not offer.
+            if (e.sre && !s.srs) || (e.ere && !s.ers) || qw[2] & (1 << 7) != 0 {
                 return Err(EntryError::Invalid);
             }
         }
@@ -629,6 +630,11 @@ mod tests {
         );
         assert_eq!(
             dec([(1 << 6) | 1, 9, 0x30000 | 2, 0, 0, 0, 0, 0]),
+            Err(EntryError::Invalid)
+        );
+        // EAFE without ECAP.EAFS.
+        assert_eq!(
+            dec([(1 << 6) | 1, 9, 0x30000 | (1 << 7), 0, 0, 0, 0, 0]),
             Err(EntryError::Invalid)
         );
         let no_nest = PasidSupport {
