@@ -6,7 +6,7 @@
 //!   "trace_len":N}` or with `"fault":{"reason":"mapping","address":..,"detail":".."}`.
 //!   A fault is also reported on the event queue, as any DMA fault is.
 //! - `{"cmd":"domains"}` — `{"ok":true,"bypass":false,"domains":[{"id":1,"kind":"paging",
-//!   "hw_domain":1,"endpoints":[8],"mappings":[{"virt_start":..,"virt_end":..,
+//!   "hw_domain":1,"hw_domain_id":2,"endpoints":[8],"mappings":[{"virt_start":..,"virt_end":..,
 //!   "phys_start":..,"flags":"rw"}]}]}`.
 //! - `{"cmd":"stats"}` — request counts by type and status, core and hardware counters.
 //!
@@ -118,6 +118,7 @@ pub fn handle_line(device: &IommuDevice, line: &str) -> Value {
                         "kind": match d.kind { DomainKind::Paging => "paging",
                                                DomainKind::Bypass => "bypass" },
                         "hw_domain": d.hw.map(|h| h.0),
+                        "hw_domain_id": d.hw_id,
                         "endpoints": d.endpoints,
                         "mappings": mappings,
                     })

@@ -369,6 +369,8 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
     let doms = ctl.ask(json!({"cmd": "domains"}));
     assert_eq!(doms["model"], "vtd");
     assert_eq!(doms["domains"][0]["endpoints"], json!([EP]));
+    // The VT-d domain id: the first one the realisation hands out (0 and 1 are reserved).
+    assert_eq!(doms["domains"][0]["hw_domain_id"], 2);
     assert_eq!(doms["domains"][0]["mappings"][0]["virt_end"], 0x5_ffff);
 
     // Faults are reported on the event queue, oldest first: the blocked access from before the

@@ -92,6 +92,13 @@ pub trait Hardware: Send + Sync + std::fmt::Debug {
 
     /// Counters (cache statistics and the like).
     fn stats(&self) -> HwStats;
+
+    /// The identifier the hardware itself uses for `domain` (e.g. the VT-d domain id), if it has
+    /// one.
+    fn domain_hw_id(&self, domain: HwDomain) -> Option<u64> {
+        let _ = domain;
+        None
+    }
 }
 
 /// A hardware double with no memory-resident structures: domains are mapping trees and

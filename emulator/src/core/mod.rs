@@ -201,8 +201,10 @@ pub struct DomainInfo {
     pub id: DomainId,
     /// Paging or bypass.
     pub kind: DomainKind,
-    /// The hardware handle (e.g. the VT-d domain id), if the domain has one.
+    /// The hardware handle, if the domain is realised in hardware (bypass domains are not).
     pub hw: Option<HwDomain>,
+    /// The identifier the hardware uses for it (the VT-d domain id), if any.
+    pub hw_id: Option<u64>,
     /// Attached endpoints, ascending.
     pub endpoints: Vec<EndpointId>,
     /// Mappings, ascending by IOVA.
@@ -661,6 +663,7 @@ impl Core {
                 id: *id,
                 kind: d.kind,
                 hw: d.hw,
+                hw_id: d.hw.and_then(|h| self.hw.domain_hw_id(h)),
                 endpoints: d.endpoints.iter().copied().collect(),
                 mappings: d.mappings.values().copied().collect(),
             })

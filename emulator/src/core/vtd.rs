@@ -875,6 +875,10 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         self.submit(c, &descs)
     }
 
+    fn domain_hw_id(&self, domain: HwDomain) -> Option<u64> {
+        self.lock().domains.get(&domain).map(|d| u64::from(d.did))
+    }
+
     fn stats(&self) -> HwStats {
         let s = self.unit.stats();
         let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);

@@ -153,6 +153,7 @@ fn attach_writes_a_context_entry_pointing_at_the_domain_tables() {
     assert_eq!(ce.tt, TranslationType::UntranslatedOnly);
     assert_eq!(ce.aw, 2);
     assert_eq!(ce.did, FIRST_DID);
+    assert_eq!(c.domains()[0].hw_id, Some(u64::from(FIRST_DID)));
     let hwd = c.domains()[0].hw.unwrap();
     let root = hw.lock().domains[&hwd].tables.root();
     assert_eq!(ce.slptptr, root);
