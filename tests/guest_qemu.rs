@@ -60,7 +60,7 @@ fn qemu_virtio_iommu_probe_vfio_map_and_viot() {
 #[ignore = "boots a guest: run by scripts/guest-test"]
 fn qemu_virtio_iommu_identity_virtio_blk() {
     let env = GuestEnv::provision();
-    let (blk, _) = scenarios::identity_virtio_blk(&env, &Front::Qemu);
+    let (blk, _) = scenarios::identity_virtio_blk(&env, &Front::Qemu, |_| {});
     eprintln!("virtio-blk {blk} read its image through an identity domain");
 }
 

@@ -39,9 +39,14 @@ impl Front {
     /// A vhost-user front end for a backend that listens on `<run>/vu.sock`. Returns it and
     /// the socket's host path (where the backend must listen).
     pub fn vhost_user(run: &RunDir) -> (Front, PathBuf) {
+        Self::vhost_user_with(run, &[EndpointRange::bus(0, 0)])
+    }
+
+    /// [`Front::vhost_user`] with a VIOT table that puts only `endpoints` behind the IOMMU.
+    pub fn vhost_user_with(run: &RunDir, endpoints: &[EndpointRange]) -> (Front, PathBuf) {
         let topo = Topology {
             iommu: VHOST_USER_IOMMU_ADDR.parse().unwrap(),
-            endpoints: vec![EndpointRange::bus(0, 0)],
+            endpoints: endpoints.to_vec(),
         };
         let viot = run.write("viot.bin", &build_viot(&topo).expect("VIOT"));
         (
@@ -227,8 +232,14 @@ pub fn probe_and_vfio_map(
 }
 
 /// Identity: a virtio-blk endpoint, booted with `iommu.passthrough=1`, gets an identity
-/// domain and reads the test's 4 MiB disk image intact. Returns the endpoint and the reports.
-pub fn identity_virtio_blk(env: &GuestEnv, front: &Front) -> (PciBdf, Vec<Report>) {
+/// domain and reads the test's 4 MiB disk image intact; `after_read` runs (with the `disk`
+/// report, whose `bdf` is the endpoint) while the guest is still up. Returns the endpoint and
+/// the reports.
+pub fn identity_virtio_blk(
+    env: &GuestEnv,
+    front: &Front,
+    after_read: impl FnOnce(&Report),
+) -> (PciBdf, Vec<Report>) {
     let run = RunDir::new(env);
     // 4 MiB of xorshift64 noise.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -254,7 +265,8 @@ pub fn identity_virtio_blk(env: &GuestEnv, front: &Front) -> (PciBdf, Vec<Report
     opts.append.push("iommu.passthrough=1".into());
     opts.script = "set -e\n\
                    echo \"AGENT disk sha256=$(sha256sum /dev/vda | cut -d' ' -f1) \
-                   bdf=$(basename $(readlink -f /sys/block/vda/device/..))\"\n"
+                   bdf=$(basename $(readlink -f /sys/block/vda/device/..))\"\n\
+                   echo AGENT ask what=poweroff; read -r _\n"
         .into();
     opts.args.extend([
         "-drive".into(),
@@ -267,6 +279,9 @@ pub fn identity_virtio_blk(env: &GuestEnv, front: &Front) -> (PciBdf, Vec<Report
     ]);
     let mut q = Qemu::spawn(env, &run, &opts);
     let d = q.next("disk");
+    q.next("ask");
+    after_read(&d);
+    q.send_line("");
     let reports = q.finish().reports;
     assert_eq!(
         d.get("sha256"),
