@@ -198,3 +198,30 @@ fn vhost_user_iommu_front_end_connects_to_backend() {
     );
     drop(q); // kills QEMU, which is waiting for our answer
 }
+
+/// The interactive mode users get from `scripts/guest-boot --iommu qemu --shell`: with no
+/// script and `guest.shell=1`, init gives the console a shell that runs what is typed.
+#[test]
+#[ignore = "boots a guest: run by scripts/guest-test"]
+fn guest_shell_takes_commands_from_the_console() {
+    let env = GuestEnv::provision();
+    let run = RunDir::new(&env);
+    let opts = QemuOpts {
+        memory_mb: RAM_MB,
+        append: vec!["guest.shell=1".into()],
+        args: ["-device", "virtio-iommu-pci", "-device", "edu"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    };
+    let mut q = Qemu::spawn(&env, &run, &opts);
+    q.next("shell");
+    q.send_line("guest-agent find 1234:11e8; echo AGENT typed answer=$((6 * 7))");
+    let found = q.next("found");
+    assert_eq!(found.get("vendor"), Some("1234"));
+    assert_eq!(q.next("typed").get_u64("answer"), Some(42));
+    q.send_line("exit");
+    q.next("halt");
+    let status = q.wait_exit();
+    assert!(status.success(), "QEMU exited with {status}");
+}

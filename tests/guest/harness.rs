@@ -111,7 +111,7 @@ pub struct QemuOpts {
     pub memory_mb: u32,
     /// Extra kernel command-line words.
     pub append: Vec<String>,
-    /// The shell script the guest's init runs (passed through fw_cfg).
+    /// The shell script the guest's init runs (passed through fw_cfg); none if empty.
     pub script: String,
     /// Further QEMU arguments (devices, drives, objects, `-acpitable` ...).
     pub args: Vec<String>,
@@ -201,14 +201,17 @@ pub fn qemu_args(run: &RunDir, opts: &QemuOpts) -> Vec<String> {
         &g("initramfs.gz"),
         "-append",
         &append.join(" "),
-        "-fw_cfg",
-        &format!("name=opt/guest/script,file={}", g("script")),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     if opts.no_reboot {
         a.push("-no-reboot".into());
+    }
+    // No script: init runs a shell on the console (with `guest.shell=1`) or powers off.
+    if !opts.script.is_empty() {
+        a.push("-fw_cfg".into());
+        a.push(format!("name=opt/guest/script,file={}", g("script")));
     }
     a.extend(opts.args.iter().cloned());
     a
