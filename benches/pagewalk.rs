@@ -151,6 +151,21 @@ fn bench_1d(c: &mut Criterion) {
             })
         });
     }
+    g.bench_function("vtd_ss_flatmem", |b| {
+        let mut i = 0;
+        let root = fb.root();
+        b.iter(|| {
+            i = (i + 1) & (MAPPINGS as usize - 1);
+            black_box(walk(
+                &ss,
+                &flat,
+                root,
+                black_box(probes[i]),
+                Access::READ,
+                &mut (),
+            ))
+        })
+    });
     g.finish();
 }
 
