@@ -714,4 +714,93 @@ mod tests {
         );
         assert_eq!(view.read_u64(0x90_0000), Err(MemError::Unmapped(0x90_0000)));
     }
+
+    #[test]
+    fn nested_walk_from_a_first_stage_cache_hit() {
+        let iova = 0x0000_1234_5678_9000;
+        let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(4));
+        let w = world(no_ad_fs(4), ss, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        // A full walk reports the first-stage non-leaf entries (guest-physical next tables) and
+        // the second-stage ones too, each with its stage.
+        let mut full = RecordingTrace::<64>::new();
+        let t = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &w.mem,
+            iova,
+            Access::READ,
+            &mut full,
+        )
+        .unwrap();
+        let fs_visits: Vec<TableVisit> = full
+            .visits()
+            .iter()
+            .filter(|v| v.stage == Stage::First)
+            .copied()
+            .collect();
+        assert_eq!(
+            fs_visits.iter().map(|v| v.level).collect::<Vec<_>>(),
+            vec![4, 3, 2]
+        );
+        assert!(full.visits().iter().any(|v| v.stage == Stage::Second));
+        // Start where the level-2 visit points: the level-1 table, as a PSC hit would.
+        let pde = fs_visits[2];
+        let start = WalkStart {
+            level: pde.next_level,
+            table: pde.next_table,
+            perms: pde.perms,
+        };
+        let mut tr = RecordingTrace::<64>::new();
+        let t2 =
+            walk_nested_from(&w.fs, start, &second, &w.mem, iova, Access::READ, &mut tr).unwrap();
+        assert_eq!((t2.output, t2.perms), (t.output, t.perms));
+        // One first-stage level: (4 + 1) + 4 reads.
+        assert_eq!(tr.reads(), 9);
+        assert_eq!(tr.refs(), &full.refs()[15..]);
+    }
+
+    #[test]
+    fn identity_second_stage_with_first_stage_ad() {
+        // AMD-Vi v2 with the host table disabled: A/D land directly in system memory.
+        let mem = SparseMem::new(1 << 40);
+        let v2 = WalkConfig::AmdV2(X86Config::amd_v2(4));
+        let mut a = BumpAllocator::new(0x10_0000, 0x20_0000);
+        let mut b = TableBuilder::new(v2, &mem, &mut a).unwrap();
+        b.map(
+            &mem,
+            &mut a,
+            0x40_0000,
+            0x80_0000,
+            0x1000,
+            Perms::RW | Perms::U,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        let mut tr = RecordingTrace::<16>::new();
+        let t = walk_nested(
+            &v2,
+            b.root(),
+            &SecondStage::Identity,
+            &mem,
+            0x40_0010,
+            Access::WRITE,
+            &mut tr,
+        )
+        .unwrap();
+        assert_eq!(t.output, 0x80_0010);
+        assert_eq!(t.first.entry & 0x60, 0x60);
+        assert_eq!(tr.reads(), 4);
+        assert_eq!(
+            tr.refs()
+                .iter()
+                .filter(|r| r.kind == RefKind::AdUpdate)
+                .count(),
+            4
+        );
+    }
 }
