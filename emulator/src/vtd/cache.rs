@@ -17,7 +17,9 @@
 //!   addresses are guest-physical), tagged with (DID, PASID, stage, level, the input prefix
 //!   they translate).
 
-use iotlb::{Invalidation, PageRange, PasidMatch, SourceSelector, Tag, Translation};
+use iotlb::{
+    CacheStats, Invalidation, PageRange, PasidMatch, SourceSelector, Tag, Token, Translation,
+};
 
 use super::VtdConfig;
 use super::qi::{
@@ -76,6 +78,71 @@ fn psc_id(tag: &Tag) -> CacheId {
     }
 }
 
+/// The highest level of a cached non-leaf entry (a 5-level table's root entries).
+pub const PSC_MAX_LEVEL: u8 = 5;
+
+/// Paging-structure caches for levels 2 to [`PSC_MAX_LEVEL`] (§6.2.5): like hardware's PDE,
+/// PDPTE, PML4E and PML5E caches, one structure per level, so a lookup probes one entry size.
+#[derive(Debug)]
+pub struct PagingStructureCaches {
+    levels: [TracedCache<PscEntry>; PSC_MAX_LEVEL as usize - 1],
+}
+
+impl PagingStructureCaches {
+    /// Each level's cache holds `entries` entries in `ways` ways.
+    pub fn new(entries: usize, ways: usize) -> Result<Self, GeometryError> {
+        Ok(Self {
+            levels: [
+                TracedCache::new(entries, ways, psc_id)?,
+                TracedCache::new(entries, ways, psc_id)?,
+                TracedCache::new(entries, ways, psc_id)?,
+                TracedCache::new(entries, ways, psc_id)?,
+            ],
+        })
+    }
+
+    /// The cache of entries at `level` (2..=5).
+    #[inline]
+    pub fn level(&self, level: u8) -> Option<&TracedCache<PscEntry>> {
+        self.levels.get(usize::from(level).checked_sub(2)?)
+    }
+
+    /// Generation tokens of every level, indexed by level - 2.
+    #[inline]
+    pub fn tokens(&self) -> [Token; PSC_MAX_LEVEL as usize - 1] {
+        [
+            self.levels[0].token(),
+            self.levels[1].token(),
+            self.levels[2].token(),
+            self.levels[3].token(),
+        ]
+    }
+
+    /// Applies an invalidation to every level.
+    pub fn invalidate(&self, inv: &Invalidation) {
+        for c in &self.levels {
+            c.invalidate(inv);
+        }
+    }
+
+    /// The statistics of all levels together.
+    pub fn stats(&self) -> CacheStats {
+        self.levels
+            .iter()
+            .map(|c| c.stats())
+            .fold(CacheStats::default(), |a, b| CacheStats {
+                lookups: a.lookups + b.lookups,
+                hits: a.hits + b.hits,
+                misses: a.misses + b.misses,
+                inserts: a.inserts + b.inserts,
+                refused: a.refused + b.refused,
+                evictions: a.evictions + b.evictions,
+                invalidated: a.invalidated + b.invalidated,
+                invalidations: a.invalidations + b.invalidations,
+            })
+    }
+}
+
 /// The caches of one unit.
 #[derive(Debug)]
 pub struct VtdCaches {
@@ -85,9 +152,8 @@ pub struct VtdCaches {
     pub pasid: TracedCache<PasidWords>,
     /// IOTLB.
     pub iotlb: TracedCache<Translation>,
-    /// Paging-structure caches (all levels and stages in one structure, level and stage in the
-    /// tag).
-    pub psc: TracedCache<PscEntry>,
+    /// Paging-structure caches, one per level (stages share them; the stage is in the tag).
+    pub psc: PagingStructureCaches,
 }
 
 impl VtdCaches {
@@ -97,7 +163,7 @@ impl VtdCaches {
             context: TracedCache::new(cfg.context_cache_entries, cfg.ways, |_| CacheId::Context)?,
             pasid: TracedCache::new(cfg.pasid_cache_entries, cfg.ways, |_| CacheId::Pasid)?,
             iotlb: TracedCache::new(cfg.iotlb_entries, cfg.ways, |_| CacheId::Iotlb)?,
-            psc: TracedCache::new(cfg.pwc_entries, cfg.ways, psc_id)?,
+            psc: PagingStructureCaches::new(cfg.pwc_entries, cfg.ways)?,
         })
     }
 

@@ -11,7 +11,7 @@ use pagewalk::{
     X86Config, level_shift, walk_nested_from,
 };
 
-use super::cache::{CTX_LEGACY_MARK, FLAG_DIRTY_OK, PscEntry};
+use super::cache::{CTX_LEGACY_MARK, FLAG_DIRTY_OK, PSC_MAX_LEVEL, PscEntry};
 use super::fault::{FaultInfo, FaultReason};
 use super::regs::{RTADDR_TTM_SHIFT, TTM_LEGACY, TTM_SCALABLE};
 use super::structs::{
@@ -95,7 +95,7 @@ struct Tokens {
     context: Token,
     pasid: Token,
     iotlb: Token,
-    psc: Token,
+    psc: [Token; PSC_MAX_LEVEL as usize - 1],
 }
 
 /// The per-request translation setting the context (and PASID) entries give.
@@ -236,7 +236,7 @@ impl<M: PhysMem> Vtd<M> {
             context: self.caches.context.token(),
             pasid: self.caches.pasid.token(),
             iotlb: self.caches.iotlb.token(),
-            psc: self.caches.psc.token(),
+            psc: self.caches.psc.tokens(),
         }
     }
 
@@ -681,7 +681,10 @@ impl<M: PhysMem> Vtd<M> {
             let shift = level_shift(level);
             let page = (input >> shift) << (shift - 12);
             let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, level, page, shift - 12);
-            if let Some(e) = self.caches.psc.lookup(&tag, trace) {
+            let Some(cache) = self.caches.psc.level(level) else {
+                break;
+            };
+            if let Some(e) = cache.lookup(&tag, trace) {
                 if e.next_level >= 1 && e.next_level < level {
                     return WalkStart {
                         level: e.next_level,
@@ -706,8 +709,14 @@ impl<M: PhysMem> Vtd<M> {
             let shift = level_shift(v.level);
             let page = (Self::tag_input(&s.cfg, v.prefix) >> shift) << (shift - 12);
             let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, v.level, page, shift - 12);
-            self.caches.psc.insert(
-                tokens.psc,
+            let (Some(cache), Some(token)) = (
+                self.caches.psc.level(v.level),
+                tokens.psc.get(usize::from(v.level).wrapping_sub(2)),
+            ) else {
+                continue;
+            };
+            cache.insert(
+                *token,
                 &tag,
                 &PscEntry {
                     next_table: v.next_table,
