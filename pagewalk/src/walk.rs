@@ -691,6 +691,13 @@ mod tests {
                 .kind,
             FaultKind::AddressBeyondWidth
         );
+        // AMD64: bit 8 of a PML5E/PML4E is MBZ (VT-d first-stage ignores it).
+        mem.write_u64(0x1000 + level_index(5, iova) * 8, 0x2000 | nl | (1 << 8))
+            .unwrap();
+        let err = walk(&cfg, &mem, 0x1000, iova, Access::READ, &mut ()).unwrap_err();
+        assert_eq!((err.kind, err.level), (FaultKind::ReservedBit, 5));
+        let vtd = WalkConfig::VtdFirstStage(X86Config::vtd_first_stage(5));
+        assert!(walk(&vtd, &mem, 0x1000, iova, Access::READ, &mut ()).is_ok());
         // Reserved PS in the PML5E.
         mem.write_u64(0x1000 + level_index(5, iova) * 8, 0x2000 | nl | X86_PS)
             .unwrap();

@@ -163,7 +163,13 @@ impl WalkConfig {
     #[inline]
     pub fn decode(&self, level: u8, entry: u64) -> Decoded {
         match self {
-            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => c.decode(level, entry),
+            WalkConfig::VtdFirstStage(c) => c.decode(level, entry),
+            WalkConfig::AmdV2(c) => match c.decode(level, entry) {
+                // AMD64 APM vol. 2 §5.3.3 (figures 5-18, 5-19): bits 8:7 of a PML4E / PML5E
+                // are MBZ (Intel leaves bit 8 ignored).
+                Decoded::Table { .. } if level >= 4 && entry & x86::X86_G != 0 => Decoded::Reserved,
+                d => d,
+            },
             WalkConfig::VtdSecondStage(c) => c.decode(level, entry),
             WalkConfig::AmdV1(c) => c.decode(level, entry),
         }

@@ -16,7 +16,7 @@
 //! | 5     | A — accessed                                                          |
 //! | 6     | D — dirty (leaf); ignored in non-leaf entries                         |
 //! | 7     | PS in PDPE/PDE; reserved in PML5E/PML4E; PAT in PTE                   |
-//! | 8     | G (leaf), ignored                                                     |
+//! | 8     | G (leaf), ignored; MBZ in an AMD64 PML5E/PML4E (APM vol. 2 §5.3.3)     |
 //! | 10    | EA — extended accessed (VT-d, when EAFE), otherwise ignored           |
 //! | 12    | PAT in 1 GiB / 2 MiB leaves                                           |
 //! | 51:12 | address; bits at and above the address width are reserved; in a       |
