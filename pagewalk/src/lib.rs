@@ -1,7 +1,7 @@
 //! Page-table formats of Intel VT-d and AMD-Vi, one- and two-dimensional walkers, and a table
 //! builder.
 //!
-//! - [`format`]: entry layouts (VT-d first- and second-stage, AMD-Vi v1 and v2) and the per-walk
+//! - [`format`](mod@format): entry layouts (VT-d first- and second-stage, AMD-Vi v1 and v2) and the per-walk
 //!   configuration ([`WalkConfig`]) a hardware model builds once per context / PASID entry / DTE.
 //! - [`walk()`] / [`walk_from`]: the one-dimensional walker, from the root or from a
 //!   paging-structure-cache hit.
@@ -18,7 +18,7 @@
 //! ERE, EAFE; A/D), VT-d second-stage (3/4/5 levels; R/W/X; 2M/1G; A/D with SLADE), AMD-Vi v1
 //! (modes 1..6; level skipping; Next Level 7 page sizes; IR/IW; FC; A/D with HAD), AMD-Vi v2
 //! (x86 4/5-level; U/S, NX, A/D). Each layout is documented, with its spec section, in its
-//! module under [`format`].
+//! module under [`format`](mod@format).
 //!
 //! ```
 //! use pagewalk::*;

@@ -2,7 +2,7 @@
 //! context / PASID entry / DTE.
 //!
 //! Each format decodes a raw 64-bit entry at a given level into a [`Decoded`] value; the walkers
-//! in [`crate::walk`] are written against that, and the table builder in [`crate::builder`]
+//! in [`crate::walk`](mod@crate::walk) are written against that, and the table builder in [`crate::builder`]
 //! encodes entries with its own, independent code so that each checks the other.
 
 pub mod amd_v1;
