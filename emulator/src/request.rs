@@ -124,6 +124,10 @@ impl Perms {
 }
 
 /// A successful translation of (the first page of) a request.
+///
+/// For an identity translation (translation disabled, pass-through) `page_shift` is 12 and `len`
+/// covers the whole request. An ATS translation request that finds no page, or a page that
+/// grants nothing, gets the hardware's R = W = 0 completion: all `perms` false and `addr` 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Translation {
     /// The output (system physical) address of the request's first byte.
