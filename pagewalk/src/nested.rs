@@ -803,4 +803,65 @@ mod tests {
             4
         );
     }
+
+    #[test]
+    fn amd_v2_over_an_identity_v1_table_matches_the_disabled_host_table() {
+        // "Direct-mapped" v2 domains: the host table maps guest-physical 1:1 (here with the
+        // largest pages), or is disabled; either way the same translation, different traces.
+        let mem = SparseMem::new(1 << 40);
+        let v2 = WalkConfig::AmdV2(X86Config::amd_v2(4));
+        let v1 = WalkConfig::AmdV1(AmdV1Config::new(3));
+        let mut host_alloc = BumpAllocator::new(0x100_0000, 0x110_0000);
+        let mut host = TableBuilder::new(v1, &mem, &mut host_alloc).unwrap();
+        host.map(
+            &mem,
+            &mut host_alloc,
+            0,
+            0,
+            1 << 32,
+            Perms::RW,
+            PageSizePolicy::LARGEST,
+        )
+        .unwrap();
+        let mut a = BumpAllocator::new(0x10_0000, 0x20_0000);
+        let mut g = TableBuilder::new(v2, &mem, &mut a).unwrap();
+        g.map(
+            &mem,
+            &mut a,
+            0x7f00_0000_0000,
+            0x1234_5000,
+            0x3000,
+            Perms::RW | Perms::U,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        let tables = SecondStage::Tables {
+            config: v1,
+            root: host.root(),
+        };
+        for off in [0u64, 0x1008, 0x2ff8] {
+            let iova = 0x7f00_0000_0000 + off;
+            let mut t1 = RecordingTrace::<64>::new();
+            let mut t2 = RecordingTrace::<64>::new();
+            let a1 =
+                walk_nested(&v2, g.root(), &tables, &mem, iova, Access::WRITE, &mut t1).unwrap();
+            let a2 = walk_nested(
+                &v2,
+                g.root(),
+                &SecondStage::Identity,
+                &mem,
+                iova,
+                Access::WRITE,
+                &mut t2,
+            )
+            .unwrap();
+            assert_eq!(a1.output, 0x1234_5000 + off);
+            assert_eq!((a1.output, a1.perms), (a2.output, a2.perms));
+            // One 4 GiB host page (Next Level 7 at level 3, four replicated PTEs): every host
+            // walk stops at level 3 after one read.
+            assert_eq!(t1.reads(), 4 + 5);
+            assert_eq!(t2.reads(), 4);
+            assert_eq!((a1.page_shift, a1.second.unwrap().page_shift), (12, 32));
+        }
+    }
 }
