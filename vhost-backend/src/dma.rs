@@ -87,14 +87,16 @@ impl EndpointIommu {
         // Each step covers at least one byte; the model's answers cover at least up to the end
         // of a page, so a range of `len` bytes takes at most len/4KiB + 1 steps.
         while addr < end {
-            let out = self.core.translate(self.endpoint, addr, probe);
-            let t = out.result.map_err(|f| IommuError::CannotResolve {
-                iova_range: IovaRange {
-                    base: GuestAddress(addr),
-                    length: (end - addr) as usize,
-                },
-                reason: format!("{:?} fault: {}", f.reason, f.detail),
-            })?;
+            let t = self
+                .core
+                .translate_untraced(self.endpoint, addr, probe)
+                .map_err(|f| IommuError::CannotResolve {
+                    iova_range: IovaRange {
+                        base: GuestAddress(addr),
+                        length: (end - addr) as usize,
+                    },
+                    reason: format!("{:?} fault: {}", f.reason, f.detail),
+                })?;
             if !perms(t.perm).allow(access) {
                 return Err(IommuError::CannotResolve {
                     iova_range: IovaRange {

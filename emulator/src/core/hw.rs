@@ -84,8 +84,9 @@ pub trait Hardware: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Translates one access by `endpoint` at `iova`.
-    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access) -> Outcome;
+    /// Translates one access by `endpoint` at `iova`. The outcome carries the trace of what the
+    /// hardware did when `traced` is set (and may leave it empty otherwise, the DMA fast path).
+    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome;
 
     /// Returns the hardware to its power-on state: no domains, every endpoint blocked.
     fn reset(&self) -> Result<(), HwError>;
@@ -175,7 +176,7 @@ impl Hardware for SoftHardware {
         Ok(())
     }
 
-    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access) -> Outcome {
+    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let st = self.read();
         let mode = st
@@ -183,7 +184,10 @@ impl Hardware for SoftHardware {
             .get(&endpoint)
             .copied()
             .unwrap_or(EndpointMode::Blocked);
-        let mut trace = vec![TraceStep(format!("endpoint {endpoint:#x}: {mode:?}"))];
+        let mut trace = Vec::new();
+        if traced {
+            trace.push(TraceStep(format!("endpoint {endpoint:#x}: {mode:?}")));
+        }
         let fault = |reason, detail: &str| Fault {
             reason,
             endpoint,
@@ -199,7 +203,9 @@ impl Hardware for SoftHardware {
                 perm: MapFlags::RW,
             }),
             EndpointMode::Translated(d) => {
-                trace.push(TraceStep(format!("mapping-tree lookup in {d:?}")));
+                if traced {
+                    trace.push(TraceStep(format!("mapping-tree lookup in {d:?}")));
+                }
                 let hit = st
                     .domains
                     .get(&d)

@@ -670,11 +670,31 @@ impl Core {
             .collect()
     }
 
-    /// Translates one access through the hardware model. A fault is also queued for the event
-    /// queue (see [`Core::take_faults`]).
+    /// Translates one access through the hardware model, with the trace of what it did. A
+    /// fault is also queued for the event queue (see [`Core::take_faults`]).
     pub fn translate(&self, endpoint: EndpointId, iova: u64, access: Access) -> Outcome {
+        self.translate_inner(endpoint, iova, access, true)
+    }
+
+    /// [`Core::translate`] without building the trace: the DMA fast path.
+    pub fn translate_untraced(
+        &self,
+        endpoint: EndpointId,
+        iova: u64,
+        access: Access,
+    ) -> Result<Translated, Fault> {
+        self.translate_inner(endpoint, iova, access, false).result
+    }
+
+    fn translate_inner(
+        &self,
+        endpoint: EndpointId,
+        iova: u64,
+        access: Access,
+        traced: bool,
+    ) -> Outcome {
         self.counters.translations.fetch_add(1, Ordering::Relaxed);
-        let out = self.hw.translate(endpoint, iova, access);
+        let out = self.hw.translate(endpoint, iova, access, traced);
         if let Err(f) = &out.result {
             self.counters.faults.fetch_add(1, Ordering::Relaxed);
             self.record_fault(f.clone());

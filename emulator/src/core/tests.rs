@@ -82,6 +82,12 @@ fn map_translate_unmap() {
     )
     .unwrap();
     assert_eq!(phys(&c, EP, 0x1234, Access::Read), Ok(0xa234));
+    let traced = c.translate(EP, 0x1234, Access::Read);
+    assert!(!traced.trace.is_empty());
+    assert_eq!(
+        c.translate_untraced(EP, 0x1234, Access::Read),
+        traced.result
+    );
     assert_eq!(
         phys(&c, EP, 0x1234, Access::Write),
         Err(FaultReason::Mapping)
@@ -100,6 +106,7 @@ fn map_translate_unmap() {
     assert_eq!(faults[1].access, Access::Write);
     assert_eq!(faults[3].reason, FaultReason::Domain);
     assert_eq!(c.stats().faults, 4);
+    assert_eq!(c.stats().translations, 7);
 }
 
 #[test]
@@ -314,8 +321,8 @@ impl Hardware for Recorder {
         self.log.lock().unwrap().push((ep, mode));
         self.soft.set_endpoint(ep, mode)
     }
-    fn translate(&self, ep: EndpointId, iova: u64, access: Access) -> Outcome {
-        self.soft.translate(ep, iova, access)
+    fn translate(&self, ep: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
+        self.soft.translate(ep, iova, access, traced)
     }
     fn reset(&self) -> Result<(), HwError> {
         self.soft.reset()
@@ -366,8 +373,8 @@ impl Hardware for Failing {
         }
         self.soft.set_endpoint(ep, mode)
     }
-    fn translate(&self, ep: EndpointId, iova: u64, access: Access) -> Outcome {
-        self.soft.translate(ep, iova, access)
+    fn translate(&self, ep: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
+        self.soft.translate(ep, iova, access, traced)
     }
     fn reset(&self) -> Result<(), HwError> {
         self.soft.reset()

@@ -770,7 +770,7 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         Ok(())
     }
 
-    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access) -> Outcome {
+    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
         let kind = match access {
             Access::Read => AccessKind::Read,
             Access::Write => AccessKind::Write,
@@ -788,11 +788,15 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
             };
         };
         let (r, trace) = self.unit.translate(&DmaRequest::new(sid, iova, 1, kind));
-        let trace = trace
-            .events()
-            .iter()
-            .map(|e| TraceStep(format!("{e:?}")))
-            .collect();
+        let trace = if traced {
+            trace
+                .events()
+                .iter()
+                .map(|e| TraceStep(format!("{e:?}")))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let result = match r {
             Ok(t) => {
                 let page = 1u64 << t.page_shift.min(63);

@@ -185,6 +185,11 @@ fn map_translate_unmap_through_the_model() {
         // A 2 MiB mapping aligned on both sides is one 2 MiB page.
         assert_eq!(t.len, 0x20_0000 - 0x1234);
         assert!(!first.trace.is_empty());
+        // The untraced fast path gives the same answer.
+        assert_eq!(
+            c.translate_untraced(EP, 0x20_1234, Access::Write),
+            first.result
+        );
         // The second translation of the page hits the IOTLB and reads no table.
         let second = c.translate(EP, 0x20_1238, Access::Read);
         assert_eq!(second.result.unwrap().phys, 0x8000_1238);
