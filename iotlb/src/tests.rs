@@ -564,3 +564,73 @@ fn a_token_from_another_cache_is_an_error() {
     assert_eq!(a.lookup(&tag), None);
     assert_eq!(a.live_entries(), 0);
 }
+
+/// The invalidation race on real threads: a guest thread bumps a page's "PTE" version and then
+/// invalidates; walker threads take a token, read the PTE and insert what they read. After each
+/// invalidation returns, the guest must never see an older version than the one it wrote.
+#[test]
+fn threads_never_see_a_version_older_than_the_last_invalidation() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const PAGES: u64 = 8;
+    for config in [
+        CacheConfig::new(2, 2),
+        CacheConfig::new(1, 4).with_replacement(Replacement::Random { seed: 9 }),
+    ] {
+        let c: Cache<[u64; 2]> = Cache::new(config).unwrap();
+        let ptes: Vec<AtomicU64> = (0..PAGES).map(|_| AtomicU64::new(0)).collect();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for w in 0..2u64 {
+                let (c, ptes, done) = (&c, &ptes, &done);
+                s.spawn(move || {
+                    let mut x = w + 1;
+                    let mut rounds = 0u64;
+                    while !done.load(Ordering::Relaxed) && rounds < 50_000_000 {
+                        rounds += 1;
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let page = x % PAGES;
+                        let tag = Tag::translation(1, None, page, 0);
+                        if let Some([v, inv]) = c.lookup(&tag) {
+                            assert_eq!(v, !inv, "torn entry");
+                            continue;
+                        }
+                        let token = c.token();
+                        let v = ptes[page as usize].load(Ordering::Acquire);
+                        let _ = c.insert(token, &tag, &[v, !v]).unwrap();
+                    }
+                });
+            }
+            // Stops the walkers even if an assertion below fails.
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _done = Done(&done);
+            for round in 0..100_000u64 {
+                let page = round % PAGES;
+                let v = ptes[page as usize].load(Ordering::Relaxed) + 1;
+                ptes[page as usize].store(v, Ordering::Release);
+                let inv = match round % 4 {
+                    0 => Invalidation::Domain(1),
+                    1 => Invalidation::DomainPasid {
+                        domain: 1,
+                        pasid: None,
+                    },
+                    _ => Invalidation::Range(
+                        PageRange::vtd(1, PasidMatch::Any, page << 12, 0, false).unwrap(),
+                    ),
+                };
+                c.invalidate(&inv).unwrap();
+                if let Some([seen, _]) = c.lookup(&Tag::translation(1, None, page, 0)) {
+                    assert_eq!(seen, v, "stale version after {inv:?}");
+                }
+            }
+        });
+        let s = c.stats();
+        assert!(s.inserts > 0 && s.hits > 0, "{s}");
+    }
+}
