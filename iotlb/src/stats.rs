@@ -98,29 +98,74 @@ pub(crate) struct Stats {
     shards: Box<[CachePadded<Shard>]>,
 }
 
-/// This thread's shard; below `EXCLUSIVE` it is this thread's alone.
+/// Which exclusive shards a live thread owns (bit per shard).
+#[cfg(not(loom))]
+static CLAIMED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+#[cfg(not(loom))]
+static NEXT_SHARED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A thread's claim on a shard; an exclusive shard is handed back when the thread exits, so
+/// short-lived threads do not use up the exclusive shards.
+#[cfg(not(loom))]
+struct ShardClaim {
+    index: usize,
+}
+
+#[cfg(not(loom))]
+impl ShardClaim {
+    fn claim() -> Self {
+        use std::sync::atomic::Ordering as StdOrdering;
+        let all = (1u32 << EXCLUSIVE) - 1;
+        let mut cur = CLAIMED.load(StdOrdering::Relaxed);
+        // Each failed CAS means another thread claimed or released a shard; give up after a few
+        // and share instead, which is always correct.
+        for _ in 0..=EXCLUSIVE {
+            let free = !cur & all;
+            if free == 0 {
+                break;
+            }
+            let bit = free.trailing_zeros();
+            // Acquire: the previous owner's last counter stores (before its Release below)
+            // happen before this thread's first load, so no update is lost.
+            match CLAIMED.compare_exchange(
+                cur,
+                cur | (1 << bit),
+                StdOrdering::AcqRel,
+                StdOrdering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Self {
+                        index: bit as usize,
+                    };
+                }
+                Err(now) => cur = now,
+            }
+        }
+        Self {
+            index: EXCLUSIVE + NEXT_SHARED.fetch_add(1, StdOrdering::Relaxed) % SHARED,
+        }
+    }
+}
+
+#[cfg(not(loom))]
+impl Drop for ShardClaim {
+    fn drop(&mut self) {
+        if self.index < EXCLUSIVE {
+            CLAIMED.fetch_and(!(1u32 << self.index), std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// This thread's shard; below `EXCLUSIVE` it is this thread's alone while it lives.
 #[cfg(not(loom))]
 #[inline]
 fn shard_index() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicUsize, Ordering as StdOrdering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+        static CLAIM: ShardClaim = ShardClaim::claim();
     }
-    INDEX.with(|i| {
-        let mut v = i.get();
-        if v == usize::MAX {
-            let n = NEXT.fetch_add(1, StdOrdering::Relaxed);
-            v = if n < EXCLUSIVE {
-                n
-            } else {
-                EXCLUSIVE + n % SHARED
-            };
-            i.set(v);
-        }
-        v
-    })
+    // During thread teardown (a cache used from another thread-local's destructor) the claim
+    // may be gone: fall back to the first shared shard.
+    CLAIM.try_with(|c| c.index).unwrap_or(EXCLUSIVE)
 }
 
 #[cfg(loom)]
@@ -183,19 +228,23 @@ mod tests {
     #[test]
     fn shards_sum_across_threads() {
         let stats = Stats::new();
-        // More threads than exclusive shards, so shared shards are exercised too.
-        std::thread::scope(|s| {
-            for _ in 0..(EXCLUSIVE + 2 * SHARED) {
-                s.spawn(|| {
-                    for _ in 0..1000 {
-                        stats.add(Counter::Hits, 1);
-                    }
-                    stats.add(Counter::Misses, 3);
-                });
-            }
-        });
+        // More threads than exclusive shards, so shared shards are exercised too; three waves,
+        // so later threads reuse the exclusive shards earlier ones handed back.
+        const WAVES: u64 = 3;
+        for _ in 0..WAVES {
+            std::thread::scope(|s| {
+                for _ in 0..(EXCLUSIVE + 2 * SHARED) {
+                    s.spawn(|| {
+                        for _ in 0..1000 {
+                            stats.add(Counter::Hits, 1);
+                        }
+                        stats.add(Counter::Misses, 3);
+                    });
+                }
+            });
+        }
         let snap = stats.snapshot();
-        let threads = (EXCLUSIVE + 2 * SHARED) as u64;
+        let threads = WAVES * (EXCLUSIVE + 2 * SHARED) as u64;
         assert_eq!(snap.hits, 1000 * threads);
         assert_eq!(snap.misses, 3 * threads);
         assert_eq!(snap.lookups, 1003 * threads);
