@@ -12,21 +12,25 @@ mod harness;
 #[path = "guest/scenarios.rs"]
 mod scenarios;
 
-use daemon::{ok_count, rid_of, start};
+use daemon::{ok_count, rid_of, start, start_with};
 use harness::GuestEnv;
 use scenarios::{Front, PROBE_IOVA};
 use serde_json::{Value, json};
 use std::cell::RefCell;
 
 /// 1 (probe) and 3 (translated): the guest's virtio_iommu binds to the daemon, negotiates
-/// MAP_UNMAP and PROBE, probes and attaches its endpoints; edu, bound to vfio-pci, gets a
-/// VFIO mapping whose IOVAs the daemon translates to exactly the guest frames the agent read
-/// from pagemap; after UNMAP_DMA the same translation faults.
+/// MAP_UNMAP and PROBE, reads the daemon's config (a non-default page-size mask and input
+/// range, which reach the guest's driver and VFIO), probes and attaches its endpoints; edu,
+/// bound to vfio-pci, gets a VFIO mapping whose IOVAs the daemon translates to exactly the
+/// guest frames the agent read from pagemap; after UNMAP_DMA the same translation faults.
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn daemon_probe_and_translated_vfio_map() {
     let env = GuestEnv::provision();
-    let (_dev, front, d) = start(&env);
+    let (_dev, front, d) = start_with(
+        &env,
+        &["--page-size-mask", "0x201000", "--input-bits", "40"],
+    );
     let snapshot = RefCell::new(Vec::new());
     let r = scenarios::probe_and_vfio_map(
         &env,
@@ -69,6 +73,17 @@ fn daemon_probe_and_translated_vfio_map() {
         assert!(names.contains(&f), "{f} not negotiated: {vi:?}");
     }
     assert_eq!(r.iommu.to_string(), scenarios::VHOST_USER_IOMMU_ADDR);
+    // The config space the daemon serves (virtio 1.3 §5.13.4: page_size_mask, input_range).
+    assert_eq!(r.map.get_u64("pgsizes"), Some(0x20_1000), "{:?}", r.map);
+    assert!(
+        r.log
+            .contains("virtio_iommu virtio0: input address: 40 bits"),
+        "the driver did not read the 40-bit input range"
+    );
+    assert!(
+        r.log.contains("virtio_iommu virtio0: page mask: 0x201000"),
+        "the driver did not read the page-size mask"
+    );
 
     // While the mapping was live, every endpoint the guest probed sat in exactly one daemon
     // domain, and edu's domain held the mapped range.

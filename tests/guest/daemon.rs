@@ -176,9 +176,14 @@ pub const ENDPOINTS: &str = "00:00.0-00:1f.7";
 /// A daemon for one test: a run directory for its sockets and the VIOT table, the front end
 /// that points QEMU at it, and the daemon itself (bounded to 10 minutes).
 pub fn start(env: &GuestEnv) -> (RunDir, Front, Daemon) {
+    start_with(env, &[])
+}
+
+/// [`start`] with extra daemon options.
+pub fn start_with(env: &GuestEnv, extra: &[&str]) -> (RunDir, Front, Daemon) {
     let dev = RunDir::new(env);
     let (front, sock) = Front::vhost_user(&dev);
-    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &[]);
+    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), extra);
     (dev, front, d)
 }
 

@@ -161,6 +161,8 @@ pub struct ProbeMap {
     pub gpas: Vec<u64>,
     /// The `acpi-table` report of the VIOT the guest saw.
     pub viot: Report,
+    /// The whole console.
+    pub log: String,
 }
 
 /// IOVA the probe scenario maps at.
@@ -209,7 +211,8 @@ pub fn probe_and_vfio_map(
     q.next("ask");
     after_unmap(&unmap);
     q.send_line("");
-    let reports = q.finish().reports;
+    let finished = q.finish();
+    let (reports, log) = (finished.reports, finished.log);
 
     let iommu = iommu_bdf(&reports);
     assert!(
@@ -228,6 +231,7 @@ pub fn probe_and_vfio_map(
         map,
         gpas,
         viot,
+        log,
     }
 }
 
