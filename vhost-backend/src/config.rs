@@ -7,6 +7,52 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use iommu_emulator::core::{CoreConfig, EndpointSet, ResvRegion};
 
+use crate::viot::{EndpointRange, PciBdf, Topology};
+
+/// The VIOT topology for endpoints `ranges` (segment 0) behind the IOMMU at `iommu`: the ranges
+/// merged, with the IOMMU's own requester id cut out.
+pub fn viot_topology(
+    ranges: &[RangeInclusive<u32>],
+    iommu: PciBdf,
+) -> Result<Topology, ConfigError> {
+    let mut sorted: Vec<(u32, u32)> = ranges.iter().map(|r| (*r.start(), *r.end())).collect();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (a, b) in sorted {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let me = u32::from(iommu.rid());
+    let mut endpoints = Vec::new();
+    for (a, b) in merged {
+        let mut pieces = Vec::new();
+        if (a..=b).contains(&me) {
+            if let Some(e) = me.checked_sub(1).filter(|e| *e >= a) {
+                pieces.push((a, e));
+            }
+            if me < b {
+                pieces.push((me + 1, b));
+            }
+        } else {
+            pieces.push((a, b));
+        }
+        for (x, y) in pieces {
+            let (Ok(x), Ok(y)) = (u16::try_from(x), u16::try_from(y)) else {
+                return Err(ConfigError::Endpoint(u64::from(y)));
+            };
+            let r = EndpointRange::new(PciBdf::from_rid(0, x), PciBdf::from_rid(0, y))
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            endpoints.push(r);
+        }
+    }
+    let topo = Topology { iommu, endpoints };
+    topo.validate()
+        .map_err(|e| ConfigError::Invalid(format!("VIOT: {e}")))?;
+    Ok(topo)
+}
+
 /// Errors in the command line.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -114,6 +160,16 @@ pub struct Args {
     /// Do not report the x86 MSI window (0xfee00000-0xfeefffff) as a reserved region.
     #[arg(long)]
     pub no_msi_window: bool,
+
+    /// Write the ACPI VIOT table describing this IOMMU and its endpoints to this file (for
+    /// QEMU's `-acpitable file=`) before serving. Needs --iommu-bdf.
+    #[arg(long, requires = "iommu_bdf")]
+    pub viot_out: Option<PathBuf>,
+
+    /// PCI address (`BB:DD.F`) at which QEMU places the virtio-iommu device, for --viot-out;
+    /// it is left out of the endpoint ranges.
+    #[arg(long)]
+    pub iommu_bdf: Option<String>,
 }
 
 /// The validated daemon configuration.
@@ -131,6 +187,8 @@ pub struct DaemonConfig {
     pub core: CoreConfig,
     /// Base and size of the IOMMU-private region.
     pub private_region: (u64, u64),
+    /// Where to write the VIOT table, and what it describes.
+    pub viot: Option<(PathBuf, Topology)>,
     /// PROBE property bytes.
     pub probe_size: u32,
 }
@@ -250,6 +308,16 @@ impl TryFrom<Args> for DaemonConfig {
             Some(end) if a.phys_bits == 64 || end <= 1u64 << a.phys_bits => {}
             _ => return invalid("the private region must end below 2^phys-bits".into()),
         }
+        let viot = match (&a.viot_out, &a.iommu_bdf) {
+            (Some(path), Some(bdf)) => {
+                let iommu = parse_endpoint(bdf)?;
+                Some((
+                    path.clone(),
+                    viot_topology(&ranges, PciBdf::from_rid(0, iommu as u16))?,
+                ))
+            }
+            _ => None,
+        };
         let input_end = if a.input_bits == 64 {
             u64::MAX
         } else {
@@ -262,6 +330,7 @@ impl TryFrom<Args> for DaemonConfig {
             vtd_mode: a.vtd_mode,
             probe_size: a.probe_size,
             private_region: (private_base, private_size),
+            viot,
             core: CoreConfig {
                 page_size_mask,
                 input_range: (0, input_end),
@@ -269,7 +338,7 @@ impl TryFrom<Args> for DaemonConfig {
                 max_domains: a.max_domains,
                 max_mappings: a.max_mappings,
                 phys_addr_bits: a.phys_bits,
-                endpoints: EndpointSet::from_ranges(ranges),
+                endpoints: EndpointSet::from_ranges(ranges.clone()),
                 reserved,
                 bypass: a.bypass,
             },
@@ -314,6 +383,40 @@ mod tests {
         assert!(c.core.bypass);
         let c = parse(&["--endpoints", "01:1f.7"]).unwrap();
         assert!(c.core.endpoints.contains(0x1ff));
+    }
+
+    #[test]
+    fn viot_ranges_leave_out_the_iommu() {
+        let c = parse(&[
+            "--endpoints",
+            "00:00.0-00:1f.7,00:10.0",
+            "--viot-out",
+            "/tmp/v.bin",
+            "--iommu-bdf",
+            "00:03.0",
+        ])
+        .unwrap();
+        let (path, topo) = c.viot.unwrap();
+        assert_eq!(path, PathBuf::from("/tmp/v.bin"));
+        assert_eq!(topo.iommu.rid(), 0x18);
+        let r: Vec<(u16, u16)> = topo
+            .endpoints
+            .iter()
+            .map(|r| (r.first.rid(), r.last.rid()))
+            .collect();
+        assert_eq!(r, vec![(0, 0x17), (0x19, 0xff)]);
+        // The table round-trips through the decoder.
+        let bytes = crate::viot::build_viot(&topo).unwrap();
+        assert_eq!(crate::viot::parse_viot(&bytes).unwrap(), topo);
+        // The IOMMU at an end of a range, or outside every range.
+        let t = viot_topology(&[0..=0x18], PciBdf::from_rid(0, 0x18)).unwrap();
+        assert_eq!(t.endpoints.len(), 1);
+        assert_eq!(t.endpoints[0].last.rid(), 0x17);
+        let t = viot_topology(&[0x18..=0x18, 0x20..=0x20], PciBdf::from_rid(0, 0x18)).unwrap();
+        assert_eq!(t.endpoints.len(), 1);
+        assert!(viot_topology(&[0x18..=0x18], PciBdf::from_rid(0, 0x18)).is_err());
+        // --viot-out needs --iommu-bdf.
+        assert!(parse(&["--viot-out", "/tmp/v.bin"]).is_err());
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum DaemonError {
     /// The control socket could not be opened.
     #[error("cannot open the control socket: {0}")]
     Control(std::io::Error),
+    /// The VIOT table could not be written.
+    #[error("cannot write the VIOT table: {0}")]
+    Viot(crate::viot::ViotError),
     /// vhost-user failure.
     #[error("vhost-user: {0}")]
     VhostUser(vhost_user_backend::Error),
@@ -87,6 +90,10 @@ pub fn build_device(
 
 /// Runs the daemon until a vhost-user connection fails with an error other than a disconnect.
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    if let Some((path, topo)) = &cfg.viot {
+        crate::viot::write_viot(path, topo).map_err(DaemonError::Viot)?;
+        log::info!("VIOT table written to {}", path.display());
+    }
     // One guest-memory handle for every connection: the vhost-user handler replaces its
     // contents on each memory-table change, and the model reads guest RAM through it.
     let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());

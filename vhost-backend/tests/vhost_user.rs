@@ -466,6 +466,32 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
 const DEVICE_FEATURES_ACKED: u64 = (1 << 32) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 30);
 
 #[test]
+fn daemon_writes_the_viot_table_for_its_endpoints() {
+    let dir = std::env::temp_dir().join(format!("vhost-iommu-viot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let viot = dir.join("viot.bin");
+    let (_d, _, _) = start_daemon(
+        "viot-daemon",
+        &[
+            "--viot-out",
+            viot.to_str().unwrap(),
+            "--iommu-bdf",
+            "00:03.0",
+        ],
+    );
+    wait_for(&viot);
+    let topo = vhost_device_iommu::viot::parse_viot(&std::fs::read(&viot).unwrap()).unwrap();
+    assert_eq!(topo.iommu.rid(), 0x18);
+    let ranges: Vec<(u16, u16)> = topo
+        .endpoints
+        .iter()
+        .map(|r| (r.first.rid(), r.last.rid()))
+        .collect();
+    assert_eq!(ranges, vec![(0, 0x17), (0x19, 0xff)]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bad_arguments_exit_non_zero_with_a_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_vhost-device-iommu"))
         .args(["--socket-path", "/tmp/never.sock", "--domain-range", "9-1"])
