@@ -173,6 +173,17 @@ fn shard_index() -> usize {
     0
 }
 
+#[cfg(not(loom))]
+#[inline]
+fn is_exclusive(shard: usize) -> bool {
+    shard < EXCLUSIVE
+}
+
+#[cfg(loom)]
+fn is_exclusive(_shard: usize) -> bool {
+    false
+}
+
 impl Stats {
     pub(crate) fn new() -> Self {
         Self {
@@ -191,7 +202,7 @@ impl Stats {
         if n != 0 {
             let shard = shard_index();
             let c = &self.shards[shard].counters[counter as usize];
-            if shard < EXCLUSIVE {
+            if is_exclusive(shard) {
                 // Only this thread writes this shard: a plain relaxed read-modify-write cannot
                 // lose an update, and readers see some recent value.
                 c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
