@@ -240,6 +240,41 @@ impl Invalidation {
 mod tests {
     use super::*;
     use crate::Tag;
+    use proptest::prelude::*;
+
+    /// How a driver encodes a byte range `[start, end]` for INVALIDATE_IOMMU_PAGES (AMD IOMMU
+    /// spec rev 3.08, §2.4.3): one page with S=0; otherwise the bits below the highest bit in
+    /// which `start` and `end` differ are set to ones and S=1; beyond bit 51, everything.
+    fn amd_encode(start: u64, end: u64) -> (u64, bool) {
+        let pages_differ = (start >> 12) != (end >> 12);
+        if !pages_differ {
+            return (start & !0xfff, false);
+        }
+        let msb = 63 - (start ^ end).leading_zeros();
+        if msb > 51 {
+            return (0x000f_ffff_ffff_f000, true);
+        }
+        ((start | ((1u64 << msb) - 1)) & !0xfff, true)
+    }
+
+    proptest! {
+        #[test]
+        fn amd_decoded_range_covers_what_software_asked(
+            start in 0u64..(1 << 52),
+            len in 1u64..(1 << 40),
+        ) {
+            let end = (start + len - 1).min((1 << 52) - 1);
+            let (address, s) = amd_encode(start, end);
+            let r = PageRange::amd(1, PasidMatch::Any, address, s, true);
+            prop_assert!(r.validate().is_ok());
+            let last = r.base | span_mask(r.order);
+            prop_assert!(r.base <= start >> 12, "{:?} does not start by {:#x}", r, start);
+            prop_assert!(last >= end >> 12, "{:?} does not reach {:#x}", r, end);
+            // And not absurdly more: at most twice the aligned span software needed.
+            let needed = 64 - ((start >> 12) ^ (end >> 12)).leading_zeros();
+            prop_assert!(u32::from(r.order) <= needed.max(1), "{:?} for {:#x}..={:#x}", r, start, end);
+        }
+    }
 
     #[test]
     fn vtd_address_mask_masks_low_page_bits() {

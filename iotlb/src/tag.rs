@@ -402,6 +402,35 @@ pub(crate) mod key {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn tags_round_trip_through_their_words(
+            kind in 0u8..5,
+            domain in any::<u16>(),
+            pasid in proptest::option::of(0u32..=PASID_MAX),
+            source in any::<u16>(),
+            stage in 0u8..4,
+            level in 0u8..=MAX_LEVEL,
+            size in 0u8..=MAX_SIZE_CLASS,
+            page in 0u64..(1 << 52),
+        ) {
+            let kind = [
+                EntryKind::Translation,
+                EntryKind::PagingStructure,
+                EntryKind::Context,
+                EntryKind::Pasid,
+                EntryKind::DeviceTable,
+            ][usize::from(kind)];
+            let stage = [None, Some(Stage::First), Some(Stage::Second),
+                Some(Stage::Nested)][usize::from(stage)];
+            let tag = Tag { kind, domain, pasid, source_id: source, stage, level,
+                page: page & !span_mask(size), size };
+            prop_assert!(tag.validate().is_ok());
+            prop_assert_eq!(Tag::decode(tag.encode()), Some(tag));
+        }
+    }
 
     #[test]
     fn translation_tag_encodes_to_hand_built_words() {
