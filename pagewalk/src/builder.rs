@@ -450,49 +450,56 @@ impl TableBuilder {
         }
         let perms = self.effective_perms(perms)?;
         let shifts = self.page_shifts();
-        // Plan the pages.
-        let mut plan: Vec<(u128, u64, u8)> = Vec::new();
-        let mut cur = start;
-        let mut p = phys;
-        while cur < end {
-            let remaining = end - cur;
-            let shift = match policy {
-                PageSizePolicy::Fixed(s) => {
-                    if !shifts.contains(&s) {
-                        return Err(BuildError::UnsupportedPageSize(s));
-                    }
-                    let m = (1u128 << s) - 1;
-                    if cur & m != 0 || u128::from(p) & m != 0 || remaining & m != 0 {
-                        return Err(unaligned);
-                    }
-                    s
+        // Validate the page-size policy for the whole range before touching anything.
+        let size_mask = |s: u8| (1u128 << s) - 1;
+        match policy {
+            PageSizePolicy::Fixed(s) => {
+                if !shifts.contains(&s) {
+                    return Err(BuildError::UnsupportedPageSize(s));
                 }
-                PageSizePolicy::Largest { max_shift } => *shifts
+                let m = size_mask(s);
+                if start & m != 0 || u128::from(phys) & m != 0 || (end - start) & m != 0 {
+                    return Err(unaligned);
+                }
+            }
+            PageSizePolicy::Largest { max_shift } => {
+                if !shifts.iter().any(|&s| s <= max_shift) {
+                    return Err(BuildError::UnsupportedPageSize(max_shift));
+                }
+            }
+        }
+        // The page size for the page at `cur` mapping `p` with `remaining` bytes left; the
+        // checks above guarantee one exists (4 KiB alignment was checked on entry).
+        let choose = |cur: u128, p: u64, remaining: u128| -> u8 {
+            match policy {
+                PageSizePolicy::Fixed(s) => s,
+                PageSizePolicy::Largest { max_shift } => shifts
                     .iter()
                     .rev()
-                    .find(|&&s| {
-                        let m = (1u128 << s) - 1;
+                    .copied()
+                    .find(|&s| {
+                        let m = size_mask(s);
                         s <= max_shift && cur & m == 0 && u128::from(p) & m == 0 && remaining > m
                     })
-                    .ok_or(BuildError::UnsupportedPageSize(12))?,
-            };
-            plan.push((cur, p, shift));
-            cur += 1u128 << shift;
-            p = p.wrapping_add(1u64 << shift);
-        }
+                    .unwrap_or(12),
+            }
+        };
         // Refuse overlaps before writing anything.
         self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
             Err(BuildError::Overlap { iova: m.iova })
         })?;
-        // Apply, logging what to undo.
+        // Apply page by page, logging what to undo.
         let mut written: Vec<u64> = Vec::new();
         let mut allocated: Vec<u64> = Vec::new();
-        for &(at, pa, shift) in &plan {
+        let mut cur = start;
+        let mut p = phys;
+        while cur < end {
+            let shift = choose(cur, p, end - cur);
             if let Err(e) = self.install(
                 mem,
                 alloc,
-                at,
-                pa,
+                cur,
+                p,
                 shift,
                 perms,
                 &mut written,
@@ -508,6 +515,8 @@ impl TableBuilder {
                 }
                 return Err(e);
             }
+            cur += 1u128 << shift;
+            p = p.wrapping_add(1u64 << shift);
         }
         Ok(())
     }
@@ -1312,6 +1321,20 @@ mod tests {
             0x8000_0000 - 0x1000,
             0x9000,
             0x2000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        );
+        assert_eq!(r, Err(BuildError::AllocatorExhausted));
+        assert_eq!(b.mappings(&mem).unwrap(), before);
+        assert_eq!(alloc.in_use(), 4);
+        // A huge 4 KiB-page request fails when the tables run out, without planning 2^28
+        // pages up front, and leaves nothing behind.
+        let r = b.map(
+            &mem,
+            &mut alloc,
+            1 << 39,
+            0,
+            1 << 40,
             Perms::R,
             PageSizePolicy::Fixed(12),
         );
