@@ -280,3 +280,52 @@ fn daemon_viot_ranges_decide_the_endpoints() {
     }
     assert!(attached.contains(&u64::from(r.endpoint.rid())));
 }
+
+/// A 2 MiB VFIO mapping backed by a transparent huge page: the driver sends it to the daemon
+/// as one MAP of the whole 2 MiB range, the daemon translates every part of it to the
+/// matching byte of the guest's huge page, and its IOTLB holds it as one 2 MiB entry.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_huge_page_vfio_map() {
+    use scenarios::{HUGE_IOVA, HUGE_PAGES};
+    let env = GuestEnv::provision();
+    let (_dev, front, d) = start(&env);
+    let trace = RefCell::new(Value::Null);
+    scenarios::vfio_map_huge(&env, &front, |map, first| {
+        let ep = rid_of(map);
+        let dom = d.domain_of(ep).expect("edu in no daemon domain");
+        let maps = dom["mappings"].as_array().unwrap();
+        let huge = maps
+            .iter()
+            .find(|m| m["virt_start"] == json!(HUGE_IOVA))
+            .unwrap_or_else(|| panic!("no mapping at {HUGE_IOVA:#x}: {dom}"));
+        assert_eq!(
+            huge["virt_end"],
+            json!(HUGE_IOVA + HUGE_PAGES * 4096 - 1),
+            "the 2 MiB did not arrive as one MAP: {dom}"
+        );
+        assert_eq!(huge["phys_start"], json!(first), "{dom}");
+        for off in [0u64, 0x1234, 0x10_0000, 0x1f_fff8] {
+            let t = d.translate(ep, HUGE_IOVA + off, "read");
+            assert_eq!(
+                t["translation"]["phys"],
+                json!(first + off),
+                "offset {off:#x}: {t}"
+            );
+        }
+        // A 4 KiB page of the range not looked up before hits the IOTLB: the model cached one
+        // 2 MiB translation (VT-d caches superpage translations as such).
+        let t = d.translate(ep, HUGE_IOVA + 0x8_0000, "read");
+        assert_eq!(t["translation"]["phys"], json!(first + 0x8_0000), "{t}");
+        let iotlb_hit = t["trace"].as_array().unwrap().iter().any(|e| {
+            e.as_str()
+                .is_some_and(|e| e.contains("Iotlb") && e.contains("hit: true"))
+        });
+        assert!(
+            iotlb_hit,
+            "no IOTLB hit for a fresh page of the 2 MiB range: {t}"
+        );
+        *trace.borrow_mut() = t["trace"].clone();
+    });
+    eprintln!("2 MiB translation trace: {}", trace.into_inner());
+}

@@ -225,3 +225,12 @@ fn guest_shell_takes_commands_from_the_console() {
     let status = q.wait_exit();
     assert!(status.success(), "QEMU exited with {status}");
 }
+
+/// A 2 MiB VFIO mapping backed by a transparent huge page, through QEMU's virtio-iommu.
+#[test]
+#[ignore = "boots a guest: run by scripts/guest-test"]
+fn qemu_virtio_iommu_huge_page_vfio_map() {
+    let env = GuestEnv::provision();
+    let first = scenarios::vfio_map_huge(&env, &Front::Qemu, |_, _| {});
+    eprintln!("2 MiB at IOVA {:#x} -> {first:#x}", scenarios::HUGE_IOVA);
+}

@@ -6,7 +6,8 @@
 //! guest-agent bind <BDF> [DRIVER]                       (default driver: vfio-pci)
 //! guest-agent release <BDF>                             (unbind, clear driver_override)
 //! guest-agent vfio-map <BDF> [--iova A] [--pages N] [--hold-ms MS] [--wait-stdin] [--keep]
-//! guest-agent vfio-bench <BDF> [--count N] [--iova A] [--pages N]
+//!                            [--huge]
+//! guest-agent vfio-bench <BDF> [--count N] [--iova A] [--pages N] [--huge]
 //! guest-agent acpi-table <SIG>                          (hex dump of an ACPI table, e.g. VIOT)
 //! guest-agent virtio-iommu                              (bound virtio-iommu devices, features)
 //! ```
@@ -75,6 +76,8 @@ pub struct MapArgs {
     pub wait_stdin: bool,
     /// Leave the mapping in place and exit (the kernel unmaps when the container closes).
     pub keep: bool,
+    /// Back the buffer with transparent huge pages (2 MiB-aligned, `MADV_HUGEPAGE`).
+    pub huge: bool,
 }
 
 fn usage(msg: impl Into<String>) -> AgentError {
@@ -150,6 +153,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 hold_ms: 0,
                 wait_stdin: false,
                 keep: false,
+                huge: false,
             };
             let mut count = 1000;
             let mut it = rest[1..].iter();
@@ -161,6 +165,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     "--hold-ms" if !bench => m.hold_ms = number(opt, it.next())?,
                     "--wait-stdin" if !bench => m.wait_stdin = true,
                     "--keep" if !bench => m.keep = true,
+                    "--huge" => m.huge = true,
                     _ => return Err(usage(format!("{cmd}: unknown option {opt:?}"))),
                 }
             }
@@ -209,19 +214,19 @@ mod tests {
             panic!("not vfio-map")
         };
         assert_eq!(
-            (m.iova, m.pages, m.hold_ms, m.wait_stdin, m.keep),
-            (DEFAULT_IOVA, 1, 0, false, false)
+            (m.iova, m.pages, m.hold_ms, m.wait_stdin, m.keep, m.huge),
+            (DEFAULT_IOVA, 1, 0, false, false, false)
         );
         let Command::VfioMap(m) =
-            p("vfio-map 0000:00:04.0 --iova 0x200000 --pages 4 --hold-ms 50 --wait-stdin --keep")
+            p("vfio-map 0000:00:04.0 --iova 0x200000 --pages 4 --hold-ms 50 --wait-stdin --keep --huge")
                 .unwrap()
         else {
             panic!("not vfio-map")
         };
         assert_eq!(m.bdf.device, 4);
         assert_eq!(
-            (m.iova, m.pages, m.hold_ms, m.wait_stdin, m.keep),
-            (0x20_0000, 4, 50, true, true)
+            (m.iova, m.pages, m.hold_ms, m.wait_stdin, m.keep, m.huge),
+            (0x20_0000, 4, 50, true, true, true)
         );
     }
 

@@ -163,7 +163,11 @@ fn open_session(root: &Path, m: &MapArgs) -> Result<Session> {
 fn vfio_map(root: &Path, m: &MapArgs) -> Result<()> {
     let s = open_session(root, m)?;
     let size = m.pages * s.page_size;
-    let buf = DmaBuffer::new(size as usize, 0x5a)?;
+    let buf = if m.huge {
+        DmaBuffer::new_huge(size as usize, 0x5a)?
+    } else {
+        DmaBuffer::new(size as usize, 0x5a)?
+    };
     s.container.map_dma(buf.vaddr(), m.iova, size)?;
     // The pages are pinned by MAP_DMA, so their frames cannot move while the mapping lives.
     let entries = pagemap::read_self(buf.vaddr(), s.page_size, m.pages as usize)?;
@@ -228,7 +232,11 @@ fn vfio_map(root: &Path, m: &MapArgs) -> Result<()> {
 fn vfio_bench(root: &Path, m: &MapArgs, count: u64) -> Result<()> {
     let s = open_session(root, m)?;
     let size = m.pages * s.page_size;
-    let buf = DmaBuffer::new(size as usize, 0xa5)?;
+    let buf = if m.huge {
+        DmaBuffer::new_huge(size as usize, 0xa5)?
+    } else {
+        DmaBuffer::new(size as usize, 0xa5)?
+    };
     let mut map_time = Duration::ZERO;
     let mut unmap_time = Duration::ZERO;
     let start = Instant::now();

@@ -295,37 +295,79 @@ impl Group {
     }
 }
 
-/// An anonymous, page-aligned, private buffer, every page touched so that it is backed.
+/// An anonymous, private buffer, every page touched so that it is backed.
 #[derive(Debug)]
 pub struct DmaBuffer {
+    /// The whole mapping (larger than the buffer when it was aligned).
+    map: *mut libc::c_void,
+    map_len: usize,
+    /// The buffer inside it.
     addr: *mut libc::c_void,
     len: usize,
 }
 
+/// 2 MiB: the x86 large page, and the alignment [`DmaBuffer::new_huge`] gives.
+pub const HUGE_PAGE: usize = 2 << 20;
+
 impl DmaBuffer {
     /// Maps `len` bytes (a multiple of the page size) and writes `fill` into every byte.
     pub fn new(len: usize, fill: u8) -> Result<Self> {
+        Self::create(len, fill, false)
+    }
+
+    /// Like [`DmaBuffer::new`], but 2 MiB-aligned and advised to be backed by transparent
+    /// huge pages (`MADV_HUGEPAGE`), so that VFIO can map it in 2 MiB pieces when the kernel
+    /// gives contiguous frames.
+    pub fn new_huge(len: usize, fill: u8) -> Result<Self> {
+        Self::create(len, fill, true)
+    }
+
+    fn create(len: usize, fill: u8, huge: bool) -> Result<Self> {
         if len == 0 {
             return Err(AgentError::Vfio("empty buffer".into()));
         }
+        let map_len = if huge {
+            len.checked_add(HUGE_PAGE)
+                .ok_or_else(|| AgentError::Vfio("buffer too large".into()))?
+        } else {
+            len
+        };
         // SAFETY: an anonymous private mapping with a null hint: the kernel picks an unused
         // range, so no existing memory is affected; the result is checked against MAP_FAILED.
-        let addr = unsafe {
+        let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
         };
-        if addr == libc::MAP_FAILED {
+        if map == libc::MAP_FAILED {
             return Err(AgentError::last_os("mmap"));
         }
-        let b = DmaBuffer { addr, len };
-        // SAFETY: `addr` is a fresh readable and writable mapping of exactly `len` bytes,
-        // owned by `b` and not aliased.
+        let offset = if huge {
+            (HUGE_PAGE - (map as usize) % HUGE_PAGE) % HUGE_PAGE
+        } else {
+            0
+        };
+        let b = DmaBuffer {
+            map,
+            map_len,
+            // In bounds: offset < HUGE_PAGE and map_len = len + HUGE_PAGE.
+            addr: map.wrapping_byte_add(offset),
+            len,
+        };
+        if huge {
+            // SAFETY: [addr, addr + len) lies inside the mapping created above, which `b`
+            // owns; madvise only changes how the kernel backs it.
+            if unsafe { libc::madvise(b.addr, len, libc::MADV_HUGEPAGE) } != 0 {
+                return Err(AgentError::last_os("madvise(MADV_HUGEPAGE)"));
+            }
+        }
+        // SAFETY: [addr, addr + len) is inside a fresh readable and writable mapping owned by
+        // `b` and not aliased.
         unsafe { std::ptr::write_bytes(b.addr.cast::<u8>(), fill, len) };
         Ok(b)
     }
@@ -348,8 +390,9 @@ impl DmaBuffer {
 
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
-        // SAFETY: `addr`/`len` are exactly the mapping created in `new`, unmapped only here.
-        unsafe { libc::munmap(self.addr, self.len) };
+        // SAFETY: `map`/`map_len` are exactly the mapping created in `create`, unmapped only
+        // here.
+        unsafe { libc::munmap(self.map, self.map_len) };
     }
 }
 
@@ -396,6 +439,17 @@ mod tests {
         let s = unsafe { std::slice::from_raw_parts(b.vaddr() as *const u8, b.len()) };
         assert!(s.iter().all(|&x| x == 0xa5));
         assert!(DmaBuffer::new(0, 0).is_err());
+    }
+
+    #[test]
+    fn huge_buffer_is_2mib_aligned_and_filled() {
+        let b = DmaBuffer::new_huge(HUGE_PAGE, 0x3c).unwrap();
+        assert_eq!(b.vaddr() % HUGE_PAGE as u64, 0);
+        assert_eq!(b.len(), HUGE_PAGE);
+        // SAFETY: the buffer is a live HUGE_PAGE-byte region owned by `b`.
+        let s = unsafe { std::slice::from_raw_parts(b.vaddr() as *const u8, b.len()) };
+        assert!(s.iter().all(|&x| x == 0x3c));
+        assert!(DmaBuffer::new_huge(0, 0).is_err());
     }
 
     #[test]

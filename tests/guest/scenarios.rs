@@ -416,3 +416,56 @@ pub fn reboot_and_detach(
 
 /// The agent's default IOVA (`guest_agent::args::DEFAULT_IOVA`).
 pub const DEFAULT_IOVA: u64 = guest_agent::args::DEFAULT_IOVA;
+
+/// IOVA of the huge-page scenario (2 MiB-aligned).
+pub const HUGE_IOVA: u64 = 0x40_0000;
+/// 2 MiB in 4 KiB pages.
+pub const HUGE_PAGES: u64 = 512;
+
+/// A 2 MiB VFIO mapping backed by a transparent huge page: the agent maps a 2 MiB-aligned,
+/// `MADV_HUGEPAGE` buffer at [`HUGE_IOVA`]; the guest frames must be one contiguous, 2 MiB-aligned
+/// run (so VFIO and the virtio-iommu driver map it as one large page). `while_mapped` gets the
+/// map report and the first frame. Returns the first frame.
+pub fn vfio_map_huge(
+    env: &GuestEnv,
+    front: &Front,
+    while_mapped: impl FnOnce(&Report, u64),
+) -> u64 {
+    let run = RunDir::new(env);
+    let mut opts = base_opts(front);
+    // Linux turns THP off by default below 512 MiB of RAM (mm/huge_memory.c, hugepage_init);
+    // the guest turns it on for MADV_HUGEPAGE regions.
+    opts.script = format!(
+        "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled || exit 1\n\
+         echo madvise > /sys/kernel/mm/transparent_hugepage/defrag || exit 1\n\
+         {}guest-agent vfio-map \"$bdf\" --iova {HUGE_IOVA:#x} --pages {HUGE_PAGES} --huge \
+         --wait-stdin || exit 1\n",
+        bind_first(EDU_ID)
+    );
+    opts.args.extend(["-device".into(), "edu".into()]);
+    let mut q = Qemu::spawn(env, &run, &opts);
+    let map = q.next("vfio-map");
+    let gpas = check_map(&map, HUGE_IOVA, HUGE_PAGES);
+    let first = gpas[0];
+    assert_eq!(
+        first % (2 << 20),
+        0,
+        "the guest did not back the buffer with a huge page (first frame {first:#x})"
+    );
+    for (i, g) in gpas.iter().enumerate() {
+        assert_eq!(
+            *g,
+            first + i as u64 * 4096,
+            "frames not contiguous at page {i}"
+        );
+    }
+    q.next("vfio-wait");
+    while_mapped(&map, first);
+    q.send_line("");
+    assert_eq!(
+        q.next("vfio-unmap").get_u64("unmapped"),
+        Some(HUGE_PAGES * 4096)
+    );
+    q.finish();
+    first
+}
