@@ -26,11 +26,22 @@ use std::cell::RefCell;
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn daemon_probe_and_translated_vfio_map() {
+    probe_and_translated(&[]);
+}
+
+/// The same with the daemon's `soft` model (mapping trees, no hardware structures), which
+/// must give the guest the same device.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_soft_model_probe_and_translated_vfio_map() {
+    probe_and_translated(&["--model", "soft"]);
+}
+
+fn probe_and_translated(model: &[&str]) {
     let env = GuestEnv::provision();
-    let (_dev, front, d) = start_with(
-        &env,
-        &["--page-size-mask", "0x201000", "--input-bits", "40"],
-    );
+    let mut args = vec!["--page-size-mask", "0x201000", "--input-bits", "40"];
+    args.extend_from_slice(model);
+    let (_dev, front, d) = start_with(&env, &args);
     let snapshot = RefCell::new(Vec::new());
     let r = scenarios::probe_and_vfio_map(
         &env,
