@@ -46,7 +46,7 @@ pub use cache::{
     Cache, CacheConfig, InsertOutcome, MAX_SETS, MAX_WAYS, Refusal, Replacement, Token,
 };
 pub use invalidation::{Invalidation, PageRange, PasidMatch, SourceSelector};
-pub use stats::CacheStats;
+pub use stats::{CacheStats, ShardedCounter};
 pub use tag::{EntryKind, MAX_LEVEL, MAX_SIZE_CLASS, PASID_MAX, Stage, Tag};
 pub use value::{MAX_VALUE_WORDS, Perms, Translation, Value};
 

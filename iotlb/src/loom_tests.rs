@@ -182,3 +182,52 @@ fn loom_insert_fight_and_an_invalidation() {
         assert!(seen_b.is_none() || seen_b == Some(7));
     });
 }
+
+/// A third thread that learns of the invalidation's completion through its own
+/// synchronization (a flag the guest sets after `invalidate` returns) must not see the stale
+/// entry either: the generation marks and the scan's kills are published to it.
+fn race_observed_elsewhere(inv: Invalidation) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(2);
+    b.check(move || {
+        let cache: Arc<Cache<u64>> = Arc::new(tiny(1));
+        let tag = Tag::translation(1, None, 4, 0);
+        let t = cache.token();
+        assert!(cache.insert(t, &tag, &OLD).unwrap().is_stored());
+        let pte = Arc::new(AtomicU64::new(OLD));
+        let done = Arc::new(AtomicU64::new(0));
+        let walker = {
+            let (cache, pte) = (cache.clone(), pte.clone());
+            thread::spawn(move || {
+                let token = cache.token();
+                let v = pte.load(Ordering::Acquire);
+                let _ = cache.insert(token, &tag, &v).unwrap();
+            })
+        };
+        let guest = {
+            let (cache, pte, done) = (cache.clone(), pte.clone(), done.clone());
+            thread::spawn(move || {
+                pte.store(NEW, Ordering::Release);
+                cache.invalidate(&inv).unwrap();
+                done.store(1, Ordering::Release);
+            })
+        };
+        if done.load(Ordering::Acquire) == 1 {
+            let seen = cache.lookup(&tag);
+            assert!(seen.is_none() || seen == Some(NEW), "stale {seen:?}");
+        }
+        walker.join().unwrap();
+        guest.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_race_observed_by_a_third_thread_domain() {
+    race_observed_elsewhere(Invalidation::Domain(1));
+}
+
+#[test]
+fn loom_race_observed_by_a_third_thread_range() {
+    let r = PageRange::vtd(1, PasidMatch::Exactly(None), 4 << 12, 0, false).unwrap();
+    race_observed_elsewhere(Invalidation::Range(r));
+}

@@ -232,6 +232,63 @@ impl Stats {
     }
 }
 
+/// One event counter for a hot path shared by many threads, in the same padded shards as the
+/// caches' statistics: a thread that owns an exclusive shard bumps it without a locked
+/// instruction, later threads share the rest with atomic adds. [`ShardedCounter::get`] sums the
+/// shards (a recent value, exact once the adding threads are quiescent).
+pub struct ShardedCounter {
+    shards: Box<[CachePadded<AtomicU64>]>,
+}
+
+impl ShardedCounter {
+    /// A counter at zero.
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Adds `n` to the calling thread's shard.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let shard = shard_index();
+        let c = &self.shards[shard];
+        if is_exclusive(shard) {
+            // Only this thread writes this shard (see `Stats::add`).
+            c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        } else {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn incr(&self) {
+        self.add(1);
+    }
+
+    /// The sum over all shards.
+    pub fn get(&self) -> u64 {
+        self.shards
+            .iter()
+            .fold(0u64, |s, c| s.wrapping_add(c.load(Ordering::Relaxed)))
+    }
+}
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for ShardedCounter {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("ShardedCounter").field(&self.get()).finish()
+    }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -260,5 +317,24 @@ mod tests {
         assert_eq!(snap.misses, 3 * threads);
         assert_eq!(snap.lookups, 1003 * threads);
         assert!((snap.hit_rate() - 1000.0 / 1003.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sharded_counter_sums_across_threads() {
+        let c = ShardedCounter::new();
+        assert_eq!(c.get(), 0);
+        std::thread::scope(|s| {
+            for t in 0..(EXCLUSIVE + 2 * SHARED) as u64 {
+                let c = &c;
+                s.spawn(move || {
+                    for _ in 0..500 {
+                        c.incr();
+                    }
+                    c.add(t);
+                });
+            }
+        });
+        let threads = (EXCLUSIVE + 2 * SHARED) as u64;
+        assert_eq!(c.get(), 500 * threads + threads * (threads - 1) / 2);
     }
 }
