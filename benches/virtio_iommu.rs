@@ -20,7 +20,9 @@
 //! - `iommu_memory_vtd_warm`: `IommuMemory` over `EndpointIommu` over the VT-d realisation,
 //!   with vm-memory's IOTLB warm (what a device sees between unmaps);
 //! - `core_translate_vtd`: every read translated by the VT-d model itself (its context cache,
-//!   IOTLB and walks), as after an invalidation.
+//!   IOTLB and walks), as after an invalidation, without building the trace (the DMA path);
+//! - `core_translate_traced_vtd`: the same with the trace rendered, as the control socket's
+//!   `translate` does.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
