@@ -887,7 +887,7 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         let s = self.unit.stats();
         let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let mut v = vec![
-            ("translations".to_string(), ld(&s.translations)),
+            ("translations".to_string(), s.translations.get()),
             ("faults".to_string(), ld(&s.faults)),
             ("faults_recorded".to_string(), ld(&s.faults_recorded)),
             ("invalidation_descriptors".to_string(), ld(&s.descriptors)),

@@ -217,10 +217,14 @@ impl RegFile {
 }
 
 /// Counters of what the unit did.
+///
+/// `translations` is bumped on every translation from every thread, so it is sharded per
+/// thread ([`iotlb::ShardedCounter`]); the others count rare events on paths that already
+/// serialize (fault recording, queue processing) and are plain atomics.
 #[derive(Debug, Default)]
 pub struct VtdStats {
     /// Translations requested.
-    pub translations: AtomicU64,
+    pub translations: iotlb::ShardedCounter,
     /// Translations that faulted.
     pub faults: AtomicU64,
     /// Faults written to a fault recording register.

@@ -178,7 +178,7 @@ impl<M: PhysMem> Vtd<M> {
         trace: &mut Trace,
     ) -> Result<Translation, Fault> {
         trace.clear();
-        self.stats.translations.fetch_add(1, Ordering::Relaxed);
+        self.stats.translations.incr();
         match self.translate_inner(req, trace) {
             Ok(t) => Ok(t),
             // A translation request that finds no (or no permitted) page is not a fault: the
