@@ -1826,3 +1826,147 @@ proptest! {
         }
     }
 }
+
+/// The raw entry of `tables` (in `mem`) at `level` on the walk of `iova`, and its address.
+fn entry_at(mem: &impl PhysMem, root: u64, iova: u64, level: u8) -> (u64, u64) {
+    let mut table = root & !0xfff;
+    let mut l = 4;
+    loop {
+        let at = table + pagewalk::level_index(l, iova) * 8;
+        let e = mem.read_u64(at).unwrap();
+        if l == level {
+            return (at, e);
+        }
+        table = e & 0x000f_ffff_ffff_f000;
+        l -= 1;
+    }
+}
+
+/// A second-stage fault of a nested walk is classified by the phase the walker reports: the
+/// second-stage walk of a first-stage table other than the root (SFS.7), of a first-stage
+/// table address beyond the second stage's width (SFS.5), or of the final output (SSS.2).
+#[test]
+fn nested_second_stage_fault_phases() {
+    let mut d = scalable();
+    let dev = sid(0, 11, 0);
+    let mut ss = d.ss_domain(2);
+    let gpa_base = 0x4000_0000u64;
+    d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
+    let view = pagewalk::SecondStageView {
+        mem: d.mem,
+        config: *ss.config(),
+        root: ss.root(),
+    };
+    let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
+    let mut c = X86Config::vtd_first_stage(4);
+    c.out_width = 48;
+    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    let user_rw = PwPerms::RW | PwPerms::U;
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_0000,
+        0x30_0000,
+        0x1000,
+        user_rw,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let dir = d.sm_context(dev, 0, true, 0);
+    let nested = |ss_root: u64, aw: u64| [ss_root | (3 << 6) | (aw << 2) | 1, 7, fs.root()];
+    d.pasid_entry(dir, 1, nested(ss.root(), 2));
+    let code = |d: &Driver, pasid, addr| {
+        d.translate(DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(pasid))
+            .unwrap_err()
+            .code
+    };
+    assert_eq!(
+        d.translate(DmaRequest::new(dev, 0x7000_0010, 4, AccessKind::Read).with_pasid(1))
+            .unwrap()
+            .addr,
+        gpa_base + 0x30_0010
+    );
+    // The level-3 (PDPT) table's guest-physical page is not mapped by a second stage that maps
+    // the root and everything else: SFS.7, not SFS.6 (root) and not SSS.2 (output).
+    let (_, pml4e) = entry_at(&view, fs.root(), 0x7000_0000, 4);
+    let pdpt = pml4e & 0x000f_ffff_ffff_f000;
+    assert_ne!(pdpt >> 12, fs.root() >> 12);
+    let mut holed = d.ss_domain(2);
+    d.map(&mut holed, 0, gpa_base, pdpt, RW);
+    d.map(
+        &mut holed,
+        pdpt + 0x1000,
+        gpa_base + pdpt + 0x1000,
+        0x100_0000 - pdpt - 0x1000,
+        RW,
+    );
+    d.pasid_entry(dir, 2, nested(holed.root(), 2));
+    assert_eq!(code(&d, 2, 0x7000_0000), 0x76);
+    // The output GPA unmapped: SSS.2.
+    let mut no_out = d.ss_domain(2);
+    d.map(&mut no_out, 0, gpa_base, 0x30_0000, RW);
+    d.pasid_entry(dir, 3, nested(no_out.root(), 2));
+    assert_eq!(code(&d, 3, 0x7000_0000), 0x79);
+    // A first-stage table pointer beyond a 39-bit second stage: SFS.5.
+    let mut narrow = d.ss_domain(1);
+    d.map(&mut narrow, 0, gpa_base, 0x100_0000, RW);
+    d.pasid_entry(dir, 4, nested(narrow.root(), 1));
+    assert_eq!(
+        d.translate(DmaRequest::new(dev, 0x7000_0010, 4, AccessKind::Read).with_pasid(4))
+            .unwrap()
+            .addr,
+        gpa_base + 0x30_0010
+    );
+    let (at, _) = entry_at(&view, fs.root(), 0x7000_0000, 4);
+    view.write_u64(at, (pml4e & !0x000f_ffff_ffff_f000) | (1 << 40))
+        .unwrap();
+    d.submit(&[piotlb_pasid(7, 4), pc_pasid(7, 4)]);
+    assert_eq!(code(&d, 4, 0x7000_0000), 0x74);
+}
+
+/// A first-stage user/supervisor violation found from a paging-structure-cache hit: the U/S
+/// bit cleared in a directory entry the cached walk skipped still decides the reason (SGN.2),
+/// not the leaf's own bits.
+#[test]
+fn first_stage_user_supervisor_from_a_cached_directory() {
+    let mut d = scalable();
+    let dev = sid(0, 12, 0);
+    let mut t = d.fs_domain();
+    let user_rw = PwPerms::RW | PwPerms::U;
+    d.map(&mut t, 0x20_0000, 0x6000_0000, 0x2000, user_rw);
+    let dir = d.sm_context(dev, 0, true, 0);
+    d.pasid_entry(dir, 1, fs_pasid(&t, 4, true, false));
+    // Supervisor-only directory: clear U/S in the PDE.
+    let (at, pde) = entry_at(d.mem, t.root(), 0x20_0000, 2);
+    d.mem.write_u64(at, pde & !4).unwrap();
+    let req = |addr, access| DmaRequest::new(dev, addr, 4, access).with_pasid(1);
+    // A supervisor request walks through and caches the directory entry.
+    assert_eq!(
+        d.translate(req(0x20_0010, AccessKind::Read).privileged())
+            .unwrap()
+            .addr,
+        0x6000_0010
+    );
+    // A user read of the neighbouring page starts from the cached PDE.
+    let (r, trace) = d.vtd.translate(&req(0x20_1000, AccessKind::Read));
+    assert_eq!(
+        trace.lookup(CacheId::PagingStructure {
+            stage: Stage::First,
+            level: 2
+        }),
+        Some(true)
+    );
+    assert_eq!(r.unwrap_err().code, 0x81);
+    // A user write there is a U/S violation too, not a write violation.
+    assert_eq!(
+        d.translate(req(0x20_1000, AccessKind::Write))
+            .unwrap_err()
+            .code,
+        0x81
+    );
+    // A supervisor write with WPE clear is allowed on the read/write page.
+    assert!(
+        d.translate(req(0x20_1000, AccessKind::Write).privileged())
+            .is_ok()
+    );
+}

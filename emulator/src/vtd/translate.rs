@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use iotlb::{Tag, Token};
 use pagewalk::{
-    Access as PwAccess, AccessKind as PwKind, FaultKind as PwFault, MemRef, PhysMem, RefKind,
-    SecondStage, SecondStageView, TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart,
+    Access as PwAccess, AccessKind as PwKind, Decoded, FaultKind as PwFault, MemRef, NestedPhase,
+    PhysMem, RefKind, SecondStage, TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart,
     X86Config, level_shift, walk_nested_from,
 };
 
@@ -57,6 +57,18 @@ impl<'a> Obs<'a> {
             visits: [TableVisit::default(); 8],
             n: 0,
         }
+    }
+}
+
+impl Obs<'_> {
+    /// The permissions accumulated by the kept stage's non-leaf entries this walk went
+    /// through, starting from `start` (the root's, or a paging-structure-cache hit's).
+    fn perms_above(&self, start: pagewalk::Perms) -> pagewalk::Perms {
+        self.visits[..self.n]
+            .iter()
+            .rev()
+            .find(|v| v.stage == self.keep)
+            .map_or(start, |v| v.perms)
     }
 }
 
@@ -641,7 +653,10 @@ impl<M: PhysMem> Vtd<M> {
         self.psc_fill(s, stage, &obs, tokens);
         let t = match res {
             Ok(t) => t,
-            Err(f) => return Err(self.walk_fault(s, req, access, first_stage, levels, f)),
+            Err(f) => {
+                let above = obs.perms_above(start.perms);
+                return Err(self.walk_fault(s, access, first_stage, levels, above, f));
+            }
         };
         if needs_read && !t.perms.read() {
             let reason = if s.legacy {
@@ -761,10 +776,10 @@ impl<M: PhysMem> Vtd<M> {
     fn walk_fault(
         &self,
         s: &Setting,
-        req: &DmaRequest,
         access: PwAccess,
         first_stage: bool,
         levels: u8,
+        above: pagewalk::Perms,
         f: pagewalk::Fault,
     ) -> Fail {
         use FaultReason as R;
@@ -794,30 +809,10 @@ impl<M: PhysMem> Vtd<M> {
                 PwFault::AddressBeyondWidth => R::NonCanonical,
                 PwFault::MemoryRead(_) if f.level == levels => R::FsptptrAccessError,
                 PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::FsAccessError,
-                PwFault::Permission => self.classify_fs_permission(s, req, access),
+                PwFault::Permission => fs_permission_reason(&s.cfg, access, above, &f),
             }
         };
         Fail::fpd(reason, s.fpd)
-    }
-
-    /// A first-stage permission fault is a user/supervisor violation when even a read at the
-    /// request's privilege is refused; otherwise an execute or a write violation.
-    fn classify_fs_permission(
-        &self,
-        s: &Setting,
-        req: &DmaRequest,
-        access: PwAccess,
-    ) -> FaultReason {
-        let read = PwAccess {
-            kind: PwKind::Read,
-            privileged: access.privileged,
-        };
-        let _ = req;
-        match pagewalk::walk(&s.cfg, &self.mem, s.root, req.addr, read, &mut ()) {
-            Err(f) if f.kind == PwFault::Permission => FaultReason::UserSupervisor,
-            _ if access.kind == PwKind::Execute => FaultReason::ExecuteDenied,
-            _ => FaultReason::SmWriteDenied,
-        }
     }
 
     /// Nested translation (§3.8): the first-stage walk whose table addresses and output are
@@ -870,11 +865,14 @@ impl<M: PhysMem> Vtd<M> {
             Ok(t) => t,
             Err(f) if f.stage == pagewalk::Stage::First => {
                 let levels = s.cfg.levels();
-                return Err(self.walk_fault(s, req, access, true, levels, f));
+                let above = obs.perms_above(start.perms);
+                return Err(self.walk_fault(s, access, true, levels, above, f));
             }
             Err(f) => {
-                let reason = self.nested_ss_fault(s, &second, req, access, &f);
-                return Err(Fail::fpd(reason, s.fpd));
+                return Err(Fail::fpd(
+                    nested_ss_fault(s.cfg.levels(), access, &f),
+                    s.fpd,
+                ));
             }
         };
         if needs_read && !t.perms.read() {
@@ -894,60 +892,71 @@ impl<M: PhysMem> Vtd<M> {
         );
         Ok(self.output(req, t.output, shift, t.perms, s.did))
     }
+}
 
-    /// The fault reason of a second-stage fault in a nested walk: either the second-stage walk
-    /// of a first-stage table (SFS.5-SFS.8: beyond the address width, no read permission for
-    /// the first-stage root or another first-stage table, no write permission for an A/D
-    /// update) or the walk of the final guest-physical output (SSS.x / SGN.x). Which one is
-    /// found out by walking the first stage through a second-stage view of guest memory.
-    fn nested_ss_fault(
-        &self,
-        s: &Setting,
-        second: &SecondStage,
-        req: &DmaRequest,
-        access: PwAccess,
-        f: &pagewalk::Fault,
-    ) -> FaultReason {
-        use FaultReason as R;
-        let SecondStage::Tables { config, root } = *second else {
-            return R::SsAccessError;
-        };
-        let view = SecondStageView {
-            mem: &self.mem,
-            config,
-            root,
-        };
-        let read = PwAccess {
-            kind: PwKind::Read,
-            privileged: access.privileged,
-        };
-        let fs_output = pagewalk::walk(&s.cfg, &view, s.root, req.addr, read, &mut ())
-            .ok()
-            .map(|t| t.output);
-        let final_output = fs_output.is_some_and(|o| o >> 12 == f.input >> 12);
-        if final_output {
-            return match f.kind {
-                PwFault::NotPresent => R::SsNotPresent,
-                PwFault::Permission if access.kind == PwKind::Execute => R::ExecuteDenied,
-                PwFault::Permission if access.is_write() => R::SmWriteDenied,
-                PwFault::Permission => R::SmReadDenied,
-                PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
-                PwFault::AddressBeyondWidth => R::SmAddressBeyondAw,
-                PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
-            };
-        }
-        let readable =
-            pagewalk::walk(&config, &self.mem, root, f.input, PwAccess::READ, &mut ()).is_ok();
-        match f.kind {
+/// The fault reason of a first-stage permission fault (§3.6, Appendix A SGN.2/3/6), from the
+/// permissions the walk accumulated above the faulting entry (`above`) and the entry itself:
+/// a user/supervisor violation (SGN.2) when even a read at the request's privilege is refused,
+/// otherwise an execute (SGN.3) or a write (SGN.6) violation. No second walk: what the walk
+/// read is what decides, even if the tables change right after.
+fn fs_permission_reason(
+    cfg: &WalkConfig,
+    access: PwAccess,
+    above: pagewalk::Perms,
+    f: &pagewalk::Fault,
+) -> FaultReason {
+    // A fault before any entry was read comes from the per-request controls (SRE/ERE, which
+    // the PASID-entry checks have already turned into their own reasons).
+    let leaf = match f.entry.map(|e| cfg.decode(f.level, e)) {
+        Some(Decoded::Leaf { perms, .. }) => perms,
+        _ => pagewalk::Perms::ALL,
+    };
+    let acc = above & leaf;
+    let read = PwAccess {
+        kind: PwKind::Read,
+        privileged: access.privileged,
+    };
+    if !cfg.permits(acc, read) {
+        FaultReason::UserSupervisor
+    } else if access.kind == PwKind::Execute {
+        FaultReason::ExecuteDenied
+    } else {
+        FaultReason::SmWriteDenied
+    }
+}
+
+/// The fault reason of a second-stage fault inside a nested walk (§3.8, Appendix A), from the
+/// phase the walker reports: translating a first-stage table's address (SFS.5 beyond the
+/// address width, SFS.6 the first-stage root not readable, SFS.7 another first-stage table not
+/// readable), writing a first-stage A/D flag (SFS.8), or translating the final guest-physical
+/// output (the SSS.x / SGN.x conditions of a second-stage walk).
+fn nested_ss_fault(fs_levels: u8, access: PwAccess, f: &pagewalk::Fault) -> FaultReason {
+    use FaultReason as R;
+    match f.nested {
+        Some(NestedPhase::FirstStageTable { level }) => match f.kind {
             PwFault::AddressBeyondWidth => R::NestedFsBeyondAw,
-            // The table could be read: what failed is the A/D write to it.
-            PwFault::Permission if readable => R::NestedFsWriteDenied,
-            PwFault::NotPresent | PwFault::Permission if f.input >> 12 == s.root >> 12 => {
+            PwFault::NotPresent | PwFault::Permission if level == fs_levels => {
                 R::NestedFsRootReadDenied
             }
             PwFault::NotPresent | PwFault::Permission => R::NestedFsReadDenied,
             PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
             PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
-        }
+        },
+        Some(NestedPhase::FirstStageAdUpdate { .. }) => match f.kind {
+            PwFault::NotPresent | PwFault::Permission => R::NestedFsWriteDenied,
+            PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
+            PwFault::AddressBeyondWidth => R::NestedFsBeyondAw,
+            PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
+        },
+        // The final output (and, defensively, a second-stage fault the walker did not place).
+        Some(NestedPhase::FinalOutput) | None => match f.kind {
+            PwFault::NotPresent => R::SsNotPresent,
+            PwFault::Permission if access.kind == PwKind::Execute => R::ExecuteDenied,
+            PwFault::Permission if access.is_write() => R::SmWriteDenied,
+            PwFault::Permission => R::SmReadDenied,
+            PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
+            PwFault::AddressBeyondWidth => R::SmAddressBeyondAw,
+            PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
+        },
     }
 }
