@@ -236,6 +236,15 @@ fn bench_dma(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % IOVAS;
             let t = core
+                .translate_untraced(EP, iova(i) + 8, Access::Read)
+                .unwrap();
+            black_box(ram.read_obj::<u64>(GuestAddress(t.phys)).unwrap())
+        })
+    });
+    g.bench_function("core_translate_traced_vtd", |b| {
+        b.iter(|| {
+            i = (i + 1) % IOVAS;
+            let t = core
                 .translate(EP, iova(i) + 8, Access::Read)
                 .result
                 .unwrap();
