@@ -229,7 +229,11 @@ impl<M: PhysMem + ?Sized, O: WalkObserver> TableXlate<M, O> for SecondStageXlate
                         }
                         Decoded::NotPresent => return Err(fault(&t, FaultKind::NotPresent)),
                         Decoded::Reserved => return Err(fault(&t, FaultKind::ReservedBit)),
-                        _ => return Err(fault(&t, FaultKind::BadLevel)),
+                        Decoded::BadLevel => return Err(fault(&t, FaultKind::BadLevel)),
+                        // Remapped (another page, or now a table pointer) under the update.
+                        Decoded::Leaf { .. } | Decoded::Table { .. } => {
+                            return Err(fault(&t, FaultKind::AdUpdateContention));
+                        }
                     }
                 }
                 Err(e) => return Err(fault(&t, FaultKind::MemoryRead(e))),
@@ -863,5 +867,156 @@ mod tests {
             assert_eq!(t2.reads(), 4);
             assert_eq!((a1.page_shift, a1.second.unwrap().page_shift), (12, 32));
         }
+    }
+
+    /// Memory that changes the entry at `addr` (by XOR with `flip`) just before each of the
+    /// first `races` compare-exchanges on it.
+    struct Racy<'a> {
+        inner: &'a SparseMem,
+        addr: u64,
+        flip: u64,
+        races: std::cell::Cell<u32>,
+    }
+
+    impl PhysMem for Racy<'_> {
+        fn read_u64(&self, a: u64) -> Result<u64, MemError> {
+            self.inner.read_u64(a)
+        }
+        fn write_u64(&self, a: u64, v: u64) -> Result<(), MemError> {
+            self.inner.write_u64(a, v)
+        }
+        fn compare_exchange_u64(
+            &self,
+            a: u64,
+            c: u64,
+            n: u64,
+        ) -> Result<Result<u64, u64>, MemError> {
+            if a == self.addr && self.races.get() > 0 {
+                self.races.set(self.races.get() - 1);
+                self.inner
+                    .write_u64(a, self.inner.read_u64(a)? ^ self.flip)?;
+            }
+            self.inner.compare_exchange_u64(a, c, n)
+        }
+        fn write_u32(&self, a: u64, v: u32) -> Result<(), MemError> {
+            self.inner.write_u32(a, v)
+        }
+        fn read_u32(&self, a: u64) -> Result<u32, MemError> {
+            self.inner.read_u32(a)
+        }
+    }
+
+    #[test]
+    fn second_stage_dirty_update_for_first_stage_ad_retries_and_rechecks() {
+        let iova = 0x1234_5000;
+        let fs = WalkConfig::VtdFirstStage(X86Config::vtd_first_stage(4));
+        let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_slade(true));
+        let w = world(fs, ss, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        // The second-stage leaf that maps the first-stage root page.
+        let leaf = walk(&ss, &w.mem, w.ss_root, w.fs_root, Access::READ, &mut ()).unwrap();
+        // Building the tables through the view set A and D; leave A only, so that the first
+        // exchange on this entry is the D update for the first-stage A/D write.
+        w.mem
+            .write_u64(leaf.entry_addr, leaf.entry & !(1 << 9))
+            .unwrap();
+        // An ignored bit (10) changes under the first D update: retried, then done.
+        let racy = Racy {
+            inner: &w.mem,
+            addr: leaf.entry_addr,
+            flip: 1 << 10,
+            races: 1.into(),
+        };
+        let mut tr = RecordingTrace::<128>::new();
+        walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &racy,
+            iova,
+            Access::READ,
+            &mut tr,
+        )
+        .unwrap();
+        let e = w.mem.read_u64(leaf.entry_addr).unwrap();
+        assert_eq!(
+            e & ((1 << 8) | (1 << 9) | (1 << 10)),
+            (1 << 8) | (1 << 9) | (1 << 10)
+        );
+
+        // W revoked under the D update: a second-stage permission fault in the A/D phase, and
+        // the first-stage entry is left without A.
+        let w = world(fs, ss, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        let leaf = walk(&ss, &w.mem, w.ss_root, w.fs_root, Access::READ, &mut ()).unwrap();
+        // Building the tables through the view set A and D; leave A only, so that the first
+        // exchange on this entry is the D update for the first-stage A/D write.
+        w.mem
+            .write_u64(leaf.entry_addr, leaf.entry & !(1 << 9))
+            .unwrap();
+        let racy = Racy {
+            inner: &w.mem,
+            addr: leaf.entry_addr,
+            flip: 1 << 1,
+            races: 1.into(),
+        };
+        let f = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &racy,
+            iova,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!((f.stage, f.kind), (Stage::Second, FaultKind::Permission));
+        assert_eq!(f.nested, Some(NestedPhase::FirstStageAdUpdate { level: 4 }));
+        let view = SecondStageView {
+            mem: &w.mem,
+            config: ss,
+            root: w.ss_root,
+        };
+        let root_entry = view.read_u64(w.fs_root + level_index(4, iova) * 8).unwrap();
+        assert_eq!(root_entry & 0x20, 0, "first-stage A not set");
+
+        // The page remapped elsewhere under the update: the changed leaf is refused.
+        let w = world(fs, ss, iova, Perms::RW);
+        let second = SecondStage::Tables {
+            config: ss,
+            root: w.ss_root,
+        };
+        let leaf = walk(&ss, &w.mem, w.ss_root, w.fs_root, Access::READ, &mut ()).unwrap();
+        // Building the tables through the view set A and D; leave A only, so that the first
+        // exchange on this entry is the D update for the first-stage A/D write.
+        w.mem
+            .write_u64(leaf.entry_addr, leaf.entry & !(1 << 9))
+            .unwrap();
+        let racy = Racy {
+            inner: &w.mem,
+            addr: leaf.entry_addr,
+            flip: 1 << 20,
+            races: 1.into(),
+        };
+        let f = walk_nested(
+            &w.fs,
+            w.fs_root,
+            &second,
+            &racy,
+            iova,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (f.stage, f.kind),
+            (Stage::Second, FaultKind::AdUpdateContention)
+        );
     }
 }

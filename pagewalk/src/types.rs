@@ -236,7 +236,8 @@ pub enum FaultKind {
     /// A table entry could not be read or updated.
     #[error("memory access failed: {0}")]
     MemoryRead(MemError),
-    /// The entry kept changing under the A/D compare-and-exchange for too many attempts.
+    /// The entry kept changing under the A/D compare-and-exchange for too many attempts (or,
+    /// for the second-stage dirty update of a nested walk, was remapped under it).
     #[error("A/D update kept racing with entry changes")]
     AdUpdateContention,
 }
