@@ -479,7 +479,12 @@ impl<M: PhysMem> Vtd<M> {
                     self.process_queue(r, out);
                 }
             }
-            IQA_REG => r.iqa = v & (IQA_BASE_MASK | IQA_DW | IQA_QS_MASK),
+            IQA_REG => {
+                // DW (256-bit descriptors) exists only with scalable mode (ECAP.SMTS); without
+                // it the bit is reserved and the queue holds 128-bit descriptors (§10.4.24).
+                let dw = if self.cfg.scalable_mode { IQA_DW } else { 0 };
+                r.iqa = v & (IQA_BASE_MASK | dw | IQA_QS_MASK)
+            }
             b if b == iro => r.iva = v & !(0x1f << 7),
             b if b == iro + 8 => {
                 r.iotlb = v & !(3 << IOTLB_IAIG_SHIFT);

@@ -1970,3 +1970,33 @@ fn first_stage_user_supervisor_from_a_cached_directory() {
             .is_ok()
     );
 }
+
+/// IQA.DW is reserved on a unit without scalable mode (ECAP.SMTS = 0): it reads back clear and
+/// the queue keeps 128-bit descriptors (§10.4.24; QEMU honours DW only with ECAP.SMTS too).
+#[test]
+fn descriptor_width_is_reserved_without_scalable_mode() {
+    let mut d = Driver::new(VtdConfig {
+        scalable_mode: false,
+        first_stage: false,
+        nested: false,
+        ..VtdConfig::default()
+    });
+    d.set_root(false);
+    d.enable_qi(false);
+    let iq = d.r64(IQA_REG);
+    d.w32(GCMD_REG, d.gcmd & !GCMD_QIE);
+    d.w64(IQA_REG, iq | IQA_DW);
+    assert_eq!(d.r64(IQA_REG) & IQA_DW, 0);
+    d.w32(GCMD_REG, d.gcmd);
+    // Two 128-bit descriptors at offsets 0 and 0x10 both run: a 256-bit queue would have read
+    // them as one descriptor with a non-zero upper half (a reserved-field error).
+    let st = d.status;
+    d.submit(&[iotlb_global(), wait_desc(false, true, 0x55, st)]);
+    assert_eq!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+    assert_eq!(d.mem.read_u32(st).unwrap(), 0x55);
+    assert_eq!(d.r64(IQH_REG), 0x20);
+    // With scalable mode offered, DW is kept.
+    let mut s = Driver::new(VtdConfig::default());
+    s.enable_qi(true);
+    assert_ne!(s.r64(IQA_REG) & IQA_DW, 0);
+}
