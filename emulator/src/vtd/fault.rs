@@ -35,6 +35,9 @@ pub enum FaultReason {
     SlReserved = 0xc,
     /// LCT.5: a translation request blocked by the context entry's translation type.
     TranslationRequestBlocked = 0xd,
+    /// LGN.4: an untranslated or translation request whose translated address falls in the
+    /// interrupt address range 0xFEEx_xxxx (§3.15).
+    InterruptAddress = 0xe,
     /// RTA.1: the root-table address register programs an invalid mode (TTM reserved).
     InvalidRootTable = 0x30,
     /// RTA.2: a request with PASID while the root table is in legacy mode.
@@ -115,6 +118,8 @@ pub enum FaultReason {
     SmWriteDenied = 0x85,
     /// SGN.7: a read or atomic request without read permission.
     SmReadDenied = 0x86,
+    /// SGN.8: scalable mode: a translated address in the interrupt address range (§3.15).
+    SmInterruptAddress = 0x87,
 }
 
 impl FaultReason {
@@ -195,9 +200,12 @@ impl FaultReason {
             | FsAccessError
             | FsptptrAccessError
             | SsAccessError => FaultKind::MemoryAccess,
-            TranslationRequestBlocked | LegacyModePasid | SmDteClear | SmPasidDisabled => {
-                FaultKind::Blocked
-            }
+            TranslationRequestBlocked
+            | LegacyModePasid
+            | SmDteClear
+            | SmPasidDisabled
+            | InterruptAddress
+            | SmInterruptAddress => FaultKind::Blocked,
         }
     }
 }

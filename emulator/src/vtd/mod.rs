@@ -7,6 +7,8 @@
 //!   structures, the caches and the page walkers, with the event trace of what it did. Callable
 //!   from many threads at once; lock-free unless it faults.
 //! - Queued invalidation is processed synchronously when IQT is written.
+//! - Translations that land in the interrupt address range 0xFEEx_xxxx fault (LGN.4 / SGN.8,
+//!   §3.15); interrupt requests themselves (and interrupt remapping) are not modelled.
 //! - Fault events and invalidation-completion events reach the embedder through the callback
 //!   given to [`Vtd::new`], as the MSI address/data pair software programmed.
 //!

@@ -2000,3 +2000,49 @@ fn descriptor_width_is_reserved_without_scalable_mode() {
     s.enable_qi(true);
     assert_ne!(s.r64(IQA_REG) & IQA_DW, 0);
 }
+
+/// Requests whose translation lands in the interrupt address range 0xFEEx_xxxx are blocked:
+/// LGN.4 in legacy mode, SGN.8 in scalable mode (§3.15), also when the translation comes from
+/// the IOTLB, and recorded unless FPD is set.
+#[test]
+fn translations_into_the_interrupt_range_are_blocked() {
+    let (mut d, mut t, dev) = legacy_with_domain();
+    d.map(&mut t, 0x30_0000, 0xfee0_0000, 0x1000, RW);
+    d.map(&mut t, 0x30_1000, 0xfeef_f000, 0x1000, RW);
+    d.map(&mut t, 0x30_2000, 0xfef0_0000, 0x1000, RW);
+    d.map(&mut t, 0x30_3000, 0xfedf_f000, 0x1000, RW);
+    for _ in 0..2 {
+        let f = d.write(dev, 0x30_0010).unwrap_err();
+        assert_eq!(
+            (f.code, f.kind, f.recorded),
+            (0xe, FaultKind::Blocked, true)
+        );
+        d.clear_frcd(0);
+        d.clear_frcd(1);
+    }
+    assert_eq!(d.read(dev, 0x30_1ffc).unwrap_err().code, 0xe);
+    // Just outside the range on either side.
+    assert_eq!(d.read(dev, 0x30_2000).unwrap(), 0xfef0_0000);
+    assert_eq!(
+        d.translate(DmaRequest::new(dev, 0x30_3ff0, 0x10, AccessKind::Read))
+            .unwrap()
+            .addr,
+        0xfedf_fff0
+    );
+    // Scalable mode, second-stage translation: SGN.8; FPD in the PASID entry suppresses it.
+    let mut s = scalable();
+    let sdev = sid(0, 4, 0);
+    let mut st = s.ss_domain(2);
+    s.map(&mut st, 0x4000, 0xfee0_1000, 0x1000, RW);
+    let dir = s.sm_context(sdev, 0, true, 0);
+    s.pasid_entry(dir, 0, ss_pasid(&st, 3));
+    let f = s.read(sdev, 0x4000).unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x87, true));
+    let mut quiet = ss_pasid(&st, 3);
+    quiet[0] |= 2;
+    s.pasid_entry(dir, 1, quiet);
+    let f = s
+        .translate(DmaRequest::new(sdev, 0x4000, 4, AccessKind::Read).with_pasid(1))
+        .unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x87, false));
+}

@@ -167,6 +167,11 @@ fn read_qwords<M: PhysMem, const N: usize>(mem: &M, addr: u64) -> Option<[u64; N
     Some(out)
 }
 
+/// First byte of the interrupt address range (§3.15: 0xFEEx_xxxx).
+const INTERRUPT_RANGE_FIRST: u64 = 0xfee0_0000;
+/// Last byte of the interrupt address range.
+const INTERRUPT_RANGE_LAST: u64 = 0xfeef_ffff;
+
 /// The address width check: the input is above 2^X - 1, X = min(MGAW, AGAW of the entry).
 fn width_for_aw(mgaw: u8, aw: u8) -> u8 {
     (30 + 9 * aw).min(mgaw)
@@ -625,13 +630,7 @@ impl<M: PhysMem> Vtd<M> {
                 && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0)
             {
                 let mask = (1u64 << c.page_shift.min(63)) - 1;
-                return Ok(self.output(
-                    req,
-                    c.output | (req.addr & mask),
-                    c.page_shift,
-                    perms,
-                    s.did,
-                ));
+                return self.output(s, req, c.output | (req.addr & mask), c.page_shift, perms);
             }
             // A cached entry that does not allow the access (or whose dirty flag still has to
             // be set) is not trusted: the walk below decides.
@@ -679,7 +678,7 @@ impl<M: PhysMem> Vtd<M> {
                 flags: if dirty_ok { FLAG_DIRTY_OK } else { 0 },
             },
         );
-        Ok(self.output(req, t.output, shift, t.perms, s.did))
+        self.output(s, req, t.output, shift, t.perms)
     }
 
     /// Where a walk of `s`'s tables for `input` starts: the deepest paging-structure-cache hit,
@@ -750,26 +749,41 @@ impl<M: PhysMem> Vtd<M> {
         }
     }
 
+    /// The translation of `req` to `addr` in a page of 2^`shift` bytes, unless the bytes it
+    /// reaches fall in the interrupt address range 0xFEE0_0000..=0xFEEF_FFFF: untranslated and
+    /// translation requests whose translation lands there are blocked (VT-d spec rev 4.1, §3.15
+    /// "Handling Requests to Interrupt Address Range"; LGN.4 in legacy mode, SGN.8 in scalable
+    /// mode). Checked on every use, so a cached translation cannot bypass it.
     fn output(
         &self,
+        s: &Setting,
         req: &DmaRequest,
         addr: u64,
         shift: u8,
         perms: pagewalk::Perms,
-        did: u16,
-    ) -> Translation {
-        Translation {
+    ) -> Result<Translation, Fail> {
+        let len = covered_len(req.addr, req.len, shift);
+        let last = addr.saturating_add(len - 1);
+        if addr <= INTERRUPT_RANGE_LAST && last >= INTERRUPT_RANGE_FIRST {
+            let reason = if s.legacy {
+                FaultReason::InterruptAddress
+            } else {
+                FaultReason::SmInterruptAddress
+            };
+            return Err(Fail::fpd(reason, s.fpd));
+        }
+        Ok(Translation {
             addr,
-            len: covered_len(req.addr, req.len, shift),
+            len,
             page_shift: shift,
             perms: Perms {
                 read: perms.read(),
                 write: perms.write(),
                 execute: perms.execute(),
             },
-            domain_id: did,
+            domain_id: s.did,
             identity: false,
-        }
+        })
     }
 
     /// Maps a walker fault to the spec's fault reason for the mode and stage.
@@ -843,13 +857,7 @@ impl<M: PhysMem> Vtd<M> {
                 && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0)
             {
                 let mask = (1u64 << c.page_shift.min(63)) - 1;
-                return Ok(self.output(
-                    req,
-                    c.output | (req.addr & mask),
-                    c.page_shift,
-                    perms,
-                    s.did,
-                ));
+                return self.output(s, req, c.output | (req.addr & mask), c.page_shift, perms);
             }
         }
         // First-stage paging-structure entries of a nested walk hold guest-physical table
@@ -890,7 +898,7 @@ impl<M: PhysMem> Vtd<M> {
                 flags: if access.is_write() { FLAG_DIRTY_OK } else { 0 },
             },
         );
-        Ok(self.output(req, t.output, shift, t.perms, s.did))
+        self.output(s, req, t.output, shift, t.perms)
     }
 }
 
