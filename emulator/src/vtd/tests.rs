@@ -2046,3 +2046,55 @@ fn translations_into_the_interrupt_range_are_blocked() {
         .unwrap_err();
     assert_eq!((f.code, f.recorded), (0x87, false));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// First-stage permission faults get the reason the spec gives for the permissions
+    /// accumulated over all four levels (U/S and R/W of every entry), whether the walk starts
+    /// at the root or from a paging-structure-cache hit left by an earlier supervisor request:
+    /// SGN.2 for a user request when some level is supervisor-only, else SGN.6 for a user
+    /// write when some level is read-only (WPE = 0 lets supervisor writes through).
+    #[test]
+    fn first_stage_permission_reasons_follow_the_accumulated_bits(
+        user in proptest::array::uniform4(any::<bool>()),
+        rw in proptest::array::uniform4(any::<bool>()),
+        write in any::<bool>(),
+        privileged in any::<bool>(),
+        warm in any::<bool>(),
+    ) {
+        let mut d = scalable();
+        let dev = sid(0, 13, 0);
+        let mut t = d.fs_domain();
+        d.map(&mut t, 0x20_0000, 0x6000_0000, 0x2000, PwPerms::RW | PwPerms::U);
+        let dir = d.sm_context(dev, 0, true, 0);
+        d.pasid_entry(dir, 1, fs_pasid(&t, 4, true, false));
+        // Levels 4..=1 on the walk of 0x20_1000 (0x20_0000 shares every level but the leaf).
+        for (i, level) in (1..=4u8).rev().enumerate() {
+            let (at, e) = entry_at(d.mem, t.root(), 0x20_1000, level);
+            let e = (e & !6) | (u64::from(user[i]) << 2) | (u64::from(rw[i]) << 1);
+            d.mem.write_u64(at, e).unwrap();
+        }
+        let req = |addr, access: AccessKind, p: bool| {
+            let r = DmaRequest::new(dev, addr, 4, access).with_pasid(1);
+            if p { r.privileged() } else { r }
+        };
+        if warm {
+            // A supervisor read of the neighbouring page fills the paging-structure caches
+            // down to the leaf table.
+            prop_assert!(d.translate(req(0x20_0000, AccessKind::Read, true)).is_ok());
+        }
+        let access = if write { AccessKind::Write } else { AccessKind::Read };
+        let r = d.translate(req(0x20_1000, access, privileged));
+        let all_user = user.iter().all(|&u| u);
+        let all_rw = rw.iter().all(|&w| w);
+        let expected = if !privileged && !all_user {
+            Some(0x81)
+        } else if write && !privileged && !all_rw {
+            Some(0x85)
+        } else {
+            None
+        };
+        prop_assert_eq!(r.err().map(|f| f.code), expected);
+    }
+}
