@@ -147,7 +147,9 @@ pub const IQ_OFFSET_MASK: u64 = 0x7fff0;
 // IQERCD_REG (§10.4.30).
 /// IQEI: no information.
 pub const IQEI_NONE: u64 = 0;
-/// IQEI: IQT points beyond the queue.
+/// IQEI: an invalid tail pointer (here: IQT beyond the queue). Values 0..=5 follow the IQEI
+/// descriptions in Intel's register datasheets (IQERCD_REG); 6 and 7 follow the spec's order
+/// (VirtualBox names 6 "queue tail misaligned" as well).
 pub const IQEI_TAIL_BEYOND_QUEUE: u64 = 1;
 /// IQEI: error fetching a descriptor.
 pub const IQEI_FETCH_ERROR: u64 = 2;
@@ -155,7 +157,9 @@ pub const IQEI_FETCH_ERROR: u64 = 2;
 pub const IQEI_INVALID_TYPE: u64 = 3;
 /// IQEI: reserved field set in a descriptor.
 pub const IQEI_RESERVED: u64 = 4;
-/// IQEI: a 256-bit-only descriptor in a 128-bit queue, or the reverse.
+/// IQEI: an invalid descriptor width programmed in IQA_REG. Not reported by the model: without
+/// scalable mode IQA.DW is reserved and reads zero (QEMU and Intel's non-SMTS register maps
+/// agree; VirtualBox instead reports this error when DW = 1 is written there).
 pub const IQEI_INVALID_WIDTH: u64 = 5;
 /// IQEI: IQT not aligned to 256 bits in a 256-bit queue.
 pub const IQEI_TAIL_MISALIGNED: u64 = 6;
