@@ -1,5 +1,13 @@
 //! VT-d fault reasons (VT-d spec rev 4.1, §7.1.3 and Appendix A "Non-Recoverable Fault Reason
 //! Encodings") and the fault-recording-register encoding (§10.4.14).
+//!
+//! No copy of Appendix A was available to check against; the encodings agree with Linux's
+//! `dma_remap_sm_fault_reasons` table (0x30-0x90, in Appendix A order), QEMU's `VTDFaultReason`
+//! (0x31 is its "TTM legacy for a request with PASID", 0x73, 0x81, 0x85, 0x87) and VirtualBox's
+//! mapping (RTA.1 for reserved TTM, LGN.2/3 vs SGN.6/7, LGN.4/SGN.8). Which faults are
+//! "qualified" (FPD-suppressible) follows the rule that a fault is qualified once an entry
+//! carrying FPD has been read; QEMU treats the PASID-directory and PASID-table access errors
+//! (0x50, 0x58) as unqualified, which this model does not follow.
 
 use super::regs::*;
 use crate::request::{AccessKind, AddressType, FaultKind};
@@ -269,6 +277,19 @@ mod tests {
         assert_eq!(FaultReason::PasidEntryNotPresent.code(), 0x59);
         assert_eq!(FaultReason::SmWriteDenied.code(), 0x85);
         assert_eq!(FaultReason::SmReadDenied.code(), 0x86);
+        // Cross-checked against Linux dmar.c's scalable-mode reason strings (indexed from
+        // 0x30), QEMU's VTDFaultReason and VirtualBox's fault mapping.
+        assert_eq!(FaultReason::InvalidRootTable.code(), 0x30);
+        assert_eq!(FaultReason::LegacyModePasid.code(), 0x31);
+        assert_eq!(FaultReason::EreClear.code(), 0x5c);
+        assert_eq!(FaultReason::SreClear.code(), 0x5d);
+        assert_eq!(FaultReason::FsptptrAccessError.code(), 0x73);
+        assert_eq!(FaultReason::SsNotPresent.code(), 0x79);
+        assert_eq!(FaultReason::InterruptAddress.code(), 0xe);
+        assert_eq!(FaultReason::SmInterruptAddress.code(), 0x87);
+        assert!(FaultReason::InterruptAddress.qualified());
+        assert!(FaultReason::SmInterruptAddress.qualified());
+        assert!(!FaultReason::InvalidRootTable.qualified());
         assert!(!FaultReason::RootNotPresent.qualified());
         assert!(FaultReason::WriteDenied.qualified());
         assert_eq!(FaultReason::SlReserved.kind(), FaultKind::InvalidEntry);
