@@ -4,7 +4,7 @@
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use iommu_emulator::core::{CoreConfig, EndpointSet, ResvRegion};
 
 use crate::viot::{EndpointRange, PciBdf, Topology};
@@ -89,13 +89,83 @@ pub enum VtdModeArg {
     Scalable,
 }
 
-/// vhost-user virtio-iommu device backed by an IOMMU hardware model.
+/// The whole command line: serve a device (the options at top level), or a subcommand.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vhost-device-iommu",
+    version,
+    about = "vhost-user virtio-iommu device backed by an IOMMU hardware model",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// A subcommand; without one, the daemon serves the device.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of the daemon.
+    #[command(flatten)]
+    pub serve: Args,
+}
+
+/// Subcommands of `vhost-device-iommu`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write the ACPI VIOT table for a topology (for QEMU's `-acpitable file=`) and exit.
+    Viot(ViotArgs),
+}
+
+/// Arguments of `vhost-device-iommu viot`.
+#[derive(Debug, clap::Args)]
+pub struct ViotArgs {
+    /// PCI address (`BB:DD.F`, or a requester id) of the virtio-iommu device; it is left out of
+    /// the endpoint ranges.
+    #[arg(long)]
+    pub iommu_bdf: String,
+
+    /// Endpoints behind the IOMMU (PCI requester ids or `BB:DD.F`): comma-separated ids or
+    /// `first-last` ranges, as for the daemon's --endpoints.
+    #[arg(long, default_value = "0x0000-0xffff")]
+    pub endpoints: String,
+
+    /// The file to write.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+impl ViotArgs {
+    /// The validated output path and topology.
+    pub fn topology(&self) -> Result<(PathBuf, Topology), ConfigError> {
+        if self.output.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("--output must not be empty".into()));
+        }
+        let ranges = parse_endpoint_ranges(&self.endpoints)?;
+        let iommu = parse_endpoint(&self.iommu_bdf)?;
+        Ok((
+            self.output.clone(),
+            viot_topology(&ranges, PciBdf::from_rid(0, iommu as u16))?,
+        ))
+    }
+}
+
+/// Parses `--endpoints`: comma-separated ids or `first-last` ranges; at least one.
+fn parse_endpoint_ranges(s: &str) -> Result<Vec<RangeInclusive<u32>>, ConfigError> {
+    let mut ranges = Vec::new();
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        ranges.push(parse_range(part, parse_endpoint)?);
+    }
+    if ranges.is_empty() {
+        return Err(ConfigError::Invalid("--endpoints names no endpoint".into()));
+    }
+    Ok(ranges)
+}
+
+/// Options of the daemon (`vhost-device-iommu --socket-path PATH ...`).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Args {
-    /// Location of the vhost-user Unix domain socket.
+    /// Location of the vhost-user Unix domain socket (required to serve).
     #[arg(long)]
-    pub socket_path: PathBuf,
+    pub socket_path: Option<PathBuf>,
 
     /// Location of the JSON-lines control socket (translate, domains, stats).
     #[arg(long)]
@@ -253,9 +323,11 @@ impl TryFrom<Args> for DaemonConfig {
 
     fn try_from(a: Args) -> Result<Self, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if a.socket_path.as_os_str().is_empty() {
-            return invalid("--socket-path must not be empty".into());
-        }
+        let socket_path = match a.socket_path {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            Some(_) => return invalid("--socket-path must not be empty".into()),
+            None => return invalid("--socket-path is required to serve the device".into()),
+        };
         let page_size_mask = parse_u64(&a.page_size_mask)?;
         if page_size_mask == 0 {
             return invalid("--page-size-mask must have at least one bit set".into());
@@ -273,13 +345,7 @@ impl TryFrom<Args> for DaemonConfig {
             let v = parse_u64(x)?;
             u32::try_from(v).map_err(|_| ConfigError::Number(x.to_string()))
         })?;
-        let mut ranges = Vec::new();
-        for part in a.endpoints.split(',').filter(|p| !p.trim().is_empty()) {
-            ranges.push(parse_range(part, parse_endpoint)?);
-        }
-        if ranges.is_empty() {
-            return invalid("--endpoints names no endpoint".into());
-        }
+        let ranges = parse_endpoint_ranges(&a.endpoints)?;
         if a.max_domains == 0 || a.max_mappings == 0 {
             return invalid("--max-domains and --max-mappings must be positive".into());
         }
@@ -324,7 +390,7 @@ impl TryFrom<Args> for DaemonConfig {
             (1u64 << a.input_bits) - 1
         };
         Ok(Self {
-            socket_path: a.socket_path,
+            socket_path,
             control_socket: a.control_socket,
             model: a.model,
             vtd_mode: a.vtd_mode,
@@ -417,6 +483,94 @@ mod tests {
         assert!(viot_topology(&[0x18..=0x18], PciBdf::from_rid(0, 0x18)).is_err());
         // --viot-out needs --iommu-bdf.
         assert!(parse(&["--viot-out", "/tmp/v.bin"]).is_err());
+    }
+
+    #[test]
+    fn command_line_serves_or_runs_the_viot_subcommand() {
+        let cli = Cli::try_parse_from(["vhost-device-iommu", "--socket-path", "/tmp/s"]).unwrap();
+        assert!(cli.command.is_none());
+        let c = DaemonConfig::try_from(cli.serve).unwrap();
+        assert_eq!(c.socket_path, PathBuf::from("/tmp/s"));
+        // Serving needs a socket.
+        let cli = Cli::try_parse_from(["vhost-device-iommu"]).unwrap();
+        let err = DaemonConfig::try_from(cli.serve).unwrap_err().to_string();
+        assert!(err.contains("--socket-path is required"), "{err}");
+
+        let cli = Cli::try_parse_from([
+            "vhost-device-iommu",
+            "viot",
+            "--iommu-bdf",
+            "00:03.0",
+            "--endpoints",
+            "0-0x1f",
+            "-o",
+            "/tmp/v.bin",
+        ])
+        .unwrap();
+        let Some(Command::Viot(v)) = cli.command else {
+            panic!("not the viot subcommand")
+        };
+        let (path, topo) = v.topology().unwrap();
+        assert_eq!(path, PathBuf::from("/tmp/v.bin"));
+        assert_eq!(topo.iommu.rid(), 0x18);
+        let r: Vec<(u16, u16)> = topo
+            .endpoints
+            .iter()
+            .map(|r| (r.first.rid(), r.last.rid()))
+            .collect();
+        assert_eq!(r, vec![(0, 0x17), (0x19, 0x1f)]);
+
+        // The subcommand checks its topology: an IOMMU that is the only endpoint, a bad BDF,
+        // no endpoints.
+        for bad in [
+            &[
+                "viot",
+                "--iommu-bdf",
+                "00:00.0",
+                "--endpoints",
+                "0",
+                "-o",
+                "/tmp/v",
+            ][..],
+            &["viot", "--iommu-bdf", "00:20.0", "-o", "/tmp/v"],
+            &[
+                "viot",
+                "--iommu-bdf",
+                "00:03.0",
+                "--endpoints",
+                ",",
+                "-o",
+                "/tmp/v",
+            ],
+        ] {
+            let mut argv = vec!["vhost-device-iommu"];
+            argv.extend_from_slice(bad);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Some(Command::Viot(v)) = cli.command else {
+                panic!("not the viot subcommand")
+            };
+            assert!(v.topology().is_err(), "{bad:?}");
+        }
+        // Missing required subcommand arguments, an empty output path, and daemon options
+        // mixed in, are refused.
+        assert!(Cli::try_parse_from(["vhost-device-iommu", "viot", "-o", "/tmp/v"]).is_err());
+        assert!(
+            Cli::try_parse_from(["vhost-device-iommu", "viot", "--iommu-bdf", "0", "-o", ""])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "vhost-device-iommu",
+                "--socket-path",
+                "/tmp/s",
+                "viot",
+                "--iommu-bdf",
+                "00:03.0",
+                "-o",
+                "/tmp/v"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -505,3 +505,65 @@ fn bad_arguments_exit_non_zero_with_a_message() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn viot_subcommand_writes_the_table_and_exits() {
+    let dir = std::env::temp_dir().join(format!("vhost-iommu-viot-sub-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let viot = dir.join("viot.bin");
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-device-iommu"))
+        .args([
+            "viot",
+            "--iommu-bdf",
+            "00:02.0",
+            "--endpoints",
+            "00:01.0-00:04.7",
+        ])
+        .args(["--output", viot.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topo = vhost_device_iommu::viot::parse_viot(&std::fs::read(&viot).unwrap()).unwrap();
+    assert_eq!(topo.iommu.rid(), 0x10);
+    let ranges: Vec<(u16, u16)> = topo
+        .endpoints
+        .iter()
+        .map(|r| (r.first.rid(), r.last.rid()))
+        .collect();
+    assert_eq!(ranges, vec![(0x08, 0x0f), (0x11, 0x27)]);
+
+    // Bad topology: exit status 2, a message, and no file written.
+    let bad = dir.join("bad.bin");
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-device-iommu"))
+        .args([
+            "viot",
+            "--iommu-bdf",
+            "00:20.0",
+            "--output",
+            bad.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("viot"));
+    assert!(!bad.exists());
+    // Daemon options do not mix with the subcommand.
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-device-iommu"))
+        .args([
+            "--socket-path",
+            "/tmp/never.sock",
+            "viot",
+            "--iommu-bdf",
+            "00:02.0",
+        ])
+        .args(["--output", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!bad.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
