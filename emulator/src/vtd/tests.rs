@@ -2098,3 +2098,107 @@ proptest! {
         prop_assert_eq!(r.err().map(|f| f.code), expected);
     }
 }
+
+/// How a second stage maps one guest-physical page in the nested-fault property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SsMap {
+    Rw,
+    ReadOnly,
+    Absent,
+}
+
+fn ss_map() -> impl Strategy<Value = SsMap> {
+    prop_oneof![Just(SsMap::Rw), Just(SsMap::ReadOnly), Just(SsMap::Absent)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Nested walks over a second stage that maps each first-stage table page and the output
+    /// page read/write, read-only or not at all fault with the reason of the first failing step
+    /// in walk order: reading the table at level L (SFS.6 for the root, SFS.7 below), setting
+    /// the accessed flag in it (SFS.8), then the output (SSS.2, or SGN.6 for a write to a
+    /// read-only page).
+    #[test]
+    fn nested_fault_reasons_follow_the_walk_order(
+        tables in proptest::array::uniform4(ss_map()),
+        out in ss_map(),
+        write in any::<bool>(),
+    ) {
+        let mut d = scalable();
+        let dev = sid(0, 14, 0);
+        let gpa_base = 0x4000_0000u64;
+        let mut full = d.ss_domain(2);
+        d.map(&mut full, 0, gpa_base, 0x100_0000, RW);
+        let view = pagewalk::SecondStageView {
+            mem: d.mem,
+            config: *full.config(),
+            root: full.root(),
+        };
+        let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
+        let mut c = X86Config::vtd_first_stage(4);
+        c.out_width = 48;
+        let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+        let iova = 0x7000_0000u64;
+        fs.map(&view, &mut galloc, iova, 0x30_0000, 0x1000, PwPerms::RW | PwPerms::U,
+            PageSizePolicy::Fixed(12)).unwrap();
+        // The table pages, root first, with the accessed/dirty flags of the walk's entries
+        // cleared so that every level needs its A update.
+        let mut pages = [0u64; 4];
+        let mut table = fs.root();
+        for (i, level) in (1..=4u8).rev().enumerate() {
+            pages[i] = table & !0xfff;
+            let (at, e) = entry_at(&view, fs.root(), iova, level);
+            view.write_u64(at, e & !0x60).unwrap();
+            table = e & 0x000f_ffff_ffff_f000;
+        }
+        let special: Vec<(u64, SsMap)> = pages
+            .iter()
+            .copied()
+            .zip(tables)
+            .chain([(0x30_0000, out)])
+            .collect();
+        let mut ss = d.ss_domain(2);
+        let mut sorted: Vec<u64> = special.iter().map(|s| s.0).collect();
+        sorted.sort_unstable();
+        let mut next = 0u64;
+        for &p in &sorted {
+            if p > next {
+                d.map(&mut ss, next, gpa_base + next, p - next, RW);
+            }
+            next = p + 0x1000;
+        }
+        d.map(&mut ss, next, gpa_base + next, 0x100_0000 - next, RW);
+        for &(p, m) in &special {
+            match m {
+                SsMap::Rw => d.map(&mut ss, p, gpa_base + p, 0x1000, RW),
+                SsMap::ReadOnly => d.map(&mut ss, p, gpa_base + p, 0x1000, R),
+                SsMap::Absent => {}
+            }
+        }
+        let dir = d.sm_context(dev, 0, true, 0);
+        d.pasid_entry(dir, 1, [ss.root() | (3 << 6) | (2 << 2) | 1, 6, fs.root()]);
+        let mut expected = None;
+        for (i, m) in tables.iter().enumerate() {
+            expected = match m {
+                SsMap::Absent if i == 0 => Some(0x75),
+                SsMap::Absent => Some(0x76),
+                SsMap::ReadOnly => Some(0x77),
+                SsMap::Rw => None,
+            };
+            if expected.is_some() {
+                break;
+            }
+        }
+        if expected.is_none() {
+            expected = match out {
+                SsMap::Absent => Some(0x79),
+                SsMap::ReadOnly if write => Some(0x85),
+                _ => None,
+            };
+        }
+        let access = if write { AccessKind::Write } else { AccessKind::Read };
+        let r = d.translate(DmaRequest::new(dev, iova, 4, access).with_pasid(1));
+        prop_assert_eq!(r.err().map(|f| f.code), expected);
+    }
+}
