@@ -11,8 +11,16 @@
 //!
 //! The builder never uses AMD-Vi level skipping (each table points to the level right below);
 //! it uses the Next Level = 7 encoding for AMD-Vi v1 page sizes between the levels' own sizes.
+//!
+//! Cost: the builder keeps a count of the present entries of every table it has touched, so
+//! deciding whether a table became empty (and can be freed) is O(1) instead of a 512-entry
+//! scan, and tables it empties are returned to the allocator as known-zero pages
+//! ([`FrameAllocator::free_zeroed_frame`]) so they need no second zeroing when handed out
+//! again. The counts assume the builder is the only writer of presence in its tables (the
+//! hardware's A/D updates change no presence); tables adopted with [`TableBuilder::with_root`]
+//! are counted by one scan the first time they are needed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::format::WalkConfig;
 use crate::mem::{MemError, PhysMem};
@@ -27,6 +35,16 @@ pub trait FrameAllocator {
     fn alloc_frame(&mut self) -> Option<u64>;
     /// Returns a page obtained from [`FrameAllocator::alloc_frame`].
     fn free_frame(&mut self, addr: u64);
+    /// Like [`FrameAllocator::alloc_frame`], and also whether the page is known to hold only
+    /// zeros (it was returned with [`FrameAllocator::free_zeroed_frame`] and not handed out
+    /// since), so the caller may skip zeroing it. The default knows nothing.
+    fn alloc_frame_zeroed(&mut self) -> Option<(u64, bool)> {
+        self.alloc_frame().map(|p| (p, false))
+    }
+    /// Returns a page the caller left all zeros. The default forgets that it is zero.
+    fn free_zeroed_frame(&mut self, addr: u64) {
+        self.free_frame(addr)
+    }
 }
 
 impl<A: FrameAllocator + ?Sized> FrameAllocator for &mut A {
@@ -36,15 +54,28 @@ impl<A: FrameAllocator + ?Sized> FrameAllocator for &mut A {
     fn free_frame(&mut self, addr: u64) {
         (**self).free_frame(addr)
     }
+    fn alloc_frame_zeroed(&mut self) -> Option<(u64, bool)> {
+        (**self).alloc_frame_zeroed()
+    }
+    fn free_zeroed_frame(&mut self, addr: u64) {
+        (**self).free_zeroed_frame(addr)
+    }
 }
 
 /// A bump allocator with a free list over a physical range, e.g. the IOMMU-private table region.
+///
+/// The free list remembers which pages were returned known-zero
+/// ([`FrameAllocator::free_zeroed_frame`]); pages never handed out are not assumed zero (the
+/// allocator does not know the memory behind its range).
 #[derive(Debug, Clone)]
 pub struct BumpAllocator {
     start: u64,
     end: u64,
     next: u64,
-    free: Vec<u64>,
+    /// Freed pages and whether each is known to be all zeros.
+    free: Vec<(u64, bool)>,
+    /// The pages of `free`, for O(1) double-free detection.
+    free_set: HashSet<u64>,
     in_use: usize,
 }
 
@@ -58,6 +89,7 @@ impl BumpAllocator {
             end,
             next: start,
             free: Vec::new(),
+            free_set: HashSet::new(),
             in_use: 0,
         }
     }
@@ -73,14 +105,32 @@ impl BumpAllocator {
     }
 }
 
+impl BumpAllocator {
+    fn push_free(&mut self, addr: u64, zero: bool) {
+        if self.owns(addr) && addr < self.next && self.free_set.insert(addr) {
+            self.free.push((addr, zero));
+            self.in_use = self.in_use.saturating_sub(1);
+        } else {
+            log::warn!("BumpAllocator: ignoring free of {addr:#x}, not an allocated page");
+        }
+    }
+}
+
 impl FrameAllocator for BumpAllocator {
     fn alloc_frame(&mut self) -> Option<u64> {
+        self.alloc_frame_zeroed().map(|(p, _)| p)
+    }
+
+    fn alloc_frame_zeroed(&mut self) -> Option<(u64, bool)> {
         let page = match self.free.pop() {
-            Some(p) => p,
+            Some((p, zero)) => {
+                self.free_set.remove(&p);
+                (p, zero)
+            }
             None if self.end - self.next >= TABLE_SIZE => {
                 let p = self.next;
                 self.next += TABLE_SIZE;
-                p
+                (p, false)
             }
             None => return None,
         };
@@ -89,12 +139,11 @@ impl FrameAllocator for BumpAllocator {
     }
 
     fn free_frame(&mut self, addr: u64) {
-        if self.owns(addr) && addr < self.next && !self.free.contains(&addr) {
-            self.free.push(addr);
-            self.in_use = self.in_use.saturating_sub(1);
-        } else {
-            log::warn!("BumpAllocator: ignoring free of {addr:#x}, not an allocated page");
-        }
+        self.push_free(addr, false);
+    }
+
+    fn free_zeroed_frame(&mut self, addr: u64) {
+        self.push_free(addr, true);
     }
 }
 
@@ -226,11 +275,24 @@ fn lshift(level: u8) -> u32 {
     12 + 9 * (u32::from(level) - 1)
 }
 
+/// Present-entry count of one table (entries that [`TableBuilder::parse`] does not call
+/// empty).
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    present: u16,
+    /// The table was zeroed (or handed out known-zero) by this builder, which has written
+    /// every entry since: once `present` is 0, every entry is 0.
+    clean: bool,
+}
+
 /// Builds and edits one table hierarchy.
 #[derive(Debug, Clone)]
 pub struct TableBuilder {
     config: WalkConfig,
     root: u64,
+    /// Present-entry counts by table address (see the module notes); a table missing here is
+    /// counted by a scan when its count is needed.
+    live: HashMap<u64, Live>,
 }
 
 impl TableBuilder {
@@ -243,12 +305,21 @@ impl TableBuilder {
         if !config.levels_valid() {
             return Err(BuildError::BadLevels);
         }
-        let root = alloc.alloc_frame().ok_or(BuildError::AllocatorExhausted)?;
-        if let Err(e) = zero_table(mem, root) {
+        let (root, zero) = alloc
+            .alloc_frame_zeroed()
+            .ok_or(BuildError::AllocatorExhausted)?;
+        if !zero && let Err(e) = zero_table(mem, root) {
             alloc.free_frame(root);
             return Err(e);
         }
-        Ok(Self { config, root })
+        let live = HashMap::from([(
+            root,
+            Live {
+                present: 0,
+                clean: true,
+            },
+        )]);
+        Ok(Self { config, root, live })
     }
 
     /// Adopts existing tables rooted at `root` (which the builder may then edit and free).
@@ -259,6 +330,7 @@ impl TableBuilder {
         Ok(Self {
             config,
             root: root & ADDR,
+            live: HashMap::new(),
         })
     }
 
@@ -491,13 +563,16 @@ impl TableBuilder {
         // Apply page by page, logging what to undo.
         let mut written: Vec<u64> = Vec::new();
         let mut allocated: Vec<u64> = Vec::new();
+        let mut live = std::mem::take(&mut self.live);
         let mut cur = start;
         let mut p = phys;
+        let mut result = Ok(());
         while cur < end {
             let shift = choose(cur, p, end - cur);
             if let Err(e) = self.install(
                 mem,
                 alloc,
+                &mut live,
                 cur,
                 p,
                 shift,
@@ -509,16 +584,48 @@ impl TableBuilder {
                     if let Err(me) = mem.write_u64(*a, 0) {
                         log::error!("builder rollback: cannot clear {a:#x}: {me}");
                     }
+                    // Recounted by a scan when next needed.
+                    live.remove(&(a & !(TABLE_SIZE - 1)));
                 }
                 for f in allocated {
+                    live.remove(&f);
                     alloc.free_frame(f);
                 }
-                return Err(e);
+                result = Err(e);
+                break;
             }
             cur += 1u128 << shift;
             p = p.wrapping_add(1u64 << shift);
         }
-        Ok(())
+        self.live = live;
+        result
+    }
+
+    /// The present-entry count of `table` (at `level`), counted by a scan if not known.
+    fn count<M: PhysMem + ?Sized>(
+        &self,
+        live: &mut HashMap<u64, Live>,
+        mem: &M,
+        level: u8,
+        table: u64,
+    ) -> Result<u16, BuildError> {
+        if let Some(l) = live.get(&table) {
+            return Ok(l.present);
+        }
+        let mut present = 0u16;
+        for i in 0..512 {
+            if self.parse(level, mem.read_u64(table + i * 8)?) != Ent::Empty {
+                present += 1;
+            }
+        }
+        live.insert(
+            table,
+            Live {
+                present,
+                clean: false,
+            },
+        );
+        Ok(present)
     }
 
     /// Writes one leaf for the page at internal address `at`, creating tables on the way.
@@ -527,6 +634,7 @@ impl TableBuilder {
         &self,
         mem: &M,
         alloc: &mut A,
+        live: &mut HashMap<u64, Live>,
         at: u128,
         phys: u64,
         shift: u8,
@@ -543,11 +651,23 @@ impl TableBuilder {
             table = match self.parse(level, e) {
                 Ent::Table(next) => next,
                 Ent::Empty => {
-                    let next = alloc.alloc_frame().ok_or(BuildError::AllocatorExhausted)?;
+                    let (next, zero) = alloc
+                        .alloc_frame_zeroed()
+                        .ok_or(BuildError::AllocatorExhausted)?;
                     allocated.push(next);
-                    zero_table(mem, next)?;
+                    if !zero {
+                        zero_table(mem, next)?;
+                    }
+                    live.insert(
+                        next,
+                        Live {
+                            present: 0,
+                            clean: true,
+                        },
+                    );
                     mem.write_u64(addr, self.encode_table(level, next))?;
                     written.push(addr);
+                    adjust(live, table, 1);
                     next
                 }
                 Ent::Leaf { .. } | Ent::Foreign => {
@@ -561,8 +681,15 @@ impl TableBuilder {
         let first = index(level, at);
         for i in 0..slots {
             let addr = table + (first + i) * 8;
+            // The overlap check left no leaf here; an empty slot becomes present (a table
+            // entry without leaves below, which this builder never leaves behind, stays
+            // present).
+            let was_empty = self.parse(level, mem.read_u64(addr)?) == Ent::Empty;
             mem.write_u64(addr, entry)?;
             written.push(addr);
+            if was_empty {
+                adjust(live, table, 1);
+            }
         }
         Ok(())
     }
@@ -594,7 +721,19 @@ impl TableBuilder {
             found.push(m);
             Ok(())
         })?;
-        self.clear(mem, alloc, self.levels(), self.root, 0, start, end)?;
+        let mut live = std::mem::take(&mut self.live);
+        let r = self.clear(
+            mem,
+            alloc,
+            &mut live,
+            self.levels(),
+            self.root,
+            0,
+            start,
+            end,
+        );
+        self.live = live;
+        r?;
         Ok(found)
     }
 
@@ -611,13 +750,19 @@ impl TableBuilder {
 
     /// Unmaps everything and frees every table, the root included.
     pub fn destroy<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
-        self,
+        mut self,
         mem: &M,
         alloc: &mut A,
     ) -> Result<(), BuildError> {
         let end = 1u128 << self.in_width();
-        self.clear(mem, alloc, self.levels(), self.root, 0, 0, end)?;
-        alloc.free_frame(self.root);
+        let mut live = std::mem::take(&mut self.live);
+        if self.clear(mem, alloc, &mut live, self.levels(), self.root, 0, 0, end)?
+            && live.get(&self.root).is_some_and(|l| l.clean)
+        {
+            alloc.free_zeroed_frame(self.root);
+        } else {
+            alloc.free_frame(self.root);
+        }
         Ok(())
     }
 
@@ -635,7 +780,7 @@ impl TableBuilder {
         end: u128,
         f: &mut dyn FnMut(Mapping) -> Result<(), BuildError>,
     ) -> Result<(), BuildError> {
-        let mut seen = HashSet::from([table]);
+        let mut seen = Seen::new(table);
         self.scan_in(&mut seen, mem, level, table, base, start, end, f)
     }
 
@@ -645,14 +790,15 @@ impl TableBuilder {
         &self,
         mem: &M,
         alloc: &mut A,
+        live: &mut HashMap<u64, Live>,
         level: u8,
         table: u64,
         base: u128,
         start: u128,
         end: u128,
     ) -> Result<bool, BuildError> {
-        let mut seen = HashSet::from([table]);
-        self.clear_in(&mut seen, mem, alloc, level, table, base, start, end)
+        let mut seen = Seen::new(table);
+        self.clear_in(&mut seen, mem, alloc, live, level, table, base, start, end)
     }
 
     /// Calls `f` for every leaf intersecting `[start, end)` in the table at `level` whose
@@ -660,7 +806,7 @@ impl TableBuilder {
     #[allow(clippy::too_many_arguments)]
     fn scan_in<M: PhysMem + ?Sized>(
         &self,
-        seen: &mut HashSet<u64>,
+        seen: &mut Seen,
         mem: &M,
         level: u8,
         table: u64,
@@ -707,13 +853,15 @@ impl TableBuilder {
     }
 
     /// Clears every leaf inside `[start, end)` (the caller checked none straddles it) and frees
-    /// tables left empty. Returns whether the table is now empty.
+    /// tables left empty. Returns whether the table is now empty (from its present-entry
+    /// count, not a scan).
     #[allow(clippy::too_many_arguments)]
     fn clear_in<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
         &self,
-        seen: &mut HashSet<u64>,
+        seen: &mut Seen,
         mem: &M,
         alloc: &mut A,
+        live: &mut HashMap<u64, Live>,
         level: u8,
         table: u64,
         base: u128,
@@ -734,21 +882,39 @@ impl TableBuilder {
                         return Err(BuildError::Corrupt { addr, entry: e });
                     }
                     if level > 1
-                        && self.clear_in(seen, mem, alloc, level - 1, next, slot, start, end)?
+                        && self.clear_in(
+                            seen,
+                            mem,
+                            alloc,
+                            live,
+                            level - 1,
+                            next,
+                            slot,
+                            start,
+                            end,
+                        )?
                     {
                         mem.write_u64(addr, 0)?;
-                        alloc.free_frame(next);
+                        adjust(live, table, -1);
+                        // Every entry of a clean table whose count reached zero was written
+                        // zero by this builder.
+                        if live
+                            .remove(&next)
+                            .is_some_and(|l| l.clean && l.present == 0)
+                        {
+                            alloc.free_zeroed_frame(next);
+                        } else {
+                            alloc.free_frame(next);
+                        }
                     }
                 }
-                Ent::Leaf { .. } => mem.write_u64(addr, 0)?,
+                Ent::Leaf { .. } => {
+                    mem.write_u64(addr, 0)?;
+                    adjust(live, table, -1);
+                }
             }
         }
-        for i in 0..512 {
-            if self.parse(level, mem.read_u64(table + i * 8)?) != Ent::Empty {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self.count(live, mem, level, table)? == 0)
     }
 
     fn encode_table(&self, level: u8, next: u64) -> u64 {
@@ -911,6 +1077,75 @@ impl TableBuilder {
     }
 }
 
+#[cfg(test)]
+impl TableBuilder {
+    /// Checks every known present-entry count against a scan of its table, and that clean
+    /// tables hold nothing but zeros in their empty entries.
+    fn check_counts<M: PhysMem + ?Sized>(&self, mem: &M) -> Result<(), String> {
+        for (&table, l) in &self.live {
+            // The level is not recorded; every format parses an entry's presence the same
+            // way at every level for these checks (present bit / R|W bits).
+            let mut present = 0u16;
+            for i in 0..512 {
+                let e = mem.read_u64(table + i * 8).map_err(|e| e.to_string())?;
+                if self.parse(1, e) != Ent::Empty {
+                    present += 1;
+                } else if l.clean && e != 0 {
+                    return Err(format!("clean table {table:#x} has junk {e:#x} at {i}"));
+                }
+            }
+            if present != l.present {
+                return Err(format!(
+                    "table {table:#x}: counted {} present, memory has {present}",
+                    l.present
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Changes the known present-entry count of `table` by `delta` (a table whose count is not
+/// known is counted by a scan when needed, which sees the change).
+fn adjust(live: &mut HashMap<u64, Live>, table: u64, delta: i16) {
+    if let Some(l) = live.get_mut(&table) {
+        l.present = l.present.saturating_add_signed(delta).min(512);
+    }
+}
+
+/// Tables visited by one scan or clear, to report a table reached twice. A single-page
+/// request visits at most one table per level, so the first few live in an array and only
+/// large scans fall back to a hash set.
+struct Seen {
+    few: [u64; 8],
+    n: usize,
+    many: HashSet<u64>,
+}
+
+impl Seen {
+    fn new(first: u64) -> Self {
+        Self {
+            few: [first; 8],
+            n: 1,
+            many: HashSet::new(),
+        }
+    }
+
+    /// Records `table`; false if it was already recorded.
+    fn insert(&mut self, table: u64) -> bool {
+        if self.few[..self.n].contains(&table) || self.many.contains(&table) {
+            return false;
+        }
+        if self.n < self.few.len() {
+            self.few[self.n] = table;
+            self.n += 1;
+            true
+        } else {
+            self.many.insert(table)
+        }
+    }
+}
+
 /// Index of `at` (internal form) in a table at `level`.
 fn index(level: u8, at: u128) -> u64 {
     ((at >> lshift(level)) & 0x1ff) as u64
@@ -962,6 +1197,137 @@ mod tests {
             table = mem.read_u64(table + level_index(l, iova) * 8).unwrap() & ADDR;
         }
         table + level_index(level, iova) * 8
+    }
+
+    #[test]
+    fn bump_allocator_remembers_zeroed_frees() {
+        let mut a = BumpAllocator::new(0x1000, 0x5000);
+        assert_eq!(a.alloc_frame_zeroed(), Some((0x1000, false)));
+        assert_eq!(a.alloc_frame_zeroed(), Some((0x2000, false)));
+        assert_eq!(a.alloc_frame(), Some(0x3000));
+        a.free_zeroed_frame(0x1000);
+        a.free_frame(0x2000);
+        a.free_zeroed_frame(0x2000); // double free ignored, the page stays not-known-zero
+        a.free_zeroed_frame(0x4000); // never handed out: ignored
+        assert_eq!(a.in_use(), 1);
+        assert_eq!(a.alloc_frame_zeroed(), Some((0x2000, false)));
+        assert_eq!(a.alloc_frame_zeroed(), Some((0x1000, true)));
+        // Once handed out again it is no longer known zero.
+        a.free_frame(0x1000);
+        assert_eq!(a.alloc_frame_zeroed(), Some((0x1000, false)));
+        assert_eq!(a.alloc_frame_zeroed(), Some((0x4000, false)));
+        assert_eq!(a.alloc_frame_zeroed(), None);
+        assert_eq!(a.in_use(), 4);
+    }
+
+    #[test]
+    fn emptied_tables_are_freed_known_zero_and_reused_unzeroed() {
+        let (mem, mut alloc, mut b) = setup(ss4());
+        b.map(
+            &mem,
+            &mut alloc,
+            0x40_0000_0000,
+            0x5000,
+            0x2000,
+            Perms::RW,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        assert_eq!(alloc.in_use(), 4);
+        b.check_counts(&mem).unwrap();
+        b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x2000).unwrap();
+        assert_eq!(alloc.in_use(), 1);
+        b.check_counts(&mem).unwrap();
+        // The three freed tables come back known zero, and are zero.
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let (p, zero) = alloc.alloc_frame_zeroed().unwrap();
+            assert!(zero, "{p:#x}");
+            for i in 0..512 {
+                assert_eq!(mem.read_u64(p + i * 8).unwrap(), 0);
+            }
+            got.push(p);
+        }
+        for p in got.into_iter().rev() {
+            alloc.free_zeroed_frame(p);
+        }
+        // A page the builder did not zero is zeroed when it becomes a table: fill the next
+        // free page with junk and return it as not-known-zero.
+        let (junk, _) = alloc.alloc_frame_zeroed().unwrap();
+        for i in 0..512 {
+            mem.write_u64(junk + i * 8, 0x1003).unwrap();
+        }
+        alloc.free_frame(junk);
+        b.map(
+            &mem,
+            &mut alloc,
+            0x1000,
+            0x9000,
+            0x1000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        b.check_counts(&mem).unwrap();
+        assert_eq!(
+            b.mappings(&mem).unwrap(),
+            vec![Mapping {
+                iova: 0x1000,
+                phys: 0x9000,
+                shift: 12,
+                perms: Perms::R | Perms::U | Perms::X
+            }]
+        );
+        b.destroy(&mem, &mut alloc).unwrap();
+        assert_eq!(alloc.in_use(), 0);
+    }
+
+    #[test]
+    fn adopted_tables_are_counted_by_a_scan_and_freed() {
+        let (mem, mut alloc, mut b) = setup(ss4());
+        b.map(
+            &mem,
+            &mut alloc,
+            0x20_0000,
+            0x20_0000,
+            0x3000,
+            Perms::RW,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        b.map(
+            &mem,
+            &mut alloc,
+            0x80_0000_0000,
+            0,
+            0x1000,
+            Perms::R,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        let used = alloc.in_use();
+        let mut adopted = TableBuilder::with_root(ss4(), b.root()).unwrap();
+        // Part of the first range: its level-1 table stays (two pages left).
+        assert_eq!(
+            adopted
+                .unmap(&mem, &mut alloc, 0x20_0000, 0x1000)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(alloc.in_use(), used);
+        adopted.check_counts(&mem).unwrap();
+        assert_eq!(
+            adopted
+                .unmap(&mem, &mut alloc, 0x20_0000, 0x20_0000)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(alloc.in_use(), used - 3);
+        adopted.check_counts(&mem).unwrap();
+        adopted.destroy(&mem, &mut alloc).unwrap();
+        assert_eq!(alloc.in_use(), 0);
     }
 
     #[test]
@@ -1447,6 +1813,52 @@ mod tests {
             TableBuilder::with_root(WalkConfig::AmdV1(AmdV1Config::new(0)), 0).unwrap_err(),
             BuildError::BadLevels
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Present-entry counts agree with memory after every operation, including failed
+        /// maps (overlaps, allocator exhaustion) and partial unmaps, in every format.
+        #[test]
+        fn present_counts_follow_every_operation(
+            fmt in 0u8..3,
+            ops in proptest::collection::vec(
+                (proptest::prelude::any::<bool>(), 0u64..64, 1u64..40, proptest::prelude::any::<bool>()),
+                1..40,
+            ),
+        ) {
+            let cfg = match fmt {
+                0 => ss4(),
+                1 => WalkConfig::VtdFirstStage(X86Config::vtd_first_stage(4)),
+                _ => WalkConfig::AmdV1(AmdV1Config::new(3)),
+            };
+            let mem = SparseMem::new(1 << 40);
+            // Small enough that some maps run out of table pages.
+            let mut alloc = BumpAllocator::new(0x100_0000, 0x101_4000);
+            let mut b = TableBuilder::new(cfg, &mem, &mut alloc).unwrap();
+            for (map, slot, pages, spread) in ops {
+                // Addresses spread over several level-2/3 tables, or packed in one.
+                let iova = if spread { slot << 30 | (slot % 7) << 21 } else { slot << 12 };
+                if map {
+                    let _ = b.map(&mem, &mut alloc, iova, iova, pages << 12, Perms::RW,
+                        PageSizePolicy::LARGEST);
+                } else {
+                    b.unmap(&mem, &mut alloc, iova & !0x1f_ffff, 0x40_0000).unwrap();
+                }
+                proptest::prop_assert_eq!(b.check_counts(&mem), Ok(()));
+            }
+            let maps = b.mappings(&mem).unwrap();
+            b.unmap(&mem, &mut alloc, 0, 1 << 39).unwrap();
+            proptest::prop_assert_eq!(b.check_counts(&mem), Ok(()));
+            proptest::prop_assert!(maps.iter().all(|m| m.phys == m.iova));
+            proptest::prop_assert_eq!(alloc.in_use(), 1);
+            b.destroy(&mem, &mut alloc).unwrap();
+            proptest::prop_assert_eq!(alloc.in_use(), 0);
+        }
     }
 
     /// Never reuses a page (like an allocator whose frees are deferred until walkers are
