@@ -21,6 +21,7 @@
 //! are counted by one scan the first time they are needed.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::format::WalkConfig;
 use crate::mem::{MemError, PhysMem};
@@ -28,6 +29,31 @@ use crate::types::Perms;
 
 /// Size of a table page.
 pub const TABLE_SIZE: u64 = 4096;
+
+/// Hashes page addresses (the keys of the builder's and the allocator's side tables) with one
+/// multiplication (Fibonacci hashing of the page number). The keys are table pages this code
+/// allocated, never values a guest chooses, so no keyed hash is needed.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageHasher(u64);
+
+impl Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ (v >> 12)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type PageMap<V> = HashMap<u64, V, BuildHasherDefault<PageHasher>>;
+type PageSet = HashSet<u64, BuildHasherDefault<PageHasher>>;
 
 /// Source of zero-able 4 KiB pages for tables.
 pub trait FrameAllocator {
@@ -75,7 +101,7 @@ pub struct BumpAllocator {
     /// Freed pages and whether each is known to be all zeros.
     free: Vec<(u64, bool)>,
     /// The pages of `free`, for O(1) double-free detection.
-    free_set: HashSet<u64>,
+    free_set: PageSet,
     in_use: usize,
 }
 
@@ -89,7 +115,7 @@ impl BumpAllocator {
             end,
             next: start,
             free: Vec::new(),
-            free_set: HashSet::new(),
+            free_set: PageSet::default(),
             in_use: 0,
         }
     }
@@ -292,7 +318,7 @@ pub struct TableBuilder {
     root: u64,
     /// Present-entry counts by table address (see the module notes); a table missing here is
     /// counted by a scan when its count is needed.
-    live: HashMap<u64, Live>,
+    live: PageMap<Live>,
 }
 
 impl TableBuilder {
@@ -312,13 +338,14 @@ impl TableBuilder {
             alloc.free_frame(root);
             return Err(e);
         }
-        let live = HashMap::from([(
+        let mut live = PageMap::default();
+        live.insert(
             root,
             Live {
                 present: 0,
                 clean: true,
             },
-        )]);
+        );
         Ok(Self { config, root, live })
     }
 
@@ -330,7 +357,7 @@ impl TableBuilder {
         Ok(Self {
             config,
             root: root & ADDR,
-            live: HashMap::new(),
+            live: PageMap::default(),
         })
     }
 
@@ -411,7 +438,14 @@ impl TableBuilder {
 
     /// Page sizes (log2, ascending) this builder can map in its format.
     pub fn page_shifts(&self) -> Vec<u8> {
-        let mut v = Vec::new();
+        let bits = self.shift_bits();
+        (12..64u8).filter(|s| bits >> s & 1 != 0).collect()
+    }
+
+    /// [`TableBuilder::page_shifts`] as a bit set (bit `s`: pages of `1 << s` bytes), without
+    /// allocating.
+    fn shift_bits(&self) -> u64 {
+        let mut v = 0u64;
         for level in 1..=self.levels() {
             let own = lshift(level);
             match &self.config {
@@ -423,25 +457,26 @@ impl TableBuilder {
                         _ => false,
                     };
                     if ok {
-                        v.push(own as u8);
+                        v |= 1 << own;
                     }
                 }
                 WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
                     if level <= 2 || (level == 3 && c.ps_1g) {
-                        v.push(own as u8);
+                        v |= 1 << own;
                     }
                 }
                 WalkConfig::AmdV1(_) => {
                     for s in own..own + 9 {
                         if s <= 52 && s < self.in_width() {
-                            v.push(s as u8);
+                            v |= 1 << s;
                         }
                     }
                 }
             }
         }
-        v.retain(|s| u32::from(*s) < self.in_width().max(13));
-        v
+        // Only sizes below the input width (4 KiB always).
+        let w = self.in_width().max(13);
+        if w < 64 { v & ((1u64 << w) - 1) } else { v }
     }
 
     /// Level at which a page of `1 << shift` bytes sits.
@@ -521,12 +556,20 @@ impl TableBuilder {
             return Err(BuildError::OutOfRange { iova, len });
         }
         let perms = self.effective_perms(perms)?;
-        let shifts = self.page_shifts();
+        let bits = self.shift_bits();
+        // Sizes of at most `1 << max` bytes.
+        let upto = |max: u8| {
+            if max >= 63 {
+                bits
+            } else {
+                bits & ((2u64 << max) - 1)
+            }
+        };
         // Validate the page-size policy for the whole range before touching anything.
         let size_mask = |s: u8| (1u128 << s) - 1;
         match policy {
             PageSizePolicy::Fixed(s) => {
-                if !shifts.contains(&s) {
+                if s >= 64 || bits >> s & 1 == 0 {
                     return Err(BuildError::UnsupportedPageSize(s));
                 }
                 let m = size_mask(s);
@@ -535,7 +578,7 @@ impl TableBuilder {
                 }
             }
             PageSizePolicy::Largest { max_shift } => {
-                if !shifts.iter().any(|&s| s <= max_shift) {
+                if upto(max_shift) == 0 {
                     return Err(BuildError::UnsupportedPageSize(max_shift));
                 }
             }
@@ -545,15 +588,19 @@ impl TableBuilder {
         let choose = |cur: u128, p: u64, remaining: u128| -> u8 {
             match policy {
                 PageSizePolicy::Fixed(s) => s,
-                PageSizePolicy::Largest { max_shift } => shifts
-                    .iter()
-                    .rev()
-                    .copied()
-                    .find(|&s| {
+                PageSizePolicy::Largest { max_shift } => {
+                    // Largest candidate first.
+                    let mut cand = upto(max_shift);
+                    while cand != 0 {
+                        let s = (63 - cand.leading_zeros()) as u8;
                         let m = size_mask(s);
-                        s <= max_shift && cur & m == 0 && u128::from(p) & m == 0 && remaining > m
-                    })
-                    .unwrap_or(12),
+                        if cur & m == 0 && u128::from(p) & m == 0 && remaining > m {
+                            return s;
+                        }
+                        cand &= !(1u64 << s);
+                    }
+                    12
+                }
             }
         };
         // Refuse overlaps before writing anything.
@@ -604,7 +651,7 @@ impl TableBuilder {
     /// The present-entry count of `table` (at `level`), counted by a scan if not known.
     fn count<M: PhysMem + ?Sized>(
         &self,
-        live: &mut HashMap<u64, Live>,
+        live: &mut PageMap<Live>,
         mem: &M,
         level: u8,
         table: u64,
@@ -634,7 +681,7 @@ impl TableBuilder {
         &self,
         mem: &M,
         alloc: &mut A,
-        live: &mut HashMap<u64, Live>,
+        live: &mut PageMap<Live>,
         at: u128,
         phys: u64,
         shift: u8,
@@ -790,7 +837,7 @@ impl TableBuilder {
         &self,
         mem: &M,
         alloc: &mut A,
-        live: &mut HashMap<u64, Live>,
+        live: &mut PageMap<Live>,
         level: u8,
         table: u64,
         base: u128,
@@ -861,7 +908,7 @@ impl TableBuilder {
         seen: &mut Seen,
         mem: &M,
         alloc: &mut A,
-        live: &mut HashMap<u64, Live>,
+        live: &mut PageMap<Live>,
         level: u8,
         table: u64,
         base: u128,
@@ -1107,7 +1154,7 @@ impl TableBuilder {
 
 /// Changes the known present-entry count of `table` by `delta` (a table whose count is not
 /// known is counted by a scan when needed, which sees the change).
-fn adjust(live: &mut HashMap<u64, Live>, table: u64, delta: i16) {
+fn adjust(live: &mut PageMap<Live>, table: u64, delta: i16) {
     if let Some(l) = live.get_mut(&table) {
         l.present = l.present.saturating_add_signed(delta).min(512);
     }
@@ -1119,7 +1166,7 @@ fn adjust(live: &mut HashMap<u64, Live>, table: u64, delta: i16) {
 struct Seen {
     few: [u64; 8],
     n: usize,
-    many: HashSet<u64>,
+    many: PageSet,
 }
 
 impl Seen {
@@ -1127,7 +1174,7 @@ impl Seen {
         Self {
             few: [first; 8],
             n: 1,
-            many: HashSet::new(),
+            many: PageSet::default(),
         }
     }
 
