@@ -66,6 +66,19 @@ pub trait Hardware: Send + Sync + std::fmt::Debug {
     /// its range. When this returns, no DMA can use the old translation.
     fn unmap(&self, domain: HwDomain, mapping: &Mapping) -> Result<(), HwError>;
 
+    /// Removes every mapping of `mappings` (each previously mapped, in address order) from
+    /// `domain` and invalidates cached translations of their ranges, as [`Hardware::unmap`]
+    /// does for each; implementations may batch the invalidations (e.g. one invalidation wait
+    /// for the whole request). When this returns, no DMA can use an old translation of what
+    /// was removed. On failure, returns how many mappings were removed (a prefix of
+    /// `mappings`) with the error.
+    fn unmap_many(&self, domain: HwDomain, mappings: &[Mapping]) -> Result<(), (usize, HwError)> {
+        for (i, m) in mappings.iter().enumerate() {
+            self.unmap(domain, m).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
     /// Points `endpoint`'s DMA at `mode`, replacing what it had in one step (no DMA observes a
     /// blocked or pass-through state in between), and invalidates what the replaced state left
     /// cached.

@@ -561,7 +561,7 @@ impl Core {
         {
             return Err(CoreError::Split(m.virt_start));
         }
-        let victims: Vec<Mapping> = d
+        let mut victims: Vec<Mapping> = d
             .mappings
             .range(virt_start..=virt_end)
             .map(|(_, m)| *m)
@@ -571,25 +571,29 @@ impl Core {
         {
             return Err(CoreError::Split(last.virt_start));
         }
-        let mut removed = Vec::with_capacity(victims.len());
-        for m in victims {
-            if let Some(h) = d.hw
-                && let Err(e) = self.hw.unmap(h, &m)
-            {
-                // What was removed so far stays removed (the hardware no longer has it);
-                // the rest stays mapped. Report the failure.
-                st.mapping_count -= removed.len();
-                self.bump();
-                return Err(e.into());
-            }
+        // One hardware call for the whole request, so the invalidations can be batched.
+        let (done, failure) = match d.hw {
+            Some(h) if !victims.is_empty() => match self.hw.unmap_many(h, &victims) {
+                Ok(()) => (victims.len(), None),
+                Err((n, e)) => (n.min(victims.len()), Some(e)),
+            },
+            _ => (victims.len(), None),
+        };
+        for m in &victims[..done] {
             d.mappings.remove(&m.virt_start);
-            removed.push(m);
         }
-        st.mapping_count -= removed.len();
-        if !removed.is_empty() {
+        st.mapping_count -= done;
+        if let Some(e) = failure {
+            // What was removed so far stays removed (the hardware no longer has it); the
+            // rest stays mapped. Report the failure.
+            self.bump();
+            return Err(e.into());
+        }
+        if done > 0 {
             self.bump();
         }
-        Ok(removed)
+        victims.truncate(done);
+        Ok(victims)
     }
 
     /// The reserved regions PROBE reports for `endpoint`.

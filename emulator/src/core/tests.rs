@@ -608,3 +608,80 @@ proptest! {
         }
     }
 }
+
+/// A hardware whose unmap of the mapping at `FAILING_IOVA` fails.
+#[derive(Debug, Default)]
+struct FailingUnmap {
+    soft: SoftHardware,
+}
+
+const FAILING_IOVA: u64 = 0x5000;
+
+impl Hardware for FailingUnmap {
+    fn name(&self) -> &'static str {
+        "failing-unmap"
+    }
+    fn domain_alloc(&self) -> Result<HwDomain, HwError> {
+        self.soft.domain_alloc()
+    }
+    fn domain_free(&self, d: HwDomain) -> Result<(), HwError> {
+        self.soft.domain_free(d)
+    }
+    fn map(&self, d: HwDomain, m: &Mapping) -> Result<(), HwError> {
+        self.soft.map(d, m)
+    }
+    fn unmap(&self, d: HwDomain, m: &Mapping) -> Result<(), HwError> {
+        if m.virt_start == FAILING_IOVA {
+            return Err(HwError::Failed("table page".into()));
+        }
+        self.soft.unmap(d, m)
+    }
+    fn set_endpoint(&self, ep: EndpointId, mode: EndpointMode) -> Result<(), HwError> {
+        self.soft.set_endpoint(ep, mode)
+    }
+    fn translate(&self, ep: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
+        self.soft.translate(ep, iova, access, traced)
+    }
+    fn reset(&self) -> Result<(), HwError> {
+        self.soft.reset()
+    }
+    fn stats(&self) -> HwStats {
+        vec![]
+    }
+}
+
+#[test]
+fn unmap_failing_partway_keeps_what_the_hardware_still_has() {
+    let c = Core::new(small_config(), Arc::new(FailingUnmap::default())).unwrap();
+    c.attach(1, EP, false).unwrap();
+    for iova in [0x1000u64, FAILING_IOVA, 0x9000] {
+        c.map(1, iova, iova + 0xfff, iova, MapFlags::RW).unwrap();
+    }
+    let before = c.generation();
+    assert_eq!(
+        c.unmap(1, 0, 0xffff),
+        Err(CoreError::Hardware(HwError::Failed("table page".into())))
+    );
+    // The first mapping is gone (from the hardware too); the failing one and the rest stay.
+    let left: Vec<u64> = c.domains()[0]
+        .mappings
+        .iter()
+        .map(|m| m.virt_start)
+        .collect();
+    assert_eq!(left, vec![FAILING_IOVA, 0x9000]);
+    assert!(c.generation() > before);
+    assert!(c.translate(EP, 0x1000, Access::Read).result.is_err());
+    assert_eq!(
+        c.translate(EP, 0x9000, Access::Read).result.unwrap().phys,
+        0x9000
+    );
+    // The mapping count followed: the limit (8) still allows 6 more.
+    for i in 0..6u64 {
+        let iova = 0x10_0000 + i * 0x1000;
+        c.map(1, iova, iova + 0xfff, iova, MapFlags::RW).unwrap();
+    }
+    assert_eq!(
+        c.map(1, 0x20_0000, 0x20_0fff, 0, MapFlags::RW),
+        Err(CoreError::TooManyMappings(8))
+    );
+}

@@ -711,6 +711,44 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         self.submit(c, &descs)
     }
 
+    fn unmap_many(&self, domain: HwDomain, mappings: &[Mapping]) -> Result<(), (usize, HwError)> {
+        let mut c = self.lock();
+        let c = &mut *c;
+        let d = c
+            .domains
+            .get_mut(&domain)
+            .ok_or_else(|| (0, failed(format!("no domain {domain:?}"))))?;
+        let did = d.did;
+        let mut descs = Vec::new();
+        let mut done = 0;
+        let mut failure = None;
+        for m in mappings {
+            let Some(len) = m.size() else {
+                failure = Some(failed("mapping covers the whole address space"));
+                break;
+            };
+            if let Err(e) = d.tables.unmap(self.mem(), &mut c.alloc, m.virt_start, len) {
+                failure = Some(failed(e));
+                break;
+            }
+            descs.extend(self.iotlb_range_descs(did, m.virt_start, len));
+            done += 1;
+        }
+        // One wait for the request; a domain-selective invalidation where the ranges need
+        // too many page-selective ones (or one of them already fell back to it).
+        let domain_wide = [DESC_IOTLB | G_DOMAIN | (u64::from(did) << 16), 0];
+        if descs.len() > MAX_PSI || descs.contains(&domain_wide) {
+            descs = vec![domain_wide];
+        }
+        if !descs.is_empty() {
+            self.submit(c, &descs).map_err(|e| (done, e))?;
+        }
+        match failure {
+            Some(e) => Err((done, e)),
+            None => Ok(()),
+        }
+    }
+
     fn set_endpoint(&self, endpoint: EndpointId, mode: EndpointMode) -> Result<(), HwError> {
         let mut c = self.lock();
         let c = &mut *c;

@@ -207,6 +207,55 @@ fn map_translate_unmap_through_the_model() {
 }
 
 #[test]
+fn unmap_of_several_mappings_waits_once() {
+    for mode in MODES {
+        let hw = Arc::new(hw_mode(64, mode));
+        let c = core_on(hw.clone());
+        c.attach(1, EP, false).unwrap();
+        let pages = [0x1000u64, 0x5000, 0x40_0000];
+        for (i, &p) in pages.iter().enumerate() {
+            c.map(
+                1,
+                p,
+                p + 0xfff,
+                0x8000_0000 + (i as u64) * 0x1000,
+                MapFlags::RW,
+            )
+            .unwrap();
+            // Warm the IOTLB: the unmap must invalidate each cached translation.
+            assert!(phys(&c, EP, p, Access::Read).is_ok());
+        }
+        let descs = |hw: &VtdHardware<SparseMem>| {
+            hw.stats()
+                .into_iter()
+                .find(|(n, _)| n == "invalidation_descriptors")
+                .unwrap()
+                .1
+        };
+        let before = descs(&hw);
+        assert_eq!(c.unmap(1, 0, 0x7f_ffff).unwrap().len(), 3);
+        // Three page-selective IOTLB invalidations and one wait (not one wait per mapping).
+        assert_eq!(descs(&hw) - before, 4, "{mode:?}");
+        for p in pages {
+            assert_eq!(phys(&c, EP, p, Access::Read), Err(FaultReason::Mapping));
+        }
+        // Many mappings in one request: one domain-selective invalidation and one wait.
+        for i in 0..40u64 {
+            c.map(1, i * 0x2000, i * 0x2000 + 0xfff, 0x8000_0000, MapFlags::RW)
+                .unwrap();
+        }
+        assert!(phys(&c, EP, 39 * 0x2000, Access::Read).is_ok());
+        let before = descs(&hw);
+        assert_eq!(c.unmap(1, 0, 0xff_ffff).unwrap().len(), 40);
+        assert_eq!(descs(&hw) - before, 2, "{mode:?}");
+        assert_eq!(
+            phys(&c, EP, 39 * 0x2000, Access::Read),
+            Err(FaultReason::Mapping)
+        );
+    }
+}
+
+#[test]
 fn read_only_and_write_only_mappings() {
     for mode in MODES {
         let hw = Arc::new(hw_mode(64, mode));
