@@ -28,7 +28,8 @@ use crate::device::{DEVICE_FEATURES, IommuDevice};
 use crate::protocol::{EVENT_QUEUE, NUM_QUEUES, REQUEST_QUEUE};
 
 /// The epoll token of the fault notifier (tokens up to `NUM_QUEUES` belong to the vrings and
-/// the exit event).
+/// the exit event). The backend also signals it itself when it stops serving the request
+/// queue with requests left (its per-event bound), so that it comes back to them.
 pub const FAULT_EVENT: u16 = NUM_QUEUES as u16 + 1;
 
 /// Largest queue size the backend accepts.
@@ -73,6 +74,10 @@ pub struct IommuBackend {
     event_idx: AtomicBool,
     exit: Mutex<(EventConsumer, EventNotifier)>,
     fault_consumer: EventConsumer,
+    /// Signals [`FAULT_EVENT`] to bring the worker back to requests it left.
+    wake: EventNotifier,
+    /// The request queue was left with requests available (see [`FAULT_EVENT`]).
+    requests_pending: AtomicBool,
     /// The request-queue polling window in nanoseconds (0: no polling).
     request_poll_ns: AtomicU64,
     /// Requests served while polling, i.e. without a kick.
@@ -86,6 +91,7 @@ impl IommuBackend {
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(BackendError::EventFd)?;
         let (fault_consumer, fault_notifier) =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(BackendError::EventFd)?;
+        let wake = fault_notifier.try_clone().map_err(BackendError::EventFd)?;
         device.core().set_fault_notifier(move || {
             if let Err(e) = fault_notifier.notify() {
                 log::warn!("cannot kick the event queue: {e}");
@@ -97,6 +103,8 @@ impl IommuBackend {
             event_idx: AtomicBool::new(false),
             exit: Mutex::new(exit),
             fault_consumer,
+            wake,
+            requests_pending: AtomicBool::new(false),
             request_poll_ns: AtomicU64::new(DEFAULT_REQUEST_POLL.as_nanos() as u64),
             polled: AtomicU64::new(0),
         })
@@ -262,13 +270,20 @@ impl IommuBackend {
     /// a non-zero `poll` window, after a round that used buffers the used queue is signalled
     /// and the available ring polled for `poll` (notifications still suppressed) before they
     /// are re-enabled.
+    ///
+    /// At most [`MAX_QUEUE_SIZE`] rounds run per call. Returns whether buffers were left
+    /// available at that bound: notifications are then enabled again, but the driver has
+    /// already added those buffers and will not notify for them, so the caller must come
+    /// back to the queue by itself.
     fn run_queue(
         &self,
         vring: &VringRwLock,
         work: impl Fn(&Self, &VringRwLock) -> Result<bool, BackendError>,
+        avail_is_work: bool,
         poll: Duration,
-    ) -> Result<(), BackendError> {
+    ) -> Result<bool, BackendError> {
         let mut used = false;
+        let mut pending = false;
         if self.event_idx.load(Ordering::Relaxed) {
             // Bounded by the queue: each round consumes the buffers the driver added, and a
             // polling window is bounded in time.
@@ -282,18 +297,39 @@ impl IommuBackend {
                     used = false;
                     if self.poll_available(vring, poll)? {
                         self.polled.fetch_add(1, Ordering::Relaxed);
+                        pending = true;
                         continue;
                     }
                 }
-                if !vring.enable_notification().map_err(BackendError::Queue)? {
+                pending = vring.enable_notification().map_err(BackendError::Queue)?;
+                // Available buffers are work only for the request queue: event buffers wait
+                // for faults, so a round that delivered nothing ends the event queue's turn.
+                if !pending || (!round && !avail_is_work) {
+                    pending &= avail_is_work;
                     break;
                 }
+            }
+            if pending {
+                // The bound: notifications back on (a round may have ended while polling).
+                vring.enable_notification().map_err(BackendError::Queue)?;
             }
         } else {
             used = work(self, vring)?;
         }
         if used {
             self.signal(vring)?;
+        }
+        Ok(pending)
+    }
+
+    /// Serves the request queue; if requests were left at the bound, signals [`FAULT_EVENT`]
+    /// so the worker comes back to them after its other events.
+    fn run_requests(&self, req: &VringRwLock) -> Result<(), BackendError> {
+        if self.run_queue(req, Self::process_requests, true, self.request_poll())? {
+            self.requests_pending.store(true, Ordering::Release);
+            if let Err(e) = self.wake.notify() {
+                log::warn!("cannot wake the request worker: {e}");
+            }
         }
         Ok(())
     }
@@ -375,14 +411,19 @@ impl VhostUserBackend for IommuBackend {
             return Err(io::Error::other("vrings missing"));
         };
         match device_event {
-            d if d == REQUEST_QUEUE => {
-                self.run_queue(req, Self::process_requests, self.request_poll())?
+            d if d == REQUEST_QUEUE => self.run_requests(req)?,
+            d if d == EVENT_QUEUE => {
+                // Event buffers are only added in response to faults; the next fault comes
+                // back here.
+                self.run_queue(evt, Self::deliver_faults, false, Duration::ZERO)?;
             }
-            d if d == EVENT_QUEUE => self.run_queue(evt, Self::deliver_faults, Duration::ZERO)?,
             FAULT_EVENT => {
                 // Non-blocking: an empty counter (spurious wakeup) is not an error.
                 let _ = self.fault_consumer.consume();
-                self.run_queue(evt, Self::deliver_faults, Duration::ZERO)?;
+                if self.requests_pending.swap(false, Ordering::AcqRel) {
+                    self.run_requests(req)?;
+                }
+                self.run_queue(evt, Self::deliver_faults, false, Duration::ZERO)?;
             }
             other => return Err(BackendError::UnknownEvent(other).into()),
         }
@@ -507,6 +548,57 @@ mod tests {
             (core.endpoint_domain(0), core.endpoint_domain(1)),
             (Some(1), Some(1))
         );
+    }
+
+    /// A driver that keeps the queue busy for longer than one event's bound of rounds: the
+    /// worker stops at the bound and comes back through its own wakeup, so no request is left
+    /// waiting for a kick the driver will not send. The driver follows EVENT_IDX (§2.7.10): it
+    /// kicks only when the index it publishes passes the device's avail_event.
+    #[test]
+    fn a_busy_queue_is_resumed_after_the_bound_through_the_wakeup() {
+        let (b, mem, req, evt) = backend();
+        b.set_request_poll(MAX_REQUEST_POLL);
+        let total = 3 * MAX_QUEUE_SIZE as u16;
+        let kicked = AtomicBool::new(false);
+        let vrings = [req.clone(), evt.clone()];
+        let mut resumed = 0;
+        std::thread::scope(|s| {
+            let driver = s.spawn(|| {
+                for n in 0..total {
+                    add_attach(&mem, n);
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    if avail_event(&mem) == n {
+                        kicked.store(true, Ordering::Release);
+                    }
+                    let start = Instant::now();
+                    while used_idx(&mem) <= n {
+                        if start.elapsed() > Duration::from_secs(60) {
+                            return Err(n);
+                        }
+                        std::hint::spin_loop();
+                    }
+                }
+                Ok(())
+            });
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !driver.is_finished() {
+                assert!(Instant::now() < deadline, "stuck at {}", used_idx(&mem));
+                if b.requests_pending.load(Ordering::Acquire) {
+                    resumed += 1;
+                    b.handle_event(FAULT_EVENT, EventSet::IN, &vrings, 0)
+                        .unwrap();
+                } else if kicked.swap(false, Ordering::AcqRel) {
+                    b.handle_event(REQUEST_QUEUE, EventSet::IN, &vrings, 0)
+                        .unwrap();
+                } else {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            assert_eq!(driver.join().unwrap(), Ok(()));
+        });
+        assert_eq!(used_idx(&mem), total);
+        assert!(resumed >= 1, "the bound was never reached");
+        assert!(b.polled_rounds() >= u64::from(total) / 2);
     }
 
     #[test]
