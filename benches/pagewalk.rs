@@ -9,6 +9,9 @@
 //!   over scattered addresses (cache-cold tables).
 //! - `walk_2d`: nested walks, VT-d 4x4 and 5x5 and AMD-Vi v2 over v1 4x4, 4 KiB pages in both
 //!   stages (24 and 35 reads per walk).
+//! - `builder_map_unmap`: the driver side, a [`TableBuilder`] map and unmap of one 4 KiB page
+//!   (allocating and freeing tables, or inside populated tables) against a `BTreeMap` insert
+//!   and remove.
 //!
 //! Every benchmark cycles through the same 1024 addresses: dense (every third page of a 12 MiB
 //! window, so the tables are cache-warm), plus one VT-d second-stage data point over scattered
@@ -346,5 +349,101 @@ fn bench_2d(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_1d, bench_2d);
+/// Map and unmap of one 4 KiB page per iteration through [`TableBuilder`] (VT-d second stage,
+/// 4 levels), against inserting and removing the range in a `BTreeMap`:
+/// - `scattered_*`: each page needs its own level-2 and level-1 tables, so every map allocates
+///   two tables and every unmap frees them (the driver-side cost a MAP+UNMAP pair pays in the
+///   daemon);
+/// - `dense_*`: the page's level-1 table also holds 1023 other mappings, so the tables stay.
+fn bench_builder(c: &mut Criterion) {
+    let ss = WalkConfig::VtdSecondStage(VtdSsConfig::new(4));
+    let scattered = scattered_iovas(39);
+    let dense = iovas(48);
+    let mut g = c.benchmark_group("builder_map_unmap");
+    g.bench_function("btreemap_baseline", |b| {
+        let mut m = btree(&dense[..MAPPINGS as usize / 2]);
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) & (MAPPINGS as usize - 1);
+            let a = black_box(scattered[i]);
+            m.insert(a, (a + 0x1000, phys(i)));
+            black_box(m.remove(&a))
+        })
+    });
+    // Only the table region is needed: one page's tables at a time, or the few of the dense
+    // window.
+    let tables = (TABLES.0, TABLES.0 + (16 << 20));
+    let flat = FlatMem::new(0, tables.1 as usize);
+    let guest = memory();
+    for (name, addrs, populate) in [
+        ("scattered_flat_mem", &scattered, false),
+        ("dense_flat_mem", &dense, true),
+    ] {
+        let mut alloc = BumpAllocator::new(tables.0, tables.1);
+        let mut b = TableBuilder::new(ss, &flat, &mut alloc).unwrap();
+        bench_map_unmap(&mut g, name, &flat, &mut alloc, &mut b, addrs, populate);
+    }
+    for (name, addrs, populate) in [
+        ("scattered_guest_mem", &scattered, false),
+        ("dense_guest_mem", &dense, true),
+    ] {
+        let mut alloc = BumpAllocator::new(tables.0, tables.1);
+        let mut b = TableBuilder::new(ss, &guest, &mut alloc).unwrap();
+        bench_map_unmap(&mut g, name, &guest, &mut alloc, &mut b, addrs, populate);
+    }
+    g.finish();
+}
+
+/// One benchmark of [`bench_builder`]: with `populate`, every other address of `addrs` stays
+/// mapped and the iterations map and unmap the rest.
+fn bench_map_unmap<M: pagewalk::PhysMem>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mem: &M,
+    alloc: &mut BumpAllocator,
+    b: &mut TableBuilder,
+    addrs: &[u64],
+    populate: bool,
+) {
+    let step = if populate {
+        for &a in addrs.iter().step_by(2) {
+            b.map(
+                mem,
+                alloc,
+                a,
+                0x4000_0000,
+                0x1000,
+                Perms::RW,
+                PageSizePolicy::LARGEST,
+            )
+            .unwrap();
+        }
+        2
+    } else {
+        1
+    };
+    let used = alloc.in_use();
+    g.bench_function(name, |bench| {
+        let mut i = 0;
+        bench.iter(|| {
+            i = (i + step) & (MAPPINGS as usize - 1);
+            let a = black_box(addrs[i + step - 1]);
+            b.map(
+                mem,
+                alloc,
+                a,
+                phys(i),
+                0x1000,
+                Perms::RW,
+                PageSizePolicy::LARGEST,
+            )
+            .unwrap();
+            black_box(b.unmap(mem, alloc, a, 0x1000).unwrap())
+        })
+    });
+    // Every iteration gave back what it took.
+    assert_eq!(alloc.in_use(), used);
+}
+
+criterion_group!(benches, bench_1d, bench_2d, bench_builder);
 criterion_main!(benches);
