@@ -420,7 +420,10 @@ impl VhostUserBackend for IommuBackend {
             FAULT_EVENT => {
                 // Non-blocking: an empty counter (spurious wakeup) is not an error.
                 let _ = self.fault_consumer.consume();
-                if self.requests_pending.swap(false, Ordering::AcqRel) {
+                // (A flag left from a previous front end finds no ready queue.)
+                if self.requests_pending.swap(false, Ordering::AcqRel)
+                    && req.get_ref().get_queue().ready()
+                {
                     self.run_requests(req)?;
                 }
                 self.run_queue(evt, Self::deliver_faults, false, Duration::ZERO)?;
