@@ -227,6 +227,13 @@ pub struct Args {
     #[arg(long)]
     pub bypass: bool,
 
+    /// After the request queue runs dry, keep polling it this many microseconds (with guest
+    /// notifications still suppressed; only when EVENT_IDX is negotiated) so back-to-back
+    /// requests are served without a kick or a thread wakeup. 0 disables polling; at most
+    /// 1000000.
+    #[arg(long, default_value_t = 100)]
+    pub request_poll_us: u64,
+
     /// Do not report the x86 MSI window (0xfee00000-0xfeefffff) as a reserved region.
     #[arg(long)]
     pub no_msi_window: bool,
@@ -261,6 +268,8 @@ pub struct DaemonConfig {
     pub viot: Option<(PathBuf, Topology)>,
     /// PROBE property bytes.
     pub probe_size: u32,
+    /// How long the request queue is polled after it runs dry.
+    pub request_poll: std::time::Duration,
 }
 
 /// Largest probe_size accepted.
@@ -361,6 +370,10 @@ impl TryFrom<Args> for DaemonConfig {
         if a.probe_size < needed {
             return invalid(format!("--probe-size must be at least {needed}"));
         }
+        let max_poll = crate::backend::MAX_REQUEST_POLL.as_micros() as u64;
+        if a.request_poll_us > max_poll {
+            return invalid(format!("--request-poll-us must be at most {max_poll}"));
+        }
         let private_base = parse_u64(&a.private_base)?;
         let private_size = a
             .private_mib
@@ -395,6 +408,7 @@ impl TryFrom<Args> for DaemonConfig {
             model: a.model,
             vtd_mode: a.vtd_mode,
             probe_size: a.probe_size,
+            request_poll: std::time::Duration::from_micros(a.request_poll_us),
             private_region: (private_base, private_size),
             viot,
             core: CoreConfig {
@@ -438,6 +452,13 @@ mod tests {
         let c = parse(&["--vtd-mode", "scalable", "--model", "soft"]).unwrap();
         assert_eq!((c.model, c.vtd_mode), (Model::Soft, VtdModeArg::Scalable));
         assert_eq!(c.private_region, (0x4000_0000_0000, 256 << 20));
+        assert_eq!(c.request_poll, crate::backend::DEFAULT_REQUEST_POLL);
+        let c = parse(&["--request-poll-us", "0"]).unwrap();
+        assert_eq!(c.request_poll, std::time::Duration::ZERO);
+        let c = parse(&["--request-poll-us", "1000000"]).unwrap();
+        assert_eq!(c.request_poll, crate::backend::MAX_REQUEST_POLL);
+        let e = parse(&["--request-poll-us", "1000001"]).unwrap_err();
+        assert!(e.contains("--request-poll-us must be at most 1000000"), "{e}");
     }
 
     #[test]

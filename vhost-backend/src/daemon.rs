@@ -103,6 +103,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         log::info!("control socket at {}", path.display());
     }
     let backend = Arc::new(IommuBackend::new(device.clone())?);
+    backend.set_request_poll(cfg.request_poll);
     loop {
         backend.renew_exit_event()?;
         let mut daemon = VhostUserDaemon::new(
