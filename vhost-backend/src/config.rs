@@ -458,7 +458,10 @@ mod tests {
         let c = parse(&["--request-poll-us", "1000000"]).unwrap();
         assert_eq!(c.request_poll, crate::backend::MAX_REQUEST_POLL);
         let e = parse(&["--request-poll-us", "1000001"]).unwrap_err();
-        assert!(e.contains("--request-poll-us must be at most 1000000"), "{e}");
+        assert!(
+            e.contains("--request-poll-us must be at most 1000000"),
+            "{e}"
+        );
     }
 
     #[test]
