@@ -61,7 +61,7 @@ pub use builder::{
     BuildError, BumpAllocator, FrameAllocator, Mapping, PageSizePolicy, TableBuilder,
 };
 pub use format::{AmdV1Config, Decoded, Format, VtdSsConfig, WalkConfig, X86Config};
-pub use mem::{FlatMem, GuestMem, MemError, PhysMem, SparseMem};
+pub use mem::{AtomicAccess, FlatMem, GuestMem, MemError, PhysMem, SparseMem, region_atomic};
 pub use nested::{NestedTranslation, SecondStage, SecondStageView, walk_nested, walk_nested_from};
 pub use observer::{MemRef, RecordingTrace, RefKind, TableVisit, WalkObserver};
 pub use types::{

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress, VolatileMemory,
@@ -80,56 +80,137 @@ fn check_align(addr: u64, size: u64) -> Result<(), MemError> {
     }
 }
 
-/// [`PhysMem`] over any vm-memory [`GuestMemoryBackend`] (guest physical memory), with atomic access to the backing pages.
+/// Memory whose bytes can be reached as naturally aligned atomics (vm-memory regions and
+/// collections of them). [`impl_phys_mem_via_atomics!`](crate::impl_phys_mem_via_atomics) turns
+/// this one method into the whole [`PhysMem`] surface, so every such memory performs the same
+/// loads, stores and exchanges with the same orderings.
+pub trait AtomicAccess {
+    /// Runs `f` on the naturally aligned atomic of `A`'s size at physical address `addr`.
+    ///
+    /// Fails with [`MemError::Unaligned`] if `addr` is not a multiple of that size and with
+    /// [`MemError::Unmapped`] if no memory backs the whole access.
+    fn with_atomic<A: vm_memory::AtomicInteger, R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&A) -> R,
+    ) -> Result<R, MemError>;
+}
+
+/// Implements [`PhysMem`] for a type that implements [`AtomicAccess`]: 64-bit loads with
+/// Acquire, stores with Release, compare-exchange with AcqRel/Acquire, and the same for the
+/// 32-bit accesses.
+///
+/// ```text
+/// pagewalk::impl_phys_mem_via_atomics!(MyMem);
+/// pagewalk::impl_phys_mem_via_atomics!(impl<M: vm_memory::GuestMemoryBackend> for Wrapper<M>);
+/// ```
+#[macro_export]
+macro_rules! impl_phys_mem_via_atomics {
+    (impl<$($g:ident : $b:path),*> for $ty:ty) => {
+        impl<$($g: $b),*> $crate::PhysMem for $ty {
+            fn read_u64(&self, addr: u64) -> Result<u64, $crate::MemError> {
+                $crate::AtomicAccess::with_atomic(
+                    self,
+                    addr,
+                    |a: &::std::sync::atomic::AtomicU64| {
+                        a.load(::std::sync::atomic::Ordering::Acquire)
+                    },
+                )
+            }
+            fn write_u64(&self, addr: u64, val: u64) -> Result<(), $crate::MemError> {
+                $crate::AtomicAccess::with_atomic(
+                    self,
+                    addr,
+                    |a: &::std::sync::atomic::AtomicU64| {
+                        a.store(val, ::std::sync::atomic::Ordering::Release)
+                    },
+                )
+            }
+            fn compare_exchange_u64(
+                &self,
+                addr: u64,
+                current: u64,
+                new: u64,
+            ) -> Result<Result<u64, u64>, $crate::MemError> {
+                $crate::AtomicAccess::with_atomic(
+                    self,
+                    addr,
+                    |a: &::std::sync::atomic::AtomicU64| {
+                        a.compare_exchange(
+                            current,
+                            new,
+                            ::std::sync::atomic::Ordering::AcqRel,
+                            ::std::sync::atomic::Ordering::Acquire,
+                        )
+                    },
+                )
+            }
+            fn write_u32(&self, addr: u64, val: u32) -> Result<(), $crate::MemError> {
+                $crate::AtomicAccess::with_atomic(
+                    self,
+                    addr,
+                    |a: &::std::sync::atomic::AtomicU32| {
+                        a.store(val, ::std::sync::atomic::Ordering::Release)
+                    },
+                )
+            }
+            fn read_u32(&self, addr: u64) -> Result<u32, $crate::MemError> {
+                $crate::AtomicAccess::with_atomic(
+                    self,
+                    addr,
+                    |a: &::std::sync::atomic::AtomicU32| {
+                        a.load(::std::sync::atomic::Ordering::Acquire)
+                    },
+                )
+            }
+        }
+    };
+    ($ty:ty) => {
+        $crate::impl_phys_mem_via_atomics!(impl<> for $ty);
+    };
+}
+
+/// Runs `f` on the naturally aligned atomic of `A`'s size at `offset` within `region`; `addr`
+/// is the physical address, for errors. The building block of [`AtomicAccess`] over vm-memory
+/// regions.
+pub fn region_atomic<G: GuestMemoryRegion, A: vm_memory::AtomicInteger, R>(
+    region: &G,
+    offset: MemoryRegionAddress,
+    addr: u64,
+    f: impl FnOnce(&A) -> R,
+) -> Result<R, MemError> {
+    let size = std::mem::size_of::<A>();
+    check_align(addr, size as u64)?;
+    let slice = region
+        .get_slice(offset, size)
+        .map_err(|_| MemError::Unmapped(addr))?;
+    let atomic = slice
+        .get_atomic_ref::<A>(0)
+        .map_err(|_| MemError::Unaligned(addr))?;
+    Ok(f(atomic))
+}
+
+/// [`PhysMem`] over any vm-memory [`GuestMemoryBackend`] (guest physical memory), with atomic
+/// access to the backing pages.
 #[derive(Debug, Clone)]
 pub struct GuestMem<M>(pub M);
 
-impl<M: GuestMemoryBackend> GuestMem<M> {
-    fn atomic<A: vm_memory::AtomicInteger, R>(
+impl<M: GuestMemoryBackend> AtomicAccess for GuestMem<M> {
+    fn with_atomic<A: vm_memory::AtomicInteger, R>(
         &self,
         addr: u64,
         f: impl FnOnce(&A) -> R,
     ) -> Result<R, MemError> {
-        let size = std::mem::size_of::<A>() as u64;
-        check_align(addr, size)?;
-        let (region, offset): (_, MemoryRegionAddress) = self
+        check_align(addr, std::mem::size_of::<A>() as u64)?;
+        let (region, offset) = self
             .0
             .to_region_addr(GuestAddress(addr))
             .ok_or(MemError::Unmapped(addr))?;
-        let slice = region
-            .get_slice(offset, size as usize)
-            .map_err(|_| MemError::Unmapped(addr))?;
-        let atomic = slice
-            .get_atomic_ref::<A>(0)
-            .map_err(|_| MemError::Unaligned(addr))?;
-        Ok(f(atomic))
+        region_atomic(region, offset, addr, f)
     }
 }
 
-impl<M: GuestMemoryBackend> PhysMem for GuestMem<M> {
-    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
-        self.atomic(addr, |a: &AtomicU64| a.load(Ordering::Acquire))
-    }
-    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
-        self.atomic(addr, |a: &AtomicU64| a.store(val, Ordering::Release))
-    }
-    fn compare_exchange_u64(
-        &self,
-        addr: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        self.atomic(addr, |a: &AtomicU64| {
-            a.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
-        })
-    }
-    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
-        self.atomic(addr, |a: &AtomicU32| a.store(val, Ordering::Release))
-    }
-    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
-        self.atomic(addr, |a: &AtomicU32| a.load(Ordering::Acquire))
-    }
-}
+impl_phys_mem_via_atomics!(impl<M: GuestMemoryBackend> for GuestMem<M>);
 
 /// Sparse test memory: 4 KiB pages created on first write, reading zero where never written,
 /// limited to addresses below `limit`. Accesses at or above `limit` fail with

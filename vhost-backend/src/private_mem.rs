@@ -10,32 +10,11 @@
 //!   private region is looked up first, so RAM a front end places over it is shadowed and can
 //!   never stand in for the model's tables.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-use pagewalk::{MemError, PhysMem};
+use pagewalk::{AtomicAccess, MemError, impl_phys_mem_via_atomics, region_atomic};
 use vm_memory::{
     AtomicInteger, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress, MmapRegion,
-    VolatileMemory,
+    GuestMemoryMmap, GuestRegionMmap, MemoryRegionAddress, MmapRegion,
 };
-
-/// Runs `f` on the naturally aligned atomic at offset `off` of `region` (`addr` is the physical
-/// address, for errors).
-fn atomic_at<A: AtomicInteger, R>(
-    region: &GuestRegionMmap<()>,
-    off: u64,
-    addr: u64,
-    f: impl FnOnce(&A) -> R,
-) -> Result<R, MemError> {
-    let n = std::mem::size_of::<A>();
-    let slice = region
-        .get_slice(MemoryRegionAddress(off), n)
-        .map_err(|_| MemError::Unmapped(addr))?;
-    let a = slice
-        .get_atomic_ref::<A>(0)
-        .map_err(|_| MemError::Unaligned(addr))?;
-    Ok(f(a))
-}
 
 /// Why the region could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -90,22 +69,6 @@ impl PrivateMem {
     pub fn contains(&self, addr: u64) -> bool {
         addr.checked_sub(self.base).is_some_and(|o| o < self.size)
     }
-
-    fn atomic<A: AtomicInteger, R>(
-        &self,
-        addr: u64,
-        f: impl FnOnce(&A) -> R,
-    ) -> Result<R, MemError> {
-        let n = std::mem::size_of::<A>() as u64;
-        if !addr.is_multiple_of(n) {
-            return Err(MemError::Unaligned(addr));
-        }
-        let off = addr
-            .checked_sub(self.base)
-            .filter(|o| o.checked_add(n).is_some_and(|e| e <= self.size))
-            .ok_or(MemError::Unmapped(addr))?;
-        atomic_at(&self.region, off, addr, f)
-    }
 }
 
 /// The private region plus guest RAM: the model's system physical address space.
@@ -125,14 +88,36 @@ impl SystemMem {
     pub fn private(&self) -> &PrivateMem {
         &self.private
     }
+}
 
-    fn atomic<A: AtomicInteger, R>(
+impl AtomicAccess for PrivateMem {
+    fn with_atomic<A: AtomicInteger, R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&A) -> R,
+    ) -> Result<R, MemError> {
+        let n = std::mem::size_of::<A>() as u64;
+        if !addr.is_multiple_of(n) {
+            return Err(MemError::Unaligned(addr));
+        }
+        let off = addr
+            .checked_sub(self.base)
+            .filter(|o| o.checked_add(n).is_some_and(|e| e <= self.size))
+            .ok_or(MemError::Unmapped(addr))?;
+        region_atomic(&self.region, MemoryRegionAddress(off), addr, f)
+    }
+}
+
+impl_phys_mem_via_atomics!(PrivateMem);
+
+impl AtomicAccess for SystemMem {
+    fn with_atomic<A: AtomicInteger, R>(
         &self,
         addr: u64,
         f: impl FnOnce(&A) -> R,
     ) -> Result<R, MemError> {
         if self.private.contains(addr) {
-            return self.private.atomic(addr, f);
+            return self.private.with_atomic(addr, f);
         }
         if !addr.is_multiple_of(std::mem::size_of::<A>() as u64) {
             return Err(MemError::Unaligned(addr));
@@ -141,63 +126,16 @@ impl SystemMem {
         let (region, off) = ram
             .to_region_addr(GuestAddress(addr))
             .ok_or(MemError::Unmapped(addr))?;
-        atomic_at(region, off.0, addr, f)
+        region_atomic(region, off, addr, f)
     }
 }
 
-impl PhysMem for PrivateMem {
-    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
-        self.atomic(addr, |a: &AtomicU64| a.load(Ordering::Acquire))
-    }
-    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
-        self.atomic(addr, |a: &AtomicU64| a.store(val, Ordering::Release))
-    }
-    fn compare_exchange_u64(
-        &self,
-        addr: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        self.atomic(addr, |a: &AtomicU64| {
-            a.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
-        })
-    }
-    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
-        self.atomic(addr, |a: &AtomicU32| a.store(val, Ordering::Release))
-    }
-    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
-        self.atomic(addr, |a: &AtomicU32| a.load(Ordering::Acquire))
-    }
-}
-
-impl PhysMem for SystemMem {
-    fn read_u64(&self, addr: u64) -> Result<u64, MemError> {
-        self.atomic(addr, |a: &AtomicU64| a.load(Ordering::Acquire))
-    }
-    fn write_u64(&self, addr: u64, val: u64) -> Result<(), MemError> {
-        self.atomic(addr, |a: &AtomicU64| a.store(val, Ordering::Release))
-    }
-    fn compare_exchange_u64(
-        &self,
-        addr: u64,
-        current: u64,
-        new: u64,
-    ) -> Result<Result<u64, u64>, MemError> {
-        self.atomic(addr, |a: &AtomicU64| {
-            a.compare_exchange(current, new, Ordering::AcqRel, Ordering::Acquire)
-        })
-    }
-    fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
-        self.atomic(addr, |a: &AtomicU32| a.store(val, Ordering::Release))
-    }
-    fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
-        self.atomic(addr, |a: &AtomicU32| a.load(Ordering::Acquire))
-    }
-}
+impl_phys_mem_via_atomics!(SystemMem);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pagewalk::PhysMem;
 
     const BASE: u64 = 0x4000_0000_0000;
 
