@@ -32,6 +32,7 @@ use super::types::{
 };
 use crate::request::{AccessKind, DmaRequest};
 use crate::vtd::fault::FaultReason as VtdFaultReason;
+use crate::vtd::qi::{ContextGranularity, IotlbGranularity, PasidCacheGranularity, encode};
 use crate::vtd::regs::*;
 use crate::vtd::{Vtd, VtdConfig};
 
@@ -44,18 +45,6 @@ pub const PASS_THROUGH_DID: u16 = 1;
 /// First DID handed to paging domains (DID 0 is reserved when CAP.CM is set, §9.3).
 pub const FIRST_DID: u16 = 2;
 
-// Invalidation descriptor encodings (§6.5.2.1 context-cache, §6.5.2.2 IOTLB, §6.5.2.8 wait):
-// type in bits 3:0, granularity in bits 5:4, DID in bits 31:16.
-const DESC_CC: u64 = 0x1;
-const DESC_IOTLB: u64 = 0x2;
-const DESC_WAIT: u64 = 0x5;
-/// Granularity field values (bits 5:4): global, domain-selective, device/page-selective.
-const G_GLOBAL: u64 = 1 << 4;
-const G_DOMAIN: u64 = 2 << 4;
-const G_SELECTIVE: u64 = 3 << 4;
-/// Invalidation wait: SW (bit 5), status data in bits 63:32, status address in qword 1.
-const WAIT_SW: u64 = 1 << 5;
-
 /// Context entry fields (§9.3): lower qword P (bit 0), T (bits 3:2), SLPTPTR (63:12); upper
 /// qword AW (bits 2:0), DID (bits 23:8).
 const CTX_P: u64 = 1;
@@ -67,11 +56,6 @@ const ROOT_P: u64 = 1;
 /// domain-selective invalidation.
 const MAX_PSI: usize = 32;
 
-/// PASID-cache invalidate descriptor (§6.5.2.4): type 7, granularity in bits 5:4 (01b
-/// PASID-selective, 11b global), DID in bits 31:16, PASID in bits 51:32.
-const DESC_PC: u64 = 0x7;
-const PC_PASID: u64 = 1 << 4;
-const PC_GLOBAL: u64 = 3 << 4;
 /// PASID-table entry (§9.6): qword 0 P (bit 0), AW (bits 4:2), PGTT (bits 8:6), SSPTPTR
 /// (63:12); qword 1 DID (bits 15:0).
 const PGTT_SECOND_STAGE: u64 = 0b010 << 6;
@@ -320,7 +304,7 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         for chunk in descs.chunks((PAGE / dsize / 2) as usize) {
             c.status_seq = c.status_seq.wrapping_add(1);
             let seq = c.status_seq;
-            let wait = [DESC_WAIT | WAIT_SW | (u64::from(seq) << 32), c.status_addr];
+            let wait = encode::wait(false, true, false, seq, c.status_addr);
             for d in chunk.iter().chain(std::iter::once(&wait)) {
                 let at = c.iq_base + c.iq_tail;
                 self.mem().write_u64(at, d[0]).map_err(failed)?;
@@ -515,10 +499,11 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     /// entry was rewritten in place).
     fn context_change_descs(&self, sid: u16, old: Option<u16>, new: Option<u16>) -> Vec<[u64; 2]> {
         let cc_did = old.or(new).unwrap_or(0);
-        let mut v = vec![[
-            DESC_CC | G_SELECTIVE | (u64::from(cc_did) << 16) | (u64::from(sid) << 32),
-            0,
-        ]];
+        let mut v = vec![encode::context_cache(ContextGranularity::Device {
+            did: cc_did,
+            sid,
+            fm: 0,
+        })];
         if self.mode == VtdMode::Scalable {
             // §6.5.3.3 for a PASID-table entry: PASID-selective PASID-cache invalidation (PASID
             // 0) for every DID the entry carried.
@@ -529,15 +514,15 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
                 dids.push(n);
             }
             for did in dids {
-                v.push([DESC_PC | PC_PASID | (u64::from(did) << 16), 0]);
+                v.push(encode::pasid_cache(did, 0, PasidCacheGranularity::Pasid));
             }
         }
         if let Some(o) = old {
-            v.push([DESC_IOTLB | G_DOMAIN | (u64::from(o) << 16), 0]);
+            v.push(encode::iotlb(IotlbGranularity::Domain(o)));
             if let Some(n) = new
                 && n != o
             {
-                v.push([DESC_IOTLB | G_DOMAIN | (u64::from(n) << 16), 0]);
+                v.push(encode::iotlb(IotlbGranularity::Domain(n)));
             }
         }
         v
@@ -545,11 +530,11 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
 
     /// Global invalidation of every cache.
     fn global_descs(&self) -> Vec<[u64; 2]> {
-        let mut v = vec![[DESC_CC | G_GLOBAL, 0]];
+        let mut v = vec![encode::context_cache(ContextGranularity::Global)];
         if self.mode == VtdMode::Scalable {
-            v.push([DESC_PC | PC_GLOBAL, 0]);
+            v.push(encode::pasid_cache(0, 0, PasidCacheGranularity::Global));
         }
-        v.push([DESC_IOTLB | G_GLOBAL, 0]);
+        v.push(encode::iotlb(IotlbGranularity::Global));
         v
     }
 
@@ -557,7 +542,7 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     /// 2^AM pages at an address aligned to them), or one domain-selective invalidation when PSI
     /// is unsupported or the range needs too many descriptors.
     fn iotlb_range_descs(&self, did: u16, iova: u64, len: u64) -> Vec<[u64; 2]> {
-        let domain = vec![[DESC_IOTLB | G_DOMAIN | (u64::from(did) << 16), 0]];
+        let domain = vec![encode::iotlb(IotlbGranularity::Domain(did))];
         let Some(max_am) = self.psi_max_am else {
             return domain;
         };
@@ -567,10 +552,12 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
             let align = page.trailing_zeros().min(u32::from(max_am));
             let fit = 63 - (end - page).leading_zeros();
             let am = align.min(fit);
-            v.push([
-                DESC_IOTLB | G_SELECTIVE | (u64::from(did) << 16),
-                (page << 12) | u64::from(am),
-            ]);
+            v.push(encode::iotlb(IotlbGranularity::Page {
+                did,
+                addr: page << 12,
+                am: am as u8,
+                ih: false,
+            }));
             page += 1 << am;
             if v.len() > MAX_PSI {
                 return domain;
@@ -651,7 +638,7 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         let did = d.did;
         d.tables.destroy(self.mem(), &mut c.alloc).map_err(failed)?;
         // Nothing cached under the DID may survive its reuse.
-        self.submit(c, &[[DESC_IOTLB | G_DOMAIN | (u64::from(did) << 16), 0]])?;
+        self.submit(c, &[encode::iotlb(IotlbGranularity::Domain(did))])?;
         c.free_dids.push(did);
         Ok(())
     }
@@ -736,7 +723,7 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         }
         // One wait for the request; a domain-selective invalidation where the ranges need
         // too many page-selective ones (or one of them already fell back to it).
-        let domain_wide = [DESC_IOTLB | G_DOMAIN | (u64::from(did) << 16), 0];
+        let domain_wide = encode::iotlb(IotlbGranularity::Domain(did));
         if descs.len() > MAX_PSI || descs.contains(&domain_wide) {
             descs = vec![domain_wide];
         }

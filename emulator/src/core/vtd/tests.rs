@@ -436,13 +436,12 @@ fn psi_covers_the_range_with_aligned_blocks() {
     assert_eq!(d.len(), 2);
     assert_eq!(d[0][1], 0x3000);
     assert_eq!(d[1][1], 0x4000 | 2);
-    assert!(
-        d.iter()
-            .all(|x| x[0] == DESC_IOTLB | G_SELECTIVE | (7 << 16))
-    );
+    // Type 2 (IOTLB), G = 11b (page-selective), DID 7 (§6.5.2.3).
+    assert!(d.iter().all(|x| x[0] == 0x32 | (7 << 16)));
     // A huge unaligned range falls back to one domain-selective invalidation.
     let d = hw.iotlb_range_descs(7, 0x1000, 0x10_0000_0000);
-    assert_eq!(d, vec![[DESC_IOTLB | G_DOMAIN | (7 << 16), 0]]);
+    // Type 2, G = 10b (domain-selective), DID 7.
+    assert_eq!(d, vec![[0x22 | (7 << 16), 0]]);
 }
 
 #[derive(Debug, Clone)]
