@@ -610,6 +610,29 @@ impl<M: PhysMem> Vtd<M> {
         }
     }
 
+    /// The IOTLB's answer for `req`, when it holds an entry for `itag` that allows the access.
+    /// A cached entry that does not allow it (or whose dirty flag still has to be set) is not
+    /// trusted: `None` sends the caller to the walk, which decides.
+    fn iotlb_hit(
+        &self,
+        s: &Setting,
+        req: &DmaRequest,
+        access: PwAccess,
+        needs_read: bool,
+        itag: &Tag,
+        trace: &mut Trace,
+    ) -> Option<Result<Translation, Fail>> {
+        let c = self.caches.iotlb.lookup(itag, trace)?;
+        let perms = pagewalk::Perms::from_bits(c.perms.bits());
+        let usable = s.cfg.permits(perms, access)
+            && (!needs_read || perms.read())
+            && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0);
+        usable.then(|| {
+            let mask = (1u64 << c.page_shift.min(63)) - 1;
+            self.output(s, req, c.output | (req.addr & mask), c.page_shift, perms)
+        })
+    }
+
     /// IOTLB, then paging-structure caches, then a one-dimensional walk.
     fn translate_1d(
         &self,
@@ -623,17 +646,8 @@ impl<M: PhysMem> Vtd<M> {
         let needs_read = req.access == AccessKind::Atomic && req.at == AddressType::Untranslated;
         let input = Self::tag_input(&s.cfg, req.addr);
         let itag = Tag::translation(s.did, s.pasid_tag, input >> 12, 0);
-        if let Some(c) = self.caches.iotlb.lookup(&itag, trace) {
-            let perms = pagewalk::Perms::from_bits(c.perms.bits());
-            if s.cfg.permits(perms, access)
-                && (!needs_read || perms.read())
-                && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0)
-            {
-                let mask = (1u64 << c.page_shift.min(63)) - 1;
-                return self.output(s, req, c.output | (req.addr & mask), c.page_shift, perms);
-            }
-            // A cached entry that does not allow the access (or whose dirty flag still has to
-            // be set) is not trusted: the walk below decides.
+        if let Some(hit) = self.iotlb_hit(s, req, access, needs_read, &itag, trace) {
+            return hit;
         }
         let stage = if first_stage {
             iotlb::Stage::First
@@ -850,15 +864,8 @@ impl<M: PhysMem> Vtd<M> {
             config: WalkConfig::VtdSecondStage(ss),
             root: ssptptr,
         };
-        if let Some(c) = self.caches.iotlb.lookup(&itag, trace) {
-            let perms = pagewalk::Perms::from_bits(c.perms.bits());
-            if s.cfg.permits(perms, access)
-                && (!needs_read || perms.read())
-                && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0)
-            {
-                let mask = (1u64 << c.page_shift.min(63)) - 1;
-                return self.output(s, req, c.output | (req.addr & mask), c.page_shift, perms);
-            }
+        if let Some(hit) = self.iotlb_hit(s, req, access, needs_read, &itag, trace) {
+            return hit;
         }
         // First-stage paging-structure entries of a nested walk hold guest-physical table
         // addresses; they are tagged with the nested stage so they never serve a
