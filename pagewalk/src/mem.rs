@@ -212,6 +212,27 @@ impl<M: GuestMemoryBackend> AtomicAccess for GuestMem<M> {
 
 impl_phys_mem_via_atomics!(impl<M: GuestMemoryBackend> for GuestMem<M>);
 
+/// Stores the 32-bit half of the 64-bit word `w` that 4-byte-aligned `addr` names (bit 2:
+/// upper or lower; little-endian), leaving the other half as it is.
+fn store_half(w: &AtomicU64, addr: u64, val: u32) {
+    let shift = (addr & 4) * 8;
+    let mask = 0xffff_ffffu64 << shift;
+    let mut old = w.load(Ordering::Acquire);
+    // Bounded by contention only: each failure means another writer made progress.
+    loop {
+        let new = (old & !mask) | (u64::from(val) << shift);
+        match w.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(actual) => old = actual,
+        }
+    }
+}
+
+/// Loads the 32-bit half of the word `w` that 4-byte-aligned `addr` names.
+fn load_half(w: &AtomicU64, addr: u64) -> u32 {
+    (w.load(Ordering::Acquire) >> ((addr & 4) * 8)) as u32
+}
+
 /// Sparse test memory: 4 KiB pages created on first write, reading zero where never written,
 /// limited to addresses below `limit`. Accesses at or above `limit` fail with
 /// [`MemError::Unmapped`], which lets tests exercise memory-read faults.
@@ -269,23 +290,11 @@ impl PhysMem for SparseMem {
     }
     fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
         check_align(addr, 4)?;
-        let shift = (addr & 4) * 8;
-        let mask = 0xffff_ffffu64 << shift;
-        self.with_word(addr & !7, |w| {
-            let mut old = w.load(Ordering::Acquire);
-            loop {
-                let new = (old & !mask) | (u64::from(val) << shift);
-                match w.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => break,
-                    Err(actual) => old = actual,
-                }
-            }
-        })
+        self.with_word(addr & !7, |w| store_half(w, addr, val))
     }
     fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
         check_align(addr, 4)?;
-        let shift = (addr & 4) * 8;
-        self.with_word(addr & !7, |w| (w.load(Ordering::Acquire) >> shift) as u32)
+        self.with_word(addr & !7, |w| load_half(w, addr))
     }
 }
 
@@ -369,23 +378,12 @@ impl PhysMem for FlatMem {
     }
     fn write_u32(&self, addr: u64, val: u32) -> Result<(), MemError> {
         check_align(addr, 4)?;
-        let shift = (addr & 4) * 8;
-        let mask = 0xffff_ffffu64 << shift;
-        let w = self.word(addr & !7)?;
-        let mut old = w.load(Ordering::Acquire);
-        // Bounded by contention only: each failure means another writer made progress.
-        loop {
-            let new = (old & !mask) | (u64::from(val) << shift);
-            match w.compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(()),
-                Err(actual) => old = actual,
-            }
-        }
+        store_half(self.word(addr & !7)?, addr, val);
+        Ok(())
     }
     fn read_u32(&self, addr: u64) -> Result<u32, MemError> {
         check_align(addr, 4)?;
-        let shift = (addr & 4) * 8;
-        Ok((self.word(addr & !7)?.load(Ordering::Acquire) >> shift) as u32)
+        Ok(load_half(self.word(addr & !7)?, addr))
     }
 }
 
