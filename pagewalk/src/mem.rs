@@ -387,6 +387,51 @@ impl PhysMem for FlatMem {
     }
 }
 
+/// Memories for tests of racing updates.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{MemError, PhysMem};
+    use std::cell::Cell;
+
+    /// Memory whose entry at `addr` changes (XOR with `flip`) just before each of the first
+    /// `races` compare-exchanges on it, as if another agent wrote it between the walker's read
+    /// and its A/D update.
+    pub(crate) struct Racy<M> {
+        pub(crate) inner: M,
+        pub(crate) addr: u64,
+        pub(crate) flip: u64,
+        pub(crate) races: Cell<u32>,
+    }
+
+    impl<M: PhysMem> PhysMem for Racy<M> {
+        fn read_u64(&self, a: u64) -> Result<u64, MemError> {
+            self.inner.read_u64(a)
+        }
+        fn write_u64(&self, a: u64, v: u64) -> Result<(), MemError> {
+            self.inner.write_u64(a, v)
+        }
+        fn compare_exchange_u64(
+            &self,
+            a: u64,
+            c: u64,
+            n: u64,
+        ) -> Result<Result<u64, u64>, MemError> {
+            if a == self.addr && self.races.get() > 0 {
+                self.races.set(self.races.get() - 1);
+                let v = self.inner.read_u64(a)? ^ self.flip;
+                self.inner.write_u64(a, v)?;
+            }
+            self.inner.compare_exchange_u64(a, c, n)
+        }
+        fn write_u32(&self, a: u64, v: u32) -> Result<(), MemError> {
+            self.inner.write_u32(a, v)
+        }
+        fn read_u32(&self, a: u64) -> Result<u32, MemError> {
+            self.inner.read_u32(a)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

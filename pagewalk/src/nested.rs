@@ -297,6 +297,7 @@ mod tests {
     use crate::builder::{BumpAllocator, PageSizePolicy, TableBuilder};
     use crate::format::{AmdV1Config, VtdSsConfig, X86Config};
     use crate::mem::SparseMem;
+    use crate::mem::test_support::Racy;
     use crate::observer::{RecordingTrace, TableVisit};
     use crate::types::{Access, level_index};
     use crate::walk::walk;
@@ -866,43 +867,6 @@ mod tests {
             assert_eq!(t1.reads(), 4 + 5);
             assert_eq!(t2.reads(), 4);
             assert_eq!((a1.page_shift, a1.second.unwrap().page_shift), (12, 32));
-        }
-    }
-
-    /// Memory that changes the entry at `addr` (by XOR with `flip`) just before each of the
-    /// first `races` compare-exchanges on it.
-    struct Racy<'a> {
-        inner: &'a SparseMem,
-        addr: u64,
-        flip: u64,
-        races: std::cell::Cell<u32>,
-    }
-
-    impl PhysMem for Racy<'_> {
-        fn read_u64(&self, a: u64) -> Result<u64, MemError> {
-            self.inner.read_u64(a)
-        }
-        fn write_u64(&self, a: u64, v: u64) -> Result<(), MemError> {
-            self.inner.write_u64(a, v)
-        }
-        fn compare_exchange_u64(
-            &self,
-            a: u64,
-            c: u64,
-            n: u64,
-        ) -> Result<Result<u64, u64>, MemError> {
-            if a == self.addr && self.races.get() > 0 {
-                self.races.set(self.races.get() - 1);
-                self.inner
-                    .write_u64(a, self.inner.read_u64(a)? ^ self.flip)?;
-            }
-            self.inner.compare_exchange_u64(a, c, n)
-        }
-        fn write_u32(&self, a: u64, v: u32) -> Result<(), MemError> {
-            self.inner.write_u32(a, v)
-        }
-        fn read_u32(&self, a: u64) -> Result<u32, MemError> {
-            self.inner.read_u32(a)
         }
     }
 

@@ -274,6 +274,7 @@ mod tests {
     use crate::format::vtd_ss::{SS_A, SS_D, SS_PS, SS_R, SS_W, SS_X};
     use crate::format::x86::{X86_A, X86_D, X86_EA, X86_P, X86_PS, X86_RW, X86_US, X86_XD};
     use crate::format::{AmdV1Config, VtdSsConfig, X86Config};
+    use crate::mem::test_support::Racy;
     use crate::mem::{MemError, SparseMem};
     use crate::observer::RecordingTrace;
     use crate::types::{AccessKind, Perms};
@@ -489,42 +490,6 @@ mod tests {
         mem.write_u64(addrs[3], 0x9_9000 | SS_R | SS_A).unwrap();
         walk(&cfg, &mem, 0x1000, IOVA, Access::WRITE, &mut ()).unwrap_err();
         assert_eq!(mem.read_u64(addrs[3]).unwrap(), 0x9_9000 | SS_R | SS_A);
-    }
-
-    /// Memory whose entry at `addr` changes under the first `races` compare-exchanges.
-    struct Racy {
-        inner: SparseMem,
-        addr: u64,
-        races: std::cell::Cell<u32>,
-        flip: u64,
-    }
-
-    impl PhysMem for Racy {
-        fn read_u64(&self, a: u64) -> Result<u64, MemError> {
-            self.inner.read_u64(a)
-        }
-        fn write_u64(&self, a: u64, v: u64) -> Result<(), MemError> {
-            self.inner.write_u64(a, v)
-        }
-        fn compare_exchange_u64(
-            &self,
-            a: u64,
-            c: u64,
-            n: u64,
-        ) -> Result<Result<u64, u64>, MemError> {
-            if a == self.addr && self.races.get() > 0 {
-                self.races.set(self.races.get() - 1);
-                let v = self.inner.read_u64(a)? ^ self.flip;
-                self.inner.write_u64(a, v)?;
-            }
-            self.inner.compare_exchange_u64(a, c, n)
-        }
-        fn write_u32(&self, a: u64, v: u32) -> Result<(), MemError> {
-            self.inner.write_u32(a, v)
-        }
-        fn read_u32(&self, a: u64) -> Result<u32, MemError> {
-            self.inner.read_u32(a)
-        }
     }
 
     #[test]
