@@ -115,6 +115,10 @@ pub struct VtdHardware<M: PhysMem> {
     aw: u64,
     max_did: u16,
     psi_max_am: Option<u8>,
+    /// Offset of the first fault recording register and how many there are (CAP.FRO, NFR).
+    fault_regs: (u64, u64),
+    /// CAP.CM (bit 7): not-present and erroneous entries may be cached.
+    caching_mode: bool,
 }
 
 impl<M: PhysMem> std::fmt::Debug for VtdHardware<M> {
@@ -170,10 +174,18 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         let unit =
             Vtd::new(mem, cfg, Box::new(|e| log::debug!("vtd event {e:?}"))).map_err(failed)?;
         // CAP.ND (bits 2:0): 2^(4 + 2*ND) domain ids (§10.4.2).
-        let nd = unit.mmio_read(CAP_REG, 8) & 7;
+        let cap = unit.mmio_read(CAP_REG, 8);
+        let nd = (cap >> CAP_ND_SHIFT) & 7;
         let dids = 1u64 << (4 + 2 * nd);
         let max_did = u16::try_from(dids - 1).unwrap_or(u16::MAX);
-        let psi_max_am = unit.config().mamv;
+        // CAP.PSI (bit 39) and CAP.MAMV (bits 53:48): page-selective invalidation and its
+        // largest address mask.
+        let psi_max_am = (cap & CAP_PSI != 0).then_some(((cap >> CAP_MAMV_SHIFT) & 0x3f) as u8);
+        // CAP.FRO (bits 33:24, in 16-byte units) and CAP.NFR (bits 47:40, NFR - 1).
+        let fault_regs = (
+            ((cap >> CAP_FRO_SHIFT) & 0x3ff) * 16,
+            ((cap >> CAP_NFR_SHIFT) & 0xff) + 1,
+        );
         let mut alloc = BumpAllocator::new(region.base, end);
         let mut page = || {
             alloc
@@ -203,6 +215,8 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
             aw: u64::from(levels - 2),
             max_did,
             psi_max_am,
+            fault_regs,
+            caching_mode: cap & CAP_CM != 0,
         };
         for p in [root, iq_base, status_page] {
             hw.zero_page(p)?;
@@ -580,9 +594,9 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     /// Clears the fault recording registers and FSTS overflow, as a driver's fault handler
     /// does, so later faults are recorded too (§7.2.1, §10.4.14).
     fn clear_faults(&self) {
-        let cfg = self.unit.config();
-        for i in 0..u64::from(cfg.nfr) {
-            let hi = u64::from(cfg.fro) + 16 * i + 8;
+        let (fro, nfr) = self.fault_regs;
+        for i in 0..nfr {
+            let hi = fro + 16 * i + 8;
             if self.unit.mmio_read(hi, 8) & FRCD_F != 0 {
                 self.unit.mmio_write(hi, 8, FRCD_F);
             }
@@ -671,7 +685,7 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
                 pagewalk::BuildError::AllocatorExhausted => exhausted("private memory"),
                 e => failed(e),
             })?;
-        if self.unit.config().caching_mode {
+        if self.caching_mode {
             // CAP.CM: not-present entries may be cached; invalidate what became present.
             let did = d.did;
             let descs = self.iotlb_range_descs(did, m.virt_start, len);
