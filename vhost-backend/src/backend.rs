@@ -8,9 +8,26 @@
 //! after it runs dry, with notifications still suppressed: a request the driver adds in that
 //! window is served without a kick or a wakeup. The window is bounded, so the worker returns
 //! to its event loop (exit, event queue, faults) within it.
+//!
+//! Device reset: QEMU's `vhost-user-test-device-pci` (hw/virtio/vhost-user-base.c) never sends
+//! `VHOST_USER_RESET_DEVICE`. At a virtio reset (the driver writing 0 to `device_status`, or a
+//! system reset, such as a guest reboot) it stops the device with `vhost_dev_stop`: a
+//! `GET_VRING_BASE` on every ring (and `SET_STATUS` 0, which needs
+//! `VHOST_USER_PROTOCOL_F_STATUS`, not offered here). When the next driver sets `DRIVER_OK`,
+//! `vhost_dev_start` sends `SET_FEATURES`, the memory table and each ring's size, base,
+//! addresses and fds again. A VM stop (`stop`, a snapshot) sends exactly the same stop and
+//! start, so the stop alone cannot tell a reset: what does is the base the ring starts again
+//! at. QEMU zeroes every queue's `last_avail_idx` at a virtio reset and restores the base
+//! `GET_VRING_BASE` returned after a VM stop. The backend therefore records the request
+//! queue's base when it is stopped and, when the rings run again, before anything is served
+//! on either queue, resets the device (every endpoint detached, every domain freed, queued
+//! fault events dropped; `bypass` kept, virtio 1.3 §5.13.4) unless the request queue starts
+//! again exactly where it stopped, at a non-zero base. A base of zero is always a reset (a
+//! wrapped index is the one case where a VM stop is taken for a reset: the safe mistake).
+//! Between the stop and the restart the device keeps its state, as it must across a VM stop.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,6 +99,30 @@ pub struct IommuBackend {
     request_poll_ns: AtomicU64,
     /// Requests served while polling, i.e. without a kick.
     polled: AtomicU64,
+    /// What tells a virtio reset from a VM stop (see the module notes).
+    restart: RingRestart,
+}
+
+/// The request queue's positions that tell, when the rings start again after a stop, whether
+/// the stop was a virtio reset (see the module notes).
+#[derive(Debug, Default)]
+struct RingRestart {
+    /// The request queue's next available index after the last batch the worker took (or
+    /// where the last restart put it): what `GET_VRING_BASE` returns for it.
+    next_avail: AtomicU16,
+    /// Set when the front end stopped the request queue; cleared when it runs again.
+    stopped: AtomicBool,
+    /// The request queue's base at the stop, until the rings run again.
+    stopped_at: Mutex<Option<u16>>,
+}
+
+impl RingRestart {
+    fn forget(&self) {
+        let mut at = self.stopped_at.lock().unwrap_or_else(|e| e.into_inner());
+        *at = None;
+        self.stopped.store(false, Ordering::Release);
+        self.next_avail.store(0, Ordering::Release);
+    }
 }
 
 impl IommuBackend {
@@ -107,7 +148,57 @@ impl IommuBackend {
             requests_pending: AtomicBool::new(false),
             request_poll_ns: AtomicU64::new(DEFAULT_REQUEST_POLL.as_nanos() as u64),
             polled: AtomicU64::new(0),
+            restart: RingRestart::default(),
         })
+    }
+
+    /// The front end went away: a system reset for the device ([`IommuDevice::system_reset`]),
+    /// and the next front end starts from fresh rings.
+    pub fn front_end_gone(&self) -> Result<(), crate::device::DeviceError> {
+        self.restart.forget();
+        self.requests_pending.store(false, Ordering::Release);
+        self.device.system_reset()
+    }
+
+    /// Called before any event is served: if the request queue was stopped and runs again,
+    /// resets the device unless the ring resumed exactly where it stopped (see the module
+    /// notes).
+    fn settle_restart(&self, req: &VringRwLock) {
+        if !self.restart.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let mut at = self
+            .restart
+            .stopped_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(stopped) = *at else {
+            return;
+        };
+        let (ready, base) = {
+            let state = req.get_ref();
+            let q = state.get_queue();
+            (q.ready(), q.next_avail())
+        };
+        if !ready {
+            // Still stopped (an event for the other ring, or a fault).
+            return;
+        }
+        *at = None;
+        self.restart.stopped.store(false, Ordering::Release);
+        self.restart.next_avail.store(base, Ordering::Release);
+        if base != 0 && base == stopped {
+            log::info!("rings resumed at request index {base}: device state kept");
+            return;
+        }
+        log::info!(
+            "rings restarted at request index {base} after stopping at {stopped}: \
+             virtio reset, resetting the device"
+        );
+        self.requests_pending.store(false, Ordering::Release);
+        if let Err(e) = self.device.reset_after_renegotiation() {
+            log::error!("device reset at ring restart failed: {e}");
+        }
     }
 
     /// Sets how long the request queue is polled after it runs dry (zero: never; at most
@@ -160,13 +251,21 @@ impl IommuBackend {
     /// Serves every available request of the request queue. Returns whether any was used.
     fn process_requests(&self, vring: &VringRwLock) -> Result<bool, BackendError> {
         let mem = self.memory()?.memory();
-        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(it) => it.collect(),
-            Err(e) => {
-                // A queue the driver set up wrongly must not stop the worker thread.
-                log::warn!("request queue unusable: {e}");
-                return Ok(false);
-            }
+        let chains: Vec<_> = {
+            let mut state = vring.get_mut();
+            let q = state.get_queue_mut();
+            let chains = match q.iter(mem.clone()) {
+                Ok(it) => it.collect(),
+                Err(e) => {
+                    // A queue the driver set up wrongly must not stop the worker thread.
+                    log::warn!("request queue unusable: {e}");
+                    return Ok(false);
+                }
+            };
+            self.restart
+                .next_avail
+                .store(q.next_avail(), Ordering::Release);
+            chains
         };
         let any = !chains.is_empty();
         for chain in chains {
@@ -362,9 +461,27 @@ impl VhostUserBackend for IommuBackend {
     }
 
     fn reset_device(&self) {
+        // The rings restart from zero after this; that restart is not a second reset.
+        self.restart.forget();
+        self.requests_pending.store(false, Ordering::Release);
         if let Err(e) = self.device.reset() {
             log::error!("device reset failed: {e}");
         }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: a virtio reset or a VM stop, told apart at the restart.
+        if queue_index == u32::from(REQUEST_QUEUE) {
+            let base = self.restart.next_avail.load(Ordering::Acquire);
+            *self
+                .restart
+                .stopped_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(base);
+            self.restart.stopped.store(true, Ordering::Release);
+            log::debug!("request queue stopped at index {base}");
+        }
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -410,6 +527,8 @@ impl VhostUserBackend for IommuBackend {
         ) else {
             return Err(io::Error::other("vrings missing"));
         };
+        // A reset the rings' restart reveals is done before anything else is served.
+        self.settle_restart(req);
         match device_event {
             d if d == REQUEST_QUEUE => self.run_requests(req)?,
             d if d == EVENT_QUEUE => {

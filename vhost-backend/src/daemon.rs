@@ -122,7 +122,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
             .serve(&cfg.socket_path)
             .map_err(DaemonError::VhostUser)?;
         log::info!("front end disconnected; resetting the device");
-        if let Err(e) = device.system_reset() {
+        if let Err(e) = backend.front_end_gone() {
             log::error!("reset after disconnect: {e}");
         }
         // The front end's memory is gone with it.

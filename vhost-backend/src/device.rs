@@ -98,6 +98,8 @@ struct RequestStats {
     unknown_type: AtomicU64,
     unanswerable: AtomicU64,
     events_sent: AtomicU64,
+    device_resets: AtomicU64,
+    system_resets: AtomicU64,
 }
 
 /// Counts of requests by type and status, plus requests that got no answer.
@@ -111,6 +113,11 @@ pub struct RequestCounts {
     pub unanswerable: u64,
     /// Fault events written to the event queue.
     pub events_sent: u64,
+    /// Device resets ([`IommuDevice::reset`]: a vhost-user `RESET_DEVICE`, or a driver's
+    /// virtio reset recognised from the rings' restart).
+    pub device_resets: u64,
+    /// System resets ([`IommuDevice::system_reset`]: the front end disconnected).
+    pub system_resets: u64,
 }
 
 /// The virtio-iommu device state above the core.
@@ -156,19 +163,32 @@ impl IommuDevice {
         self.acked.load(Ordering::Acquire) & (1 << bit) != 0
     }
 
-    /// Device reset (virtio 1.3 §5.13.5: "When the device is reset, endpoints are not attached
-    /// to any domain"). `bypass` keeps its value (§5.13.4).
+    /// Device reset (virtio 1.3 §2.4; §5.13.5: "When the device is reset, endpoints are not
+    /// attached to any domain"): every domain freed, every endpoint detached, the fault events
+    /// not yet delivered dropped, and the features to be negotiated again. `bypass` keeps its
+    /// value (§5.13.4).
     pub fn reset(&self) -> Result<(), DeviceError> {
         self.acked.store(0, Ordering::Release);
+        self.reset_after_renegotiation()
+    }
+
+    /// The device reset of [`IommuDevice::reset`] recognised only once the next driver had
+    /// negotiated its features (a virtio reset the front end signals by restarting the rings,
+    /// see [`crate::backend`]): everything [`IommuDevice::reset`] does except that the
+    /// features just negotiated stay.
+    pub fn reset_after_renegotiation(&self) -> Result<(), DeviceError> {
         self.core.reset()?;
+        self.stats.device_resets.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// System reset (the front end went away): [`IommuDevice::reset`] plus `bypass` back to its
-    /// initial value (§5.13.4: "SHOULD be restored to its initial value on system reset").
+    /// System reset (the front end went away): [`IommuDevice::reset`], the negotiated features
+    /// cleared, and `bypass` back to its initial value (§5.13.4: "SHOULD be restored to its
+    /// initial value on system reset").
     pub fn system_reset(&self) -> Result<(), DeviceError> {
         self.acked.store(0, Ordering::Release);
         self.core.system_reset()?;
+        self.stats.system_resets.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -405,6 +425,8 @@ impl IommuDevice {
             unknown_type: self.stats.unknown_type.load(Ordering::Relaxed),
             unanswerable: self.stats.unanswerable.load(Ordering::Relaxed),
             events_sent: self.stats.events_sent.load(Ordering::Relaxed),
+            device_resets: self.stats.device_resets.load(Ordering::Relaxed),
+            system_resets: self.stats.system_resets.load(Ordering::Relaxed),
         }
     }
 }

@@ -462,6 +462,159 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
     assert_eq!(cfg, vec![0], "bypass back to its initial value");
 }
 
+/// Starts a stopped ring again as QEMU's `vhost_dev_start` does (hw/virtio/vhost.c,
+/// `vhost_virtqueue_start`): size, base, addresses, kick, call, then enable. The ring keeps its
+/// place in guest memory; `base` is what QEMU holds as the queue's `last_avail_idx`.
+fn restart_vring(
+    fe: &mut Frontend,
+    mem: &GuestMemoryMmap,
+    ring: &mut Vring,
+    index: usize,
+    base: u16,
+) {
+    fe.set_vring_num(index, QSIZE).unwrap();
+    fe.set_vring_base(index, base).unwrap();
+    fe.set_vring_addr(
+        index,
+        &VringConfigData {
+            queue_max_size: QSIZE,
+            queue_size: QSIZE,
+            flags: 0,
+            desc_table_addr: hva(mem, ring.q.desc_table_addr()),
+            used_ring_addr: hva(mem, ring.q.used_addr()),
+            avail_ring_addr: hva(mem, ring.q.avail_addr()),
+            log_addr: None,
+        },
+    )
+    .unwrap();
+    let (kick, call) = (EventFd::new(0).unwrap(), EventFd::new(0).unwrap());
+    fe.set_vring_kick(index, &kick).unwrap();
+    fe.set_vring_call(index, &call).unwrap();
+    fe.set_vring_enable(index, true).unwrap();
+    ring.kick = kick;
+    ring._call = call;
+}
+
+/// What QEMU's `vhost_dev_stop` sends at a virtio reset or a VM stop: `GET_VRING_BASE` on every
+/// ring (no `RESET_DEVICE`; `SET_STATUS` needs a protocol feature the daemon does not offer).
+/// Returns the request queue's base.
+fn stop_rings(fe: &mut Frontend) -> u16 {
+    let req = fe.get_vring_base(0).unwrap();
+    fe.get_vring_base(1).unwrap();
+    u16::try_from(req).unwrap()
+}
+
+/// A guest reboot with domains and mappings live, as QEMU's vhost-user-test-device-pci drives
+/// it: the rings stop, the next driver negotiates its features and starts fresh rings at base 0.
+/// Before that driver's first request is served the device is back in its initial state: no
+/// endpoint attached, no domain (so the new driver's domain 1 is a new, empty domain and its
+/// MAP at the old IOVA succeeds), `bypass` as it was.
+#[test]
+fn a_virtio_reset_signalled_only_by_the_rings_resets_the_device() {
+    for model in ["vtd", "soft"] {
+        let (daemon, sock, ctl) =
+            start_daemon(&format!("virtio-reset-{model}"), &["--model", model]);
+        let mem = shared_memory(&daemon.dir);
+        let (mut fe, features) = connect_frontend(&sock);
+        let region = mem.find_region(GuestAddress(0)).unwrap();
+        let table = [VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()];
+        fe.set_mem_table(&table).unwrap();
+        let req = setup_vring(&mut fe, &mem, 0, 0x1000);
+        let _evt = setup_vring(&mut fe, &mem, 1, 0x8000);
+        let mut ctl = Control::connect(&ctl);
+        let translate = |ctl: &mut Control, ep: u32, iova: u64| {
+            ctl.ask(json!({"cmd": "translate", "endpoint": ep, "iova": iova, "access": "read"}))
+        };
+        let mut g = Guest {
+            mem: &mem,
+            req,
+            next_buf: 0x10_0000,
+        };
+        // First boot: two endpoints in domain 1, a mapping held.
+        assert_eq!(g.status(&attach(1, EP, 0)), OK);
+        assert_eq!(g.status(&attach(1, EP + 1, 0)), OK);
+        assert_eq!(g.status(&map(1, 0x4_0000, 0x4_ffff, 0x20_0000, 3)), OK);
+        assert_eq!(
+            translate(&mut ctl, EP, 0x4_0010)["translation"]["phys"],
+            0x20_0010
+        );
+
+        // Reboot: rings stopped, then the next driver's start. Its rings sit where the first
+        // boot's did, zeroed by the new kernel.
+        assert_eq!(stop_rings(&mut fe), 3);
+        fe.set_features(features).unwrap();
+        fe.set_mem_table(&table).unwrap();
+        mem.write_slice(&[0; 0x7000], GuestAddress(0x1000)).unwrap();
+        mem.write_slice(&[0; 0x8000], GuestAddress(0x8000)).unwrap();
+        let req = setup_vring(&mut fe, &mem, 0, 0x1000);
+        let _evt = setup_vring(&mut fe, &mem, 1, 0x8000);
+        g.req = req;
+
+        // The new driver's first request: domain 1 is gone with its mapping.
+        assert_eq!(g.status(&map(1, 0x4_0000, 0x4_ffff, 0x30_0000, 3)), NOENT);
+        let d = ctl.ask(json!({"cmd": "domains"}));
+        assert_eq!(d["domains"], json!([]), "{d}");
+        for ep in [EP, EP + 1] {
+            let t = translate(&mut ctl, ep, 0x4_0010);
+            assert_eq!(t["fault"]["reason"], "domain", "endpoint {ep:#x}: {t}");
+        }
+        // Its own domain 1 maps the old IOVA to its own page.
+        assert_eq!(g.status(&attach(1, EP, 0)), OK);
+        assert_eq!(g.status(&map(1, 0x4_0000, 0x4_ffff, 0x30_0000, 3)), OK);
+        assert_eq!(
+            translate(&mut ctl, EP, 0x4_0010)["translation"]["phys"],
+            0x30_0010
+        );
+        let t = translate(&mut ctl, EP + 1, 0x4_0010);
+        assert_eq!(t["fault"]["reason"], "domain", "{t}");
+        let stats = ctl.ask(json!({"cmd": "stats"}));
+        assert_eq!(stats["requests"]["device_resets"], 1, "{stats}");
+        assert_eq!(stats["requests"]["system_resets"], 0, "{stats}");
+        assert_eq!(
+            stats["requests"]["by_type"]["map"]["INVAL"],
+            Value::Null,
+            "{stats}"
+        );
+    }
+}
+
+/// A VM stop and continue (QEMU's `stop`/`cont`, or a snapshot) stops and starts the rings just
+/// as a reset does, but restarts them at the base they stopped at: the device keeps its state.
+#[test]
+fn rings_resumed_where_they_stopped_keep_the_device_state() {
+    let (daemon, sock, ctl) = start_daemon("vm-stop", &[]);
+    let mem = shared_memory(&daemon.dir);
+    let (mut fe, features) = connect_frontend(&sock);
+    let region = mem.find_region(GuestAddress(0)).unwrap();
+    let table = [VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()];
+    fe.set_mem_table(&table).unwrap();
+    let req = setup_vring(&mut fe, &mem, 0, 0x1000);
+    let mut evt = setup_vring(&mut fe, &mem, 1, 0x8000);
+    let mut ctl = Control::connect(&ctl);
+    let mut g = Guest {
+        mem: &mem,
+        req,
+        next_buf: 0x10_0000,
+    };
+    assert_eq!(g.status(&attach(1, EP, 0)), OK);
+    assert_eq!(g.status(&map(1, 0x4_0000, 0x4_ffff, 0x20_0000, 3)), OK);
+    for _ in 0..2 {
+        let base = stop_rings(&mut fe);
+        assert_eq!(base, g.req.submitted);
+        fe.set_features(features).unwrap();
+        fe.set_mem_table(&table).unwrap();
+        restart_vring(&mut fe, &mem, &mut g.req, 0, base);
+        restart_vring(&mut fe, &mem, &mut evt, 1, 0);
+        // The next request is served in the same domain, the mapping still there.
+        assert_eq!(g.status(&map(1, 0x4_0000, 0x4_0fff, 0, 3)), INVAL);
+        let t = ctl
+            .ask(json!({"cmd": "translate", "endpoint": EP, "iova": 0x4_0010, "access": "read"}));
+        assert_eq!(t["translation"]["phys"], 0x20_0010, "{t}");
+    }
+    let stats = ctl.ask(json!({"cmd": "stats"}));
+    assert_eq!(stats["requests"]["device_resets"], 0, "{stats}");
+}
+
 /// VERSION_1 | MAP_UNMAP | PROBE | BYPASS_CONFIG | PROTOCOL_FEATURES.
 const DEVICE_FEATURES_ACKED: u64 = (1 << 32) | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 30);
 

@@ -314,8 +314,16 @@ impl Core {
         }
     }
 
+    /// The hardware half of a reset: the model's structures back to their initial state, every
+    /// endpoint blocked or (with `bypass`) passed through, and the faults still queued for the
+    /// event queue dropped: they describe the state the reset discarded, and a driver after
+    /// the reset must not receive them.
     fn reset_hw(&self, bypass: bool) -> Result<(), CoreError> {
         self.hw.reset()?;
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         if bypass {
             self.hw
                 .set_endpoints(&mut self.config.endpoints.iter(), EndpointMode::PassThrough)?;
@@ -628,7 +636,8 @@ impl Core {
         Ok(())
     }
 
-    /// Device reset: every domain is freed and every endpoint detached. `bypass` keeps its value
+    /// Device reset: every domain is freed, every endpoint detached and every queued fault
+    /// dropped. `bypass` keeps its value
     /// (virtio 1.3 §5.13.4: it "SHOULD NOT change on device reset"); use
     /// [`Core::system_reset`] to restore its initial value too.
     pub fn reset(&self) -> Result<(), CoreError> {

@@ -402,6 +402,25 @@ fn hardware_failures_leave_state_unchanged() {
 }
 
 #[test]
+fn a_reset_drops_the_faults_queued_for_the_event_queue() {
+    for system in [false, true] {
+        let c = core();
+        assert_eq!(phys(&c, EP, 0x3000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(c.take_faults(8).len(), 1);
+        assert_eq!(phys(&c, EP, 0x4000, Access::Read), Err(FaultReason::Domain));
+        if system {
+            c.system_reset().unwrap();
+        } else {
+            c.reset().unwrap();
+        }
+        assert!(c.take_faults(8).is_empty(), "system reset {system}");
+        // Faults after the reset are queued as before.
+        assert_eq!(phys(&c, EP, 0x5000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(c.take_faults(8)[0].address, 0x5000);
+    }
+}
+
+#[test]
 fn reset_keeps_bypass_system_reset_restores_it() {
     let c = core();
     c.attach(1, EP, false).unwrap();

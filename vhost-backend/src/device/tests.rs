@@ -554,6 +554,24 @@ fn reset_detaches_everything() {
 }
 
 #[test]
+fn a_reset_after_renegotiation_keeps_the_new_features() {
+    let d = device();
+    assert_eq!(status(&d, &attach_req(1, EP, 0)), Status::Ok);
+    assert_eq!(status(&d, &map_req(1, 0, 0xfff, 0x7000, RW)), Status::Ok);
+    d.reset_after_renegotiation().unwrap();
+    assert!(d.core().domains().is_empty());
+    assert_eq!(d.core().endpoint_domain(EP), None);
+    // BYPASS_CONFIG is still negotiated: the bypass flag of ATTACH is accepted.
+    assert_eq!(status(&d, &attach_req(2, EP, 1)), Status::Ok);
+    let counts = d.request_counts();
+    assert_eq!((counts.device_resets, counts.system_resets), (1, 0));
+    d.reset().unwrap();
+    d.system_reset().unwrap();
+    let counts = d.request_counts();
+    assert_eq!((counts.device_resets, counts.system_resets), (2, 1));
+}
+
+#[test]
 fn fault_event_layout() {
     let d = device();
     let f = Fault {
