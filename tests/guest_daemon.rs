@@ -209,6 +209,121 @@ fn daemon_reboot_and_detach() {
     assert!(edu.into_inner().is_some());
 }
 
+/// A VFIO mapping held while the guest reboots with `reboot -f` (nothing unmapped, nothing
+/// unbound): QEMU's front end signals the virtio reset only by stopping the rings and starting
+/// them again at base 0, and the daemon must reset the device on that alone. After the second
+/// boot no endpoint is attached that this boot did not attach, no first-boot mapping
+/// translates, and the second boot's MAP at the same IOVA succeeds and reaches its own page.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_reboot_with_a_vfio_mapping_held() {
+    reboot_with_mapping_held(&[]);
+}
+
+/// The same with the `soft` model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_soft_model_reboot_with_a_vfio_mapping_held() {
+    reboot_with_mapping_held(&["--model", "soft"]);
+}
+
+fn reboot_with_mapping_held(model: &[&str]) {
+    let env = GuestEnv::provision();
+    let (_dev, front, d) = start_with(&env, model);
+    let edu = RefCell::new(0u16);
+    let first_gpa = RefCell::new(0u64);
+    let attaches_before = RefCell::new(0u64);
+    let iova = scenarios::DEFAULT_IOVA;
+    let r = scenarios::reboot_with_mapping_held(
+        &env,
+        &front,
+        |map, gpa| {
+            let ep = rid_of(map);
+            *edu.borrow_mut() = ep;
+            *first_gpa.borrow_mut() = gpa;
+            let t = d.translate(ep, iova, "read");
+            assert_eq!(t["translation"]["phys"], json!(gpa), "{t}");
+            *attaches_before.borrow_mut() = ok_count(&d.ctl(json!({"cmd": "stats"})), "attach");
+        },
+        |second_boot| {
+            let (ep, old) = (*edu.borrow(), *first_gpa.borrow());
+            let stats = d.ctl(json!({"cmd": "stats"}));
+            assert_eq!(
+                stats["requests"]["device_resets"],
+                json!(1),
+                "the reboot was not a device reset: {stats}"
+            );
+            // Every attached endpoint is one this boot probed and attached since the reset.
+            let probed: Vec<u16> = second_boot
+                .iter()
+                .filter(|r| r.event == "endpoint")
+                .map(rid_of)
+                .collect();
+            assert!(probed.contains(&ep), "edu not probed on the second boot");
+            let domains = d.domains();
+            let attached: Vec<u16> = domains
+                .iter()
+                .flat_map(|d| d["endpoints"].as_array().unwrap().clone())
+                .map(|e| e.as_u64().unwrap() as u16)
+                .collect();
+            for a in &attached {
+                assert!(
+                    probed.contains(a),
+                    "endpoint {a:#x} attached, but not by the second boot: {domains:?}"
+                );
+            }
+            let attaches = ok_count(&stats, "attach") - *attaches_before.borrow();
+            assert!(
+                attaches >= attached.len() as u64,
+                "{} endpoints attached with only {attaches} ATTACHes since the reset",
+                attached.len()
+            );
+            // No first-boot mapping is left anywhere, and edu's old IOVA faults.
+            for dom in &domains {
+                for m in dom["mappings"].as_array().unwrap() {
+                    assert_ne!(
+                        (&m["virt_start"], &m["phys_start"]),
+                        (&json!(iova), &json!(old)),
+                        "the first boot's mapping survived the reboot: {dom}"
+                    );
+                }
+            }
+            let t = d.translate(ep, iova, "read");
+            assert!(
+                t["translation"].is_null() && !t["fault"].is_null(),
+                "the first boot's IOVA still translates after the reboot: {t}"
+            );
+        },
+        |map, gpa| {
+            let ep = rid_of(map);
+            let t = d.translate(ep, iova + 0x10, "write");
+            assert_eq!(t["translation"]["phys"], json!(gpa + 0x10), "{t}");
+            let dom = d.domain_of(ep).expect("edu in no domain");
+            let maps = dom["mappings"].as_array().unwrap();
+            assert_eq!(
+                maps.len(),
+                1,
+                "the VFIO domain holds more than its own map: {dom}"
+            );
+            assert_eq!(maps[0]["phys_start"], json!(gpa), "{dom}");
+            let stats = d.ctl(json!({"cmd": "stats"}));
+            let maps = &stats["requests"]["by_type"]["map"];
+            assert_eq!(
+                maps.as_object()
+                    .map(|m| m.keys().cloned().collect::<Vec<_>>()),
+                Some(vec!["OK".to_string()]),
+                "a MAP was refused: {stats}"
+            );
+        },
+    );
+    eprintln!(
+        "reboot with a held mapping: edu {:#x}, first boot's frame {:#x}, second boot's {:#x}",
+        *edu.borrow(),
+        r.first_gpa,
+        r.second_gpa
+    );
+}
+
 /// Side by side: the guest benchmark (VFIO MAP_DMA/UNMAP_DMA pairs per second) against QEMU's
 /// own virtio-iommu-pci and against the daemon, same guest, kernel and agent. Prints both and
 /// the ratio; no timing assertion.

@@ -414,6 +414,110 @@ pub fn reboot_and_detach(
     reports
 }
 
+/// What [`reboot_with_mapping_held`] saw.
+#[derive(Debug)]
+pub struct HeldReboot {
+    /// The first boot's map report (the mapping held across the reboot).
+    pub first_map: Report,
+    /// The guest frame the first boot mapped at [`DEFAULT_IOVA`].
+    pub first_gpa: u64,
+    /// The second boot's map report.
+    pub second_map: Report,
+    /// The guest frame the second boot mapped at [`DEFAULT_IOVA`].
+    pub second_gpa: u64,
+    /// Every report of both boots.
+    pub reports: Vec<Report>,
+}
+
+/// Reboot with a VFIO mapping held: on the first boot `edu` is bound to vfio-pci and mapped
+/// by an agent that keeps its container open (it waits on a pipe a background writer holds
+/// open, so nothing ever unmaps); `while_held` runs with the map report. The guest then
+/// reboots with `reboot -f`, the mapping still in place (no unmap, no unbind). On the second
+/// boot `after_reboot` runs with that boot's reports before VFIO is touched; then edu is bound
+/// and mapped again at the same IOVA, and `second_map` runs while that mapping is held.
+pub fn reboot_with_mapping_held(
+    env: &GuestEnv,
+    front: &Front,
+    while_held: impl FnOnce(&Report, u64),
+    after_reboot: impl FnOnce(&[Report]),
+    second_map: impl FnOnce(&Report, u64),
+) -> HeldReboot {
+    let run = RunDir::new(env);
+    let mut opts = base_opts(front);
+    opts.no_reboot = false;
+    opts.timeout = Duration::from_secs(180);
+    let bind = bind_first(EDU_ID);
+    opts.script = format!(
+        "echo AGENT ask what=next\n\
+         read -r cmd\n\
+         case \"$cmd\" in\n\
+         hold)\n{bind}\
+           mkfifo /tmp/hold || exit 1\n\
+           sleep 100000 > /tmp/hold &\n\
+           guest-agent vfio-map \"$bdf\" --pages 1 --wait-stdin < /tmp/hold > /tmp/map.out 2>&1 &\n\
+           agent=$!\n\
+           while ! grep -q vfio-wait /tmp/map.out; do\n\
+             kill -0 $agent 2>/dev/null || {{ cat /tmp/map.out; exit 1; }}\n\
+             sleep 0.1\n\
+           done\n\
+           cat /tmp/map.out\n\
+           echo AGENT ask what=reboot\n\
+           read -r cmd\n\
+           touch /tmp/reboot ;;\n\
+         check)\n{bind}\
+           guest-agent vfio-map \"$bdf\" --pages 1 --wait-stdin || exit 1 ;;\n\
+         *) exit 3 ;;\n\
+         esac\n"
+    );
+    opts.args.extend(["-device".into(), "edu".into()]);
+    let mut q = Qemu::spawn(env, &run, &opts);
+
+    // First boot: map and hold, then reboot with the mapping live.
+    q.next("boot");
+    q.next("ask");
+    q.send_line("hold");
+    let first_map = q.next("vfio-map");
+    let first_gpa = check_map(&first_map, DEFAULT_IOVA, 1)[0];
+    q.next("vfio-wait");
+    q.next("ask");
+    while_held(&first_map, first_gpa);
+    q.send_line("reboot");
+    let done = q.next("script-done");
+    assert_eq!(done.get_u64("rc"), Some(0), "{done:?}");
+    let first: Vec<Report> = q.reports();
+    assert!(
+        !first.iter().any(|r| r.event == "vfio-unmap"),
+        "the first boot unmapped before the reboot"
+    );
+
+    // Second boot.
+    q.next("boot");
+    q.next("ask");
+    let so_far = q.reports();
+    after_reboot(&so_far[first.len()..]);
+    q.send_line("check");
+    assert_eq!(q.next("bound").get("driver"), Some("vfio-pci"));
+    let second = q.next("vfio-map");
+    let second_gpa = check_map(&second, DEFAULT_IOVA, 1)[0];
+    q.next("vfio-wait");
+    second_map(&second, second_gpa);
+    q.send_line("");
+    assert_eq!(q.next("vfio-unmap").get_u64("unmapped"), Some(4096));
+    let reports = q.finish().reports;
+    assert_eq!(
+        reports.iter().filter(|r| r.event == "boot").count(),
+        2,
+        "the guest did not boot twice"
+    );
+    HeldReboot {
+        first_map,
+        first_gpa,
+        second_map: second,
+        second_gpa,
+        reports,
+    }
+}
+
 /// The agent's default IOVA (`guest_agent::args::DEFAULT_IOVA`).
 pub const DEFAULT_IOVA: u64 = guest_agent::args::DEFAULT_IOVA;
 
