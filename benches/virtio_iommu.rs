@@ -21,18 +21,19 @@
 //!   with vm-memory's IOTLB warm (what a device sees between unmaps);
 //! - `core_translate_vtd`: every read translated by the VT-d model itself (its context cache,
 //!   IOTLB and walks), as after an invalidation, without building the trace (the DMA path);
-//! - `core_translate_traced_vtd`: the same with the trace rendered, as the control socket's
-//!   `translate` does.
+//! - `core_translate_traced_vtd`: the same with the typed trace recorded, as the control
+//!   socket's `translate` and a timing model get it (before the trace was typed, this case
+//!   rendered every event as a string).
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::{Arc, RwLock};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware, VtdMode};
-use iommu_emulator::core::{Access, MapFlags};
-use iommu_emulator::core::{Core, CoreConfig, EndpointSet, Hardware, SoftHardware};
-use iommu_emulator::vtd::VtdConfig;
+use iommu_emulator::{
+    AccessKind, Core, CoreConfig, DmaRequest, Driver, EndpointSet, MapFlags, PrivateRegion,
+    SoftDriver, VtdConfig, VtdDriver, VtdMode,
+};
 use vhost_device_iommu::device::{DEVICE_FEATURES, IommuDevice};
 use vhost_device_iommu::dma::EndpointIommu;
 use vhost_device_iommu::private_mem::PrivateMem;
@@ -65,7 +66,7 @@ fn unmap_req(start: u64) -> Vec<u8> {
     b
 }
 
-fn device(hw: Arc<dyn Hardware>) -> IommuDevice {
+fn device(hw: Arc<dyn Driver>) -> IommuDevice {
     let cfg = CoreConfig {
         endpoints: EndpointSet::from_ranges([0..=0xff]),
         ..CoreConfig::default()
@@ -77,9 +78,9 @@ fn device(hw: Arc<dyn Hardware>) -> IommuDevice {
     d
 }
 
-fn vtd() -> Arc<dyn Hardware> {
+fn vtd() -> Arc<dyn Driver> {
     Arc::new(
-        VtdHardware::new(
+        VtdDriver::with_unit(
             PrivateMem::new(PRIVATE.0, PRIVATE.1).unwrap(),
             VtdConfig::default(),
             PrivateRegion {
@@ -167,7 +168,7 @@ fn bench(c: &mut Criterion) {
     for (name, hw) in [
         (
             "device_soft",
-            Arc::new(SoftHardware::new()) as Arc<dyn Hardware>,
+            Arc::new(SoftDriver::new()) as Arc<dyn Driver>,
         ),
         ("device_vtd", vtd()),
     ] {
@@ -206,7 +207,12 @@ fn bench_dma(c: &mut Criterion) {
             .insert(iova(i), (iova(i) + 0xfff, phys, 3));
         ram.write_obj(i, GuestAddress(phys + 8)).unwrap();
     }
-    let dma = IommuMemory::new(ram.clone(), EndpointIommu::new(core.clone(), EP), true, ());
+    let dma = IommuMemory::new(
+        ram.clone(),
+        EndpointIommu::new(core.clone(), EP as u16),
+        true,
+        (),
+    );
     let mut g = c.benchmark_group("virtio_iommu_dma_read");
     g.throughput(Throughput::Elements(1));
     let mut i = 0u64;
@@ -236,19 +242,29 @@ fn bench_dma(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % IOVAS;
             let t = core
-                .translate_untraced(EP, iova(i) + 8, Access::Read)
+                .translate_untraced(&DmaRequest::new(
+                    EP as u16,
+                    iova(i) + 8,
+                    8,
+                    AccessKind::Read,
+                ))
                 .unwrap();
-            black_box(ram.read_obj::<u64>(GuestAddress(t.phys)).unwrap())
+            black_box(ram.read_obj::<u64>(GuestAddress(t.addr)).unwrap())
         })
     });
     g.bench_function("core_translate_traced_vtd", |b| {
         b.iter(|| {
             i = (i + 1) % IOVAS;
             let t = core
-                .translate(EP, iova(i) + 8, Access::Read)
+                .translate(&DmaRequest::new(
+                    EP as u16,
+                    iova(i) + 8,
+                    8,
+                    AccessKind::Read,
+                ))
                 .result
                 .unwrap();
-            black_box(ram.read_obj::<u64>(GuestAddress(t.phys)).unwrap())
+            black_box(ram.read_obj::<u64>(GuestAddress(t.addr)).unwrap())
         })
     });
     g.finish();

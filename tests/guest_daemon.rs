@@ -443,10 +443,11 @@ fn daemon_huge_page_vfio_map() {
         // 2 MiB translation (VT-d caches superpage translations as such).
         let t = d.translate(ep, HUGE_IOVA + 0x8_0000, "read");
         assert_eq!(t["translation"]["phys"], json!(first + 0x8_0000), "{t}");
-        let iotlb_hit = t["trace"].as_array().unwrap().iter().any(|e| {
-            e.as_str()
-                .is_some_and(|e| e.contains("Iotlb") && e.contains("hit: true"))
-        });
+        let iotlb_hit = t["trace"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "cache_lookup" && e["cache"] == "iotlb" && e["hit"] == true);
         assert!(
             iotlb_hit,
             "no IOTLB hit for a fresh page of the 2 MiB range: {t}"

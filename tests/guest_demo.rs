@@ -119,7 +119,7 @@ fn guest_against_vhost_device_iommu() {
                 .as_array()
                 .map(|a| a
                     .iter()
-                    .filter_map(|e| e.as_str())
+                    .map(|e| e.to_string())
                     .collect::<Vec<_>>()
                     .join("; "))
                 .unwrap_or_default()

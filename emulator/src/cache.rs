@@ -60,10 +60,12 @@ impl<V: Value> TracedCache<V> {
         v
     }
 
-    /// Inserts `value` under `tag` unless an invalidation covering it began after `token`.
-    /// Refusals and malformed tags are logged and otherwise ignored: caching is an optimisation.
+    /// Inserts `value` under `tag` unless an invalidation covering it began after `token`,
+    /// recording the fill in `trace`. Refusals and malformed tags are logged and otherwise
+    /// ignored: caching is an optimisation.
     #[inline]
-    pub fn insert(&self, token: Token, tag: &Tag, value: &V) {
+    pub fn insert(&self, token: Token, tag: &Tag, value: &V, trace: &mut Trace) {
+        trace.fill((self.id_fn)(tag));
         match self.cache.insert(token, tag, value) {
             Ok(o) if !o.is_stored() => log::trace!("cache insert {tag:?} refused: {o:?}"),
             Ok(_) => {}
@@ -113,14 +115,14 @@ mod tests {
             flags: 0,
         };
         let tok = c.token();
-        c.insert(tok, &tag, &t);
+        c.insert(tok, &tag, &t, &mut trace);
         assert_eq!(c.lookup(&tag, &mut trace), Some(t));
-        assert_eq!(trace.events().len(), 2);
+        assert_eq!(trace.events().len(), 3, "lookup, fill, lookup");
         assert_eq!(trace.lookup(CacheId::Iotlb), Some(false));
         c.invalidate(&Invalidation::Domain(1));
         assert!(c.lookup(&tag, &mut trace).is_none());
         // An insert with a token older than the invalidation is refused.
-        c.insert(tok, &tag, &t);
+        c.insert(tok, &tag, &t, &mut trace);
         assert!(c.lookup(&tag, &mut trace).is_none());
         assert_eq!(c.stats().hits, 1);
     }

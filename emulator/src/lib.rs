@@ -3,10 +3,22 @@
 //! Vendor-neutral pieces shared by the hardware models:
 //! - [`request`]: the DMA request, translation and fault types;
 //! - [`trace`]: the fixed-capacity event trace a translation returns;
-//! - [`cache`]: cache wiring (traced lookups, generation tokens, geometry).
+//! - [`cache`]: cache wiring (traced lookups, generation tokens, geometry);
+//! - [`unit`]: the trait every hardware unit implements.
 
 pub mod cache;
 pub mod core;
+pub mod driver;
 pub mod request;
 pub mod trace;
+pub mod unit;
 pub mod vtd;
+
+pub use crate::core::{Core, CoreConfig, CoreError, EndpointSet, MapFlags, Mapping, Outcome};
+pub use crate::driver::vtd::{VtdDriver, VtdMode};
+pub use crate::driver::{Driver, HwError, PrivateRegion, SoftDriver, SoftUnit};
+pub use crate::request::{AccessKind, AddressType, DmaRequest, Fault, FaultKind, FaultSite};
+pub use crate::request::{Perms, Translation};
+pub use crate::trace::{Trace, TraceEvent};
+pub use crate::unit::{CacheKind, Unit, UnitStats};
+pub use crate::vtd::{Vtd, VtdConfig};

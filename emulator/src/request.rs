@@ -1,4 +1,7 @@
-//! Vendor-neutral DMA request, translation and fault types shared by the VT-d and AMD-Vi models.
+//! Vendor-neutral DMA request, translation and fault types shared by every hardware unit, the
+//! core and the fronts.
+
+use crate::trace::Stage;
 
 /// What a DMA request does with the memory it targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -148,6 +151,7 @@ pub struct Translation {
 
 /// The vendor-neutral class of a translation fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FaultKind {
     /// A structure or paging entry on the path is not present.
     NotPresent,
@@ -163,11 +167,38 @@ pub enum FaultKind {
     Blocked,
 }
 
+/// Where a unit found the condition that faulted, in vendor-neutral terms: a front maps faults
+/// to its own reasons from this and the [`FaultKind`], never from vendor codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultSite {
+    /// The request itself, or the unit's global state: a PASID where none is allowed, a
+    /// translation request the translation type forbids, an invalid root-table mode.
+    Request,
+    /// The per-device structures: VT-d root and context entries, AMD-Vi device-table entries.
+    DeviceTable,
+    /// The per-PASID structures: VT-d PASID directory and table, AMD-Vi GCR3 table.
+    PasidTable,
+    /// The page tables of `stage`, at `level` when one entry is to blame (1 = the leaf table);
+    /// `None` when the condition belongs to the translation as a whole (an input beyond the
+    /// address width found before the walk, an atomic request without read permission).
+    PageTable {
+        /// The stage whose tables faulted.
+        stage: Stage,
+        /// The level of the faulting entry.
+        level: Option<u8>,
+    },
+    /// The translated output (e.g. an address in the interrupt range).
+    Output,
+}
+
 /// A translation fault, as returned to the requester.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fault {
     /// The vendor-neutral class.
     pub kind: FaultKind,
+    /// Where the unit found it.
+    pub site: FaultSite,
     /// The vendor's fault reason code (VT-d: Appendix A fault reason; AMD-Vi: event code).
     pub code: u16,
     /// The requester id.

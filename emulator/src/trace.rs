@@ -1,9 +1,15 @@
-//! The event trace a translation returns: which caches were looked up (hit or miss) and which
-//! memory-resident structures were read or updated. The timing model turns traces into cycles;
-//! the function model never depends on them.
+//! The event trace a translation returns: which caches were looked up (hit or miss) and
+//! filled, where each table walk started and ended, and which memory-resident structures were
+//! read or updated. The timing model turns traces into cycles; the function model never depends
+//! on them.
 //!
-//! A [`Trace`] is a fixed-capacity array: recording never allocates. Events past the capacity are
-//! counted in [`Trace::dropped`] instead of stored.
+//! A [`Trace`] holds at most [`TRACE_CAPACITY`] events, reserved when it is made: recording
+//! never allocates. The capacity covers the worst translation without A/D contention (an
+//! uncached 5-level-over-5-level nested walk with first- and second-stage A/D updates and every
+//! cache lookup and fill, about a hundred events; a test in the VT-d model drives it) with room
+//! for retried A/D updates. Events past it are counted in [`Trace::dropped`] and reported by
+//! [`Trace::overflowed`], so an under-count is visible, never silent. A trace made with
+//! [`Trace::off`] records nothing and costs nothing: the untraced DMA fast path uses one.
 
 /// Which translation stage a paging-structure access or cache belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -16,6 +22,7 @@ pub enum Stage {
 
 /// The caches a hardware model can consult.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CacheId {
     /// The IOTLB (final translations).
     Iotlb,
@@ -34,6 +41,7 @@ pub enum CacheId {
 
 /// What a memory reference touched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MemTarget {
     /// A root-table entry (VT-d) or device-table entry (AMD-Vi).
     RootEntry,
@@ -52,8 +60,20 @@ pub enum MemTarget {
     },
 }
 
+/// The kind of table walk a [`TraceEvent::WalkStart`] begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WalkKind {
+    /// A one-dimensional walk of `stage`'s tables.
+    OneD(Stage),
+    /// A two-dimensional walk: first-stage tables whose addresses (and output) are translated by
+    /// the second stage.
+    Nested,
+}
+
 /// One event of a translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum TraceEvent {
     /// A cache lookup and its outcome.
     CacheLookup {
@@ -61,6 +81,24 @@ pub enum TraceEvent {
         cache: CacheId,
         /// Whether it hit.
         hit: bool,
+    },
+    /// A cache fill: what a walk or a structure read produced offered to a cache (the cache
+    /// may still refuse it when an invalidation raced the walk).
+    CacheFill {
+        /// The cache filled.
+        cache: CacheId,
+    },
+    /// A page-table walk begins (after the cache lookups that did not end the translation).
+    WalkStart {
+        /// One- or two-dimensional.
+        kind: WalkKind,
+        /// The level the walk starts at: the root's, or below a paging-structure-cache hit.
+        level: u8,
+    },
+    /// The walk begun by the last [`TraceEvent::WalkStart`] ends.
+    WalkEnd {
+        /// Whether it ended in a fault.
+        faulted: bool,
     },
     /// A read of a memory-resident structure.
     MemRead {
@@ -78,14 +116,14 @@ pub enum TraceEvent {
     },
 }
 
-/// The number of events a [`Trace`] stores.
-pub const TRACE_CAPACITY: usize = 64;
+/// The number of events a [`Trace`] stores (see the module notes for how it was sized).
+pub const TRACE_CAPACITY: usize = 192;
 
-/// A fixed-capacity trace of one translation.
-#[derive(Debug, Clone, Copy)]
+/// The trace of one translation.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
-    events: [TraceEvent; TRACE_CAPACITY],
-    len: u8,
+    events: Vec<TraceEvent>,
+    on: bool,
     dropped: u32,
 }
 
@@ -95,34 +133,40 @@ impl Default for Trace {
     }
 }
 
-impl PartialEq for Trace {
-    fn eq(&self, other: &Self) -> bool {
-        self.events() == other.events() && self.dropped == other.dropped
-    }
-}
-
-impl Eq for Trace {}
-
 impl Trace {
-    /// An empty trace.
-    pub const fn new() -> Self {
+    /// An empty trace that records (its [`TRACE_CAPACITY`] events reserved now).
+    pub fn new() -> Self {
         Self {
-            events: [TraceEvent::CacheLookup {
-                cache: CacheId::Iotlb,
-                hit: false,
-            }; TRACE_CAPACITY],
-            len: 0,
+            events: Vec::with_capacity(TRACE_CAPACITY),
+            on: true,
             dropped: 0,
         }
+    }
+
+    /// A trace that records nothing (no allocation): for translations nobody will time or
+    /// inspect.
+    pub const fn off() -> Self {
+        Self {
+            events: Vec::new(),
+            on: false,
+            dropped: 0,
+        }
+    }
+
+    /// Whether events are recorded.
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.on
     }
 
     /// Appends `event`, or counts it as dropped when the trace is full.
     #[inline]
     pub fn push(&mut self, event: TraceEvent) {
-        let len = usize::from(self.len);
-        if len < TRACE_CAPACITY {
-            self.events[len] = event;
-            self.len += 1;
+        if !self.on {
+            return;
+        }
+        if self.events.len() < TRACE_CAPACITY {
+            self.events.push(event);
         } else {
             self.dropped = self.dropped.saturating_add(1);
         }
@@ -132,6 +176,24 @@ impl Trace {
     #[inline]
     pub fn cache(&mut self, cache: CacheId, hit: bool) {
         self.push(TraceEvent::CacheLookup { cache, hit });
+    }
+
+    /// Records a cache fill.
+    #[inline]
+    pub fn fill(&mut self, cache: CacheId) {
+        self.push(TraceEvent::CacheFill { cache });
+    }
+
+    /// Records the start of a walk.
+    #[inline]
+    pub fn walk_start(&mut self, kind: WalkKind, level: u8) {
+        self.push(TraceEvent::WalkStart { kind, level });
+    }
+
+    /// Records the end of a walk.
+    #[inline]
+    pub fn walk_end(&mut self, faulted: bool) {
+        self.push(TraceEvent::WalkEnd { faulted });
     }
 
     /// Records a memory read.
@@ -148,12 +210,27 @@ impl Trace {
 
     /// The recorded events, oldest first.
     pub fn events(&self) -> &[TraceEvent] {
-        &self.events[..usize::from(self.len)]
+        &self.events
+    }
+
+    /// Number of events recorded.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
     }
 
     /// How many events did not fit.
     pub fn dropped(&self) -> u32 {
         self.dropped
+    }
+
+    /// Whether any event did not fit: the trace under-counts what the translation did.
+    pub fn overflowed(&self) -> bool {
+        self.dropped != 0
     }
 
     /// Number of memory reads recorded.
@@ -172,9 +249,9 @@ impl Trace {
         })
     }
 
-    /// Forgets all events.
+    /// Forgets all events (a trace made with [`Trace::off`] stays off).
     pub fn clear(&mut self) {
-        self.len = 0;
+        self.events.clear();
         self.dropped = 0;
     }
 }
@@ -203,8 +280,26 @@ mod tests {
         }
         assert_eq!(t.events().len(), TRACE_CAPACITY);
         assert_eq!(t.dropped(), 2);
+        assert!(t.overflowed());
+        // Never past the capacity reserved at creation: no allocation while recording.
+        assert_eq!(t.events.capacity(), TRACE_CAPACITY);
         t.clear();
         assert!(t.events().is_empty());
         assert_eq!(t.dropped(), 0);
+        assert!(!t.overflowed());
+    }
+
+    #[test]
+    fn an_off_trace_records_nothing() {
+        let mut t = Trace::off();
+        t.cache(CacheId::Iotlb, true);
+        t.walk_start(WalkKind::Nested, 4);
+        t.walk_end(false);
+        t.fill(CacheId::Iotlb);
+        assert!(!t.is_on());
+        assert!(t.events().is_empty());
+        assert!(!t.overflowed());
+        t.clear();
+        assert!(!t.is_on());
     }
 }

@@ -556,7 +556,8 @@ impl VhostUserBackend for IommuBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iommu_emulator::core::{Core, CoreConfig, EndpointSet, SoftHardware};
+    use iommu_emulator::SoftDriver;
+    use iommu_emulator::core::{Core, CoreConfig, EndpointSet};
     use vhost_user_backend::VringT;
     use vm_memory::{Address, Bytes, GuestAddress};
 
@@ -572,7 +573,7 @@ mod tests {
             endpoints: EndpointSet::from_ranges([0..=0xff]),
             ..CoreConfig::default()
         };
-        let core = Arc::new(Core::new(cfg, Arc::new(SoftHardware::default())).unwrap());
+        let core = Arc::new(Core::new(cfg, Arc::new(SoftDriver::default())).unwrap());
         let device = Arc::new(IommuDevice::new(core, 512).unwrap());
         let mem = GuestMemoryAtomic::new(
             GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap(),

@@ -1,14 +1,25 @@
 //! The control socket: JSON lines over a Unix stream socket, for tests, scripts and users.
 //!
 //! One request per line, one answer per line. Requests:
-//! - `{"cmd":"translate","endpoint":8,"iova":4096,"access":"read"}` — the model's answer:
-//!   `{"ok":true,"translation":{"phys":..,"len":..,"perm":"rw"},"fault":null,"trace":[..],
-//!   "trace_len":N}` or with `"fault":{"reason":"mapping","address":..,"detail":".."}`.
-//!   A fault is also reported on the event queue, as any DMA fault is.
+//! - `{"cmd":"translate","endpoint":8,"iova":4096,"access":"read"}` — one DMA request through
+//!   the model. `access` is `read`, `write`, `exec` or `atomic`; optional fields: `len` (bytes,
+//!   default 1), `pasid` (a PASID-tagged request), `privileged` (supervisor, default false),
+//!   `ats` (an ATS translation request instead of an untranslated one, default false). The
+//!   answer: `{"ok":true,"translation":{"phys":..,"len":..,"perm":"rw","exec":..,
+//!   "page_shift":..,"domain_id":..,"identity":..},"fault":null,"trace":[..],"trace_len":N,
+//!   "trace_dropped":0}`, or with `"fault":{"reason":"mapping","address":..,"access":"read",
+//!   "kind":"not_present","site":{..},"code":..,"recorded":..,"detail":".."}`. The trace is
+//!   one JSON object per event, addresses in hex: `{"event":"cache_lookup","cache":"iotlb",
+//!   "hit":false}`, `{"event":"cache_fill","cache":"iotlb"}`, `{"event":"walk_start",
+//!   "walk":"second","level":4}`, `{"event":"walk_end","faulted":false}`,
+//!   `{"event":"mem_read","target":"page_table","stage":"second","level":4,"addr":"0x1000"}`,
+//!   `{"event":"mem_write",..}`. A fault is also reported on the event queue, as any DMA fault
+//!   is.
 //! - `{"cmd":"domains"}` — `{"ok":true,"bypass":false,"domains":[{"id":1,"kind":"paging",
 //!   "hw_domain":1,"hw_domain_id":2,"endpoints":[8],"mappings":[{"virt_start":..,"virt_end":..,
 //!   "phys_start":..,"flags":"rw"}]}]}`.
-//! - `{"cmd":"stats"}` — request counts by type and status, core and hardware counters.
+//! - `{"cmd":"stats"}` — request counts by type and status, core counters, the unit's counters
+//!   with each cache's statistics (`hardware.caches.iotlb.hits`, ...) and the driver's.
 //!
 //! Bad input gets `{"ok":false,"error":"..."}`; lines longer than [`MAX_LINE`] close the
 //! connection.
@@ -19,7 +30,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use iommu_emulator::core::{Access, DomainKind, FaultReason};
+use iommu_emulator::core::{DomainKind, FaultReason};
+use iommu_emulator::request::{FaultKind, FaultSite};
+use iommu_emulator::trace::{CacheId, MemTarget, Stage, WalkKind};
+use iommu_emulator::{AccessKind, AddressType, DmaRequest, Trace, TraceEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -34,14 +48,26 @@ pub const MAX_CONNECTIONS: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
-    /// Translate one access.
+    /// Translate one DMA request.
     Translate {
         /// Endpoint id (PCI requester id).
         endpoint: u32,
         /// I/O virtual address.
         iova: u64,
-        /// `"read"` or `"write"`.
+        /// `"read"`, `"write"`, `"exec"` or `"atomic"`.
         access: AccessArg,
+        /// Bytes accessed (default 1).
+        #[serde(default)]
+        len: Option<u64>,
+        /// The request's PASID, if it carries one.
+        #[serde(default)]
+        pasid: Option<u32>,
+        /// A supervisor (privileged) request.
+        #[serde(default)]
+        privileged: bool,
+        /// An ATS translation request.
+        #[serde(default)]
+        ats: bool,
     },
     /// List domains, endpoints and mappings.
     Domains {},
@@ -57,6 +83,21 @@ pub enum AccessArg {
     Read,
     /// A DMA write.
     Write,
+    /// An instruction fetch (execute requested).
+    Exec,
+    /// An atomic operation (reads and writes).
+    Atomic,
+}
+
+impl From<AccessArg> for AccessKind {
+    fn from(a: AccessArg) -> Self {
+        match a {
+            AccessArg::Read => AccessKind::Read,
+            AccessArg::Write => AccessKind::Write,
+            AccessArg::Exec => AccessKind::Execute,
+            AccessArg::Atomic => AccessKind::Atomic,
+        }
+    }
 }
 
 fn reason_name(r: FaultReason) -> &'static str {
@@ -64,6 +105,119 @@ fn reason_name(r: FaultReason) -> &'static str {
         FaultReason::Unknown => "unknown",
         FaultReason::Domain => "domain",
         FaultReason::Mapping => "mapping",
+    }
+}
+
+fn access_name(a: AccessKind) -> &'static str {
+    match a {
+        AccessKind::Read => "read",
+        AccessKind::Write => "write",
+        AccessKind::Execute => "exec",
+        AccessKind::Atomic => "atomic",
+    }
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::First => "first",
+        Stage::Second => "second",
+    }
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+fn cache_json(c: CacheId) -> Value {
+    match c {
+        CacheId::Iotlb => json!("iotlb"),
+        CacheId::Context => json!("context"),
+        CacheId::Pasid => json!("pasid"),
+        CacheId::PagingStructure { stage, level } => {
+            json!({"paging_structure": {"stage": stage_name(stage), "level": level}})
+        }
+        other => json!(format!("{other:?}")),
+    }
+}
+
+fn target_json(t: MemTarget, addr: u64) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    let name = match t {
+        MemTarget::RootEntry => "root_entry",
+        MemTarget::ContextEntry => "context_entry",
+        MemTarget::PasidDirEntry => "pasid_dir_entry",
+        MemTarget::PasidEntry => "pasid_entry",
+        MemTarget::PageTable { stage, level } => {
+            m.insert("stage".into(), json!(stage_name(stage)));
+            m.insert("level".into(), json!(level));
+            "page_table"
+        }
+        _ => "other",
+    };
+    m.insert("target".into(), json!(name));
+    m.insert("addr".into(), json!(hex(addr)));
+    m
+}
+
+/// One trace event as a JSON object (see the module notes).
+pub fn event_json(e: &TraceEvent) -> Value {
+    match *e {
+        TraceEvent::CacheLookup { cache, hit } => {
+            json!({"event": "cache_lookup", "cache": cache_json(cache), "hit": hit})
+        }
+        TraceEvent::CacheFill { cache } => {
+            json!({"event": "cache_fill", "cache": cache_json(cache)})
+        }
+        TraceEvent::WalkStart { kind, level } => {
+            let walk = match kind {
+                WalkKind::OneD(s) => stage_name(s),
+                WalkKind::Nested => "nested",
+                _ => "other",
+            };
+            json!({"event": "walk_start", "walk": walk, "level": level})
+        }
+        TraceEvent::WalkEnd { faulted } => json!({"event": "walk_end", "faulted": faulted}),
+        TraceEvent::MemRead { target, addr } => {
+            let mut m = target_json(target, addr);
+            m.insert("event".into(), json!("mem_read"));
+            Value::Object(m)
+        }
+        TraceEvent::MemWrite { target, addr } => {
+            let mut m = target_json(target, addr);
+            m.insert("event".into(), json!("mem_write"));
+            Value::Object(m)
+        }
+        other => json!({"event": format!("{other:?}")}),
+    }
+}
+
+/// A whole trace as a JSON array.
+pub fn trace_json(t: &Trace) -> Vec<Value> {
+    t.events().iter().map(event_json).collect()
+}
+
+fn kind_name(k: FaultKind) -> &'static str {
+    match k {
+        FaultKind::NotPresent => "not_present",
+        FaultKind::Permission => "permission",
+        FaultKind::AddressWidth => "address_width",
+        FaultKind::InvalidEntry => "invalid_entry",
+        FaultKind::MemoryAccess => "memory_access",
+        FaultKind::Blocked => "blocked",
+        _ => "other",
+    }
+}
+
+fn site_json(s: FaultSite) -> Value {
+    match s {
+        FaultSite::Request => json!({"structure": "request"}),
+        FaultSite::DeviceTable => json!({"structure": "device_table"}),
+        FaultSite::PasidTable => json!({"structure": "pasid_table"}),
+        FaultSite::PageTable { stage, level } => {
+            json!({"structure": "page_table", "stage": stage_name(stage), "level": level})
+        }
+        FaultSite::Output => json!({"structure": "output"}),
+        _ => json!({"structure": "other"}),
     }
 }
 
@@ -79,26 +233,58 @@ pub fn handle_line(device: &IommuDevice, line: &str) -> Value {
             endpoint,
             iova,
             access,
+            len,
+            pasid,
+            privileged,
+            ats,
         } => {
-            let access = match access {
-                AccessArg::Read => Access::Read,
-                AccessArg::Write => Access::Write,
+            let Ok(source_id) = u16::try_from(endpoint) else {
+                return json!({"ok": false,
+                              "error": format!("bad request: endpoint {endpoint:#x} is not a PCI requester id")});
             };
-            let out = core.translate(endpoint, iova, access);
-            let trace: Vec<&str> = out.trace.iter().map(|s| s.0.as_str()).collect();
+            let req = DmaRequest {
+                source_id,
+                pasid,
+                addr: iova,
+                len: len.unwrap_or(1),
+                access: access.into(),
+                privileged,
+                at: if ats {
+                    AddressType::TranslationRequest
+                } else {
+                    AddressType::Untranslated
+                },
+            };
+            let out = core.translate(&req);
             let (translation, fault) = match &out.result {
-                Ok(t) => (
-                    json!({"phys": t.phys, "len": t.len, "perm": t.perm.to_string()}),
-                    Value::Null,
-                ),
+                Ok(t) => {
+                    let perm = format!(
+                        "{}{}",
+                        if t.perms.read { "r" } else { "-" },
+                        if t.perms.write { "w" } else { "-" }
+                    );
+                    (
+                        json!({"phys": t.addr, "len": t.len, "perm": perm,
+                               "exec": t.perms.execute, "page_shift": t.page_shift,
+                               "domain_id": t.domain_id, "identity": t.identity}),
+                        Value::Null,
+                    )
+                }
                 Err(f) => (
                     Value::Null,
                     json!({"reason": reason_name(f.reason), "address": f.address,
-                           "detail": f.detail}),
+                           "access": access_name(f.access), "kind": kind_name(f.unit.kind),
+                           "site": site_json(f.unit.site), "code": f.unit.code,
+                           "recorded": f.unit.recorded,
+                           "detail": format!("{} fault code {:#x} ({:?} at {:?})",
+                                             core.hardware_name(), f.unit.code,
+                                             f.unit.kind, f.unit.site)}),
                 ),
             };
+            let trace = trace_json(&out.trace);
             json!({"ok": true, "translation": translation, "fault": fault,
-                   "trace_len": trace.len(), "trace": trace})
+                   "trace_len": trace.len(), "trace_dropped": out.trace.dropped(),
+                   "trace": trace})
         }
         Command::Domains {} => {
             let domains: Vec<Value> = core
@@ -129,15 +315,34 @@ pub fn handle_line(device: &IommuDevice, line: &str) -> Value {
         }
         Command::Stats {} => {
             let s = core.stats();
-            let hw: serde_json::Map<String, Value> =
-                s.hardware.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let caches: serde_json::Map<String, Value> = s
+                .unit
+                .caches
+                .iter()
+                .map(|(k, c)| {
+                    (
+                        k.name(),
+                        json!({"lookups": c.lookups, "hits": c.hits, "misses": c.misses,
+                               "fills": c.inserts, "refused": c.refused,
+                               "evictions": c.evictions, "invalidated": c.invalidated,
+                               "invalidations": c.invalidations}),
+                    )
+                })
+                .collect();
             json!({
                 "ok": true,
                 "requests": device.request_counts(),
                 "core": {"domains": s.domains, "mappings": s.mappings,
                          "translations": s.translations, "faults": s.faults,
                          "faults_dropped": s.faults_dropped},
-                "hardware": hw,
+                "hardware": {
+                    "translations": s.unit.translations, "faults": s.unit.faults,
+                    "faults_recorded": s.unit.faults_recorded, "commands": s.unit.commands,
+                    "caches": caches,
+                    "domains": s.driver.domains,
+                    "private_pages_in_use": s.driver.private_pages_in_use,
+                    "mode": s.driver.mode,
+                },
                 "model": core.hardware_name(),
             })
         }
@@ -217,14 +422,15 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iommu_emulator::core::{Core, CoreConfig, EndpointSet, MapFlags, SoftHardware};
+    use iommu_emulator::SoftDriver;
+    use iommu_emulator::core::{Core, CoreConfig, EndpointSet, MapFlags};
 
     fn device() -> Arc<IommuDevice> {
         let cfg = CoreConfig {
             endpoints: EndpointSet::from_ranges([0..=0xff]),
             ..CoreConfig::default()
         };
-        let core = Arc::new(Core::new(cfg, Arc::new(SoftHardware::new())).unwrap());
+        let core = Arc::new(Core::new(cfg, Arc::new(SoftDriver::new())).unwrap());
         Arc::new(IommuDevice::new(core, 64).unwrap())
     }
 
@@ -269,7 +475,9 @@ mod tests {
             r#"{"cmd":"nope"}"#,
             r#"{"cmd":"translate","endpoint":8}"#,
             r#"{"cmd":"translate","endpoint":8,"iova":-1,"access":"read"}"#,
-            r#"{"cmd":"translate","endpoint":8,"iova":1,"access":"exec"}"#,
+            r#"{"cmd":"translate","endpoint":8,"iova":1,"access":"fetch"}"#,
+            r#"{"cmd":"translate","endpoint":65536,"iova":1,"access":"read"}"#,
+            r#"{"cmd":"translate","endpoint":8,"iova":1,"access":"read","pasid":-1}"#,
             r#"{"cmd":"stats","extra":1}"#,
         ] {
             let v = handle_line(&d, line);

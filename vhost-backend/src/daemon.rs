@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use iommu_emulator::core::vtd::{PrivateRegion, VtdHardware, VtdMode};
-use iommu_emulator::core::{Core, CoreError, Hardware, HwError, SoftHardware};
-use iommu_emulator::vtd::VtdConfig;
+use iommu_emulator::core::CoreError;
+use iommu_emulator::{
+    Core, Driver, HwError, PrivateRegion, SoftDriver, VtdConfig, VtdDriver, VtdMode,
+};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -47,16 +48,16 @@ pub enum DaemonError {
     Register(std::io::Error),
 }
 
-/// Builds the hardware model the configuration names. The VT-d model's memory is the system
-/// physical address space: the IOMMU-private region (an anonymous mapping at
-/// `cfg.private_region`'s physical base, holding every structure the model builds) plus guest
-/// RAM as the vhost-user memory table in `ram` describes it.
-pub fn build_hardware(
+/// Builds the hardware model the configuration names: a unit and the driver that programs
+/// it. The VT-d unit's memory is the system physical address space: the IOMMU-private region
+/// (an anonymous mapping at `cfg.private_region`'s physical base, holding every structure the
+/// driver builds) plus guest RAM as the vhost-user memory table in `ram` describes it.
+pub fn build_driver(
     cfg: &DaemonConfig,
     ram: &GuestMemoryAtomic<GuestMemoryMmap>,
-) -> Result<Arc<dyn Hardware>, DaemonError> {
+) -> Result<Arc<dyn Driver>, DaemonError> {
     Ok(match cfg.model {
-        Model::Soft => Arc::new(SoftHardware::new()),
+        Model::Soft => Arc::new(SoftDriver::new()),
         Model::Vtd => {
             let (base, size) = cfg.private_region;
             let region = PrivateMem::new(base, size).map_err(DaemonError::PrivateRegion)?;
@@ -68,7 +69,7 @@ pub fn build_hardware(
                 VtdModeArg::Legacy => VtdMode::Legacy,
                 VtdModeArg::Scalable => VtdMode::Scalable,
             };
-            Arc::new(VtdHardware::new(
+            Arc::new(VtdDriver::with_unit(
                 SystemMem::new(region, ram.clone()),
                 vtd_cfg,
                 PrivateRegion { base, size },
@@ -84,7 +85,7 @@ pub fn build_device(
     cfg: &DaemonConfig,
     ram: &GuestMemoryAtomic<GuestMemoryMmap>,
 ) -> Result<Arc<IommuDevice>, DaemonError> {
-    let core = Arc::new(Core::new(cfg.core.clone(), build_hardware(cfg, ram)?)?);
+    let core = Arc::new(Core::new(cfg.core.clone(), build_driver(cfg, ram)?)?);
     Ok(Arc::new(IommuDevice::new(core, cfg.probe_size)?))
 }
 

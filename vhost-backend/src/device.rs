@@ -19,7 +19,8 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iommu_emulator::core::{Access, Core, CoreError, Fault, HwError};
+use iommu_emulator::core::{Core, CoreError, Fault};
+use iommu_emulator::{AccessKind, HwError};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Reader, Writer};
@@ -88,7 +89,8 @@ pub fn status_of(e: &CoreError) -> Status {
         CoreError::TooManyDomains(_)
         | CoreError::TooManyMappings(_)
         | CoreError::Hardware(HwError::Exhausted(_)) => Status::NoMem,
-        CoreError::Hardware(HwError::Failed(_)) | CoreError::Config(_) => Status::DevErr,
+        // Anything else the hardware model failed at is the device's own error.
+        CoreError::Hardware(_) | CoreError::Config(_) => Status::DevErr,
     }
 }
 
@@ -396,10 +398,14 @@ impl IommuDevice {
         if writable < FAULT_LEN {
             return None;
         }
+        // virtio 1.3 §5.13.6.9: the access's READ, WRITE and EXEC flags (an atomic both reads
+        // and writes; an instruction fetch reads and executes).
         let flags = VIRTIO_IOMMU_FAULT_F_ADDRESS
             | match fault.access {
-                Access::Read => VIRTIO_IOMMU_FAULT_F_READ,
-                Access::Write => VIRTIO_IOMMU_FAULT_F_WRITE,
+                AccessKind::Read => VIRTIO_IOMMU_FAULT_F_READ,
+                AccessKind::Write => VIRTIO_IOMMU_FAULT_F_WRITE,
+                AccessKind::Atomic => VIRTIO_IOMMU_FAULT_F_READ | VIRTIO_IOMMU_FAULT_F_WRITE,
+                AccessKind::Execute => VIRTIO_IOMMU_FAULT_F_READ | VIRTIO_IOMMU_FAULT_F_EXEC,
             };
         let b = encode_fault(fault.reason, flags, fault.endpoint, fault.address);
         w.write_all(&b).ok()?;

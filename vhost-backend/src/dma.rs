@@ -9,7 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use iommu_emulator::core::{Access, Core, EndpointId, MapFlags};
+use iommu_emulator::core::Core;
+use iommu_emulator::{AccessKind, DmaRequest, Perms};
 use vm_memory::iommu::{Error as IommuError, Iommu, Iotlb, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Permissions};
 
@@ -24,13 +25,14 @@ const MAX_ROUNDS: usize = 8;
 #[derive(Debug)]
 pub struct EndpointIommu {
     core: Arc<Core>,
-    endpoint: EndpointId,
+    /// The request every access starts from: the endpoint's source id and PASID, its privilege.
+    template: DmaRequest,
     iotlb: RwLock<Iotlb>,
     seen_generation: AtomicU64,
 }
 
-fn perms(f: MapFlags) -> Permissions {
-    match (f.read, f.write) {
+fn perms(p: Perms) -> Permissions {
+    match (p.read, p.write) {
         (true, true) => Permissions::ReadWrite,
         (true, false) => Permissions::Read,
         (false, true) => Permissions::Write,
@@ -39,12 +41,19 @@ fn perms(f: MapFlags) -> Permissions {
 }
 
 impl EndpointIommu {
-    /// DMA as `endpoint` through `core`.
-    pub fn new(core: Arc<Core>, endpoint: EndpointId) -> Self {
+    /// DMA as the endpoint with PCI requester id `source_id` through `core`: untranslated,
+    /// unprivileged requests without PASID.
+    pub fn new(core: Arc<Core>, source_id: u16) -> Self {
+        Self::with_request(core, DmaRequest::new(source_id, 0, 0, AccessKind::Read))
+    }
+
+    /// DMA through `core` with requests shaped like `template` (its source id, PASID and
+    /// privilege; the address, length and access come from each access).
+    pub fn with_request(core: Arc<Core>, template: DmaRequest) -> Self {
         let g = core.generation();
         Self {
             core,
-            endpoint,
+            template,
             iotlb: RwLock::new(Iotlb::new()),
             seen_generation: AtomicU64::new(g),
         }
@@ -69,9 +78,9 @@ impl EndpointIommu {
         generation: u64,
     ) -> Result<(), IommuError> {
         let probe = if access.has_write() {
-            Access::Write
+            AccessKind::Write
         } else {
-            Access::Read
+            AccessKind::Read
         };
         let mut fills = Vec::new();
         let mut addr = start;
@@ -87,27 +96,36 @@ impl EndpointIommu {
         // Each step covers at least one byte; the model's answers cover at least up to the end
         // of a page, so a range of `len` bytes takes at most len/4KiB + 1 steps.
         while addr < end {
+            let req = DmaRequest {
+                addr,
+                len: end - addr,
+                access: probe,
+                ..self.template
+            };
             let t = self
                 .core
-                .translate_untraced(self.endpoint, addr, probe)
+                .translate_untraced(&req)
                 .map_err(|f| IommuError::CannotResolve {
                     iova_range: IovaRange {
                         base: GuestAddress(addr),
                         length: (end - addr) as usize,
                     },
-                    reason: format!("{:?} fault: {}", f.reason, f.detail),
+                    reason: format!(
+                        "{:?} fault ({:?} at {:?}, code {:#x})",
+                        f.reason, f.unit.kind, f.unit.site, f.unit.code
+                    ),
                 })?;
-            if !perms(t.perm).allow(access) {
+            if !perms(t.perms).allow(access) {
                 return Err(IommuError::CannotResolve {
                     iova_range: IovaRange {
                         base: GuestAddress(addr),
                         length: (end - addr) as usize,
                     },
-                    reason: format!("mapping allows {}, not {access:?}", t.perm),
+                    reason: format!("the translation allows {:?}, not {access:?}", t.perms),
                 });
             }
             let n = t.len.max(1).min(end - addr);
-            fills.push((addr, t.phys, n, perms(t.perm)));
+            fills.push((addr, t.addr, n, perms(t.perms)));
             addr += n;
         }
         let mut tlb = self.iotlb.write().unwrap_or_else(|e| e.into_inner());
@@ -160,17 +178,18 @@ impl Iommu for EndpointIommu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iommu_emulator::core::{CoreConfig, EndpointSet, FaultReason, SoftHardware};
+    use iommu_emulator::SoftDriver;
+    use iommu_emulator::core::{CoreConfig, EndpointSet, FaultReason, MapFlags};
     use vm_memory::{Bytes, GuestMemoryMmap, IommuMemory};
 
-    const EP: u32 = 0x18;
+    const EP: u16 = 0x18;
 
     fn setup() -> (Arc<Core>, GuestMemoryMmap) {
         let cfg = CoreConfig {
             endpoints: EndpointSet::from_ranges([0..=0xff]),
             ..CoreConfig::default()
         };
-        let core = Arc::new(Core::new(cfg, Arc::new(SoftHardware::new())).unwrap());
+        let core = Arc::new(Core::new(cfg, Arc::new(SoftDriver::new())).unwrap());
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         (core, mem)
     }
@@ -178,7 +197,7 @@ mod tests {
     #[test]
     fn dma_goes_through_the_mappings_and_honours_unmap() {
         let (core, mem) = setup();
-        core.attach(1, EP, false).unwrap();
+        core.attach(1, u32::from(EP), false).unwrap();
         // Two IOVA pages mapped to non-adjacent physical pages.
         core.map(1, 0x40_0000, 0x40_0fff, 0x3000, MapFlags::RW)
             .unwrap();
@@ -213,7 +232,7 @@ mod tests {
     #[test]
     fn read_only_mapping_refuses_writes() {
         let (core, mem) = setup();
-        core.attach(1, EP, false).unwrap();
+        core.attach(1, u32::from(EP), false).unwrap();
         let ro = MapFlags {
             read: true,
             ..Default::default()

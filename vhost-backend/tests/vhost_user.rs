@@ -419,7 +419,12 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
     assert_eq!(stats["requests"]["by_type"]["probe"]["OK"], 1);
     assert_eq!(stats["requests"]["unknown_type"], 1);
     assert_eq!(stats["requests"]["events_sent"], 2);
-    assert!(stats["hardware"]["iotlb.lookups"].as_u64().unwrap() > 0);
+    assert!(
+        stats["hardware"]["caches"]["iotlb"]["lookups"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 
     // The front end goes away (QEMU quits or reconnects): the device returns to its initial
     // state and the daemon serves the next front end.

@@ -1,10 +1,14 @@
 //! The domain core: domains, endpoints and mappings with the semantics a virtio-iommu (or any
-//! guest-facing IOMMU front) needs, realised in a hardware model through [`Hardware`].
+//! guest-facing IOMMU front) needs, realised in a hardware unit through its [`Driver`], and
+//! DMA translated by that unit ([`Core::translate`], from a full [`DmaRequest`]).
 //!
 //! The front (e.g. the virtio-iommu device) calls [`Core::attach`], [`Core::detach`],
 //! [`Core::map`], [`Core::unmap`], [`Core::probe`], [`Core::set_bypass`] and [`Core::reset`].
 //! Every operation validates its input completely before it changes anything: a rejected
-//! operation leaves the state (and the hardware) as it was.
+//! operation leaves the state (and the hardware) as it was. The one exception is a driver
+//! failing partway through an unmap (a command queue that stops completing): the mappings it
+//! had already removed stay removed, in the hardware and in the core's books alike, and the
+//! error is returned.
 //!
 //! Semantics (virtio 1.3 §5.13.6, and what the Linux `virtio-iommu` driver relies on):
 //! - a domain is created by the first ATTACH naming it and freed, with its mappings, when its
@@ -15,18 +19,20 @@
 //! - a bypass domain (`ATTACH_F_BYPASS`) is an identity domain: its endpoints pass through;
 //! - mappings never overlap, and UNMAP removes whole mappings only (it never splits one).
 
-mod hw;
 mod types;
-pub mod vtd;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use hw::{EndpointMode, Hardware, HwDomain, HwError, HwStats, SoftHardware};
+use crate::driver::{Driver, DriverStats, EndpointMode, HwDomain, HwError};
+use crate::request::{DmaRequest, FaultKind, FaultSite, Translation};
+use crate::trace::Trace;
+use crate::unit::{Unit, UnitStats};
+
 pub use types::{
-    Access, DomainId, EndpointId, EndpointSet, Fault, FaultReason, MapFlags, Mapping, Outcome,
-    ResvKind, ResvRegion, TraceStep, Translated,
+    DomainId, EndpointId, EndpointSet, Fault, FaultReason, MapFlags, Mapping, Outcome, ResvKind,
+    ResvRegion,
 };
 
 /// How many unreported faults the core keeps before it drops new ones.
@@ -232,8 +238,10 @@ pub struct CoreStats {
     pub faults: u64,
     /// Faults dropped because the fault queue was full.
     pub faults_dropped: u64,
-    /// The hardware model's own counters.
-    pub hardware: HwStats,
+    /// The unit's counters (translations, faults, each cache's statistics).
+    pub unit: UnitStats,
+    /// The driver's counters (what it built).
+    pub driver: DriverStats,
 }
 
 type Notifier = Box<dyn Fn() + Send + Sync>;
@@ -241,7 +249,8 @@ type Notifier = Box<dyn Fn() + Send + Sync>;
 /// The domain core. See the module documentation.
 pub struct Core {
     config: CoreConfig,
-    hw: Arc<dyn Hardware>,
+    hw: Arc<dyn Driver>,
+    unit: Arc<dyn Unit>,
     state: Mutex<State>,
     /// Incremented whenever a translation may have been removed or restricted; translation
     /// caches outside the hardware model (e.g. a vm-memory IOTLB) flush when it changes.
@@ -261,9 +270,12 @@ impl std::fmt::Debug for Core {
 }
 
 impl Core {
-    /// A core over `hw`, which it resets: no domains, every endpoint following `config.bypass`.
-    pub fn new(config: CoreConfig, hw: Arc<dyn Hardware>) -> Result<Self, CoreError> {
+    /// A core over the unit `driver` programs, which it resets: no domains, every endpoint
+    /// following `config.bypass`.
+    pub fn new(config: CoreConfig, driver: Arc<dyn Driver>) -> Result<Self, CoreError> {
         config.validate()?;
+        let unit = driver.unit();
+        let hw = driver;
         let core = Self {
             state: Mutex::new(State {
                 bypass: config.bypass,
@@ -273,6 +285,7 @@ impl Core {
             }),
             config,
             hw,
+            unit,
             generation: AtomicU64::new(0),
             faults: Mutex::new(VecDeque::new()),
             fault_notifier: Mutex::new(None),
@@ -287,9 +300,14 @@ impl Core {
         &self.config
     }
 
-    /// The hardware model's name.
+    /// The hardware model's name (its driver's).
     pub fn hardware_name(&self) -> &'static str {
         self.hw.name()
+    }
+
+    /// The unit DMA is translated by.
+    pub fn unit(&self) -> &Arc<dyn Unit> {
+        &self.unit
     }
 
     /// The invalidation generation (see [`Core::generation`]'s field documentation): it changes
@@ -581,7 +599,7 @@ impl Core {
         }
         // One hardware call for the whole request, so the invalidations can be batched.
         let (done, failure) = match d.hw {
-            Some(h) if !victims.is_empty() => match self.hw.unmap_many(h, &victims) {
+            Some(h) if !victims.is_empty() => match self.hw.unmap(h, &victims) {
                 Ok(()) => (victims.len(), None),
                 Err((n, e)) => (n.min(victims.len()), Some(e)),
             },
@@ -683,36 +701,39 @@ impl Core {
             .collect()
     }
 
-    /// Translates one access through the hardware model, with the trace of what it did. A
-    /// fault is also queued for the event queue (see [`Core::take_faults`]).
-    pub fn translate(&self, endpoint: EndpointId, iova: u64, access: Access) -> Outcome {
-        self.translate_inner(endpoint, iova, access, true)
+    /// Translates one DMA request through the unit, with the trace of what it did. A fault is
+    /// also queued for the event queue (see [`Core::take_faults`]).
+    pub fn translate(&self, req: &DmaRequest) -> Outcome {
+        let mut trace = Trace::new();
+        let result = self.translate_into(req, &mut trace);
+        Outcome { result, trace }
     }
 
-    /// [`Core::translate`] without building the trace: the DMA fast path.
-    pub fn translate_untraced(
-        &self,
-        endpoint: EndpointId,
-        iova: u64,
-        access: Access,
-    ) -> Result<Translated, Fault> {
-        self.translate_inner(endpoint, iova, access, false).result
+    /// [`Core::translate`] without a trace: the DMA fast path.
+    pub fn translate_untraced(&self, req: &DmaRequest) -> Result<Translation, Fault> {
+        self.translate_into(req, &mut Trace::off())
     }
 
-    fn translate_inner(
+    /// [`Core::translate`] recording into a caller-owned trace (cleared first).
+    pub fn translate_into(
         &self,
-        endpoint: EndpointId,
-        iova: u64,
-        access: Access,
-        traced: bool,
-    ) -> Outcome {
+        req: &DmaRequest,
+        trace: &mut Trace,
+    ) -> Result<Translation, Fault> {
         self.counters.translations.fetch_add(1, Ordering::Relaxed);
-        let out = self.hw.translate(endpoint, iova, access, traced);
-        if let Err(f) = &out.result {
+        self.unit.translate(req, trace).map_err(|f| {
+            self.hw.fault_serviced(&f);
             self.counters.faults.fetch_add(1, Ordering::Relaxed);
-            self.record_fault(f.clone());
-        }
-        out
+            let fault = Fault {
+                reason: virtio_reason(&f),
+                endpoint: EndpointId::from(req.source_id),
+                address: req.addr,
+                access: req.access,
+                unit: f,
+            };
+            self.record_fault(fault.clone());
+            fault
+        })
     }
 
     fn record_fault(&self, fault: Fault) {
@@ -772,8 +793,27 @@ impl Core {
             translations: self.counters.translations.load(Ordering::Relaxed),
             faults: self.counters.faults.load(Ordering::Relaxed),
             faults_dropped: self.counters.faults_dropped.load(Ordering::Relaxed),
-            hardware: self.hw.stats(),
+            unit: self.unit.stats(),
+            driver: self.hw.stats(),
         }
+    }
+}
+
+/// The virtio-iommu fault reason (virtio 1.3 §5.13.6.9) of a unit's fault, from its
+/// vendor-neutral site and kind: a device or PASID structure that is not present means the
+/// endpoint has no domain; a page-table entry that is not present or does not grant the access
+/// (or an input beyond the tables' reach) means no mapping allows it; everything else (invalid
+/// programming, memory errors, blocked requests) is an internal error of the device.
+fn virtio_reason(f: &crate::request::Fault) -> FaultReason {
+    match (f.site, f.kind) {
+        (FaultSite::DeviceTable | FaultSite::PasidTable, FaultKind::NotPresent) => {
+            FaultReason::Domain
+        }
+        (
+            FaultSite::PageTable { .. },
+            FaultKind::NotPresent | FaultKind::Permission | FaultKind::AddressWidth,
+        ) => FaultReason::Mapping,
+        _ => FaultReason::Unknown,
     }
 }
 

@@ -1,4 +1,6 @@
 use super::*;
+use crate::driver::{Resource, SoftDriver};
+use crate::request::AccessKind;
 use proptest::prelude::*;
 
 const EP: EndpointId = 0x08;
@@ -15,17 +17,22 @@ fn small_config() -> CoreConfig {
 }
 
 fn core_with(config: CoreConfig) -> Core {
-    Core::new(config, Arc::new(SoftHardware::new())).unwrap()
+    Core::new(config, Arc::new(SoftDriver::new())).unwrap()
 }
 
 fn core() -> Core {
     core_with(small_config())
 }
 
-fn phys(c: &Core, ep: EndpointId, iova: u64, access: Access) -> Result<u64, FaultReason> {
-    c.translate(ep, iova, access)
+/// A one-byte request by `ep` at `iova`.
+fn req(ep: EndpointId, iova: u64, access: AccessKind) -> DmaRequest {
+    DmaRequest::new(u16::try_from(ep).unwrap(), iova, 1, access)
+}
+
+fn phys(c: &Core, ep: EndpointId, iova: u64, access: AccessKind) -> Result<u64, FaultReason> {
+    c.translate(&req(ep, iova, access))
         .result
-        .map(|t| t.phys)
+        .map(|t| t.addr)
         .map_err(|f| f.reason)
 }
 
@@ -67,7 +74,7 @@ fn map_translate_unmap() {
     let c = core();
     c.attach(1, EP, false).unwrap();
     assert_eq!(
-        phys(&c, EP, 0x1000, Access::Read),
+        phys(&c, EP, 0x1000, AccessKind::Read),
         Err(FaultReason::Mapping)
     );
     c.map(
@@ -81,29 +88,32 @@ fn map_translate_unmap() {
         },
     )
     .unwrap();
-    assert_eq!(phys(&c, EP, 0x1234, Access::Read), Ok(0xa234));
-    let traced = c.translate(EP, 0x1234, Access::Read);
+    assert_eq!(phys(&c, EP, 0x1234, AccessKind::Read), Ok(0xa234));
+    let traced = c.translate(&req(EP, 0x1234, AccessKind::Read));
     assert!(!traced.trace.is_empty());
     assert_eq!(
-        c.translate_untraced(EP, 0x1234, Access::Read),
+        c.translate_untraced(&req(EP, 0x1234, AccessKind::Read)),
         traced.result
     );
     assert_eq!(
-        phys(&c, EP, 0x1234, Access::Write),
+        phys(&c, EP, 0x1234, AccessKind::Write),
         Err(FaultReason::Mapping)
     );
     c.unmap(1, 0x1000, 0x1fff).unwrap();
     assert_eq!(
-        phys(&c, EP, 0x1234, Access::Read),
+        phys(&c, EP, 0x1234, AccessKind::Read),
         Err(FaultReason::Mapping)
     );
     c.detach(1, EP).unwrap();
-    assert_eq!(phys(&c, EP, 0x1234, Access::Read), Err(FaultReason::Domain));
+    assert_eq!(
+        phys(&c, EP, 0x1234, AccessKind::Read),
+        Err(FaultReason::Domain)
+    );
     assert!(c.domains().is_empty());
     // Every fault was queued for the event queue, in order.
     let faults = c.take_faults(16);
     assert_eq!(faults.len(), 4);
-    assert_eq!(faults[1].access, Access::Write);
+    assert_eq!(faults[1].access, AccessKind::Write);
     assert_eq!(faults[3].reason, FaultReason::Domain);
     assert_eq!(c.stats().faults, 4);
     assert_eq!(c.stats().translations, 7);
@@ -181,7 +191,7 @@ fn map_rejections_leave_state_unchanged() {
         assert_eq!(got, Err(want));
     }
     assert_eq!(c.domains(), before);
-    assert_eq!(phys(&c, EP, 0x10010, Access::Write), Ok(0x40010));
+    assert_eq!(phys(&c, EP, 0x10010, AccessKind::Write), Ok(0x40010));
 }
 
 #[test]
@@ -240,32 +250,41 @@ fn domain_and_mapping_limits_give_nomem() {
 fn bypass_config_applies_to_unattached_endpoints() {
     let c = core();
     assert!(!c.bypass());
-    assert_eq!(phys(&c, EP, 0x5000, Access::Read), Err(FaultReason::Domain));
+    assert_eq!(
+        phys(&c, EP, 0x5000, AccessKind::Read),
+        Err(FaultReason::Domain)
+    );
     c.set_bypass(true).unwrap();
-    assert_eq!(phys(&c, EP, 0x5000, Access::Read), Ok(0x5000));
+    assert_eq!(phys(&c, EP, 0x5000, AccessKind::Read), Ok(0x5000));
     // An attached endpoint is translated, whatever bypass says.
     c.attach(1, EP2, false).unwrap();
     assert_eq!(
-        phys(&c, EP2, 0x5000, Access::Read),
+        phys(&c, EP2, 0x5000, AccessKind::Read),
         Err(FaultReason::Mapping)
     );
     c.set_bypass(false).unwrap();
-    assert_eq!(phys(&c, EP, 0x5000, Access::Read), Err(FaultReason::Domain));
     assert_eq!(
-        phys(&c, EP2, 0x5000, Access::Read),
+        phys(&c, EP, 0x5000, AccessKind::Read),
+        Err(FaultReason::Domain)
+    );
+    assert_eq!(
+        phys(&c, EP2, 0x5000, AccessKind::Read),
         Err(FaultReason::Mapping)
     );
     // Detached while bypass is on: pass-through.
     c.set_bypass(true).unwrap();
     c.detach(1, EP2).unwrap();
-    assert_eq!(phys(&c, EP2, 0x5000, Access::Write), Ok(0x5000));
+    assert_eq!(phys(&c, EP2, 0x5000, AccessKind::Write), Ok(0x5000));
 }
 
 #[test]
 fn bypass_domain_is_identity() {
     let c = core();
     c.attach(7, EP, true).unwrap();
-    assert_eq!(phys(&c, EP, 0x1234_5678, Access::Write), Ok(0x1234_5678));
+    assert_eq!(
+        phys(&c, EP, 0x1234_5678, AccessKind::Write),
+        Ok(0x1234_5678)
+    );
     assert_eq!(c.domains()[0].kind, DomainKind::Bypass);
     assert_eq!(c.domains()[0].hw, None);
 }
@@ -277,7 +296,7 @@ fn attach_elsewhere_moves_and_frees_empty_domain() {
     c.map(1, 0, P - 1, 0x8000, MapFlags::RW).unwrap();
     c.attach(2, EP, false).unwrap();
     c.map(2, 0, P - 1, 0x9000, MapFlags::RW).unwrap();
-    assert_eq!(phys(&c, EP, 0x10, Access::Read), Ok(0x9010));
+    assert_eq!(phys(&c, EP, 0x10, AccessKind::Read), Ok(0x9010));
     // Domain 1 had no endpoint left: it is gone with its mapping.
     let doms = c.domains();
     assert_eq!(doms.len(), 1);
@@ -291,17 +310,20 @@ fn attach_elsewhere_moves_and_frees_empty_domain() {
     c.attach(2, EP2, false).unwrap();
     c.attach(3, EP, false).unwrap();
     assert_eq!(c.domains().len(), 2);
-    assert_eq!(phys(&c, EP2, 0x10, Access::Read), Ok(0x9010));
+    assert_eq!(phys(&c, EP2, 0x10, AccessKind::Read), Ok(0x9010));
 }
 
 /// A hardware that records the order of endpoint switches, to check that a move is one step.
 #[derive(Debug, Default)]
 struct Recorder {
-    soft: SoftHardware,
+    soft: SoftDriver,
     log: Mutex<Vec<(EndpointId, EndpointMode)>>,
 }
 
-impl Hardware for Recorder {
+impl Driver for Recorder {
+    fn unit(&self) -> Arc<dyn Unit> {
+        self.soft.unit()
+    }
     fn name(&self) -> &'static str {
         "recorder"
     }
@@ -314,21 +336,18 @@ impl Hardware for Recorder {
     fn map(&self, d: HwDomain, m: &Mapping) -> Result<(), HwError> {
         self.soft.map(d, m)
     }
-    fn unmap(&self, d: HwDomain, m: &Mapping) -> Result<(), HwError> {
-        self.soft.unmap(d, m)
+    fn unmap(&self, d: HwDomain, ms: &[Mapping]) -> Result<(), (usize, HwError)> {
+        self.soft.unmap(d, ms)
     }
     fn set_endpoint(&self, ep: EndpointId, mode: EndpointMode) -> Result<(), HwError> {
         self.log.lock().unwrap().push((ep, mode));
         self.soft.set_endpoint(ep, mode)
     }
-    fn translate(&self, ep: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
-        self.soft.translate(ep, iova, access, traced)
-    }
     fn reset(&self) -> Result<(), HwError> {
         self.soft.reset()
     }
-    fn stats(&self) -> HwStats {
-        vec![]
+    fn stats(&self) -> DriverStats {
+        DriverStats::default()
     }
 }
 
@@ -348,10 +367,13 @@ fn move_is_a_single_hardware_switch() {
 /// A hardware whose allocations and endpoint switches fail.
 #[derive(Debug, Default)]
 struct Failing {
-    soft: SoftHardware,
+    soft: SoftDriver,
 }
 
-impl Hardware for Failing {
+impl Driver for Failing {
+    fn unit(&self) -> Arc<dyn Unit> {
+        self.soft.unit()
+    }
     fn name(&self) -> &'static str {
         "failing"
     }
@@ -362,25 +384,22 @@ impl Hardware for Failing {
         self.soft.domain_free(d)
     }
     fn map(&self, _: HwDomain, _: &Mapping) -> Result<(), HwError> {
-        Err(HwError::Exhausted("frames".into()))
+        Err(HwError::Exhausted(Resource::PrivateMemory))
     }
-    fn unmap(&self, d: HwDomain, m: &Mapping) -> Result<(), HwError> {
-        self.soft.unmap(d, m)
+    fn unmap(&self, d: HwDomain, ms: &[Mapping]) -> Result<(), (usize, HwError)> {
+        self.soft.unmap(d, ms)
     }
     fn set_endpoint(&self, ep: EndpointId, mode: EndpointMode) -> Result<(), HwError> {
         if ep == EP2 {
-            return Err(HwError::Failed("context entry".into()));
+            return Err(HwError::Unsupported("context entry"));
         }
         self.soft.set_endpoint(ep, mode)
-    }
-    fn translate(&self, ep: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
-        self.soft.translate(ep, iova, access, traced)
     }
     fn reset(&self) -> Result<(), HwError> {
         self.soft.reset()
     }
-    fn stats(&self) -> HwStats {
-        vec![]
+    fn stats(&self) -> DriverStats {
+        DriverStats::default()
     }
 }
 
@@ -389,7 +408,7 @@ fn hardware_failures_leave_state_unchanged() {
     let c = Core::new(small_config(), Arc::new(Failing::default())).unwrap();
     assert!(matches!(
         c.attach(1, EP2, false),
-        Err(CoreError::Hardware(HwError::Failed(_)))
+        Err(CoreError::Hardware(HwError::Unsupported(_)))
     ));
     assert!(c.domains().is_empty());
     c.attach(1, EP, false).unwrap();
@@ -405,9 +424,15 @@ fn hardware_failures_leave_state_unchanged() {
 fn a_reset_drops_the_faults_queued_for_the_event_queue() {
     for system in [false, true] {
         let c = core();
-        assert_eq!(phys(&c, EP, 0x3000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(
+            phys(&c, EP, 0x3000, AccessKind::Read),
+            Err(FaultReason::Domain)
+        );
         assert_eq!(c.take_faults(8).len(), 1);
-        assert_eq!(phys(&c, EP, 0x4000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(
+            phys(&c, EP, 0x4000, AccessKind::Read),
+            Err(FaultReason::Domain)
+        );
         if system {
             c.system_reset().unwrap();
         } else {
@@ -415,7 +440,10 @@ fn a_reset_drops_the_faults_queued_for_the_event_queue() {
         }
         assert!(c.take_faults(8).is_empty(), "system reset {system}");
         // Faults after the reset are queued as before.
-        assert_eq!(phys(&c, EP, 0x5000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(
+            phys(&c, EP, 0x5000, AccessKind::Read),
+            Err(FaultReason::Domain)
+        );
         assert_eq!(c.take_faults(8)[0].address, 0x5000);
     }
 }
@@ -432,10 +460,13 @@ fn reset_keeps_bypass_system_reset_restores_it() {
     assert!(c.domains().is_empty());
     assert_eq!(c.endpoint_domain(EP), None);
     assert!(c.bypass());
-    assert_eq!(phys(&c, EP, 0x3000, Access::Read), Ok(0x3000));
+    assert_eq!(phys(&c, EP, 0x3000, AccessKind::Read), Ok(0x3000));
     c.system_reset().unwrap();
     assert!(!c.bypass());
-    assert_eq!(phys(&c, EP, 0x3000, Access::Read), Err(FaultReason::Domain));
+    assert_eq!(
+        phys(&c, EP, 0x3000, AccessKind::Read),
+        Err(FaultReason::Domain)
+    );
 }
 
 #[test]
@@ -454,7 +485,7 @@ fn fault_queue_is_bounded() {
         k.fetch_add(1, Ordering::Relaxed);
     });
     for i in 0..(FAULT_QUEUE_DEPTH as u64 + 10) {
-        c.translate(EP, i * P, Access::Read);
+        c.translate(&req(EP, i * P, AccessKind::Read));
     }
     assert_eq!(c.stats().faults_dropped, 10);
     assert_eq!(kicks.load(Ordering::Relaxed), FAULT_QUEUE_DEPTH as u64);
@@ -487,7 +518,7 @@ fn config_is_validated() {
     ];
     for cfg in bad {
         assert!(matches!(
-            Core::new(cfg, Arc::new(SoftHardware::new())),
+            Core::new(cfg, Arc::new(SoftDriver::new())),
             Err(CoreError::Config(_))
         ));
     }
@@ -621,7 +652,7 @@ proptest! {
         }
         for ep in 0..4 {
             for page in 0..40 {
-                let got = phys(&c, ep, page * P + 8, Access::Read).ok();
+                let got = phys(&c, ep, page * P + 8, AccessKind::Read).ok();
                 prop_assert_eq!(got, m.translate(ep, page).map(|p| p * P + 8), "ep {} page {}", ep, page);
             }
         }
@@ -631,12 +662,15 @@ proptest! {
 /// A hardware whose unmap of the mapping at `FAILING_IOVA` fails.
 #[derive(Debug, Default)]
 struct FailingUnmap {
-    soft: SoftHardware,
+    soft: SoftDriver,
 }
 
 const FAILING_IOVA: u64 = 0x5000;
 
-impl Hardware for FailingUnmap {
+impl Driver for FailingUnmap {
+    fn unit(&self) -> Arc<dyn Unit> {
+        self.soft.unit()
+    }
     fn name(&self) -> &'static str {
         "failing-unmap"
     }
@@ -649,23 +683,25 @@ impl Hardware for FailingUnmap {
     fn map(&self, d: HwDomain, m: &Mapping) -> Result<(), HwError> {
         self.soft.map(d, m)
     }
-    fn unmap(&self, d: HwDomain, m: &Mapping) -> Result<(), HwError> {
-        if m.virt_start == FAILING_IOVA {
-            return Err(HwError::Failed("table page".into()));
+    fn unmap(&self, d: HwDomain, ms: &[Mapping]) -> Result<(), (usize, HwError)> {
+        for (i, m) in ms.iter().enumerate() {
+            if m.virt_start == FAILING_IOVA {
+                return Err((i, HwError::Unsupported("table page")));
+            }
+            self.soft
+                .unmap(d, std::slice::from_ref(m))
+                .map_err(|(_, e)| (i, e))?;
         }
-        self.soft.unmap(d, m)
+        Ok(())
     }
     fn set_endpoint(&self, ep: EndpointId, mode: EndpointMode) -> Result<(), HwError> {
         self.soft.set_endpoint(ep, mode)
     }
-    fn translate(&self, ep: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
-        self.soft.translate(ep, iova, access, traced)
-    }
     fn reset(&self) -> Result<(), HwError> {
         self.soft.reset()
     }
-    fn stats(&self) -> HwStats {
-        vec![]
+    fn stats(&self) -> DriverStats {
+        DriverStats::default()
     }
 }
 
@@ -679,7 +715,7 @@ fn unmap_failing_partway_keeps_what_the_hardware_still_has() {
     let before = c.generation();
     assert_eq!(
         c.unmap(1, 0, 0xffff),
-        Err(CoreError::Hardware(HwError::Failed("table page".into())))
+        Err(CoreError::Hardware(HwError::Unsupported("table page")))
     );
     // The first mapping is gone (from the hardware too); the failing one and the rest stay.
     let left: Vec<u64> = c.domains()[0]
@@ -689,9 +725,16 @@ fn unmap_failing_partway_keeps_what_the_hardware_still_has() {
         .collect();
     assert_eq!(left, vec![FAILING_IOVA, 0x9000]);
     assert!(c.generation() > before);
-    assert!(c.translate(EP, 0x1000, Access::Read).result.is_err());
+    assert!(
+        c.translate(&req(EP, 0x1000, AccessKind::Read))
+            .result
+            .is_err()
+    );
     assert_eq!(
-        c.translate(EP, 0x9000, Access::Read).result.unwrap().phys,
+        c.translate(&req(EP, 0x9000, AccessKind::Read))
+            .result
+            .unwrap()
+            .addr,
         0x9000
     );
     // The mapping count followed: the limit (8) still allows 6 more.

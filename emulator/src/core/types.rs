@@ -3,6 +3,9 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 
+use crate::request::{AccessKind, Perms, Translation};
+use crate::trace::Trace;
+
 /// A domain identifier as the driver chose it (virtio-iommu `domain` field).
 pub type DomainId = u32;
 
@@ -29,12 +32,20 @@ impl MapFlags {
         mmio: false,
     };
 
-    /// Whether this mapping allows `access`.
-    pub fn allows(self, access: Access) -> bool {
-        match access {
-            Access::Read => self.read,
-            Access::Write => self.write,
+    /// The rights a translation through this mapping grants. virtio-iommu mappings have no
+    /// execute flag: execution is not restricted beyond read, as in a VT-d second stage
+    /// without SLEE.
+    pub fn perms(self) -> Perms {
+        Perms {
+            read: self.read,
+            write: self.write,
+            execute: self.read,
         }
+    }
+
+    /// Whether this mapping allows `access`.
+    pub fn allows(self, access: AccessKind) -> bool {
+        self.perms().allows(access)
     }
 }
 
@@ -48,15 +59,6 @@ impl fmt::Display for MapFlags {
             if self.mmio { "m" } else { "" }
         )
     }
-}
-
-/// The kind of a DMA access.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Access {
-    /// A DMA read (memory to device).
-    Read,
-    /// A DMA write (device to memory).
-    Write,
 }
 
 /// One mapping: the inclusive IOVA range `[virt_start, virt_end]` maps to the physical range
@@ -171,41 +173,27 @@ pub enum FaultReason {
     Mapping,
 }
 
-/// A translation fault, as reported on the event queue.
+/// A translation fault, as the core reports it (on the event queue, to the control socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
-    /// The fault class.
+    /// The fault class, in virtio-iommu's terms.
     pub reason: FaultReason,
     /// The endpoint that made the access.
     pub endpoint: EndpointId,
     /// The faulting IOVA.
     pub address: u64,
     /// The access kind.
-    pub access: Access,
-    /// A human-readable description from the hardware model (e.g. its fault reason code).
-    pub detail: String,
+    pub access: AccessKind,
+    /// The unit's own report: vendor-neutral kind and site, the vendor's code, whether the
+    /// unit recorded it.
+    pub unit: crate::request::Fault,
 }
 
-/// A successful translation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Translated {
-    /// The physical address the IOVA maps to.
-    pub phys: u64,
-    /// Bytes from `phys` onward that share the translation (to the end of the page or mapping).
-    pub len: u64,
-    /// Permissions of the translation.
-    pub perm: MapFlags,
-}
-
-/// One step of a translation, as the hardware model reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceStep(pub String);
-
-/// The answer to a translation request: the result plus the trace of what the hardware did.
+/// The answer to a traced translation: the result plus the trace of what the unit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// The translation, or the fault.
-    pub result: Result<Translated, Fault>,
-    /// What happened, step by step.
-    pub trace: Vec<TraceStep>,
+    pub result: Result<Translation, Fault>,
+    /// What the unit did, event by event.
+    pub trace: Trace,
 }

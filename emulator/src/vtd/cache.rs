@@ -17,9 +17,7 @@
 //!   addresses are guest-physical), tagged with (DID, PASID, stage, level, the input prefix
 //!   they translate).
 
-use iotlb::{
-    CacheStats, Invalidation, PageRange, PasidMatch, SourceSelector, Tag, Token, Translation,
-};
+use iotlb::{Invalidation, PageRange, PasidMatch, SourceSelector, Tag, Token, Translation};
 
 use super::VtdConfig;
 use super::qi::{
@@ -123,23 +121,6 @@ impl PagingStructureCaches {
         for c in &self.levels {
             c.invalidate(inv);
         }
-    }
-
-    /// The statistics of all levels together.
-    pub fn stats(&self) -> CacheStats {
-        self.levels
-            .iter()
-            .map(|c| c.stats())
-            .fold(CacheStats::default(), |a, b| CacheStats {
-                lookups: a.lookups + b.lookups,
-                hits: a.hits + b.hits,
-                misses: a.misses + b.misses,
-                inserts: a.inserts + b.inserts,
-                refused: a.refused + b.refused,
-                evictions: a.evictions + b.evictions,
-                invalidated: a.invalidated + b.invalidated,
-                invalidations: a.invalidations + b.invalidations,
-            })
     }
 }
 

@@ -10,7 +10,8 @@
 //! (0x50, 0x58) as unqualified, which this model does not follow.
 
 use super::regs::*;
-use crate::request::{AccessKind, AddressType, FaultKind};
+use crate::request::{AccessKind, AddressType, FaultKind, FaultSite};
+use crate::trace::Stage;
 
 /// A non-recoverable DMA-remapping fault reason, with its Appendix A encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -218,6 +219,56 @@ impl FaultReason {
     }
 }
 
+impl FaultReason {
+    /// Where the fault was found (vendor-neutral). `walk` is the stage and level of the entry a
+    /// page walk faulted at, when a walk found the condition.
+    pub fn site(self, walk: Option<(Stage, u8)>) -> FaultSite {
+        use FaultReason::*;
+        let table = |stage| FaultSite::PageTable {
+            stage: walk.map_or(stage, |w| w.0),
+            level: walk.map(|w| w.1),
+        };
+        match self {
+            InvalidRootTable | LegacyModePasid | TranslationRequestBlocked => FaultSite::Request,
+            RootNotPresent | ContextNotPresent | ContextInvalid | RootAccessError
+            | ContextAccessError | RootReserved | ContextReserved | SmRootAccessError
+            | SmRootNotPresent | SmRootReserved | SmContextAccessError | SmContextNotPresent
+            | SmContextReserved | SmContextInvalid | SmDteClear | SmPasidDisabled
+            | SmPasidTooLarge => FaultSite::DeviceTable,
+            PasidDirAccessError
+            | PasidDirNotPresent
+            | PasidDirReserved
+            | PasidEntryAccessError
+            | PasidEntryNotPresent
+            | PasidEntryReserved
+            | PasidEntryInvalid
+            | EreClear
+            | SreClear => FaultSite::PasidTable,
+            FsAccessError | FsNotPresent | FsReserved | FsptptrAccessError | NonCanonical
+            | UserSupervisor => table(Stage::First),
+            AddressBeyondAw
+            | WriteDenied
+            | ReadDenied
+            | SlAccessError
+            | SlReserved
+            | NestedFsBeyondAw
+            | NestedFsRootReadDenied
+            | NestedFsReadDenied
+            | NestedFsWriteDenied
+            | SsAccessError
+            | SsNotPresent
+            | SsReserved
+            | SsptptrInvalid
+            | ExecuteDenied
+            | SmAddressBeyondAw
+            | SsOutputBeyondHaw
+            | SmWriteDenied
+            | SmReadDenied => table(Stage::Second),
+            InterruptAddress | SmInterruptAddress => FaultSite::Output,
+        }
+    }
+}
+
 /// Everything a primary fault record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FaultInfo {
@@ -294,6 +345,49 @@ mod tests {
         assert!(FaultReason::WriteDenied.qualified());
         assert_eq!(FaultReason::SlReserved.kind(), FaultKind::InvalidEntry);
         assert_eq!(FaultReason::SlAccessError.kind(), FaultKind::MemoryAccess);
+    }
+
+    #[test]
+    fn sites_name_the_structure_that_faulted() {
+        assert_eq!(
+            FaultReason::ContextNotPresent.site(None),
+            FaultSite::DeviceTable
+        );
+        assert_eq!(
+            FaultReason::SmRootReserved.site(None),
+            FaultSite::DeviceTable
+        );
+        assert_eq!(
+            FaultReason::PasidEntryNotPresent.site(None),
+            FaultSite::PasidTable
+        );
+        assert_eq!(FaultReason::LegacyModePasid.site(None), FaultSite::Request);
+        assert_eq!(
+            FaultReason::SmInterruptAddress.site(None),
+            FaultSite::Output
+        );
+        assert_eq!(
+            FaultReason::FsNotPresent.site(Some((Stage::First, 2))),
+            FaultSite::PageTable {
+                stage: Stage::First,
+                level: Some(2)
+            }
+        );
+        // A second-stage reason found by a nested walk's first stage keeps the walk's stage.
+        assert_eq!(
+            FaultReason::SmWriteDenied.site(None),
+            FaultSite::PageTable {
+                stage: Stage::Second,
+                level: None
+            }
+        );
+        assert_eq!(
+            FaultReason::SmWriteDenied.site(Some((Stage::First, 1))),
+            FaultSite::PageTable {
+                stage: Stage::First,
+                level: Some(1)
+            }
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! - [`Vtd::mmio_read`] / [`Vtd::mmio_write`]: the register file of §10.4 (4- and 8-byte
 //!   accesses; anything else is ignored and reads zero).
-//! - [`Vtd::translate`]: one DMA request through the root, context and (in scalable mode) PASID
+//! - [`Unit::translate`] ([`Vtd::translate`]): one DMA request through the root, context and (in scalable mode) PASID
 //!   structures, the caches and the page walkers, with the event trace of what it did. Callable
 //!   from many threads at once; lock-free unless it faults.
 //! - Queued invalidation is processed synchronously when IQT is written.
@@ -44,7 +44,7 @@
 //! | ECAP.SSTS, FSTS | second-/first-stage translation in scalable mode | configurable (default 1) |
 //! | ECAP.RPS | RID_PASID | 1 with scalable mode |
 
-pub mod cache;
+mod cache;
 pub mod fault;
 pub mod qi;
 pub mod regs;
@@ -64,6 +64,9 @@ use self::fault::FaultInfo;
 use self::qi::{ContextGranularity, DecodeCtx, Descriptor, IotlbGranularity};
 use self::regs::*;
 pub use self::regs::{ConfigError, VtdConfig};
+use crate::request::{DmaRequest, Fault, Translation};
+use crate::trace::Trace;
+use crate::unit::{CacheKind, Unit, UnitStats};
 
 /// An interrupt message the unit sends to the embedder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,21 +221,62 @@ impl RegFile {
     }
 }
 
-/// Counters of what the unit did.
+/// Counters of what the unit did (reported through [`Unit::stats`]).
 ///
 /// `translations` is bumped on every translation from every thread, so it is sharded per
 /// thread ([`iotlb::ShardedCounter`]); the others count rare events on paths that already
 /// serialize (fault recording, queue processing) and are plain atomics.
 #[derive(Debug, Default)]
-pub struct VtdStats {
+struct VtdStats {
     /// Translations requested.
-    pub translations: iotlb::ShardedCounter,
+    translations: iotlb::ShardedCounter,
     /// Translations that faulted.
-    pub faults: AtomicU64,
+    faults: AtomicU64,
     /// Faults written to a fault recording register.
-    pub faults_recorded: AtomicU64,
+    faults_recorded: AtomicU64,
     /// Invalidation descriptors executed.
-    pub descriptors: AtomicU64,
+    descriptors: AtomicU64,
+}
+
+impl<M: PhysMem + Send + Sync> Unit for Vtd<M> {
+    fn name(&self) -> &'static str {
+        "vtd"
+    }
+
+    fn translate(&self, req: &DmaRequest, trace: &mut Trace) -> Result<Translation, Fault> {
+        self.translate_with(req, trace)
+    }
+
+    fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        Vtd::mmio_read(self, offset, size)
+    }
+
+    fn mmio_write(&self, offset: u64, size: u32, value: u64) {
+        Vtd::mmio_write(self, offset, size, value)
+    }
+
+    fn stats(&self) -> UnitStats {
+        let s = &self.stats;
+        let mut caches = vec![
+            (CacheKind::Iotlb, self.caches.iotlb.stats()),
+            (CacheKind::Context, self.caches.context.stats()),
+        ];
+        if self.cfg.scalable_mode {
+            caches.push((CacheKind::Pasid, self.caches.pasid.stats()));
+        }
+        for level in 2..=cache::PSC_MAX_LEVEL {
+            if let Some(c) = self.caches.psc.level(level) {
+                caches.push((CacheKind::PagingStructure { level }, c.stats()));
+            }
+        }
+        UnitStats {
+            translations: s.translations.get(),
+            faults: s.faults.load(Ordering::Relaxed),
+            faults_recorded: s.faults_recorded.load(Ordering::Relaxed),
+            commands: s.descriptors.load(Ordering::Relaxed),
+            caches,
+        }
+    }
 }
 
 /// A VT-d remapping hardware unit over the memory `M`.
@@ -294,16 +338,6 @@ impl<M: PhysMem> Vtd<M> {
     /// The memory the unit reads structures from.
     pub fn mem(&self) -> &M {
         &self.mem
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> &VtdStats {
-        &self.stats
-    }
-
-    /// The caches (for statistics).
-    pub fn caches(&self) -> &VtdCaches {
-        &self.caches
     }
 
     fn regs(&self) -> std::sync::MutexGuard<'_, RegFile> {

@@ -1469,7 +1469,7 @@ fn concurrent_translations_agree() {
             });
         }
     });
-    assert_eq!(d.vtd.stats().translations.get(), 2000);
+    assert_eq!(Unit::stats(&d.vtd).translations, 2000);
 }
 
 /// While one thread keeps translating a page, another remaps it and invalidates through the

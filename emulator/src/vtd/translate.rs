@@ -20,21 +20,34 @@ use super::structs::{
 };
 use super::{ACTIVE_TE, Vtd};
 use crate::request::{AccessKind, AddressType, DmaRequest, Fault, Perms, Translation};
-use crate::trace::{MemTarget, Stage, Trace};
+use crate::trace::{MemTarget, Stage, Trace, WalkKind};
 
-/// Why a translation failed, and whether an FPD bit read on the way suppresses recording.
+/// Why a translation failed, whether an FPD bit read on the way suppresses recording, and the
+/// page-table entry (stage and level) a walk faulted at, if a walk found it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Fail {
     reason: FaultReason,
     fpd: bool,
+    walk: Option<(Stage, u8)>,
 }
 
 impl Fail {
     fn new(reason: FaultReason) -> Self {
-        Self { reason, fpd: false }
+        Self::fpd(reason, false)
     }
     fn fpd(reason: FaultReason, fpd: bool) -> Self {
-        Self { reason, fpd }
+        Self {
+            reason,
+            fpd,
+            walk: None,
+        }
+    }
+    /// The same failure, found by a walk at `f`'s entry.
+    fn at(self, f: &pagewalk::Fault) -> Self {
+        Self {
+            walk: Some((stage_of(f.stage), f.level)),
+            ..self
+        }
     }
 }
 
@@ -237,6 +250,7 @@ impl<M: PhysMem> Vtd<M> {
                 );
                 Err(Fault {
                     kind: fail.reason.kind(),
+                    site: fail.reason.site(fail.walk),
                     code: u16::from(fail.reason.code()),
                     source_id: req.source_id,
                     pasid: req.pasid,
@@ -342,6 +356,7 @@ impl<M: PhysMem> Vtd<M> {
             tokens.context,
             &Tag::context(sid, ce.did),
             &[lo, hi, 0, CTX_LEGACY_MARK],
+            trace,
         );
         Ok(ce)
     }
@@ -426,7 +441,7 @@ impl<M: PhysMem> Vtd<M> {
         })?;
         self.caches
             .context
-            .insert(tokens.context, &Tag::context(sid, 0), &qw);
+            .insert(tokens.context, &Tag::context(sid, 0), &qw, trace);
         Ok(ce)
     }
 
@@ -497,6 +512,7 @@ impl<M: PhysMem> Vtd<M> {
             tokens.pasid,
             &tag,
             &[qw[0], qw[1], qw[2], u64::from(pde.fpd)],
+            trace,
         );
         Ok((pe, pde.fpd))
     }
@@ -661,9 +677,16 @@ impl<M: PhysMem> Vtd<M> {
         } else {
             pagewalk::Stage::Second
         };
+        let kind = WalkKind::OneD(if first_stage {
+            Stage::First
+        } else {
+            Stage::Second
+        });
+        trace.walk_start(kind, start.level);
         let mut obs = Obs::new(trace, keep);
         let res = pagewalk::walk_from(&s.cfg, &self.mem, start, req.addr, access, &mut obs);
-        self.psc_fill(s, stage, &obs, tokens);
+        obs.trace.walk_end(res.is_err());
+        self.psc_fill(s, stage, &mut obs, tokens);
         let t = match res {
             Ok(t) => t,
             Err(f) => {
@@ -691,6 +714,7 @@ impl<M: PhysMem> Vtd<M> {
                 perms: iotlb::Perms::from_bits(t.perms.bits()),
                 flags: if dirty_ok { FLAG_DIRTY_OK } else { 0 },
             },
+            trace,
         );
         self.output(s, req, t.output, shift, t.perms)
     }
@@ -728,12 +752,15 @@ impl<M: PhysMem> Vtd<M> {
 
     /// Caches the non-leaf entries of `s`'s tables the walk went through (first-stage ones
     /// only, for nested walks).
-    fn psc_fill(&self, s: &Setting, stage: iotlb::Stage, obs: &Obs<'_>, tokens: Tokens) {
+    fn psc_fill(&self, s: &Setting, stage: iotlb::Stage, obs: &mut Obs<'_>, tokens: Tokens) {
         let own = match stage {
             iotlb::Stage::Second => pagewalk::Stage::Second,
             _ => pagewalk::Stage::First,
         };
-        for v in obs.visits[..obs.n].iter().filter(|v| v.stage == own) {
+        let Obs {
+            trace, visits, n, ..
+        } = obs;
+        for v in visits[..*n].iter().filter(|v| v.stage == own) {
             let shift = level_shift(v.level);
             let page = (Self::tag_input(&s.cfg, v.prefix) >> shift) << (shift - 12);
             let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, v.level, page, shift - 12);
@@ -751,6 +778,7 @@ impl<M: PhysMem> Vtd<M> {
                     next_level: v.next_level,
                     perms: v.perms.bits(),
                 },
+                trace,
             );
         }
     }
@@ -840,7 +868,7 @@ impl<M: PhysMem> Vtd<M> {
                 PwFault::Permission => fs_permission_reason(&s.cfg, access, above, &f),
             }
         };
-        Fail::fpd(reason, s.fpd)
+        Fail::fpd(reason, s.fpd).at(&f)
     }
 
     /// Nested translation (§3.8): the first-stage walk whose table addresses and output are
@@ -871,11 +899,13 @@ impl<M: PhysMem> Vtd<M> {
         // addresses; they are tagged with the nested stage so they never serve a
         // first-stage-only walk.
         let start = self.psc_start(s, iotlb::Stage::Nested, input, trace);
+        trace.walk_start(WalkKind::Nested, start.level);
         let mut obs = Obs::new(trace, pagewalk::Stage::First);
         let res = walk_nested_from(
             &s.cfg, start, &second, &self.mem, req.addr, access, &mut obs,
         );
-        self.psc_fill(s, iotlb::Stage::Nested, &obs, tokens);
+        obs.trace.walk_end(res.is_err());
+        self.psc_fill(s, iotlb::Stage::Nested, &mut obs, tokens);
         let t = match res {
             Ok(t) => t,
             Err(f) if f.stage == pagewalk::Stage::First => {
@@ -884,10 +914,7 @@ impl<M: PhysMem> Vtd<M> {
                 return Err(self.walk_fault(s, access, true, levels, above, f));
             }
             Err(f) => {
-                return Err(Fail::fpd(
-                    nested_ss_fault(s.cfg.levels(), access, &f),
-                    s.fpd,
-                ));
+                return Err(Fail::fpd(nested_ss_fault(s.cfg.levels(), access, &f), s.fpd).at(&f));
             }
         };
         if needs_read && !t.perms.read() {
@@ -904,6 +931,7 @@ impl<M: PhysMem> Vtd<M> {
                 perms: iotlb::Perms::from_bits(t.perms.bits()),
                 flags: if access.is_write() { FLAG_DIRTY_OK } else { 0 },
             },
+            trace,
         );
         self.output(s, req, t.output, shift, t.perms)
     }

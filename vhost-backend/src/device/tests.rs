@@ -1,7 +1,8 @@
 //! Request processing driven through real descriptor chains built with `virtio_queue::mock`.
 
 use super::*;
-use iommu_emulator::core::{CoreConfig, EndpointSet, FaultReason, ResvRegion, SoftHardware};
+use iommu_emulator::core::{CoreConfig, EndpointSet, FaultReason, ResvRegion};
+use iommu_emulator::{AccessKind, DmaRequest, SoftDriver};
 use proptest::prelude::*;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
@@ -14,7 +15,7 @@ const PROBE_SIZE: u32 = 64;
 const ALL: u64 = DEVICE_FEATURES;
 
 fn device_with(config: CoreConfig, features: u64) -> IommuDevice {
-    let core = Arc::new(Core::new(config, Arc::new(SoftHardware::new())).unwrap());
+    let core = Arc::new(Core::new(config, Arc::new(SoftDriver::new())).unwrap());
     let d = IommuDevice::new(core, PROBE_SIZE).unwrap();
     d.set_acked_features(features);
     d
@@ -145,11 +146,11 @@ fn probe_req(endpoint: u32) -> Vec<u8> {
 const R: u32 = VIRTIO_IOMMU_MAP_F_READ;
 const RW: u32 = VIRTIO_IOMMU_MAP_F_READ | VIRTIO_IOMMU_MAP_F_WRITE;
 
-fn phys(dev: &IommuDevice, ep: u32, iova: u64, access: Access) -> Result<u64, FaultReason> {
+fn phys(dev: &IommuDevice, ep: u32, iova: u64, access: AccessKind) -> Result<u64, FaultReason> {
     dev.core()
-        .translate(ep, iova, access)
+        .translate(&DmaRequest::new(ep as u16, iova, 1, access))
         .result
-        .map(|t| t.phys)
+        .map(|t| t.addr)
         .map_err(|f| f.reason)
 }
 
@@ -163,14 +164,14 @@ fn spec_example_sequence() {
         status(&d, &map_req(1, 0x1000, 0x1fff, 0xa000, R)),
         Status::Ok
     );
-    assert_eq!(phys(&d, EP, 0x1abc, Access::Read), Ok(0xaabc));
+    assert_eq!(phys(&d, EP, 0x1abc, AccessKind::Read), Ok(0xaabc));
     assert_eq!(
-        phys(&d, EP, 0x1abc, Access::Write),
+        phys(&d, EP, 0x1abc, AccessKind::Write),
         Err(FaultReason::Mapping)
     );
     assert_eq!(status(&d, &unmap_req(1, 0x1000, 0x1fff)), Status::Ok);
     assert_eq!(
-        phys(&d, EP, 0x1abc, Access::Read),
+        phys(&d, EP, 0x1abc, AccessKind::Read),
         Err(FaultReason::Mapping)
     );
     assert_eq!(status(&d, &detach_req(1, EP)), Status::Ok);
@@ -335,7 +336,7 @@ fn every_error_class_gets_its_status_and_changes_nothing() {
         assert_eq!(status(&d, &req), want, "{what}");
         assert_eq!(d.core().domains(), snapshot, "{what} changed the state");
     }
-    assert_eq!(phys(&d, EP, 0x10008, Access::Write), Ok(0x40008));
+    assert_eq!(phys(&d, EP, 0x10008, AccessKind::Write), Ok(0x40008));
 }
 
 #[test]
@@ -408,23 +409,26 @@ fn oversized_writable_part_is_inval() {
 fn bypass_config_write() {
     let d = device();
     assert_eq!(d.read_config(36, 1).unwrap(), vec![0]);
-    assert_eq!(phys(&d, EP, 0x5000, Access::Read), Err(FaultReason::Domain));
+    assert_eq!(
+        phys(&d, EP, 0x5000, AccessKind::Read),
+        Err(FaultReason::Domain)
+    );
     // A front end writing the whole structure back, with bypass set (bits 1-7 ignored).
     let mut cfg = d.read_config(0, 40).unwrap();
     cfg[36] = 0xff;
     d.write_config(0, &cfg).unwrap();
     assert!(d.core().bypass());
     assert_eq!(d.read_config(36, 1).unwrap(), vec![1]);
-    assert_eq!(phys(&d, EP, 0x5000, Access::Read), Ok(0x5000));
+    assert_eq!(phys(&d, EP, 0x5000, AccessKind::Read), Ok(0x5000));
     // Attached endpoints are translated whatever bypass says.
     assert_eq!(status(&d, &attach_req(1, EP, 0)), Status::Ok);
     assert_eq!(
-        phys(&d, EP, 0x5000, Access::Read),
+        phys(&d, EP, 0x5000, AccessKind::Read),
         Err(FaultReason::Mapping)
     );
     d.write_config(36, &[0]).unwrap();
     assert_eq!(
-        phys(&d, EP2, 0x5000, Access::Read),
+        phys(&d, EP2, 0x5000, AccessKind::Read),
         Err(FaultReason::Domain)
     );
     // Out of bounds.
@@ -456,7 +460,7 @@ fn implicit_detach_moves_the_endpoint_and_frees_the_empty_domain() {
     assert_eq!(status(&d, &map_req(1, 0, 0xfff, 0x7000, RW)), Status::Ok);
     assert_eq!(status(&d, &attach_req(2, EP, 0)), Status::Ok);
     assert_eq!(status(&d, &map_req(2, 0, 0xfff, 0x9000, RW)), Status::Ok);
-    assert_eq!(phys(&d, EP, 0x10, Access::Read), Ok(0x9010));
+    assert_eq!(phys(&d, EP, 0x10, AccessKind::Read), Ok(0x9010));
     // Domain 1 is gone with its mapping; its id is free for reuse.
     assert_eq!(status(&d, &map_req(1, 0, 0xfff, 0, RW)), Status::NoEnt);
     assert_eq!(d.core().stats().mappings, 1);
@@ -521,7 +525,7 @@ fn probe_with_several_regions_and_too_small_probe_size() {
         ],
         ..config()
     };
-    let core = Arc::new(Core::new(cfg.clone(), Arc::new(SoftHardware::new())).unwrap());
+    let core = Arc::new(Core::new(cfg.clone(), Arc::new(SoftDriver::new())).unwrap());
     assert!(matches!(
         IommuDevice::new(core.clone(), 40),
         Err(DeviceError::ProbeSize { needed: 48, .. })
@@ -578,8 +582,17 @@ fn fault_event_layout() {
         reason: FaultReason::Domain,
         endpoint: EP,
         address: 0x1234_5000,
-        access: Access::Write,
-        detail: String::new(),
+        access: AccessKind::Write,
+        unit: iommu_emulator::Fault {
+            kind: iommu_emulator::FaultKind::NotPresent,
+            site: iommu_emulator::FaultSite::DeviceTable,
+            code: 0,
+            source_id: EP as u16,
+            pasid: None,
+            addr: 0x1234_5000,
+            access: AccessKind::Write,
+            recorded: false,
+        },
     };
     let mut buf = Vec::new();
     assert_eq!(d.write_fault(&f, &mut buf, 24), Some(24));
@@ -592,6 +605,31 @@ fn fault_event_layout() {
     assert_eq!(&buf[16..24], &0x1234_5000u64.to_le_bytes());
     assert_eq!(d.write_fault(&f, &mut Vec::new(), 23), None);
     assert_eq!(d.request_counts().events_sent, 1);
+    // Atomic and execute requests report both of the accesses they make (§5.13.6.9).
+    for (access, flags) in [
+        (
+            AccessKind::Atomic,
+            VIRTIO_IOMMU_FAULT_F_READ | VIRTIO_IOMMU_FAULT_F_WRITE,
+        ),
+        (
+            AccessKind::Execute,
+            VIRTIO_IOMMU_FAULT_F_READ | VIRTIO_IOMMU_FAULT_F_EXEC,
+        ),
+    ] {
+        let mut buf = Vec::new();
+        d.write_fault(
+            &Fault {
+                access,
+                ..f.clone()
+            },
+            &mut buf,
+            24,
+        );
+        assert_eq!(
+            &buf[4..8],
+            &(flags | VIRTIO_IOMMU_FAULT_F_ADDRESS).to_le_bytes()
+        );
+    }
 }
 
 #[test]
@@ -639,7 +677,7 @@ proptest! {
         let (used, out) = run_split(&d, &req, &rs, &wl);
         prop_assert_eq!(used, 4);
         prop_assert_eq!(&out[..4], &[0u8, 0, 0, 0][..]);
-        prop_assert_eq!(phys(&d, EP, (start << 12) + 5, Access::Write), Ok(0x9005));
+        prop_assert_eq!(phys(&d, EP, (start << 12) + 5, AccessKind::Write), Ok(0x9005));
     }
 
     /// Arbitrary bytes never panic the device; an accepted request always answers with a tail.

@@ -1,13 +1,15 @@
-//! Domains realised in the VT-d model ([`crate::vtd::Vtd`]), programmed the way a driver
-//! programs silicon: only through the register file and memory-resident structures.
+//! The VT-d driver: domains realised in a VT-d unit ([`crate::vtd::Vtd`]), programmed the way
+//! a kernel driver programs silicon: only through the register file and memory-resident
+//! structures, and knowing only what the capability registers say.
 //!
 //! - Structures live in an IOMMU-private physical region (outside guest RAM): the legacy-mode
 //!   root table, one context table per bus in use, the second-stage tables of every domain
 //!   (built with pagewalk's [`TableBuilder`]), the invalidation queue and its wait-status word.
 //! - Bring-up (VT-d spec rev 4.1, §10.4.4–§10.4.6, §6.5.2): RTADDR, GCMD.SRTP, IQA, GCMD.QIE,
 //!   global context-cache and IOTLB invalidation, GCMD.TE.
-//! - Every invalidation goes through the invalidation queue and ends with an invalidation-wait
-//!   descriptor whose status write the driver checks (§6.5.2.8).
+//! - Every invalidation goes through the invalidation queue ([`InvalidationQueue`], a
+//!   [`CommandQueue`]) and ends with an invalidation-wait descriptor whose status write the
+//!   driver checks (§6.5.2.8).
 //! - A paging domain is a domain id (DID) plus second-stage tables.
 //! - Legacy mode ([`VtdMode::Legacy`], RTADDR.TTM = 00b): an endpoint's context entry (§9.3)
 //!   points at the tables (T = 00b). Identity is T = 10b (pass-through, ECAP.PT). A blocked
@@ -20,24 +22,19 @@
 //!   invalidations (§6.5.2.4).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use pagewalk::{
-    BumpAllocator, FrameAllocator, PageSizePolicy, PhysMem, TableBuilder, VtdSsConfig, WalkConfig,
-};
+use pagewalk::{PageSizePolicy, PhysMem, TableBuilder, VtdSsConfig, WalkConfig};
 
-use super::hw::{EndpointMode, Hardware, HwDomain, HwError, HwStats};
-use super::types::{
-    Access, EndpointId, Fault, FaultReason, MapFlags, Mapping, Outcome, TraceStep, Translated,
+use super::{
+    CommandQueue, DomainIds, Driver, DriverStats, EndpointMode, HwDomain, HwError, PAGE,
+    PrivateMemory, PrivateRegion, Resource,
 };
-use crate::request::{AccessKind, DmaRequest};
-use crate::vtd::fault::FaultReason as VtdFaultReason;
+use crate::core::{EndpointId, MapFlags, Mapping};
+use crate::unit::Unit;
 use crate::vtd::qi::{ContextGranularity, IotlbGranularity, PasidCacheGranularity, encode};
 use crate::vtd::regs::*;
 use crate::vtd::{Vtd, VtdConfig};
-
-/// Size of a table page.
-const PAGE: u64 = 4096;
 
 /// The DID every pass-through context entry carries (the spec requires a DID even for T = 10b;
 /// like Linux, we reserve one for identity).
@@ -77,43 +74,79 @@ struct DomainHw {
     tables: TableBuilder,
 }
 
+/// The VT-d invalidation queue as the driver keeps it (§6.5.2): one page of descriptors, the
+/// software tail, and the status word each invalidation-wait descriptor writes.
+#[derive(Debug)]
+pub struct InvalidationQueue {
+    base: u64,
+    tail: u64,
+    /// Bytes per descriptor: 16, or 32 with IQA.DW = 1 (scalable mode).
+    desc_size: u64,
+    status_addr: u64,
+    status_seq: u32,
+}
+
+impl<M: PhysMem> CommandQueue<Vtd<M>> for InvalidationQueue {
+    type Command = [u64; 2];
+
+    fn capacity(&self) -> usize {
+        (PAGE / self.desc_size) as usize
+    }
+
+    fn write(&mut self, unit: &Vtd<M>, d: &[u64; 2]) -> Result<(), HwError> {
+        let mem = unit.mem();
+        let at = self.base + self.tail;
+        mem.write_u64(at, d[0])?;
+        mem.write_u64(at + 8, d[1])?;
+        // 256-bit descriptors: the upper 128 bits are reserved (zero) for the types we use.
+        for q in 2..self.desc_size / 8 {
+            mem.write_u64(at + 8 * q, 0)?;
+        }
+        self.tail = (self.tail + self.desc_size) % PAGE;
+        Ok(())
+    }
+
+    fn wait(&mut self, unit: &Vtd<M>) -> Result<(), HwError> {
+        self.status_seq = self.status_seq.wrapping_add(1);
+        let seq = self.status_seq;
+        let wait = encode::wait(false, true, false, seq, self.status_addr);
+        CommandQueue::<Vtd<M>>::write(self, unit, &wait)?;
+        unit.mmio_write(IQT_REG, 8, self.tail);
+        if unit.mem().read_u32(self.status_addr)? == seq {
+            return Ok(());
+        }
+        let fsts = unit.mmio_read(FSTS_REG, 4);
+        // Recover as a driver does: clear IQE and resynchronise the tail with IQH.
+        unit.mmio_write(FSTS_REG, 4, u64::from(FSTS_IQE));
+        self.tail = unit.mmio_read(IQH_REG, 8) & (PAGE - 1);
+        unit.mmio_write(IQT_REG, 8, self.tail);
+        Err(HwError::QueueWait { status: fsts })
+    }
+}
+
 #[derive(Debug)]
 struct Ctl {
-    alloc: BumpAllocator,
+    alloc: PrivateMemory,
     root: u64,
     /// Context tables by `bus << 1 | half` (half: devfn >= 128, scalable mode only).
     context_tables: HashMap<u16, u64>,
     /// Scalable mode: each endpoint's PASID directory and PASID table.
     pasid_tables: HashMap<u16, (u64, u64)>,
-    iq_base: u64,
-    iq_tail: u64,
-    status_addr: u64,
-    status_seq: u32,
+    queue: InvalidationQueue,
     domains: HashMap<HwDomain, DomainHw>,
     next_handle: u64,
-    free_dids: Vec<u16>,
-    next_did: u16,
+    dids: DomainIds,
     /// The DID each endpoint's present context entry carries.
     endpoint_did: HashMap<u16, u16>,
 }
 
-/// Where the VT-d realisation keeps its structures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrivateRegion {
-    /// First byte (4 KiB aligned).
-    pub base: u64,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-/// A [`Hardware`] that realises domains in a VT-d remapping unit.
-pub struct VtdHardware<M: PhysMem> {
-    unit: Vtd<M>,
+/// A [`Driver`] that realises domains in a VT-d remapping unit.
+pub struct VtdDriver<M: PhysMem> {
+    unit: Arc<Vtd<M>>,
     mode: VtdMode,
     ctl: Mutex<Ctl>,
     ss: VtdSsConfig,
     aw: u64,
-    max_did: u16,
     psi_max_am: Option<u8>,
     /// Offset of the first fault recording register and how many there are (CAP.FRO, NFR).
     fault_regs: (u64, u64),
@@ -121,60 +154,64 @@ pub struct VtdHardware<M: PhysMem> {
     caching_mode: bool,
 }
 
-impl<M: PhysMem> std::fmt::Debug for VtdHardware<M> {
+impl<M: PhysMem> std::fmt::Debug for VtdDriver<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VtdHardware")
+        f.debug_struct("VtdDriver")
             .field("unit", &self.unit)
             .field("ss", &self.ss)
             .finish_non_exhaustive()
     }
 }
 
-fn exhausted(what: &str) -> HwError {
-    HwError::Exhausted(what.to_string())
+fn not_acknowledged(command: &'static str, status: u32) -> HwError {
+    HwError::NotAcknowledged {
+        command,
+        status: u64::from(status),
+    }
 }
 
-fn failed(what: impl std::fmt::Display) -> HwError {
-    HwError::Failed(what.to_string())
-}
-
-impl<M: PhysMem + Send + Sync> VtdHardware<M> {
-    /// Brings up a VT-d unit over `mem` (which must back `region`) in `mode` with queued
-    /// invalidation, translation enabled and every endpoint blocked.
+impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
+    /// Brings `unit` up in `mode` with queued invalidation, translation enabled and every
+    /// endpoint blocked, keeping its structures in `region` (memory the unit can read, outside
+    /// guest RAM). Everything the driver needs to know about the unit it reads from CAP and
+    /// ECAP (§10.4.2, §10.4.3), except `haw`, the host address width, which a driver learns
+    /// from the DMAR table (its HAW field), not from the registers.
     pub fn new(
-        mem: M,
-        cfg: VtdConfig,
+        unit: Arc<Vtd<M>>,
         region: PrivateRegion,
         mode: VtdMode,
+        haw: u8,
     ) -> Result<Self, HwError> {
-        if !cfg.queued_invalidation || !cfg.pass_through {
-            return Err(failed(
-                "the VT-d realisation needs queued invalidation and pass-through (ECAP.QI, ECAP.PT)",
+        let cap = unit.mmio_read(CAP_REG, 8);
+        let ecap = unit.mmio_read(ECAP_REG, 8);
+        if ecap & ECAP_QI == 0 || ecap & ECAP_PT == 0 {
+            return Err(HwError::Unsupported(
+                "the VT-d driver needs queued invalidation and pass-through (ECAP.QI, ECAP.PT)",
             ));
         }
-        if mode == VtdMode::Scalable && !(cfg.scalable_mode && cfg.second_stage) {
-            return Err(failed(
+        if mode == VtdMode::Scalable && (ecap & ECAP_SMTS == 0 || ecap & ECAP_SSTS == 0) {
+            return Err(HwError::Unsupported(
                 "scalable mode needs ECAP.SMTS and ECAP.SSTS (second-stage translation)",
             ));
         }
-        // AGAW: prefer 4-level (48-bit), then 3-level, then 5-level (CAP.SAGAW bits 2, 1, 3).
+        // CAP.SAGAW (bits 12:8): prefer 4-level (48-bit), then 3-level, then 5-level (SAGAW
+        // bits 2, 1, 3).
+        let sagaw = (cap >> CAP_SAGAW_SHIFT) & 0x1f;
         let levels = [4u8, 3, 5]
             .into_iter()
-            .find(|l| cfg.sagaw & (1 << (l - 2)) != 0)
-            .ok_or_else(|| failed("CAP.SAGAW offers no second-stage depth"))?;
+            .find(|l| sagaw & (1 << (l - 2)) != 0)
+            .ok_or(HwError::Unsupported(
+                "CAP.SAGAW offers no second-stage depth",
+            ))?;
+        // CAP.MGAW (bits 21:16): MGAW - 1. CAP.SLLPS (bits 37:34): bit 0 2 MiB, bit 1 1 GiB.
+        let mgaw = ((cap >> CAP_MGAW_SHIFT) & 0x3f) as u8 + 1;
+        let sllps = (cap >> CAP_SLLPS_SHIFT) & 0xf;
         let mut ss = VtdSsConfig::new(levels);
-        ss.input_width = ss.input_width.min(cfg.mgaw);
-        ss.haw = cfg.haw;
-        ss.sp_2m = cfg.sl_2m;
-        ss.sp_1g = cfg.sl_1g;
-        let end = region
-            .base
-            .checked_add(region.size)
-            .ok_or_else(|| failed("private region wraps"))?;
-        let unit =
-            Vtd::new(mem, cfg, Box::new(|e| log::debug!("vtd event {e:?}"))).map_err(failed)?;
+        ss.input_width = ss.input_width.min(mgaw);
+        ss.haw = haw;
+        ss.sp_2m = sllps & 1 != 0;
+        ss.sp_1g = sllps & 2 != 0;
         // CAP.ND (bits 2:0): 2^(4 + 2*ND) domain ids (§10.4.2).
-        let cap = unit.mmio_read(CAP_REG, 8);
         let nd = (cap >> CAP_ND_SHIFT) & 7;
         let dids = 1u64 << (4 + 2 * nd);
         let max_did = u16::try_from(dids - 1).unwrap_or(u16::MAX);
@@ -186,13 +223,13 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
             ((cap >> CAP_FRO_SHIFT) & 0x3ff) * 16,
             ((cap >> CAP_NFR_SHIFT) & 0xff) + 1,
         );
-        let mut alloc = BumpAllocator::new(region.base, end);
-        let mut page = || {
-            alloc
-                .alloc_frame()
-                .ok_or_else(|| exhausted("private memory"))
+        let mut alloc = PrivateMemory::new(region)?;
+        let [root, iq_base, status_page] = [0; 3].map(|_| alloc.page(unit.mem()));
+        let (root, iq_base, status_page) = (root?, iq_base?, status_page?);
+        let desc_size = match mode {
+            VtdMode::Legacy => 16,
+            VtdMode::Scalable => 32,
         };
-        let (root, iq_base, status_page) = (page()?, page()?, page()?);
         let hw = Self {
             unit,
             mode,
@@ -201,46 +238,50 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
                 root,
                 context_tables: HashMap::new(),
                 pasid_tables: HashMap::new(),
-                iq_base,
-                iq_tail: 0,
-                status_addr: status_page,
-                status_seq: 0,
+                queue: InvalidationQueue {
+                    base: iq_base,
+                    tail: 0,
+                    desc_size,
+                    status_addr: status_page,
+                    status_seq: 0,
+                },
                 domains: HashMap::new(),
                 next_handle: 1,
-                free_dids: Vec::new(),
-                next_did: FIRST_DID,
+                dids: DomainIds::new(FIRST_DID, max_did),
                 endpoint_did: HashMap::new(),
             }),
             ss,
             aw: u64::from(levels - 2),
-            max_did,
             psi_max_am,
             fault_regs,
             caching_mode: cap & CAP_CM != 0,
         };
-        for p in [root, iq_base, status_page] {
-            hw.zero_page(p)?;
-        }
         hw.bring_up()?;
         Ok(hw)
     }
 
-    /// The VT-d unit (for inspection: registers, caches, statistics).
-    pub fn unit(&self) -> &Vtd<M> {
+    /// [`VtdDriver::new`] over a new unit built from `cfg` on `mem`, whose fault and
+    /// invalidation-completion interrupts are logged (this driver polls instead).
+    pub fn with_unit(
+        mem: M,
+        cfg: VtdConfig,
+        region: PrivateRegion,
+        mode: VtdMode,
+    ) -> Result<Self, HwError> {
+        let haw = cfg.haw;
+        let unit = Vtd::new(mem, cfg, Box::new(|e| log::debug!("vtd event {e:?}")))?;
+        Self::new(Arc::new(unit), region, mode, haw)
+    }
+
+    /// The VT-d unit this driver programs (its registers and memory can be inspected; its
+    /// caches cannot).
+    pub fn vtd(&self) -> &Arc<Vtd<M>> {
         &self.unit
     }
 
     /// The mode the unit is programmed in.
     pub fn mode(&self) -> VtdMode {
         self.mode
-    }
-
-    /// Bytes per invalidation descriptor: 16, or 32 in scalable mode (IQA.DW = 1).
-    fn desc_size(&self) -> u64 {
-        match self.mode {
-            VtdMode::Legacy => 16,
-            VtdMode::Scalable => 32,
-        }
     }
 
     /// The second-stage configuration domains are built with.
@@ -256,13 +297,6 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         self.unit.mem()
     }
 
-    fn zero_page(&self, page: u64) -> Result<(), HwError> {
-        for i in 0..PAGE / 8 {
-            self.mem().write_u64(page + 8 * i, 0).map_err(failed)?;
-        }
-        Ok(())
-    }
-
     fn gsts(&self) -> u32 {
         self.unit.mmio_read(GSTS_REG, 4) as u32
     }
@@ -273,7 +307,7 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         let keep = self.gsts() & (GCMD_TE | GCMD_QIE);
         self.unit.mmio_write(GCMD_REG, 4, u64::from(keep | set));
         if self.gsts() & expect != expect {
-            return Err(failed(format!("GSTS {:#x} lacks {expect:#x}", self.gsts())));
+            return Err(not_acknowledged("a GCMD command", self.gsts()));
         }
         Ok(())
     }
@@ -281,7 +315,7 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     fn bring_up(&self) -> Result<(), HwError> {
         let (root, iq_base) = {
             let c = self.lock();
-            (c.root, c.iq_base)
+            (c.root, c.queue.base)
         };
         // RTADDR with TTM = 00b (legacy) or 01b (scalable), then Set Root Table Pointer
         // (§10.4.6).
@@ -310,59 +344,10 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         self.gcmd(GCMD_TE, GCMD_TE)
     }
 
-    /// Queues `descs` plus an invalidation wait with a status write, moves IQT, and checks the
-    /// status word: when it reads back, every descriptor before it has completed (§6.5.2.8).
+    /// Submits `descs` through the invalidation queue, with a wait after each chunk: when it
+    /// returns, every descriptor has completed (§6.5.2.8).
     fn submit(&self, c: &mut Ctl, descs: &[[u64; 2]]) -> Result<(), HwError> {
-        let dsize = self.desc_size();
-        // One wait per chunk; a chunk never fills the queue.
-        for chunk in descs.chunks((PAGE / dsize / 2) as usize) {
-            c.status_seq = c.status_seq.wrapping_add(1);
-            let seq = c.status_seq;
-            let wait = encode::wait(false, true, false, seq, c.status_addr);
-            for d in chunk.iter().chain(std::iter::once(&wait)) {
-                let at = c.iq_base + c.iq_tail;
-                self.mem().write_u64(at, d[0]).map_err(failed)?;
-                self.mem().write_u64(at + 8, d[1]).map_err(failed)?;
-                // 256-bit descriptors: the upper 128 bits are reserved (zero) for these types.
-                for q in 2..dsize / 8 {
-                    self.mem().write_u64(at + 8 * q, 0).map_err(failed)?;
-                }
-                c.iq_tail = (c.iq_tail + dsize) % PAGE;
-            }
-            self.unit.mmio_write(IQT_REG, 8, c.iq_tail);
-            let status = self.mem().read_u32(c.status_addr).map_err(failed)?;
-            if status != seq {
-                let fsts = self.unit.mmio_read(FSTS_REG, 4) as u32;
-                // Recover as a driver would: clear IQE and resynchronise the tail with IQH.
-                self.unit.mmio_write(FSTS_REG, 4, u64::from(FSTS_IQE));
-                c.iq_tail = self.unit.mmio_read(IQH_REG, 8) & (PAGE - 1);
-                self.unit.mmio_write(IQT_REG, 8, c.iq_tail);
-                return Err(failed(format!(
-                    "invalidation wait did not complete (FSTS {fsts:#x})"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Allocates and zeroes `n` pages, all or none.
-    fn alloc_pages(&self, c: &mut Ctl, n: usize) -> Result<Vec<u64>, HwError> {
-        let mut pages = Vec::with_capacity(n);
-        for _ in 0..n {
-            match c.alloc.alloc_frame() {
-                Some(p) if self.zero_page(p).is_ok() => pages.push(p),
-                other => {
-                    if let Some(p) = other {
-                        c.alloc.free_frame(p);
-                    }
-                    for p in pages {
-                        c.alloc.free_frame(p);
-                    }
-                    return Err(exhausted("private memory"));
-                }
-            }
-        }
-        Ok(pages)
+        c.queue.submit(&*self.unit, descs)
     }
 
     /// The context table for `bus` (and, in scalable mode, the half of the devfn space
@@ -372,13 +357,13 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         if let Some(t) = c.context_tables.get(&key) {
             return Ok(*t);
         }
-        let t = self.alloc_pages(c, 1)?[0];
+        let t = c.alloc.page(self.mem())?;
         // Legacy root entry (§9.1): lower qword CTP | P, upper qword reserved. Scalable root
         // entry (§9.2): lower qword LCTP | LP (devfn 0-127), upper UCTP | UP (128-255).
         let re = c.root + 16 * u64::from(bus) + 8 * u64::from(half);
         if let Err(e) = self.mem().write_u64(re, t | ROOT_P) {
-            c.alloc.free_frame(t);
-            return Err(failed(e));
+            c.alloc.free(t);
+            return Err(e.into());
         }
         c.context_tables.insert(key, t);
         Ok(t)
@@ -392,10 +377,10 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         }
         let [bus, devfn] = sid.to_be_bytes();
         let ctx = self.context_table(c, bus, devfn >> 7)?;
-        let pages = self.alloc_pages(c, 2)?;
+        let pages = c.alloc.alloc_zeroed(self.mem(), 2)?;
         let (dir, table) = (pages[0], pages[1]);
         let ce = ctx + 32 * u64::from(devfn & 0x7f);
-        let wr = |addr: u64, v: u64| self.mem().write_u64(addr, v).map_err(failed);
+        let wr = |addr: u64, v: u64| self.mem().write_u64(addr, v);
         let r = (|| {
             wr(dir, table | 1)?;
             // Qwords 1-3 (RID_PASID = 0, reserved) first, then qword 0 with P.
@@ -405,9 +390,9 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
             wr(ce, dir | CTX_P)
         })();
         if let Err(e) = r {
-            c.alloc.free_frame(dir);
-            c.alloc.free_frame(table);
-            return Err(e);
+            c.alloc.free(dir);
+            c.alloc.free(table);
+            return Err(e.into());
         }
         c.pasid_tables.insert(sid, (dir, table));
         Ok(table)
@@ -435,10 +420,7 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
                 ),
             }),
             EndpointMode::Translated(h) => {
-                let d = c
-                    .domains
-                    .get(&h)
-                    .ok_or_else(|| failed(format!("no domain {h:?}")))?;
+                let d = c.domains.get(&h).ok_or(HwError::NoDomain(h))?;
                 Some(match self.mode {
                     VtdMode::Legacy => (
                         d.tables.root() | CTX_P,
@@ -464,8 +446,7 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
         endpoint: EndpointId,
         mode: EndpointMode,
     ) -> Result<Option<u16>, HwError> {
-        let sid = u16::try_from(endpoint)
-            .map_err(|_| failed(format!("endpoint {endpoint:#x} is not a requester id")))?;
+        let sid = u16::try_from(endpoint).map_err(|_| HwError::BadEndpoint(endpoint))?;
         let entry = self.context_entry(c, mode)?;
         let [bus, devfn] = sid.to_be_bytes();
         let at = match self.mode {
@@ -480,7 +461,7 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
             },
         };
         let old = c.endpoint_did.get(&sid).copied();
-        let wr = |addr: u64, v: u64| self.mem().write_u64(addr, v).map_err(failed);
+        let wr = |addr: u64, v: u64| self.mem().write_u64(addr, v);
         match (entry, old) {
             (None, _) => {
                 // Clear P first, so no walk sees a half-cleared entry as present.
@@ -605,34 +586,37 @@ impl<M: PhysMem + Send + Sync> VtdHardware<M> {
     }
 }
 
-impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
+/// A page-table builder error as the driver reports it: running out of frames is running out
+/// of private memory.
+fn tables_error(e: pagewalk::BuildError) -> HwError {
+    match e {
+        pagewalk::BuildError::AllocatorExhausted => HwError::Exhausted(Resource::PrivateMemory),
+        e => HwError::Tables(e),
+    }
+}
+
+impl<M: PhysMem + Send + Sync + 'static> Driver for VtdDriver<M> {
     fn name(&self) -> &'static str {
         "vtd"
+    }
+
+    fn unit(&self) -> Arc<dyn Unit> {
+        self.unit.clone()
     }
 
     fn domain_alloc(&self) -> Result<HwDomain, HwError> {
         let mut c = self.lock();
         let c = &mut *c;
-        let did = match c.free_dids.pop() {
-            Some(d) => d,
-            None if c.next_did <= self.max_did => {
-                c.next_did += 1;
-                c.next_did - 1
-            }
-            None => return Err(exhausted("VT-d domain ids")),
-        };
+        let did = c.dids.alloc()?;
         let tables = match TableBuilder::new(
             WalkConfig::VtdSecondStage(self.ss),
             self.mem(),
-            &mut c.alloc,
+            c.alloc.frames(),
         ) {
             Ok(t) => t,
             Err(e) => {
-                c.free_dids.push(did);
-                return Err(match e {
-                    pagewalk::BuildError::AllocatorExhausted => exhausted("private memory"),
-                    e => failed(e),
-                });
+                c.dids.free(did);
+                return Err(tables_error(e));
             }
         };
         let h = HwDomain(c.next_handle);
@@ -645,15 +629,14 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
     fn domain_free(&self, domain: HwDomain) -> Result<(), HwError> {
         let mut c = self.lock();
         let c = &mut *c;
-        let d = c
-            .domains
-            .remove(&domain)
-            .ok_or_else(|| failed(format!("no domain {domain:?}")))?;
+        let d = c.domains.remove(&domain).ok_or(HwError::NoDomain(domain))?;
         let did = d.did;
-        d.tables.destroy(self.mem(), &mut c.alloc).map_err(failed)?;
+        d.tables
+            .destroy(self.mem(), c.alloc.frames())
+            .map_err(tables_error)?;
         // Nothing cached under the DID may survive its reuse.
         self.submit(c, &[encode::iotlb(IotlbGranularity::Domain(did))])?;
-        c.free_dids.push(did);
+        c.dids.free(did);
         Ok(())
     }
 
@@ -664,27 +647,24 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         }
         let len = m
             .size()
-            .ok_or_else(|| failed("mapping covers the whole address space"))?;
+            .ok_or(HwError::Unsupported("a mapping of the whole address space"))?;
         let mut c = self.lock();
         let c = &mut *c;
         let d = c
             .domains
             .get_mut(&domain)
-            .ok_or_else(|| failed(format!("no domain {domain:?}")))?;
+            .ok_or(HwError::NoDomain(domain))?;
         d.tables
             .map(
                 self.mem(),
-                &mut c.alloc,
+                c.alloc.frames(),
                 m.virt_start,
                 m.phys_start,
                 len,
                 Self::perms(m.flags),
                 PageSizePolicy::LARGEST,
             )
-            .map_err(|e| match e {
-                pagewalk::BuildError::AllocatorExhausted => exhausted("private memory"),
-                e => failed(e),
-            })?;
+            .map_err(tables_error)?;
         if self.caching_mode {
             // CAP.CM: not-present entries may be cached; invalidate what became present.
             let did = d.did;
@@ -694,42 +674,27 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         Ok(())
     }
 
-    fn unmap(&self, domain: HwDomain, m: &Mapping) -> Result<(), HwError> {
-        let len = m
-            .size()
-            .ok_or_else(|| failed("mapping covers the whole address space"))?;
+    fn unmap(&self, domain: HwDomain, mappings: &[Mapping]) -> Result<(), (usize, HwError)> {
         let mut c = self.lock();
         let c = &mut *c;
         let d = c
             .domains
             .get_mut(&domain)
-            .ok_or_else(|| failed(format!("no domain {domain:?}")))?;
-        let did = d.did;
-        d.tables
-            .unmap(self.mem(), &mut c.alloc, m.virt_start, len)
-            .map_err(failed)?;
-        let descs = self.iotlb_range_descs(did, m.virt_start, len);
-        self.submit(c, &descs)
-    }
-
-    fn unmap_many(&self, domain: HwDomain, mappings: &[Mapping]) -> Result<(), (usize, HwError)> {
-        let mut c = self.lock();
-        let c = &mut *c;
-        let d = c
-            .domains
-            .get_mut(&domain)
-            .ok_or_else(|| (0, failed(format!("no domain {domain:?}"))))?;
+            .ok_or((0, HwError::NoDomain(domain)))?;
         let did = d.did;
         let mut descs = Vec::new();
         let mut done = 0;
         let mut failure = None;
         for m in mappings {
             let Some(len) = m.size() else {
-                failure = Some(failed("mapping covers the whole address space"));
+                failure = Some(HwError::Unsupported("a mapping of the whole address space"));
                 break;
             };
-            if let Err(e) = d.tables.unmap(self.mem(), &mut c.alloc, m.virt_start, len) {
-                failure = Some(failed(e));
+            if let Err(e) = d
+                .tables
+                .unmap(self.mem(), c.alloc.frames(), m.virt_start, len)
+            {
+                failure = Some(tables_error(e));
                 break;
             }
             descs.extend(self.iotlb_range_descs(did, m.virt_start, len));
@@ -809,90 +774,10 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         Ok(())
     }
 
-    fn translate(&self, endpoint: EndpointId, iova: u64, access: Access, traced: bool) -> Outcome {
-        let kind = match access {
-            Access::Read => AccessKind::Read,
-            Access::Write => AccessKind::Write,
-        };
-        let Ok(sid) = u16::try_from(endpoint) else {
-            return Outcome {
-                result: Err(Fault {
-                    reason: FaultReason::Domain,
-                    endpoint,
-                    address: iova,
-                    access,
-                    detail: "not a PCI requester id".into(),
-                }),
-                trace: Vec::new(),
-            };
-        };
-        let (r, trace) = self.unit.translate(&DmaRequest::new(sid, iova, 1, kind));
-        let trace = if traced {
-            trace
-                .events()
-                .iter()
-                .map(|e| TraceStep(format!("{e:?}")))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let result = match r {
-            Ok(t) => {
-                let page = 1u64 << t.page_shift.min(63);
-                Ok(Translated {
-                    phys: t.addr,
-                    len: page - (iova & (page - 1)),
-                    perm: MapFlags {
-                        read: t.perms.read,
-                        write: t.perms.write,
-                        mmio: false,
-                    },
-                })
-            }
-            Err(f) => {
-                if f.recorded {
-                    self.clear_faults();
-                }
-                let code = f.code;
-                use VtdFaultReason as V;
-                let is = |r: V| code == r as u16;
-                let reason = if [
-                    V::RootNotPresent,
-                    V::ContextNotPresent,
-                    V::SmRootNotPresent,
-                    V::SmContextNotPresent,
-                    V::PasidDirNotPresent,
-                    V::PasidEntryNotPresent,
-                ]
-                .into_iter()
-                .any(is)
-                {
-                    FaultReason::Domain
-                } else if [
-                    V::AddressBeyondAw,
-                    V::WriteDenied,
-                    V::ReadDenied,
-                    V::SsNotPresent,
-                    V::SmWriteDenied,
-                    V::SmReadDenied,
-                ]
-                .into_iter()
-                .any(is)
-                {
-                    FaultReason::Mapping
-                } else {
-                    FaultReason::Unknown
-                };
-                Err(Fault {
-                    reason,
-                    endpoint,
-                    address: iova,
-                    access,
-                    detail: format!("VT-d fault reason {code:#x} ({:?})", f.kind),
-                })
-            }
-        };
-        Outcome { result, trace }
+    fn fault_serviced(&self, fault: &crate::request::Fault) {
+        if fault.recorded {
+            self.clear_faults();
+        }
     }
 
     fn reset(&self) -> Result<(), HwError> {
@@ -901,19 +786,20 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         for (key, t) in std::mem::take(&mut c.context_tables) {
             // Root entry (half) for this table: not present.
             let re = c.root + 16 * u64::from(key >> 1) + 8 * u64::from(key & 1);
-            self.mem().write_u64(re, 0).map_err(failed)?;
-            c.alloc.free_frame(t);
+            self.mem().write_u64(re, 0)?;
+            c.alloc.free(t);
         }
         for (_, (dir, table)) in std::mem::take(&mut c.pasid_tables) {
-            c.alloc.free_frame(dir);
-            c.alloc.free_frame(table);
+            c.alloc.free(dir);
+            c.alloc.free(table);
         }
         for (_, d) in std::mem::take(&mut c.domains) {
-            d.tables.destroy(self.mem(), &mut c.alloc).map_err(failed)?;
+            d.tables
+                .destroy(self.mem(), c.alloc.frames())
+                .map_err(tables_error)?;
         }
         c.endpoint_did.clear();
-        c.free_dids.clear();
-        c.next_did = FIRST_DID;
+        c.dids.reset();
         let descs = self.global_descs();
         self.submit(c, &descs)
     }
@@ -922,34 +808,16 @@ impl<M: PhysMem + Send + Sync> Hardware for VtdHardware<M> {
         self.lock().domains.get(&domain).map(|d| u64::from(d.did))
     }
 
-    fn stats(&self) -> HwStats {
-        let s = self.unit.stats();
-        let ld = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let mut v = vec![
-            ("translations".to_string(), s.translations.get()),
-            ("faults".to_string(), ld(&s.faults)),
-            ("faults_recorded".to_string(), ld(&s.faults_recorded)),
-            ("invalidation_descriptors".to_string(), ld(&s.descriptors)),
-        ];
-        let caches = self.unit.caches();
-        for (name, st) in [
-            ("context_cache", caches.context.stats()),
-            ("iotlb", caches.iotlb.stats()),
-            ("paging_structure_cache", caches.psc.stats()),
-        ] {
-            v.push((format!("{name}.lookups"), st.lookups));
-            v.push((format!("{name}.hits"), st.hits));
-            v.push((format!("{name}.misses"), st.misses));
-            v.push((format!("{name}.inserts"), st.inserts));
-        }
+    fn stats(&self) -> DriverStats {
         let c = self.lock();
-        v.push((
-            "scalable_mode".to_string(),
-            u64::from(self.mode == VtdMode::Scalable),
-        ));
-        v.push(("domains".to_string(), c.domains.len() as u64));
-        v.push(("private_pages_in_use".to_string(), c.alloc.in_use() as u64));
-        v
+        DriverStats {
+            domains: c.domains.len() as u64,
+            private_pages_in_use: c.alloc.in_use() as u64,
+            mode: Some(match self.mode {
+                VtdMode::Legacy => "legacy",
+                VtdMode::Scalable => "scalable",
+            }),
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 use super::*;
-use crate::core::{Core, CoreConfig, CoreError, EndpointSet, SoftHardware};
+use crate::core::{Core, CoreConfig, CoreError, EndpointSet, FaultReason};
+use crate::driver::SoftDriver;
+use crate::request::{AccessKind, DmaRequest};
+use crate::unit::CacheKind;
 use crate::vtd::structs::{
     ContextEntry, PasidDirEntry, PasidEntry, PasidSupport, Pgtt, ScalableContextEntry,
     TranslationType,
@@ -12,8 +15,8 @@ const BASE: u64 = 0x1000_0000;
 const EP: u32 = 0x0108; // 01:01.0
 const EP2: u32 = 0x0010; // 00:02.0
 
-fn hw_mode(pages: u64, mode: VtdMode) -> VtdHardware<SparseMem> {
-    VtdHardware::new(
+fn hw_mode(pages: u64, mode: VtdMode) -> VtdDriver<SparseMem> {
+    VtdDriver::with_unit(
         SparseMem::new(0x2000_0000),
         VtdConfig::default(),
         PrivateRegion {
@@ -25,7 +28,7 @@ fn hw_mode(pages: u64, mode: VtdMode) -> VtdHardware<SparseMem> {
     .unwrap()
 }
 
-fn hw_with(pages: u64) -> VtdHardware<SparseMem> {
+fn hw_with(pages: u64) -> VtdDriver<SparseMem> {
     hw_mode(pages, VtdMode::Legacy)
 }
 
@@ -38,20 +41,25 @@ fn cfg() -> CoreConfig {
     }
 }
 
-fn core_on(hw: Arc<VtdHardware<SparseMem>>) -> Core {
+fn core_on(hw: Arc<VtdDriver<SparseMem>>) -> Core {
     Core::new(cfg(), hw).unwrap()
 }
 
-fn phys(c: &Core, ep: u32, iova: u64, access: Access) -> Result<u64, FaultReason> {
-    c.translate(ep, iova, access)
+/// A one-byte request by `ep` at `iova`.
+fn req(ep: u32, iova: u64, access: AccessKind) -> DmaRequest {
+    DmaRequest::new(u16::try_from(ep).unwrap(), iova, 1, access)
+}
+
+fn phys(c: &Core, ep: u32, iova: u64, access: AccessKind) -> Result<u64, FaultReason> {
+    c.translate(&req(ep, iova, access))
         .result
-        .map(|t| t.phys)
+        .map(|t| t.addr)
         .map_err(|f| f.reason)
 }
 
 /// Reads and decodes `ep`'s context entry the way the hardware does.
-fn context_of(hw: &VtdHardware<SparseMem>, ep: u32) -> Option<ContextEntry> {
-    let mem = hw.unit().mem();
+fn context_of(hw: &VtdDriver<SparseMem>, ep: u32) -> Option<ContextEntry> {
+    let mem = hw.vtd().mem();
     let root = mem.read_u64(BASE + 16 * u64::from(ep >> 8)).unwrap();
     if root & 1 == 0 {
         return None;
@@ -62,12 +70,12 @@ fn context_of(hw: &VtdHardware<SparseMem>, ep: u32) -> Option<ContextEntry> {
 }
 
 /// What an endpoint's entry says, in either mode: (DID, pass-through, second-stage pointer).
-fn entry_of(hw: &VtdHardware<SparseMem>, ep: u32) -> Option<(u16, bool, u64)> {
+fn entry_of(hw: &VtdDriver<SparseMem>, ep: u32) -> Option<(u16, bool, u64)> {
     if hw.mode() == VtdMode::Legacy {
         return context_of(hw, ep)
             .map(|e| (e.did, e.tt == TranslationType::PassThrough, e.slptptr));
     }
-    let mem = hw.unit().mem();
+    let mem = hw.vtd().mem();
     let (bus, devfn) = (u64::from(ep >> 8), u64::from(ep & 0xff));
     // §9.2: the lower half of the root entry serves devfn 0-127, the upper 128-255.
     let half = mem.read_u64(BASE + 16 * bus + 8 * (devfn >> 7)).unwrap();
@@ -101,9 +109,9 @@ fn entry_of(hw: &VtdHardware<SparseMem>, ep: u32) -> Option<(u16, bool, u64)> {
 #[test]
 fn scalable_bring_up_and_pasid_entries() {
     let hw = Arc::new(hw_mode(64, VtdMode::Scalable));
-    let rtaddr = hw.unit().mmio_read(RTADDR_REG, 8);
+    let rtaddr = hw.vtd().mmio_read(RTADDR_REG, 8);
     assert_eq!((rtaddr >> RTADDR_TTM_SHIFT) & 3, TTM_SCALABLE);
-    assert_ne!(hw.unit().mmio_read(IQA_REG, 8) & IQA_DW, 0);
+    assert_ne!(hw.vtd().mmio_read(IQA_REG, 8) & IQA_DW, 0);
     let c = core_on(hw.clone());
     assert_eq!(entry_of(&hw, EP), None);
     c.attach(5, EP, false).unwrap();
@@ -119,7 +127,7 @@ fn scalable_bring_up_and_pasid_entries() {
     c.detach(5, EP).unwrap();
     assert_eq!(entry_of(&hw, EP), None);
     assert_eq!(
-        hw.unit().mmio_read(FSTS_REG, 4),
+        hw.vtd().mmio_read(FSTS_REG, 4),
         0,
         "no invalidation queue error"
     );
@@ -128,19 +136,19 @@ fn scalable_bring_up_and_pasid_entries() {
 #[test]
 fn bring_up_enables_translation_and_queued_invalidation() {
     let hw = hw_with(64);
-    let gsts = hw.unit().mmio_read(GSTS_REG, 4) as u32;
+    let gsts = hw.vtd().mmio_read(GSTS_REG, 4) as u32;
     assert_eq!(
         gsts & (GCMD_TE | GCMD_QIE | GCMD_SRTP),
         GCMD_TE | GCMD_QIE | GCMD_SRTP
     );
-    assert_eq!(hw.unit().mmio_read(RTADDR_REG, 8) & !0xfff, BASE);
+    assert_eq!(hw.vtd().mmio_read(RTADDR_REG, 8) & !0xfff, BASE);
     // The bring-up invalidations ran through the queue: IQH caught up with IQT.
     assert_eq!(
-        hw.unit().mmio_read(IQH_REG, 8),
-        hw.unit().mmio_read(IQT_REG, 8)
+        hw.vtd().mmio_read(IQH_REG, 8),
+        hw.vtd().mmio_read(IQT_REG, 8)
     );
-    assert!(hw.unit().mmio_read(IQT_REG, 8) > 0);
-    assert_eq!(hw.unit().mmio_read(FSTS_REG, 4), 0);
+    assert!(hw.vtd().mmio_read(IQT_REG, 8) > 0);
+    assert_eq!(hw.vtd().mmio_read(FSTS_REG, 4), 0);
 }
 
 #[test]
@@ -179,30 +187,30 @@ fn map_translate_unmap_through_the_model() {
         c.attach(1, EP, false).unwrap();
         c.map(1, 0x20_0000, 0x3f_ffff, 0x8000_0000, MapFlags::RW)
             .unwrap();
-        let first = c.translate(EP, 0x20_1234, Access::Write);
+        // A request of 2 MiB: the translation covers it up to the end of its page.
+        let long = DmaRequest::new(EP as u16, 0x20_1234, 0x20_0000, AccessKind::Write);
+        let first = c.translate(&long);
         let t = first.result.clone().unwrap();
-        assert_eq!(t.phys, 0x8000_1234);
+        assert_eq!(t.addr, 0x8000_1234);
         // A 2 MiB mapping aligned on both sides is one 2 MiB page.
         assert_eq!(t.len, 0x20_0000 - 0x1234);
+        assert_eq!(t.page_shift, 21);
         assert!(!first.trace.is_empty());
         // The untraced fast path gives the same answer.
-        assert_eq!(
-            c.translate_untraced(EP, 0x20_1234, Access::Write),
-            first.result
-        );
+        assert_eq!(c.translate_untraced(&long), first.result);
         // The second translation of the page hits the IOTLB and reads no table.
-        let second = c.translate(EP, 0x20_1238, Access::Read);
-        assert_eq!(second.result.unwrap().phys, 0x8000_1238);
+        let second = c.translate(&req(EP, 0x20_1238, AccessKind::Read));
+        assert_eq!(second.result.unwrap().addr, 0x8000_1238);
         assert!(second.trace.len() < first.trace.len());
         // UNMAP edits the tables and invalidates the IOTLB: the cached translation is gone.
         c.unmap(1, 0x20_0000, 0x3f_ffff).unwrap();
         assert_eq!(
-            phys(&c, EP, 0x20_1234, Access::Read),
+            phys(&c, EP, 0x20_1234, AccessKind::Read),
             Err(FaultReason::Mapping)
         );
-        let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
-        assert!(stats["iotlb.hits"] >= 1);
-        assert!(stats["invalidation_descriptors"] > 4);
+        let stats = Unit::stats(&**hw.vtd());
+        assert!(stats.cache(CacheKind::Iotlb).unwrap().hits >= 1);
+        assert!(stats.commands > 4);
     }
 }
 
@@ -223,33 +231,27 @@ fn unmap_of_several_mappings_waits_once() {
             )
             .unwrap();
             // Warm the IOTLB: the unmap must invalidate each cached translation.
-            assert!(phys(&c, EP, p, Access::Read).is_ok());
+            assert!(phys(&c, EP, p, AccessKind::Read).is_ok());
         }
-        let descs = |hw: &VtdHardware<SparseMem>| {
-            hw.stats()
-                .into_iter()
-                .find(|(n, _)| n == "invalidation_descriptors")
-                .unwrap()
-                .1
-        };
+        let descs = |hw: &VtdDriver<SparseMem>| Unit::stats(&**hw.vtd()).commands;
         let before = descs(&hw);
         assert_eq!(c.unmap(1, 0, 0x7f_ffff).unwrap().len(), 3);
         // Three page-selective IOTLB invalidations and one wait (not one wait per mapping).
         assert_eq!(descs(&hw) - before, 4, "{mode:?}");
         for p in pages {
-            assert_eq!(phys(&c, EP, p, Access::Read), Err(FaultReason::Mapping));
+            assert_eq!(phys(&c, EP, p, AccessKind::Read), Err(FaultReason::Mapping));
         }
         // Many mappings in one request: one domain-selective invalidation and one wait.
         for i in 0..40u64 {
             c.map(1, i * 0x2000, i * 0x2000 + 0xfff, 0x8000_0000, MapFlags::RW)
                 .unwrap();
         }
-        assert!(phys(&c, EP, 39 * 0x2000, Access::Read).is_ok());
+        assert!(phys(&c, EP, 39 * 0x2000, AccessKind::Read).is_ok());
         let before = descs(&hw);
         assert_eq!(c.unmap(1, 0, 0xff_ffff).unwrap().len(), 40);
         assert_eq!(descs(&hw) - before, 2, "{mode:?}");
         assert_eq!(
-            phys(&c, EP, 39 * 0x2000, Access::Read),
+            phys(&c, EP, 39 * 0x2000, AccessKind::Read),
             Err(FaultReason::Mapping)
         );
     }
@@ -273,18 +275,18 @@ fn read_only_and_write_only_mappings() {
         c.map(1, 0x2000, 0x2fff, 0x6000, wo).unwrap();
         c.map(1, 0x3000, 0x3fff, 0x7000, MapFlags::default())
             .unwrap();
-        assert_eq!(phys(&c, EP, 0x1008, Access::Read), Ok(0x5008));
+        assert_eq!(phys(&c, EP, 0x1008, AccessKind::Read), Ok(0x5008));
         assert_eq!(
-            phys(&c, EP, 0x1008, Access::Write),
+            phys(&c, EP, 0x1008, AccessKind::Write),
             Err(FaultReason::Mapping)
         );
-        assert_eq!(phys(&c, EP, 0x2008, Access::Write), Ok(0x6008));
+        assert_eq!(phys(&c, EP, 0x2008, AccessKind::Write), Ok(0x6008));
         assert_eq!(
-            phys(&c, EP, 0x2008, Access::Read),
+            phys(&c, EP, 0x2008, AccessKind::Read),
             Err(FaultReason::Mapping)
         );
         assert_eq!(
-            phys(&c, EP, 0x3008, Access::Read),
+            phys(&c, EP, 0x3008, AccessKind::Read),
             Err(FaultReason::Mapping)
         );
         // The no-access mapping is still a mapping: it can be unmapped, and it blocks overlaps.
@@ -298,22 +300,28 @@ fn bypass_and_blocked_endpoints() {
     for mode in MODES {
         let hw = Arc::new(hw_mode(2048, mode));
         let c = core_on(hw.clone());
-        assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(
+            phys(&c, EP, 0x1000, AccessKind::Read),
+            Err(FaultReason::Domain)
+        );
         c.set_bypass(true).unwrap();
-        assert_eq!(phys(&c, EP, 0x1000, Access::Read), Ok(0x1000));
+        assert_eq!(phys(&c, EP, 0x1000, AccessKind::Read), Ok(0x1000));
         assert_eq!(
             entry_of(&hw, 0x1ff).map(|e| (e.0, e.1)),
             Some((PASS_THROUGH_DID, true))
         );
         c.set_bypass(false).unwrap();
-        assert_eq!(phys(&c, EP, 0x1000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(
+            phys(&c, EP, 0x1000, AccessKind::Read),
+            Err(FaultReason::Domain)
+        );
         assert_eq!(entry_of(&hw, 0x1ff), None);
         // Faults keep being recorded: the realisation clears the fault recording registers.
         for i in 0..20 {
-            let _ = c.translate(EP, i << 12, Access::Write);
+            let _ = c.translate(&req(EP, i << 12, AccessKind::Write));
         }
-        let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
-        assert!(stats["faults_recorded"] >= 20, "{mode:?} {stats:?}");
+        let stats = Unit::stats(&**hw.vtd());
+        assert!(stats.faults_recorded >= 20, "{mode:?} {stats:?}");
     }
 }
 
@@ -331,9 +339,12 @@ fn bypass_that_runs_out_of_memory_changes_nothing() {
     ));
     assert!(!c.bypass());
     for ep in [0, 1, 0x10, 0x1ff] {
-        assert_eq!(phys(&c, ep, 0x1000, Access::Read), Err(FaultReason::Domain));
+        assert_eq!(
+            phys(&c, ep, 0x1000, AccessKind::Read),
+            Err(FaultReason::Domain)
+        );
     }
-    assert_eq!(phys(&c, EP, 0x10, Access::Read), Ok(0x9010));
+    assert_eq!(phys(&c, EP, 0x10, AccessKind::Read), Ok(0x9010));
 }
 
 #[test]
@@ -343,28 +354,28 @@ fn moving_an_endpoint_switches_tables_without_stale_translations() {
         let c = core_on(hw.clone());
         c.attach(1, EP, false).unwrap();
         c.map(1, 0x4000, 0x4fff, 0xa000, MapFlags::RW).unwrap();
-        assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xa010));
+        assert_eq!(phys(&c, EP, 0x4010, AccessKind::Read), Ok(0xa010));
         c.attach(2, EP, false).unwrap();
         // Domain 2 has nothing mapped: the IOTLB entry of domain 1 must not answer.
         assert_eq!(
-            phys(&c, EP, 0x4010, Access::Read),
+            phys(&c, EP, 0x4010, AccessKind::Read),
             Err(FaultReason::Mapping)
         );
         c.map(2, 0x4000, 0x4fff, 0xb000, MapFlags::RW).unwrap();
-        assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0xb010));
+        assert_eq!(phys(&c, EP, 0x4010, AccessKind::Read), Ok(0xb010));
         // Domain 1 was freed; its DID goes to the next domain, with nothing stale cached under it.
         c.attach(3, EP2, false).unwrap();
         assert_eq!(entry_of(&hw, EP2).unwrap().0, FIRST_DID);
         assert_eq!(
-            phys(&c, EP2, 0x4010, Access::Read),
+            phys(&c, EP2, 0x4010, AccessKind::Read),
             Err(FaultReason::Mapping)
         );
         // Identity to translated and back, in place.
         c.attach(4, EP, true).unwrap();
-        assert_eq!(phys(&c, EP, 0x4010, Access::Read), Ok(0x4010));
+        assert_eq!(phys(&c, EP, 0x4010, AccessKind::Read), Ok(0x4010));
         c.attach(5, EP, false).unwrap();
         assert_eq!(
-            phys(&c, EP, 0x4010, Access::Read),
+            phys(&c, EP, 0x4010, AccessKind::Read),
             Err(FaultReason::Mapping)
         );
     }
@@ -418,13 +429,15 @@ fn reset_clears_every_structure() {
         let c = core_on(hw.clone());
         c.attach(1, EP, false).unwrap();
         c.map(1, 0, 0xfff, 0x9000, MapFlags::RW).unwrap();
-        assert_eq!(phys(&c, EP, 0x10, Access::Read), Ok(0x9010));
+        assert_eq!(phys(&c, EP, 0x10, AccessKind::Read), Ok(0x9010));
         c.reset().unwrap();
         assert_eq!(entry_of(&hw, EP), None);
-        assert_eq!(phys(&c, EP, 0x10, Access::Read), Err(FaultReason::Domain));
-        let stats: std::collections::HashMap<_, _> = hw.stats().into_iter().collect();
+        assert_eq!(
+            phys(&c, EP, 0x10, AccessKind::Read),
+            Err(FaultReason::Domain)
+        );
         // Root, queue and status pages remain.
-        assert_eq!(stats["private_pages_in_use"], 3);
+        assert_eq!(Driver::stats(&*hw).private_pages_in_use, 3);
     }
 }
 
@@ -468,7 +481,7 @@ proptest! {
     /// of operations (including large pages and domain switches), and accepts the same ones.
     #[test]
     fn vtd_agrees_with_the_soft_model(ops in prop::collection::vec(op(), 1..25)) {
-        let soft = Core::new(cfg(), Arc::new(SoftHardware::new())).unwrap();
+        let soft = Core::new(cfg(), Arc::new(SoftDriver::new())).unwrap();
         let mode = if ops.len() % 2 == 0 { VtdMode::Legacy } else { VtdMode::Scalable };
         let vtd = core_on(Arc::new(hw_mode(4096, mode)));
         const P: u64 = 0x1000;
@@ -493,7 +506,7 @@ proptest! {
             // Probe after every step so that cached translations are exercised.
             for ep in 0..3 {
                 for &iova in &probes {
-                    for acc in [Access::Read, Access::Write] {
+                    for acc in [AccessKind::Read, AccessKind::Write] {
                         prop_assert_eq!(phys(&soft, ep, iova, acc), phys(&vtd, ep, iova, acc),
                             "ep {} iova {:#x} {:?} after {:?}", ep, iova, acc, op);
                     }

@@ -1,0 +1,97 @@
+//! The contract every IOMMU hardware unit keeps (`../shared/DESIGN.md`, "Layers").
+//!
+//! A unit is what silicon is: a register file, caches and walkers that read and update the
+//! memory-resident structures software built. Software (our drivers in [`crate::driver`], or a
+//! guest kernel's driver through a register front) reaches it only through
+//! [`Unit::mmio_read`] and [`Unit::mmio_write`] and the memory it reads; DMA reaches it only as
+//! a [`DmaRequest`] through [`Unit::translate`]. Nothing outside a unit can touch its caches:
+//! what they did is reported in the [`Trace`] of each translation and, in total, by
+//! [`Unit::stats`].
+
+use std::fmt;
+
+use iotlb::CacheStats;
+
+use crate::request::{DmaRequest, Fault, Translation};
+use crate::trace::Trace;
+
+/// A physical cache of a unit, as its statistics name it. (A lookup in a [`Trace`] names a
+/// [`crate::trace::CacheId`], which also says which stage's entry was looked for.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum CacheKind {
+    /// The IOTLB (final translations).
+    Iotlb,
+    /// The context cache (VT-d context entries) or device-table cache (AMD-Vi DTEs).
+    Context,
+    /// The PASID cache (VT-d PASID-table entries) or GCR3-table cache (AMD-Vi).
+    Pasid,
+    /// The paging-structure cache of non-leaf entries at `level`.
+    PagingStructure {
+        /// The level of the cached entries (2 = entries pointing at leaf tables).
+        level: u8,
+    },
+}
+
+impl CacheKind {
+    /// A short name for logs and the control socket (`iotlb`, `context`, `pasid`, `psc_l2`).
+    pub fn name(self) -> String {
+        match self {
+            CacheKind::Iotlb => "iotlb".into(),
+            CacheKind::Context => "context".into(),
+            CacheKind::Pasid => "pasid".into(),
+            CacheKind::PagingStructure { level } => format!("psc_l{level}"),
+        }
+    }
+}
+
+/// What a unit did, in total: the counters a simulator or the control socket reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitStats {
+    /// Translations requested.
+    pub translations: u64,
+    /// Translations that faulted (ATS completions with no permission are not faults).
+    pub faults: u64,
+    /// Faults the unit recorded in its fault log or registers.
+    pub faults_recorded: u64,
+    /// Commands (invalidation descriptors, command-buffer entries) the unit executed.
+    pub commands: u64,
+    /// Each cache's lookups, hits, misses, fills (inserts), refusals, evictions and
+    /// invalidations.
+    pub caches: Vec<(CacheKind, CacheStats)>,
+}
+
+impl UnitStats {
+    /// The statistics of `cache`, if the unit has it.
+    pub fn cache(&self, cache: CacheKind) -> Option<&CacheStats> {
+        self.caches
+            .iter()
+            .find_map(|(k, s)| (*k == cache).then_some(s))
+    }
+}
+
+/// An IOMMU hardware unit (see the module notes).
+///
+/// Every method takes `&self`: a unit serves translations from many threads at once while
+/// software programs it.
+pub trait Unit: Send + Sync + fmt::Debug {
+    /// A short name for logs and the control socket (`"vtd"`, `"soft"`).
+    fn name(&self) -> &'static str;
+
+    /// Translates one DMA request, recording into `trace` (cleared first; a trace made with
+    /// [`Trace::off`] records nothing) every cache lookup and fill, walk and memory reference.
+    /// A fault is also handled as the hardware handles it (recorded in the fault log,
+    /// signalled by its interrupt) before it is returned.
+    fn translate(&self, req: &DmaRequest, trace: &mut Trace) -> Result<Translation, Fault>;
+
+    /// Reads `size` bytes of the register file at `offset`. Accesses the unit does not
+    /// implement read zero.
+    fn mmio_read(&self, offset: u64, size: u32) -> u64;
+
+    /// Writes `size` bytes of `value` to the register file at `offset`, with the side effects
+    /// the specification gives the register. Accesses the unit does not implement are ignored.
+    fn mmio_write(&self, offset: u64, size: u32, value: u64);
+
+    /// The unit's counters.
+    fn stats(&self) -> UnitStats;
+}
