@@ -467,6 +467,156 @@ mod tests {
         assert_eq!(s["core"]["mappings"], 1);
     }
 
+    fn vtd_device(mode: iommu_emulator::VtdMode) -> Arc<IommuDevice> {
+        use iommu_emulator::{PrivateRegion, VtdConfig, VtdDriver};
+        let base = 0x1000_0000;
+        let driver = VtdDriver::with_unit(
+            pagewalk::SparseMem::new(1 << 32),
+            VtdConfig::default(),
+            PrivateRegion {
+                base,
+                size: 1 << 20,
+            },
+            mode,
+        )
+        .unwrap();
+        let cfg = CoreConfig {
+            endpoints: EndpointSet::from_ranges([0..=0xff]),
+            ..CoreConfig::default()
+        };
+        let core = Arc::new(Core::new(cfg, Arc::new(driver)).unwrap());
+        Arc::new(IommuDevice::new(core, 64).unwrap())
+    }
+
+    #[test]
+    fn translate_takes_the_whole_request_and_renders_a_typed_trace() {
+        let d = vtd_device(iommu_emulator::VtdMode::Legacy);
+        d.core().attach(3, 8, false).unwrap();
+        d.core()
+            .map(3, 0x20_0000, 0x3f_ffff, 0x8000_0000, MapFlags::RW)
+            .unwrap();
+        let t = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":2101248,"access":"atomic","len":4096}"#,
+        );
+        assert_eq!(t["translation"]["phys"], 0x8000_1000u64, "{t}");
+        assert_eq!(t["translation"]["len"], 4096);
+        assert_eq!(t["translation"]["page_shift"], 21);
+        assert_eq!(t["trace_dropped"], 0);
+        let trace = t["trace"].as_array().unwrap();
+        // Cold caches: context-cache and IOTLB misses, the root and context entries read
+        // (hex addresses), a walk from the top level, and the fills.
+        assert_eq!(
+            trace[0],
+            json!({"event": "cache_lookup", "cache": "context", "hit": false})
+        );
+        let events: Vec<&str> = trace.iter().map(|e| e["event"].as_str().unwrap()).collect();
+        for e in [
+            "cache_lookup",
+            "mem_read",
+            "cache_fill",
+            "walk_start",
+            "walk_end",
+        ] {
+            assert!(events.contains(&e), "{e} missing from {t}");
+        }
+        let root = trace
+            .iter()
+            .find(|e| e["target"] == "root_entry")
+            .expect("root entry read");
+        assert_eq!(root["addr"], format!("{:#x}", 0x1000_0000u64));
+        let walk = trace.iter().find(|e| e["event"] == "walk_start").unwrap();
+        assert_eq!(
+            (&walk["walk"], &walk["level"]),
+            (&json!("second"), &json!(4))
+        );
+        let leaf = trace
+            .iter()
+            .find(|e| e["target"] == "page_table" && e["level"] == 2)
+            .expect("the 2 MiB leaf read");
+        assert_eq!(leaf["stage"], "second");
+        assert!(leaf["addr"].as_str().unwrap().starts_with("0x"));
+        // A second request hits the IOTLB.
+        let t = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":2101248,"access":"read"}"#,
+        );
+        assert_eq!(
+            t["trace"],
+            json!([{"event": "cache_lookup", "cache": "context", "hit": true},
+                   {"event": "cache_lookup", "cache": "iotlb", "hit": true}]),
+            "{t}"
+        );
+        // A PASID in legacy mode is refused by the unit (VT-d RTA.2): a request-site fault.
+        let f = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":2101248,"access":"read","pasid":5}"#,
+        );
+        assert_eq!(f["fault"]["code"], 0x31, "{f}");
+        assert_eq!(f["fault"]["site"]["structure"], "request");
+        assert_eq!(f["fault"]["reason"], "unknown");
+        // An ATS translation request on a context that does not allow it (T = 00b, LCT.5).
+        let f = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":2101248,"access":"read","ats":true}"#,
+        );
+        assert_eq!(f["fault"]["code"], 0xd, "{f}");
+        // An unattached endpoint: the device table has no entry for it.
+        let f = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":9,"iova":0,"access":"exec","privileged":true}"#,
+        );
+        assert_eq!(f["fault"]["reason"], "domain", "{f}");
+        assert_eq!(f["fault"]["access"], "exec");
+        assert_eq!(f["fault"]["kind"], "not_present");
+        assert_eq!(f["fault"]["site"]["structure"], "device_table");
+        assert_eq!(f["fault"]["recorded"], true);
+        let s = handle_line(&d, r#"{"cmd":"stats"}"#);
+        assert!(
+            s["hardware"]["caches"]["iotlb"]["hits"].as_u64().unwrap() >= 1,
+            "{s}"
+        );
+        assert!(s["hardware"]["caches"]["iotlb"]["fills"].as_u64().unwrap() >= 1);
+        assert_eq!(s["hardware"]["mode"], "legacy");
+        assert!(s["hardware"]["commands"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn scalable_mode_serves_pasid_and_privileged_requests_through_the_pasid_table() {
+        let d = vtd_device(iommu_emulator::VtdMode::Scalable);
+        d.core().attach(3, 8, false).unwrap();
+        d.core()
+            .map(3, 0x1000, 0x1fff, 0xa000, MapFlags::RW)
+            .unwrap();
+        // Without a PASID: RID_PASID's entry translates, and the privilege of such a request
+        // is the context entry's RID_PRIV (0 here), whatever the request asks.
+        let p = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"read","privileged":true}"#,
+        );
+        assert_eq!(p["translation"]["phys"], 0xa004, "{p}");
+        let t = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"write"}"#,
+        );
+        assert_eq!(t["translation"]["phys"], 0xa004, "{t}");
+        assert!(
+            t["trace"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["target"] == "pasid_entry"),
+            "{t}"
+        );
+        // A PASID the driver did not set up: the context entry has PASIDE clear (SCT.6).
+        let f = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"read","pasid":7}"#,
+        );
+        assert_eq!(f["fault"]["code"], 0x45, "{f}");
+        assert_eq!(f["fault"]["site"]["structure"], "device_table");
+    }
+
     #[test]
     fn bad_requests_get_errors() {
         let d = device();
