@@ -588,13 +588,7 @@ mod tests {
         d.core()
             .map(3, 0x1000, 0x1fff, 0xa000, MapFlags::RW)
             .unwrap();
-        // Without a PASID: RID_PASID's entry translates, and the privilege of such a request
-        // is the context entry's RID_PRIV (0 here), whatever the request asks.
-        let p = handle_line(
-            &d,
-            r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"read","privileged":true}"#,
-        );
-        assert_eq!(p["translation"]["phys"], 0xa004, "{p}");
+        // Without a PASID: RID_PASID's entry translates.
         let t = handle_line(
             &d,
             r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"write"}"#,
@@ -608,6 +602,13 @@ mod tests {
                 .any(|e| e["target"] == "pasid_entry"),
             "{t}"
         );
+        // The privilege of a request without PASID is the context entry's RID_PRIV (0 here),
+        // whatever the request asks.
+        let p = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"read","privileged":true}"#,
+        );
+        assert_eq!(p["translation"]["phys"], 0xa004, "{p}");
         // A PASID the driver did not set up: the context entry has PASIDE clear (SCT.6).
         let f = handle_line(
             &d,
