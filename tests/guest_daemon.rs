@@ -5,16 +5,10 @@
 //! the daemon binary, and boot guests): `cargo test --test guest_daemon -- --ignored
 //! --test-threads=1`.
 
-#[path = "guest/daemon.rs"]
-mod daemon;
-#[path = "guest/harness.rs"]
-mod harness;
-#[path = "guest/scenarios.rs"]
-mod scenarios;
-
-use daemon::{ok_count, rid_of, start, start_with};
-use harness::GuestEnv;
-use scenarios::{Front, PROBE_IOVA};
+use iommu_workspace::guest::daemon::{ok_count, rid_of, start, start_with};
+use iommu_workspace::guest::harness::GuestEnv;
+use iommu_workspace::guest::scenarios::{Front, PROBE_IOVA};
+use iommu_workspace::guest::{daemon, harness, scenarios};
 use serde_json::{Value, json};
 use std::cell::RefCell;
 

@@ -3,16 +3,10 @@
 //! what the device saw. It checks what it prints (the same checks as the end-to-end tests), so
 //! a broken set-up fails loudly instead of printing nonsense.
 
-#[path = "guest/daemon.rs"]
-mod daemon;
-#[path = "guest/harness.rs"]
-mod harness;
-#[path = "guest/scenarios.rs"]
-mod scenarios;
-
-use daemon::{ok_count, rid_of, start};
-use harness::GuestEnv;
-use scenarios::PROBE_IOVA;
+use iommu_workspace::guest::daemon::{ok_count, rid_of, start};
+use iommu_workspace::guest::harness::GuestEnv;
+use iommu_workspace::guest::scenarios;
+use iommu_workspace::guest::scenarios::PROBE_IOVA;
 use serde_json::{Value, json};
 use std::cell::RefCell;
 

@@ -9,13 +9,9 @@
 //! `#[ignore]`d in the ordinary `cargo test` and run by `scripts/guest-test`:
 //! `cargo test --test guest_qemu -- --ignored --test-threads=1`.
 
-#[path = "guest/harness.rs"]
-mod harness;
-#[path = "guest/scenarios.rs"]
-mod scenarios;
-
-use harness::{GuestEnv, Qemu, QemuOpts, RunDir};
-use scenarios::{Front, RAM_MB, hex_bytes};
+use iommu_workspace::guest::harness::{GuestEnv, Qemu, QemuOpts, RunDir};
+use iommu_workspace::guest::scenarios;
+use iommu_workspace::guest::scenarios::{Front, RAM_MB, hex_bytes};
 use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};

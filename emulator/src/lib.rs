@@ -6,9 +6,12 @@
 //! - [`cache`]: cache wiring (traced lookups, generation tokens, geometry);
 //! - [`unit`]: the trait every hardware unit implements.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod core;
 pub mod driver;
+pub mod pci;
 pub mod request;
 pub mod trace;
 pub mod unit;
@@ -17,6 +20,7 @@ pub mod vtd;
 pub use crate::core::{Core, CoreConfig, CoreError, EndpointSet, MapFlags, Mapping, Outcome};
 pub use crate::driver::vtd::{VtdDriver, VtdMode};
 pub use crate::driver::{Driver, HwError, PrivateRegion, SoftDriver, SoftUnit};
+pub use crate::pci::PciBdf;
 pub use crate::request::{AccessKind, AddressType, DmaRequest, Fault, FaultKind, FaultSite};
 pub use crate::request::{Perms, Translation};
 pub use crate::trace::{Trace, TraceEvent};

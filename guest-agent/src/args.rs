@@ -12,9 +12,9 @@
 //! guest-agent virtio-iommu                              (bound virtio-iommu devices, features)
 //! ```
 
-use crate::bdf::Bdf;
 use crate::report::parse_u64;
 use crate::{AgentError, Result};
+use iommu_emulator::PciBdf;
 
 /// The default IOVA of `vfio-map` and `vfio-bench`: 1 MiB, inside every IOMMU's aperture and
 /// clear of the x86 MSI window at 0xfee00000.
@@ -28,7 +28,7 @@ pub const MAX_COUNT: u64 = 100_000_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Print what sysfs says about a device.
-    Info(Bdf),
+    Info(PciBdf),
     /// Print the devices with these vendor and device IDs.
     Find {
         /// PCI vendor ID.
@@ -39,12 +39,12 @@ pub enum Command {
     /// Bind a device to a driver through `driver_override`.
     Bind {
         /// The device.
-        bdf: Bdf,
+        bdf: PciBdf,
         /// The driver.
         driver: String,
     },
     /// Unbind a device and clear its `driver_override`.
-    Release(Bdf),
+    Release(PciBdf),
     /// Map a buffer for a device through VFIO type1 and print IOVA and guest-physical
     /// addresses.
     VfioMap(MapArgs),
@@ -65,7 +65,7 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapArgs {
     /// The device, bound to `vfio-pci`.
-    pub bdf: Bdf,
+    pub bdf: PciBdf,
     /// The IOVA of the first page.
     pub iova: u64,
     /// Pages in the buffer.
@@ -89,8 +89,8 @@ fn number(opt: &str, v: Option<&String>) -> Result<u64> {
     parse_u64(v).ok_or_else(|| usage(format!("{opt}: not a number: {v:?}")))
 }
 
-fn bdf_arg(v: Option<&String>) -> Result<Bdf> {
-    v.ok_or_else(|| usage("missing PCI address"))?.parse()
+fn bdf_arg(v: Option<&String>) -> Result<PciBdf> {
+    Ok(v.ok_or_else(|| usage("missing PCI address"))?.parse()?)
 }
 
 /// Parses the arguments after the program name.

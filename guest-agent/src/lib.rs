@@ -8,7 +8,6 @@
 //! --target x86_64-unknown-linux-gnu`; it depends on `libc` only at run time.
 
 pub mod args;
-pub mod bdf;
 pub mod pagemap;
 pub mod report;
 #[cfg(target_os = "linux")]
@@ -26,8 +25,8 @@ pub enum AgentError {
     #[error("usage: {0}")]
     Usage(String),
     /// A PCI address did not parse.
-    #[error("bad PCI address {0:?} (expected [SSSS:]BB:DD.F)")]
-    BadBdf(String),
+    #[error(transparent)]
+    BadBdf(#[from] iommu_emulator::pci::BdfError),
     /// A system call failed.
     #[error("{what}: {source}")]
     Os {

@@ -2,8 +2,8 @@
 //! `driver_override` (Documentation/ABI/testing/sysfs-bus-pci). Every function takes the sysfs
 //! root so the tests run against a tree they build.
 
-use crate::bdf::Bdf;
 use crate::{AgentError, Result};
+use iommu_emulator::PciBdf;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -14,7 +14,7 @@ pub const SYSFS: &str = "/sys";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PciDevice {
     /// Its address.
-    pub bdf: Bdf,
+    pub bdf: PciBdf,
     /// PCI vendor ID.
     pub vendor: u16,
     /// PCI device ID.
@@ -30,7 +30,7 @@ pub struct PciDevice {
     pub domain: Option<String>,
 }
 
-fn dev_dir(root: &Path, bdf: &Bdf) -> PathBuf {
+fn dev_dir(root: &Path, bdf: &PciBdf) -> PathBuf {
     root.join("bus/pci/devices").join(bdf.to_string())
 }
 
@@ -58,7 +58,7 @@ fn write(p: &Path, value: &str) -> Result<()> {
 }
 
 /// Reads one device.
-pub fn device(root: &Path, bdf: &Bdf) -> Result<PciDevice> {
+pub fn device(root: &Path, bdf: &PciBdf) -> Result<PciDevice> {
     let d = dev_dir(root, bdf);
     if !d.exists() {
         return Err(AgentError::Sysfs(format!("no PCI device {bdf}")));
@@ -90,7 +90,7 @@ pub fn devices(root: &Path) -> Result<Vec<PciDevice>> {
     for e in fs::read_dir(&dir).map_err(|e| AgentError::io(format!("read {}", dir.display()), e))? {
         let e = e.map_err(|e| AgentError::io("readdir", e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Ok(bdf) = name.parse::<Bdf>() {
+        if let Ok(bdf) = name.parse::<PciBdf>() {
             out.push(device(root, &bdf)?);
         }
     }
@@ -107,7 +107,7 @@ pub fn find(root: &Path, vendor: u16, device_id: u16) -> Result<Vec<PciDevice>> 
 }
 
 /// Unbinds the device from its driver, if it has one.
-pub fn unbind(root: &Path, bdf: &Bdf) -> Result<()> {
+pub fn unbind(root: &Path, bdf: &PciBdf) -> Result<()> {
     let d = dev_dir(root, bdf);
     if d.join("driver").exists() {
         write(&d.join("driver/unbind"), &bdf.to_string())?;
@@ -117,7 +117,7 @@ pub fn unbind(root: &Path, bdf: &Bdf) -> Result<()> {
 
 /// Binds the device to `driver` through `driver_override` and `drivers_probe`, unbinding it
 /// from its current driver first. Returns the device as sysfs shows it afterwards.
-pub fn bind(root: &Path, bdf: &Bdf, driver: &str) -> Result<PciDevice> {
+pub fn bind(root: &Path, bdf: &PciBdf, driver: &str) -> Result<PciDevice> {
     let before = device(root, bdf)?;
     if before.driver.as_deref() == Some(driver) {
         return Ok(before);
@@ -137,7 +137,7 @@ pub fn bind(root: &Path, bdf: &Bdf, driver: &str) -> Result<PciDevice> {
 }
 
 /// Clears `driver_override` and unbinds the device (a detach as the guest sees it).
-pub fn release(root: &Path, bdf: &Bdf) -> Result<()> {
+pub fn release(root: &Path, bdf: &PciBdf) -> Result<()> {
     let d = dev_dir(root, bdf);
     unbind(root, bdf)?;
     // An empty write (a lone newline) clears the override.
@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn bind_writes_override_and_probe_and_checks_the_result() {
         let t = tree("bind");
-        let bdf: Bdf = "00:03.0".parse().unwrap();
+        let bdf: PciBdf = "00:03.0".parse().unwrap();
         // A fake tree has no kernel to bind the driver, so bind reports that it did not take.
         let err = bind(&t.0, &bdf, "vfio-pci").unwrap_err();
         assert!(matches!(err, AgentError::Sysfs(_)), "{err}");
@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn release_unbinds_and_clears_override() {
         let t = tree("release");
-        let bdf: Bdf = "00:02.0".parse().unwrap();
+        let bdf: PciBdf = "00:02.0".parse().unwrap();
         release(&t.0, &bdf).unwrap();
         assert_eq!(
             fs::read_to_string(t.0.join("bus/pci/drivers/e1000e/unbind")).unwrap(),

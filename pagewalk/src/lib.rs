@@ -43,9 +43,13 @@
 //! assert_eq!((f.stage, f.kind, f.level), (Stage::Second, FaultKind::NotPresent, 3));
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod builder;
 pub mod format;
-#[doc(hidden)]
+/// The walkers' fuzz oracle, shared by the fuzz target and the corpus replay (feature
+/// `fuzz-support`; the crate's own proptests use it too).
+#[cfg(any(test, feature = "fuzz-support"))]
 pub mod fuzz_support;
 #[cfg(all(test, loom))]
 mod loom_tests;

@@ -1,1 +1,9 @@
 //! Support code shared by the workspace's cross-crate tests and criterion benchmarks.
+//!
+//! [`guest`] is the real-guest test harness: the provisioned environment, QEMU runs and their
+//! agent reports, the scenarios written once for any virtio-iommu front end, and the daemon
+//! with its control-socket client.
+
+#![forbid(unsafe_code)]
+
+pub mod guest;

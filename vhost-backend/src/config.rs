@@ -272,6 +272,18 @@ pub struct DaemonConfig {
     pub request_poll: std::time::Duration,
 }
 
+impl DaemonConfig {
+    /// The configuration the command line gives with only `--socket-path socket_path`: every
+    /// other option at its default (the VT-d model in legacy mode, every endpoint of segment
+    /// 0, no control socket). Change the fields before [`crate::daemon::run`].
+    pub fn new(socket_path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+        let mut args = Args::try_parse_from(["vhost-device-iommu"])
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        args.socket_path = Some(socket_path.into());
+        Self::try_from(args)
+    }
+}
+
 /// Largest probe_size accepted.
 pub const MAX_PROBE_SIZE: u32 = 64 * 1024;
 
@@ -284,20 +296,15 @@ fn parse_u64(s: &str) -> Result<u64, ConfigError> {
     r.map_err(|_| ConfigError::Number(s.to_string()))
 }
 
-/// Parses an endpoint id: a number, or a PCI address `BB:DD.F` (hex, as lspci prints it).
+/// Parses an endpoint id: a number, or a PCI address of segment 0 (`BB:DD.F` as lspci prints
+/// it, or `0000:BB:DD.F`).
 fn parse_endpoint(s: &str) -> Result<u32, ConfigError> {
     let t = s.trim();
-    let v = if let Some((bus, rest)) = t.split_once(':') {
-        let (dev, func) = rest
-            .split_once('.')
-            .ok_or_else(|| ConfigError::Number(s.to_string()))?;
-        let p = |x: &str, max: u64| {
-            u64::from_str_radix(x, 16)
-                .ok()
-                .filter(|v| *v <= max)
-                .ok_or_else(|| ConfigError::Number(s.to_string()))
-        };
-        (p(bus, 0xff)? << 8) | (p(dev, 0x1f)? << 3) | p(func, 7)?
+    let v = if t.contains(':') {
+        match t.parse::<iommu_emulator::PciBdf>() {
+            Ok(b) if b.segment == 0 => u64::from(b.rid()),
+            _ => return Err(ConfigError::Number(s.to_string())),
+        }
     } else {
         parse_u64(t)?
     };
@@ -462,6 +469,22 @@ mod tests {
             e.contains("--request-poll-us must be at most 1000000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_embedders_config_is_the_command_lines_defaults() {
+        let c = DaemonConfig::new("/tmp/e.sock").unwrap();
+        assert_eq!(c.socket_path, PathBuf::from("/tmp/e.sock"));
+        assert_eq!(c.control_socket, None);
+        let p = parse(&[]).unwrap();
+        assert_eq!((c.model, c.vtd_mode), (p.model, p.vtd_mode));
+        assert_eq!(c.private_region, p.private_region);
+        assert_eq!(
+            (c.probe_size, c.request_poll),
+            (p.probe_size, p.request_poll)
+        );
+        assert_eq!(c.core.page_size_mask, p.core.page_size_mask);
+        assert_eq!(c.core.endpoints, p.core.endpoints);
     }
 
     #[test]

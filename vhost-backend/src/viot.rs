@@ -71,8 +71,8 @@ pub const OEM_REVISION: u32 = 1;
 #[derive(Debug, Error)]
 pub enum ViotError {
     /// A PCI address did not parse, or its device/function is out of range.
-    #[error("bad PCI address {0:?} (expected [SSSS:]BB:DD.F, device < 32, function < 8)")]
-    BadBdf(String),
+    #[error(transparent)]
+    BadBdf(#[from] BdfError),
     /// An endpoint range's first address comes after its last.
     #[error("endpoint range {0} is empty (first after last)")]
     EmptyRange(EndpointRange),
@@ -98,94 +98,17 @@ pub enum ViotError {
     Malformed(String),
 }
 
-/// A PCI segment/bus/device/function address (PCI Local Bus spec 3.0 §6.2.2: 8-bit bus,
-/// 5-bit device, 3-bit function).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PciBdf {
-    /// Segment (domain).
-    pub segment: u16,
-    /// Bus.
-    pub bus: u8,
-    /// Device, 0..=31.
-    pub device: u8,
-    /// Function, 0..=7.
-    pub function: u8,
+pub use iommu_emulator::pci::{BdfError, PciBdf};
+
+/// (segment, BDF) as one ordered key.
+fn key(b: &PciBdf) -> u32 {
+    (u32::from(b.segment) << 16) | u32::from(b.rid())
 }
 
-impl PciBdf {
-    /// A checked address.
-    pub fn new(segment: u16, bus: u8, device: u8, function: u8) -> Result<Self, ViotError> {
-        if device >= 32 || function >= 8 {
-            return Err(ViotError::BadBdf(format!(
-                "{segment:04x}:{bus:02x}:{device:02x}.{function:x}"
-            )));
-        }
-        Ok(PciBdf {
-            segment,
-            bus,
-            device,
-            function,
-        })
-    }
-
-    /// From a segment and a 16-bit BDF (bus << 8 | device << 3 | function).
-    pub fn from_rid(segment: u16, rid: u16) -> Self {
-        PciBdf {
-            segment,
-            bus: (rid >> 8) as u8,
-            device: ((rid >> 3) & 0x1f) as u8,
-            function: (rid & 7) as u8,
-        }
-    }
-
-    /// The 16-bit BDF, which is also the virtio-iommu endpoint ID.
-    pub fn rid(&self) -> u16 {
-        (u16::from(self.bus) << 8) | (u16::from(self.device) << 3) | u16::from(self.function)
-    }
-
-    /// (segment, BDF) as one ordered key.
-    fn key(&self) -> u32 {
-        (u32::from(self.segment) << 16) | u32::from(self.rid())
-    }
-
-    fn to_acpi(self) -> PciDevice {
-        // In range by construction (`new` and `from_rid` check or mask device and function),
-        // so the crate's own range assertions hold.
-        PciDevice::new(self.segment, self.bus, self.device, self.function)
-    }
-}
-
-impl fmt::Display for PciBdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.segment, self.bus, self.device, self.function
-        )
-    }
-}
-
-impl FromStr for PciBdf {
-    type Err = ViotError;
-
-    fn from_str(s: &str) -> Result<Self, ViotError> {
-        let bad = || ViotError::BadBdf(s.to_string());
-        let (rest, func) = s.rsplit_once('.').ok_or_else(bad)?;
-        let parts: Vec<&str> = rest.split(':').collect();
-        let (seg, bus, dev) = match parts.as_slice() {
-            [b, d] => ("0", *b, *d),
-            [sg, b, d] => (*sg, *b, *d),
-            _ => return Err(bad()),
-        };
-        let hex = |t: &str, max: usize| {
-            if t.is_empty() || t.len() > max || !t.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            u16::from_str_radix(t, 16).map_err(|_| bad())
-        };
-        let (seg, bus, dev, func) = (hex(seg, 4)?, hex(bus, 2)?, hex(dev, 2)?, hex(func, 1)?);
-        PciBdf::new(seg, bus as u8, dev as u8, func as u8).map_err(|_| bad())
-    }
+fn to_acpi(b: PciBdf) -> PciDevice {
+    // In range by construction (`PciBdf::new` and `from_rid` check or mask device and
+    // function), so the crate's own range assertions hold.
+    PciDevice::new(b.segment, b.bus, b.device, b.function)
 }
 
 /// An inclusive range of PCI endpoints behind the IOMMU.
@@ -201,7 +124,7 @@ impl EndpointRange {
     /// A range, checked to be non-empty.
     pub fn new(first: PciBdf, last: PciBdf) -> Result<Self, ViotError> {
         let r = EndpointRange { first, last };
-        if first.key() > last.key() {
+        if key(&first) > key(&last) {
             return Err(ViotError::EmptyRange(r));
         }
         Ok(r)
@@ -295,9 +218,9 @@ impl Topology {
 pub fn build_viot(topo: &Topology) -> Result<Vec<u8>, ViotError> {
     topo.validate()?;
     let mut viot = VIOT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    let handle = viot.add_virtio_pci_iommu(VirtIoPciIommu::new(topo.iommu.to_acpi()));
+    let handle = viot.add_virtio_pci_iommu(VirtIoPciIommu::new(to_acpi(topo.iommu)));
     for r in &topo.endpoints {
-        viot.add_pci_range(PciRange::new(r.first.to_acpi(), r.last.to_acpi(), &handle));
+        viot.add_pci_range(PciRange::new(to_acpi(r.first), to_acpi(r.last), &handle));
     }
     let mut bytes = Vec::new();
     viot.to_aml_bytes(&mut bytes);

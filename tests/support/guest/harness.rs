@@ -3,8 +3,6 @@
 //! agent's `AGENT ...` reports. Every QEMU runs in its own process group under `timeout`, and
 //! is killed when its [`Qemu`] handle drops, so no test leaves one behind on any exit.
 
-#![allow(dead_code)] // each test file uses the part it needs
-
 use guest_agent::report::{Report, parse_line};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;

@@ -3,9 +3,7 @@
 //! Each takes hooks where a test that owns the device (the daemon) checks what the device saw
 //! while the guest holds a given state.
 
-#![allow(dead_code)] // each test file uses the scenarios it needs
-
-use crate::harness::{GuestEnv, Qemu, QemuOpts, RunDir, bind_first, find};
+use super::harness::{GuestEnv, Qemu, QemuOpts, RunDir, bind_first, find};
 use guest_agent::report::{Report, parse_u64};
 use std::path::PathBuf;
 use std::time::Duration;

@@ -2,10 +2,8 @@
 //! time bound in its own process group and killed when the handle drops, and a client for its
 //! JSON-lines control socket.
 
-#![allow(dead_code)]
-
-use crate::harness::{GuestEnv, RunDir};
-use crate::scenarios::Front;
+use super::harness::{GuestEnv, RunDir};
+use super::scenarios::Front;
 use guest_agent::report::Report;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
