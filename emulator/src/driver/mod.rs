@@ -18,6 +18,8 @@
 //!
 //! [`SoftDriver`] (with its [`SoftUnit`]) is the double without memory-resident structures.
 
+#[cfg(test)]
+mod conformance;
 mod soft;
 pub mod vtd;
 

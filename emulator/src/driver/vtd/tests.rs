@@ -1,6 +1,5 @@
 use super::*;
 use crate::core::{Core, CoreConfig, CoreError, EndpointSet, FaultReason};
-use crate::driver::SoftDriver;
 use crate::request::{AccessKind, DmaRequest};
 use crate::unit::CacheKind;
 use crate::vtd::structs::{
@@ -8,7 +7,6 @@ use crate::vtd::structs::{
     TranslationType,
 };
 use pagewalk::SparseMem;
-use proptest::prelude::*;
 use std::sync::Arc;
 
 const BASE: u64 = 0x1000_0000;
@@ -455,63 +453,4 @@ fn psi_covers_the_range_with_aligned_blocks() {
     let d = hw.iotlb_range_descs(7, 0x1000, 0x10_0000_0000);
     // Type 2, G = 10b (domain-selective), DID 7.
     assert_eq!(d, vec![[0x22 | (7 << 16), 0]]);
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Attach(u32, u32, bool),
-    Detach(u32, u32),
-    Map(u32, u64, u64, u64, bool),
-    Unmap(u32, u64, u64),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        (1u32..4, 0u32..3, prop::bool::weighted(0.2)).prop_map(|(d, e, b)| Op::Attach(d, e, b)),
-        (1u32..4, 0u32..3).prop_map(|(d, e)| Op::Detach(d, e)),
-        (1u32..4, 0u64..1100, 1u64..600, 0u64..4096, any::<bool>())
-            .prop_map(|(d, s, n, p, w)| Op::Map(d, s, n, p, w)),
-        (1u32..4, 0u64..1100, 0u64..1100).prop_map(|(d, s, n)| Op::Unmap(d, s, n)),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
-    /// The VT-d realisation translates exactly as the plain mapping trees do, for any sequence
-    /// of operations (including large pages and domain switches), and accepts the same ones.
-    #[test]
-    fn vtd_agrees_with_the_soft_model(ops in prop::collection::vec(op(), 1..25)) {
-        let soft = Core::new(cfg(), Arc::new(SoftDriver::new())).unwrap();
-        let mode = if ops.len() % 2 == 0 { VtdMode::Legacy } else { VtdMode::Scalable };
-        let vtd = core_on(Arc::new(hw_mode(4096, mode)));
-        const P: u64 = 0x1000;
-        let mut probes = vec![];
-        for op in &ops {
-            let (a, b) = match *op {
-                Op::Attach(d, e, b) => (soft.attach(d, e, b), vtd.attach(d, e, b)),
-                Op::Detach(d, e) => (soft.detach(d, e), vtd.detach(d, e)),
-                Op::Map(d, s, n, p, w) => {
-                    let f = MapFlags { read: true, write: w, mmio: false };
-                    let args = (s * P, (s + n) * P - 1, p * 0x20_0000 + (s % 512) * P);
-                    probes.push(s * P);
-                    probes.push((s + n) * P - 8);
-                    (soft.map(d, args.0, args.1, args.2, f), vtd.map(d, args.0, args.1, args.2, f))
-                }
-                Op::Unmap(d, s, n) => (
-                    soft.unmap(d, s * P, (s + n + 1) * P - 1).map(|_| ()),
-                    vtd.unmap(d, s * P, (s + n + 1) * P - 1).map(|_| ()),
-                ),
-            };
-            prop_assert_eq!(a.is_ok(), b.is_ok(), "{:?}: soft {:?} vtd {:?}", op, a, b);
-            // Probe after every step so that cached translations are exercised.
-            for ep in 0..3 {
-                for &iova in &probes {
-                    for acc in [AccessKind::Read, AccessKind::Write] {
-                        prop_assert_eq!(phys(&soft, ep, iova, acc), phys(&vtd, ep, iova, acc),
-                            "ep {} iova {:#x} {:?} after {:?}", ep, iova, acc, op);
-                    }
-                }
-            }
-        }
-    }
 }
