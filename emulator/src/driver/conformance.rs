@@ -31,8 +31,11 @@ fn vtd(mode: VtdMode) -> Arc<dyn Driver> {
     )
 }
 
+/// Builds a fresh driver (and the unit it programs).
+type MakeDriver = fn() -> Arc<dyn Driver>;
+
 /// Every driver, by name.
-pub const DRIVERS: [(&str, fn() -> Arc<dyn Driver>); 3] = [
+pub const DRIVERS: [(&str, MakeDriver); 3] = [
     ("soft", || Arc::new(SoftDriver::new())),
     ("vtd-legacy", || vtd(VtdMode::Legacy)),
     ("vtd-scalable", || vtd(VtdMode::Scalable)),
