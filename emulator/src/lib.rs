@@ -4,7 +4,8 @@
 //! - [`request`]: the DMA request, translation and fault types;
 //! - [`trace`]: the fixed-capacity event trace a translation returns;
 //! - [`cache`]: cache wiring (traced lookups, generation tokens, geometry);
-//! - [`unit`]: the trait every hardware unit implements.
+//! - [`unit`]: the trait every hardware unit implements;
+//! - [`xlate`]: the translation engine the units share (caches, walks, fills).
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod request;
 pub mod trace;
 pub mod unit;
 pub mod vtd;
+pub mod xlate;
 
 pub use crate::core::{Core, CoreConfig, CoreError, EndpointSet, MapFlags, Mapping, Outcome};
 pub use crate::driver::vtd::{VtdDriver, VtdMode};

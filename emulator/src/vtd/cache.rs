@@ -17,44 +17,14 @@
 //!   addresses are guest-physical), tagged with (DID, PASID, stage, level, the input prefix
 //!   they translate).
 
-use iotlb::{Invalidation, PageRange, PasidMatch, SourceSelector, Tag, Token, Translation};
+use iotlb::{Invalidation, PageRange, PasidMatch, SourceSelector, Translation};
 
 use super::VtdConfig;
 use super::qi::{
     ContextGranularity, IotlbGranularity, PasidCacheGranularity, PasidIotlbGranularity,
 };
-use crate::cache::{GeometryError, TracedCache};
-use crate::trace::{CacheId, Stage};
-
-/// Flag of a cached translation: the leaf's dirty flag is known to be set (or the stage does no
-/// A/D tracking), so a write may use the entry without a walk.
-pub const FLAG_DIRTY_OK: u32 = 1;
-
-/// A cached paging-structure entry: where the next table is and what the levels above granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PscEntry {
-    /// The next table's address.
-    pub next_table: u64,
-    /// The next table's level.
-    pub next_level: u8,
-    /// Permission bits accumulated so far (pagewalk `Perms` encoding).
-    pub perms: u8,
-}
-
-impl iotlb::Value for PscEntry {
-    const WORDS: usize = 2;
-    fn encode(&self, out: &mut [u64]) {
-        out[0] = self.next_table;
-        out[1] = u64::from(self.next_level) | (u64::from(self.perms) << 8);
-    }
-    fn decode(words: &[u64]) -> Self {
-        Self {
-            next_table: words[0],
-            next_level: (words[1] & 0xff) as u8,
-            perms: ((words[1] >> 8) & 0xff) as u8,
-        }
-    }
-}
+use crate::cache::{GeometryError, PagingStructureCaches, TracedCache};
+use crate::trace::CacheId;
 
 /// Context-cache values: raw entry words. Legacy entries are `[lo, hi, 0, 1]`; scalable-mode
 /// entries `[qw0, qw1, qw2, qw3]` with `qw3 == 0` (it is reserved).
@@ -65,64 +35,6 @@ pub const CTX_LEGACY_MARK: u64 = 1;
 /// PASID-cache values: qwords 0..=2 of the PASID-table entry (the rest are reserved zero) and
 /// the FPD bit of the PASID-directory entry that led to it.
 pub type PasidWords = [u64; 4];
-
-fn psc_id(tag: &Tag) -> CacheId {
-    CacheId::PagingStructure {
-        stage: match tag.stage {
-            Some(iotlb::Stage::First | iotlb::Stage::Nested) => Stage::First,
-            _ => Stage::Second,
-        },
-        level: tag.level,
-    }
-}
-
-/// The highest level of a cached non-leaf entry (a 5-level table's root entries).
-pub const PSC_MAX_LEVEL: u8 = 5;
-
-/// Paging-structure caches for levels 2 to [`PSC_MAX_LEVEL`] (§6.2.5): like hardware's PDE,
-/// PDPTE, PML4E and PML5E caches, one structure per level, so a lookup probes one entry size.
-#[derive(Debug)]
-pub struct PagingStructureCaches {
-    levels: [TracedCache<PscEntry>; PSC_MAX_LEVEL as usize - 1],
-}
-
-impl PagingStructureCaches {
-    /// Each level's cache holds `entries` entries in `ways` ways.
-    pub fn new(entries: usize, ways: usize) -> Result<Self, GeometryError> {
-        Ok(Self {
-            levels: [
-                TracedCache::new(entries, ways, psc_id)?,
-                TracedCache::new(entries, ways, psc_id)?,
-                TracedCache::new(entries, ways, psc_id)?,
-                TracedCache::new(entries, ways, psc_id)?,
-            ],
-        })
-    }
-
-    /// The cache of entries at `level` (2..=5).
-    #[inline]
-    pub fn level(&self, level: u8) -> Option<&TracedCache<PscEntry>> {
-        self.levels.get(usize::from(level).checked_sub(2)?)
-    }
-
-    /// Generation tokens of every level, indexed by level - 2.
-    #[inline]
-    pub fn tokens(&self) -> [Token; PSC_MAX_LEVEL as usize - 1] {
-        [
-            self.levels[0].token(),
-            self.levels[1].token(),
-            self.levels[2].token(),
-            self.levels[3].token(),
-        ]
-    }
-
-    /// Applies an invalidation to every level.
-    pub fn invalidate(&self, inv: &Invalidation) {
-        for c in &self.levels {
-            c.invalidate(inv);
-        }
-    }
-}
 
 /// The caches of one unit.
 #[derive(Debug)]

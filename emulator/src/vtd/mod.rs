@@ -264,7 +264,7 @@ impl<M: PhysMem + Send + Sync> Unit for Vtd<M> {
         if self.cfg.scalable_mode {
             caches.push((CacheKind::Pasid, self.caches.pasid.stats()));
         }
-        for level in 2..=cache::PSC_MAX_LEVEL {
+        for level in 2..=crate::cache::PSC_MAX_LEVEL {
             if let Some(c) = self.caches.psc.level(level) {
                 caches.push((CacheKind::PagingStructure { level }, c.stats()));
             }

@@ -1,17 +1,19 @@
 //! The DMA-remapping translation path (VT-d spec rev 4.1, chapter 3 "DMA Remapping", §3.4
 //! legacy mode, §3.5-§3.8 scalable mode and the stages, chapter 6 caching, §7.1 fault
-//! conditions).
+//! conditions): what is VT-d's. The root, context and PASID structures are read (through the
+//! context and PASID caches) into a [`Walk`]; the shared engine ([`crate::xlate`]) does the
+//! IOTLB, the paging-structure caches, the walks and the fills, and this module supplies the
+//! fault reasons and the interrupt-range check ([`Vendor`]).
 
 use std::sync::atomic::Ordering;
 
 use iotlb::{Tag, Token};
 use pagewalk::{
-    Access as PwAccess, AccessKind as PwKind, Decoded, FaultKind as PwFault, MemRef, NestedPhase,
-    PhysMem, RefKind, SecondStage, TableVisit, VtdSsConfig, WalkConfig, WalkObserver, WalkStart,
-    X86Config, level_shift, walk_nested_from,
+    Access as PwAccess, AccessKind as PwKind, Decoded, FaultKind as PwFault, NestedPhase, PhysMem,
+    VtdSsConfig, WalkConfig, X86Config,
 };
 
-use super::cache::{CTX_LEGACY_MARK, FLAG_DIRTY_OK, PSC_MAX_LEVEL, PscEntry};
+use super::cache::CTX_LEGACY_MARK;
 use super::fault::{FaultInfo, FaultReason};
 use super::regs::{RTADDR_TTM_SHIFT, TTM_LEGACY, TTM_SCALABLE};
 use super::structs::{
@@ -20,7 +22,8 @@ use super::structs::{
 };
 use super::{ACTIVE_TE, Vtd};
 use crate::request::{AccessKind, AddressType, DmaRequest, Fault, Perms, Translation};
-use crate::trace::{MemTarget, Stage, Trace, WalkKind};
+use crate::trace::{MemTarget, Stage, Trace};
+use crate::xlate::{self, Engine, Vendor, Walk, covered_len, stage_of};
 
 /// Why a translation failed, whether an FPD bit read on the way suppresses recording, and the
 /// page-table entry (stage and level) a walk faulted at, if a walk found it.
@@ -51,89 +54,24 @@ impl Fail {
     }
 }
 
-/// Records the walker's memory references in the trace and keeps the non-leaf entries it
-/// visited for the paging-structure cache.
-struct Obs<'a> {
-    trace: &'a mut Trace,
-    /// The stage whose non-leaf entries are kept (a nested walk also visits second-stage
-    /// entries, which are not cached).
-    keep: pagewalk::Stage,
-    visits: [TableVisit; 8],
-    n: usize,
-}
-
-impl<'a> Obs<'a> {
-    fn new(trace: &'a mut Trace, keep: pagewalk::Stage) -> Self {
-        Self {
-            trace,
-            keep,
-            visits: [TableVisit::default(); 8],
-            n: 0,
-        }
-    }
-}
-
-impl Obs<'_> {
-    /// The permissions accumulated by the kept stage's non-leaf entries this walk went
-    /// through, starting from `start` (the root's, or a paging-structure-cache hit's).
-    fn perms_above(&self, start: pagewalk::Perms) -> pagewalk::Perms {
-        self.visits[..self.n]
-            .iter()
-            .rev()
-            .find(|v| v.stage == self.keep)
-            .map_or(start, |v| v.perms)
-    }
-}
-
-fn stage_of(s: pagewalk::Stage) -> Stage {
-    match s {
-        pagewalk::Stage::First => Stage::First,
-        pagewalk::Stage::Second => Stage::Second,
-    }
-}
-
-impl WalkObserver for Obs<'_> {
-    fn mem_ref(&mut self, r: MemRef) {
-        let target = MemTarget::PageTable {
-            stage: stage_of(r.stage),
-            level: r.level,
-        };
-        match r.kind {
-            RefKind::Read => self.trace.read(target, r.addr),
-            RefKind::AdUpdate => self.trace.write(target, r.addr),
-        }
-    }
-    fn table(&mut self, v: TableVisit) {
-        if v.stage != self.keep {
-            return;
-        }
-        if let Some(slot) = self.visits.get_mut(self.n) {
-            *slot = v;
-            self.n += 1;
-        }
-    }
-}
-
 /// The tokens of every cache, taken before any structure is read.
 #[derive(Clone, Copy)]
 struct Tokens {
     context: Token,
     pasid: Token,
-    iotlb: Token,
-    psc: [Token; PSC_MAX_LEVEL as usize - 1],
+    engine: xlate::Tokens,
 }
 
-/// The per-request translation setting the context (and PASID) entries give.
-struct Setting {
-    did: u16,
-    /// PASID tag of cached translations (None in legacy mode).
-    pasid_tag: Option<u32>,
+/// What VT-d's fault encodings need to know of a walk: the FPD bits read on the way and whether
+/// the tables are second-stage tables of a legacy-mode context entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VtdCtx {
     fpd: bool,
-    cfg: WalkConfig,
-    root: u64,
-    /// Whether the second (or only) stage is second-stage format (for fault reasons).
     legacy: bool,
 }
+
+/// VT-d's side of the translation engine: its fault reasons and its output check.
+struct VtdVendor;
 
 /// The walker access for a request. An ATS translation request asks what the page allows: it
 /// walks as a read and returns the permissions found (§4.2.3).
@@ -153,12 +91,6 @@ fn pw_access(req: &DmaRequest, legacy: bool) -> PwAccess {
         AccessKind::Execute => PwKind::Execute,
     };
     PwAccess { kind, privileged }
-}
-
-fn covered_len(addr: u64, len: u64, shift: u8) -> u64 {
-    let mask = (1u64 << shift.min(63)) - 1;
-    let to_end = (addr | mask) - addr + 1;
-    len.max(1).min(to_end)
 }
 
 fn identity(req: &DmaRequest, did: u16) -> Translation {
@@ -262,12 +194,19 @@ impl<M: PhysMem> Vtd<M> {
         }
     }
 
+    fn engine(&self) -> Engine<'_, M> {
+        Engine {
+            mem: &self.mem,
+            iotlb: &self.caches.iotlb,
+            psc: &self.caches.psc,
+        }
+    }
+
     fn tokens(&self) -> Tokens {
         Tokens {
             context: self.caches.context.token(),
             pasid: self.caches.pasid.token(),
-            iotlb: self.caches.iotlb.token(),
-            psc: self.caches.psc.tokens(),
+            engine: self.engine().tokens(),
         }
     }
 
@@ -384,15 +323,29 @@ impl<M: PhysMem> Vtd<M> {
         if req.addr >> x != 0 {
             return Err(Fail::fpd(FaultReason::AddressBeyondAw, fpd));
         }
-        let setting = Setting {
+        let walk = Walk {
             did: ce.did,
             pasid_tag: None,
-            fpd,
+            stage: Stage::Second,
             cfg: WalkConfig::VtdSecondStage(self.ss_config(ce.aw, false, false)),
             root: ce.slptptr,
-            legacy: true,
+            nested: None,
+            vendor: VtdCtx { fpd, legacy: true },
         };
-        self.translate_1d(&setting, req, false, tokens, trace)
+        self.walk(&walk, req, tokens, trace)
+    }
+
+    /// Runs `walk` through the shared engine with VT-d's walker access and fault encodings.
+    fn walk(
+        &self,
+        walk: &Walk<VtdCtx>,
+        req: &DmaRequest,
+        tokens: Tokens,
+        trace: &mut Trace,
+    ) -> Result<Translation, Fail> {
+        let access = pw_access(req, walk.vendor.legacy);
+        self.engine()
+            .translate(&VtdVendor, walk, req, access, tokens.engine, trace)
     }
 
     // ------------------------------------------------------------ scalable mode (§3.4.3)
@@ -553,15 +506,16 @@ impl<M: PhysMem> Vtd<M> {
                 if req.addr >> x != 0 {
                     return Err(Fail::fpd(FaultReason::SmAddressBeyondAw, fpd));
                 }
-                let setting = Setting {
+                let walk = Walk {
                     did: pe.did,
                     pasid_tag: Some(pasid),
-                    fpd,
+                    stage: Stage::Second,
                     cfg: WalkConfig::VtdSecondStage(self.ss_config(pe.aw, pe.ssade, pe.ssee)),
                     root: pe.ssptptr,
-                    legacy: false,
+                    nested: None,
+                    vendor: VtdCtx { fpd, legacy: false },
                 };
-                self.translate_1d(&setting, &req_priv, false, tokens, trace)
+                self.walk(&walk, &req_priv, tokens, trace)
             }
             Pgtt::FirstStage | Pgtt::Nested => {
                 if privileged && !pe.sre {
@@ -589,258 +543,46 @@ impl<M: PhysMem> Vtd<M> {
                 if !cfg.input_in_range(req.addr) {
                     return Err(Fail::fpd(FaultReason::NonCanonical, fpd));
                 }
-                if pe.pgtt == Pgtt::Nested {
+                // Nested (§3.8): the first-stage walk whose table addresses and output are
+                // guest-physical, each translated by the second stage. The IOTLB caches the
+                // combined translation and the paging-structure cache the first-stage
+                // non-leaf entries; the second-stage walks inside it always go to memory.
+                let nested = (pe.pgtt == Pgtt::Nested).then(|| {
                     let ss = self.ss_config(pe.aw, pe.ssade, pe.ssee);
-                    let setting = Setting {
-                        did: pe.did,
-                        pasid_tag: Some(pasid),
-                        fpd,
-                        cfg,
-                        root: pe.fsptptr,
-                        legacy: false,
-                    };
-                    return self.nested(&setting, ss, pe.ssptptr, &req_priv, tokens, trace);
-                }
-                let setting = Setting {
+                    (WalkConfig::VtdSecondStage(ss), pe.ssptptr)
+                });
+                let walk = Walk {
                     did: pe.did,
                     pasid_tag: Some(pasid),
-                    fpd,
+                    stage: Stage::First,
                     cfg,
                     root: pe.fsptptr,
-                    legacy: false,
+                    nested,
+                    vendor: VtdCtx { fpd, legacy: false },
                 };
-                self.translate_1d(&setting, &req_priv, true, tokens, trace)
+                self.walk(&walk, &req_priv, tokens, trace)
             }
         }
     }
+}
 
-    // ------------------------------------------------------- walks through the caches
-
-    /// Input address bits a tag may carry (first-stage addresses are sign-extended).
-    fn tag_input(cfg: &WalkConfig, addr: u64) -> u64 {
-        let w = cfg.input_width();
-        if w >= 64 {
-            addr
-        } else {
-            addr & ((1u64 << w) - 1)
-        }
-    }
-
-    /// The IOTLB's answer for `req`, when it holds an entry for `itag` that allows the access.
-    /// A cached entry that does not allow it (or whose dirty flag still has to be set) is not
-    /// trusted: `None` sends the caller to the walk, which decides.
-    fn iotlb_hit(
-        &self,
-        s: &Setting,
-        req: &DmaRequest,
-        access: PwAccess,
-        needs_read: bool,
-        itag: &Tag,
-        trace: &mut Trace,
-    ) -> Option<Result<Translation, Fail>> {
-        let c = self.caches.iotlb.lookup(itag, trace)?;
-        let perms = pagewalk::Perms::from_bits(c.perms.bits());
-        let usable = s.cfg.permits(perms, access)
-            && (!needs_read || perms.read())
-            && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0);
-        usable.then(|| {
-            let mask = (1u64 << c.page_shift.min(63)) - 1;
-            self.output(s, req, c.output | (req.addr & mask), c.page_shift, perms)
-        })
-    }
-
-    /// IOTLB, then paging-structure caches, then a one-dimensional walk.
-    fn translate_1d(
-        &self,
-        s: &Setting,
-        req: &DmaRequest,
-        first_stage: bool,
-        tokens: Tokens,
-        trace: &mut Trace,
-    ) -> Result<Translation, Fail> {
-        let access = pw_access(req, s.legacy);
-        let needs_read = req.access == AccessKind::Atomic && req.at == AddressType::Untranslated;
-        let input = Self::tag_input(&s.cfg, req.addr);
-        let itag = Tag::translation(s.did, s.pasid_tag, input >> 12, 0);
-        if let Some(hit) = self.iotlb_hit(s, req, access, needs_read, &itag, trace) {
-            return hit;
-        }
-        let stage = if first_stage {
-            iotlb::Stage::First
-        } else {
-            iotlb::Stage::Second
-        };
-        let levels = s.cfg.levels();
-        let start = self.psc_start(s, stage, input, trace);
-        let keep = if first_stage {
-            pagewalk::Stage::First
-        } else {
-            pagewalk::Stage::Second
-        };
-        let kind = WalkKind::OneD(if first_stage {
-            Stage::First
-        } else {
-            Stage::Second
-        });
-        trace.walk_start(kind, start.level);
-        let mut obs = Obs::new(trace, keep);
-        let res = pagewalk::walk_from(&s.cfg, &self.mem, start, req.addr, access, &mut obs);
-        obs.trace.walk_end(res.is_err());
-        self.psc_fill(s, stage, &mut obs, tokens);
-        let t = match res {
-            Ok(t) => t,
-            Err(f) => {
-                let above = obs.perms_above(start.perms);
-                return Err(self.walk_fault(s, access, first_stage, levels, above, f));
-            }
-        };
-        if needs_read && !t.perms.read() {
-            let reason = if s.legacy {
-                FaultReason::ReadDenied
-            } else {
-                FaultReason::SmReadDenied
-            };
-            return Err(Fail::fpd(reason, s.fpd));
-        }
-        let shift = t.page_shift;
-        let page = (input >> shift) << (shift - 12);
-        let dirty_ok = access.is_write() || !self.ad_tracked(&s.cfg);
-        self.caches.iotlb.insert(
-            tokens.iotlb,
-            &Tag::translation(s.did, s.pasid_tag, page, shift - 12),
-            &iotlb::Translation {
-                output: t.page_base(),
-                page_shift: shift,
-                perms: iotlb::Perms::from_bits(t.perms.bits()),
-                flags: if dirty_ok { FLAG_DIRTY_OK } else { 0 },
-            },
-            trace,
-        );
-        self.output(s, req, t.output, shift, t.perms)
-    }
-
-    /// Where a walk of `s`'s tables for `input` starts: the deepest paging-structure-cache hit,
-    /// or the root.
-    fn psc_start(
-        &self,
-        s: &Setting,
-        stage: iotlb::Stage,
-        input: u64,
-        trace: &mut Trace,
-    ) -> WalkStart {
-        let levels = s.cfg.levels();
-        for level in 2..=levels {
-            let shift = level_shift(level);
-            let page = (input >> shift) << (shift - 12);
-            let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, level, page, shift - 12);
-            let Some(cache) = self.caches.psc.level(level) else {
-                break;
-            };
-            if let Some(e) = cache.lookup(&tag, trace) {
-                if e.next_level >= 1 && e.next_level < level {
-                    return WalkStart {
-                        level: e.next_level,
-                        table: e.next_table,
-                        perms: pagewalk::Perms::from_bits(e.perms),
-                    };
-                }
-                break;
-            }
-        }
-        s.cfg.root_start(s.root)
-    }
-
-    /// Caches the non-leaf entries of `s`'s tables the walk went through (first-stage ones
-    /// only, for nested walks).
-    fn psc_fill(&self, s: &Setting, stage: iotlb::Stage, obs: &mut Obs<'_>, tokens: Tokens) {
-        let own = match stage {
-            iotlb::Stage::Second => pagewalk::Stage::Second,
-            _ => pagewalk::Stage::First,
-        };
-        let Obs {
-            trace, visits, n, ..
-        } = obs;
-        for v in visits[..*n].iter().filter(|v| v.stage == own) {
-            let shift = level_shift(v.level);
-            let page = (Self::tag_input(&s.cfg, v.prefix) >> shift) << (shift - 12);
-            let tag = Tag::paging_structure(s.did, s.pasid_tag, stage, v.level, page, shift - 12);
-            let (Some(cache), Some(token)) = (
-                self.caches.psc.level(v.level),
-                tokens.psc.get(usize::from(v.level).wrapping_sub(2)),
-            ) else {
-                continue;
-            };
-            cache.insert(
-                *token,
-                &tag,
-                &PscEntry {
-                    next_table: v.next_table,
-                    next_level: v.next_level,
-                    perms: v.perms.bits(),
-                },
-                trace,
-            );
-        }
-    }
-
-    fn ad_tracked(&self, cfg: &WalkConfig) -> bool {
-        match cfg {
-            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => c.ad,
-            WalkConfig::VtdSecondStage(c) => c.slade,
-            WalkConfig::AmdV1(_) => false,
-        }
-    }
-
-    /// The translation of `req` to `addr` in a page of 2^`shift` bytes, unless the bytes it
-    /// reaches fall in the interrupt address range 0xFEE0_0000..=0xFEEF_FFFF: untranslated and
-    /// translation requests whose translation lands there are blocked (VT-d spec rev 4.1, §3.15
-    /// "Handling Requests to Interrupt Address Range"; LGN.4 in legacy mode, SGN.8 in scalable
-    /// mode). Checked on every use, so a cached translation cannot bypass it.
-    fn output(
-        &self,
-        s: &Setting,
-        req: &DmaRequest,
-        addr: u64,
-        shift: u8,
-        perms: pagewalk::Perms,
-    ) -> Result<Translation, Fail> {
-        let len = covered_len(req.addr, req.len, shift);
-        let last = addr.saturating_add(len - 1);
-        if addr <= INTERRUPT_RANGE_LAST && last >= INTERRUPT_RANGE_FIRST {
-            let reason = if s.legacy {
-                FaultReason::InterruptAddress
-            } else {
-                FaultReason::SmInterruptAddress
-            };
-            return Err(Fail::fpd(reason, s.fpd));
-        }
-        Ok(Translation {
-            addr,
-            len,
-            page_shift: shift,
-            perms: Perms {
-                read: perms.read(),
-                write: perms.write(),
-                execute: perms.execute(),
-            },
-            domain_id: s.did,
-            identity: false,
-        })
-    }
+impl Vendor for VtdVendor {
+    type Ctx = VtdCtx;
+    type Fail = Fail;
 
     /// Maps a walker fault to the spec's fault reason for the mode and stage.
     fn walk_fault(
         &self,
-        s: &Setting,
+        s: &Walk<VtdCtx>,
         access: PwAccess,
-        first_stage: bool,
-        levels: u8,
         above: pagewalk::Perms,
-        f: pagewalk::Fault,
+        f: &pagewalk::Fault,
     ) -> Fail {
         use FaultReason as R;
+        let first_stage = s.stage == Stage::First;
+        let levels = s.cfg.levels();
         let write = access.is_write();
-        let reason = if s.legacy {
+        let reason = if s.vendor.legacy {
             match f.kind {
                 PwFault::NotPresent | PwFault::Permission if write => R::WriteDenied,
                 PwFault::NotPresent | PwFault::Permission => R::ReadDenied,
@@ -865,75 +607,46 @@ impl<M: PhysMem> Vtd<M> {
                 PwFault::AddressBeyondWidth => R::NonCanonical,
                 PwFault::MemoryRead(_) if f.level == levels => R::FsptptrAccessError,
                 PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::FsAccessError,
-                PwFault::Permission => fs_permission_reason(&s.cfg, access, above, &f),
+                PwFault::Permission => fs_permission_reason(&s.cfg, access, above, f),
             }
         };
-        Fail::fpd(reason, s.fpd).at(&f)
+        Fail::fpd(reason, s.vendor.fpd).at(f)
     }
 
-    /// Nested translation (§3.8): the first-stage walk whose table addresses and output are
-    /// guest-physical, each translated by the second stage. The IOTLB caches the combined
-    /// translation and the paging-structure cache the first-stage non-leaf entries; the
-    /// second-stage walks inside a nested walk always go to memory.
-    fn nested(
+    fn nested_fault(&self, s: &Walk<VtdCtx>, access: PwAccess, f: &pagewalk::Fault) -> Fail {
+        Fail::fpd(nested_ss_fault(s.cfg.levels(), access, f), s.vendor.fpd).at(f)
+    }
+
+    fn read_denied(&self, s: &Walk<VtdCtx>) -> Fail {
+        let reason = if s.vendor.legacy {
+            FaultReason::ReadDenied
+        } else {
+            FaultReason::SmReadDenied
+        };
+        Fail::fpd(reason, s.vendor.fpd)
+    }
+
+    /// Untranslated and translation requests whose translation lands in the interrupt address
+    /// range 0xFEE0_0000..=0xFEEF_FFFF are blocked (VT-d spec rev 4.1, §3.15 "Handling Requests
+    /// to Interrupt Address Range"; LGN.4 in legacy mode, SGN.8 in scalable mode). Checked on
+    /// every use, so a cached translation cannot bypass it.
+    fn check_output(
         &self,
-        s: &Setting,
-        ss: VtdSsConfig,
-        ssptptr: u64,
-        req: &DmaRequest,
-        tokens: Tokens,
-        trace: &mut Trace,
-    ) -> Result<Translation, Fail> {
-        let access = pw_access(req, false);
-        let needs_read = req.access == AccessKind::Atomic && req.at == AddressType::Untranslated;
-        let input = Self::tag_input(&s.cfg, req.addr);
-        let itag = Tag::translation(s.did, s.pasid_tag, input >> 12, 0);
-        let second = SecondStage::Tables {
-            config: WalkConfig::VtdSecondStage(ss),
-            root: ssptptr,
-        };
-        if let Some(hit) = self.iotlb_hit(s, req, access, needs_read, &itag, trace) {
-            return hit;
+        s: &Walk<VtdCtx>,
+        _req: &DmaRequest,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), Fail> {
+        let last = addr.saturating_add(len - 1);
+        if addr <= INTERRUPT_RANGE_LAST && last >= INTERRUPT_RANGE_FIRST {
+            let reason = if s.vendor.legacy {
+                FaultReason::InterruptAddress
+            } else {
+                FaultReason::SmInterruptAddress
+            };
+            return Err(Fail::fpd(reason, s.vendor.fpd));
         }
-        // First-stage paging-structure entries of a nested walk hold guest-physical table
-        // addresses; they are tagged with the nested stage so they never serve a
-        // first-stage-only walk.
-        let start = self.psc_start(s, iotlb::Stage::Nested, input, trace);
-        trace.walk_start(WalkKind::Nested, start.level);
-        let mut obs = Obs::new(trace, pagewalk::Stage::First);
-        let res = walk_nested_from(
-            &s.cfg, start, &second, &self.mem, req.addr, access, &mut obs,
-        );
-        obs.trace.walk_end(res.is_err());
-        self.psc_fill(s, iotlb::Stage::Nested, &mut obs, tokens);
-        let t = match res {
-            Ok(t) => t,
-            Err(f) if f.stage == pagewalk::Stage::First => {
-                let levels = s.cfg.levels();
-                let above = obs.perms_above(start.perms);
-                return Err(self.walk_fault(s, access, true, levels, above, f));
-            }
-            Err(f) => {
-                return Err(Fail::fpd(nested_ss_fault(s.cfg.levels(), access, &f), s.fpd).at(&f));
-            }
-        };
-        if needs_read && !t.perms.read() {
-            return Err(Fail::fpd(FaultReason::SmReadDenied, s.fpd));
-        }
-        let shift = t.page_shift;
-        let page = (input >> shift) << (shift - 12);
-        self.caches.iotlb.insert(
-            tokens.iotlb,
-            &Tag::translation(s.did, s.pasid_tag, page, shift - 12),
-            &iotlb::Translation {
-                output: t.output & !((1u64 << shift) - 1),
-                page_shift: shift,
-                perms: iotlb::Perms::from_bits(t.perms.bits()),
-                flags: if access.is_write() { FLAG_DIRTY_OK } else { 0 },
-            },
-            trace,
-        );
-        self.output(s, req, t.output, shift, t.perms)
+        Ok(())
     }
 }
 

@@ -1,0 +1,418 @@
+//! The vendor-neutral translation engine every unit shares (`../shared/DESIGN.md`, "Layers").
+//!
+//! A unit resolves a request's structures itself (VT-d: root, context and PASID entries; AMD-Vi:
+//! DTE and GCR3) into a [`Walk`]: the domain id and PASID that tag its cached translations, the
+//! page-table format and root of the first (or only) stage, and, for a nested walk, the second
+//! stage's. The [`Engine`] does the rest, the same way for every vendor:
+//!
+//! 1. the IOTLB lookup, trusting a hit only if it grants the access (and, for a write, if the
+//!    leaf's dirty flag is known to be set);
+//! 2. the paging-structure-cache lookups, deepest level first, for where the walk can start;
+//! 3. the one- or two-dimensional walk through `pagewalk`, with its A/D updates, recording every
+//!    memory reference and the walk's start and end in the trace;
+//! 4. the fills: the non-leaf entries the walk went through, then the translation, each with
+//!    the generation token taken before any structure was read, so a walk that began before an
+//!    invalidation never inserts its result after that invalidation completed;
+//! 5. the vendor's output check (VT-d: the interrupt address range) on every use, cached or not.
+//!
+//! A vendor supplies, through [`Vendor`], what differs: the fault a walker fault becomes (its
+//! encodings depend on the mode and the stage), the fault of an atomic request to a page without
+//! read permission, and its output check.
+
+use iotlb::{Tag, Token};
+use pagewalk::{
+    Access as PwAccess, MemRef, PhysMem, RefKind, SecondStage, TableVisit, WalkConfig,
+    WalkObserver, WalkStart, level_shift, walk_nested_from,
+};
+
+use crate::cache::{FLAG_DIRTY_OK, PSC_MAX_LEVEL, PagingStructureCaches, PscEntry, TracedCache};
+use crate::request::{AccessKind, AddressType, DmaRequest, Perms, Translation};
+use crate::trace::{MemTarget, Stage, Trace, WalkKind};
+
+/// What a unit's structure lookup decided for one request: how to walk it and how to tag
+/// what the walk caches. `X` is the vendor's own context for its fault encodings.
+#[derive(Debug, Clone, Copy)]
+pub struct Walk<X> {
+    /// The domain id cached translations are tagged with.
+    pub did: u16,
+    /// The PASID cached translations are tagged with (`None`: untagged).
+    pub pasid_tag: Option<u32>,
+    /// The stage of a one-dimensional walk (a nested walk's is [`Stage::First`]).
+    pub stage: Stage,
+    /// The format of the first (or only) stage's tables.
+    pub cfg: WalkConfig,
+    /// Their root.
+    pub root: u64,
+    /// For a nested walk, the second stage's format and root: the first stage's table addresses
+    /// and output are translated by it.
+    pub nested: Option<(WalkConfig, u64)>,
+    /// The vendor's context (VT-d: the FPD bits read on the way, the mode).
+    pub vendor: X,
+}
+
+/// What a vendor supplies to the engine (see the module notes).
+pub trait Vendor {
+    /// The vendor's context, carried in [`Walk::vendor`].
+    type Ctx;
+    /// The vendor's failure: its fault encoding plus whatever it needs to report it.
+    type Fail;
+
+    /// The failure a walker fault becomes: a one-dimensional walk's, or a nested walk's
+    /// first-stage fault (`f.stage` is then [`pagewalk::Stage::First`]). `above` is what the
+    /// non-leaf entries of the walked stage granted before the faulting entry.
+    fn walk_fault(
+        &self,
+        w: &Walk<Self::Ctx>,
+        access: PwAccess,
+        above: pagewalk::Perms,
+        f: &pagewalk::Fault,
+    ) -> Self::Fail;
+
+    /// The failure a second-stage fault inside a nested walk becomes (`f.nested` names the
+    /// phase: a first-stage table's address, a first-stage A/D update, or the final output).
+    fn nested_fault(
+        &self,
+        w: &Walk<Self::Ctx>,
+        access: PwAccess,
+        f: &pagewalk::Fault,
+    ) -> Self::Fail;
+
+    /// The failure of an atomic request to a page that grants write but not read.
+    fn read_denied(&self, w: &Walk<Self::Ctx>) -> Self::Fail;
+
+    /// Checks the translated output: `len` bytes of the request from `addr`. Runs on every
+    /// translation, from the IOTLB or from a walk.
+    fn check_output(
+        &self,
+        w: &Walk<Self::Ctx>,
+        req: &DmaRequest,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), Self::Fail>;
+
+    /// Whether `cfg`'s walks update accessed and dirty flags (a write then needs the leaf's
+    /// dirty flag set before it may use a cached translation).
+    fn ad_tracked(&self, cfg: &WalkConfig) -> bool {
+        match cfg {
+            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => c.ad,
+            WalkConfig::VtdSecondStage(c) => c.slade,
+            WalkConfig::AmdV1(_) => false,
+        }
+    }
+}
+
+/// The generation tokens of the engine's caches: take them before reading any structure
+/// (the unit's own structure caches take theirs at the same moment).
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens {
+    iotlb: Token,
+    psc: [Token; PSC_MAX_LEVEL as usize - 1],
+}
+
+/// The engine over one unit's memory and its IOTLB and paging-structure caches.
+#[derive(Debug)]
+pub struct Engine<'a, M> {
+    /// The memory the tables are read from.
+    pub mem: &'a M,
+    /// The IOTLB.
+    pub iotlb: &'a TracedCache<iotlb::Translation>,
+    /// The paging-structure caches.
+    pub psc: &'a PagingStructureCaches,
+}
+
+/// The bytes of a request of `len` at `addr` (zero counts as one) inside its page of
+/// 2^`shift` bytes.
+pub fn covered_len(addr: u64, len: u64, shift: u8) -> u64 {
+    let mask = (1u64 << shift.min(63)) - 1;
+    let to_end = (addr | mask) - addr + 1;
+    len.max(1).min(to_end)
+}
+
+/// The trace's name for a walker stage.
+pub(crate) fn stage_of(s: pagewalk::Stage) -> Stage {
+    match s {
+        pagewalk::Stage::First => Stage::First,
+        pagewalk::Stage::Second => Stage::Second,
+    }
+}
+
+fn pw_stage(s: Stage) -> pagewalk::Stage {
+    match s {
+        Stage::First => pagewalk::Stage::First,
+        Stage::Second => pagewalk::Stage::Second,
+    }
+}
+
+/// Records the walker's memory references in the trace and keeps the non-leaf entries it
+/// visited for the paging-structure cache.
+struct Obs<'a> {
+    trace: &'a mut Trace,
+    /// The stage whose non-leaf entries are kept (a nested walk also visits second-stage
+    /// entries, which are not cached).
+    keep: pagewalk::Stage,
+    visits: [TableVisit; 8],
+    n: usize,
+}
+
+impl<'a> Obs<'a> {
+    fn new(trace: &'a mut Trace, keep: pagewalk::Stage) -> Self {
+        Self {
+            trace,
+            keep,
+            visits: [TableVisit::default(); 8],
+            n: 0,
+        }
+    }
+
+    /// The permissions accumulated by the kept stage's non-leaf entries this walk went
+    /// through, starting from `start` (the root's, or a paging-structure-cache hit's).
+    fn perms_above(&self, start: pagewalk::Perms) -> pagewalk::Perms {
+        self.visits[..self.n]
+            .iter()
+            .rev()
+            .find(|v| v.stage == self.keep)
+            .map_or(start, |v| v.perms)
+    }
+}
+
+impl WalkObserver for Obs<'_> {
+    fn mem_ref(&mut self, r: MemRef) {
+        let target = MemTarget::PageTable {
+            stage: stage_of(r.stage),
+            level: r.level,
+        };
+        match r.kind {
+            RefKind::Read => self.trace.read(target, r.addr),
+            RefKind::AdUpdate => self.trace.write(target, r.addr),
+        }
+    }
+    fn table(&mut self, v: TableVisit) {
+        if v.stage != self.keep {
+            return;
+        }
+        if let Some(slot) = self.visits.get_mut(self.n) {
+            *slot = v;
+            self.n += 1;
+        }
+    }
+}
+
+/// Input address bits a tag may carry (first-stage addresses are sign-extended).
+fn tag_input(cfg: &WalkConfig, addr: u64) -> u64 {
+    let w = cfg.input_width();
+    if w >= 64 {
+        addr
+    } else {
+        addr & ((1u64 << w) - 1)
+    }
+}
+
+/// The cache-tag stage of a walk: the first-stage entries of a nested walk hold
+/// guest-physical table addresses, so they are tagged with the nested stage and never serve a
+/// first-stage-only walk.
+fn tag_stage<X>(w: &Walk<X>) -> iotlb::Stage {
+    match (w.nested, w.stage) {
+        (Some(_), _) => iotlb::Stage::Nested,
+        (None, Stage::First) => iotlb::Stage::First,
+        (None, Stage::Second) => iotlb::Stage::Second,
+    }
+}
+
+impl<M: PhysMem> Engine<'_, M> {
+    /// The engine caches' generation tokens (see [`Tokens`]).
+    #[inline]
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            iotlb: self.iotlb.token(),
+            psc: self.psc.tokens(),
+        }
+    }
+
+    /// Translates `req` (walked as `access`) as `w` says: the IOTLB, then the
+    /// paging-structure caches, then a one- or two-dimensional walk, then the fills (see the
+    /// module notes).
+    pub fn translate<V: Vendor>(
+        &self,
+        v: &V,
+        w: &Walk<V::Ctx>,
+        req: &DmaRequest,
+        access: PwAccess,
+        tokens: Tokens,
+        trace: &mut Trace,
+    ) -> Result<Translation, V::Fail> {
+        // An atomic needs read permission as well as write; a translation request only asks
+        // what the page allows.
+        let needs_read = req.access == AccessKind::Atomic && req.at == AddressType::Untranslated;
+        let input = tag_input(&w.cfg, req.addr);
+        let itag = Tag::translation(w.did, w.pasid_tag, input >> 12, 0);
+        if let Some(hit) = self.iotlb_hit(v, w, req, access, needs_read, &itag, trace) {
+            return hit;
+        }
+        let stage = tag_stage(w);
+        let start = self.psc_start(w, stage, input, trace);
+        let keep = pw_stage(w.stage);
+        let (res, above) = match w.nested {
+            None => {
+                trace.walk_start(WalkKind::OneD(w.stage), start.level);
+                let mut obs = Obs::new(trace, keep);
+                let res = pagewalk::walk_from(&w.cfg, self.mem, start, req.addr, access, &mut obs)
+                    .map(|t| (t.output, t.page_shift, t.perms));
+                obs.trace.walk_end(res.is_err());
+                self.psc_fill(w, stage, &mut obs, tokens);
+                (res, obs.perms_above(start.perms))
+            }
+            Some((ss, ssptr)) => {
+                let second = SecondStage::Tables {
+                    config: ss,
+                    root: ssptr,
+                };
+                trace.walk_start(WalkKind::Nested, start.level);
+                let mut obs = Obs::new(trace, pagewalk::Stage::First);
+                let res =
+                    walk_nested_from(&w.cfg, start, &second, self.mem, req.addr, access, &mut obs)
+                        .map(|t| (t.output, t.page_shift, t.perms));
+                obs.trace.walk_end(res.is_err());
+                self.psc_fill(w, stage, &mut obs, tokens);
+                (res, obs.perms_above(start.perms))
+            }
+        };
+        let (output, shift, perms) = match res {
+            Ok(t) => t,
+            Err(f) if w.nested.is_some() && f.stage == pagewalk::Stage::Second => {
+                return Err(v.nested_fault(w, access, &f));
+            }
+            Err(f) => return Err(v.walk_fault(w, access, above, &f)),
+        };
+        if needs_read && !perms.read() {
+            return Err(v.read_denied(w));
+        }
+        let page = (input >> shift) << (shift - 12);
+        // A write has set the leaf's dirty flag; a read leaves it as it was, so a later write
+        // must walk again unless the stage tracks nothing.
+        let dirty_ok = access.is_write() || (w.nested.is_none() && !v.ad_tracked(&w.cfg));
+        self.iotlb.insert(
+            tokens.iotlb,
+            &Tag::translation(w.did, w.pasid_tag, page, shift - 12),
+            &iotlb::Translation {
+                output: output & !((1u64 << shift) - 1),
+                page_shift: shift,
+                perms: iotlb::Perms::from_bits(perms.bits()),
+                flags: if dirty_ok { FLAG_DIRTY_OK } else { 0 },
+            },
+            trace,
+        );
+        self.output(v, w, req, output, shift, perms)
+    }
+
+    /// The IOTLB's answer for `req`, when it holds an entry for `itag` that allows the access.
+    /// A cached entry that does not allow it (or whose dirty flag still has to be set) is not
+    /// trusted: `None` sends the caller to the walk, which decides.
+    #[allow(clippy::too_many_arguments)]
+    fn iotlb_hit<V: Vendor>(
+        &self,
+        v: &V,
+        w: &Walk<V::Ctx>,
+        req: &DmaRequest,
+        access: PwAccess,
+        needs_read: bool,
+        itag: &Tag,
+        trace: &mut Trace,
+    ) -> Option<Result<Translation, V::Fail>> {
+        let c = self.iotlb.lookup(itag, trace)?;
+        let perms = pagewalk::Perms::from_bits(c.perms.bits());
+        let usable = w.cfg.permits(perms, access)
+            && (!needs_read || perms.read())
+            && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0);
+        usable.then(|| {
+            let mask = (1u64 << c.page_shift.min(63)) - 1;
+            self.output(v, w, req, c.output | (req.addr & mask), c.page_shift, perms)
+        })
+    }
+
+    /// Where a walk of `w`'s first (or only) stage for `input` starts: the deepest
+    /// paging-structure-cache hit, or the root.
+    fn psc_start<X>(
+        &self,
+        w: &Walk<X>,
+        stage: iotlb::Stage,
+        input: u64,
+        trace: &mut Trace,
+    ) -> WalkStart {
+        let levels = w.cfg.levels();
+        for level in 2..=levels {
+            let shift = level_shift(level);
+            let page = (input >> shift) << (shift - 12);
+            let tag = Tag::paging_structure(w.did, w.pasid_tag, stage, level, page, shift - 12);
+            let Some(cache) = self.psc.level(level) else {
+                break;
+            };
+            if let Some(e) = cache.lookup(&tag, trace) {
+                if e.next_level >= 1 && e.next_level < level {
+                    return WalkStart {
+                        level: e.next_level,
+                        table: e.next_table,
+                        perms: pagewalk::Perms::from_bits(e.perms),
+                    };
+                }
+                break;
+            }
+        }
+        w.cfg.root_start(w.root)
+    }
+
+    /// Caches the non-leaf entries of `w`'s first (or only) stage the walk went through.
+    fn psc_fill<X>(&self, w: &Walk<X>, stage: iotlb::Stage, obs: &mut Obs<'_>, tokens: Tokens) {
+        let own = obs.keep;
+        let Obs {
+            trace, visits, n, ..
+        } = obs;
+        for t in visits[..*n].iter().filter(|t| t.stage == own) {
+            let shift = level_shift(t.level);
+            let page = (tag_input(&w.cfg, t.prefix) >> shift) << (shift - 12);
+            let tag = Tag::paging_structure(w.did, w.pasid_tag, stage, t.level, page, shift - 12);
+            let (Some(cache), Some(token)) = (
+                self.psc.level(t.level),
+                tokens.psc.get(usize::from(t.level).wrapping_sub(2)),
+            ) else {
+                continue;
+            };
+            cache.insert(
+                *token,
+                &tag,
+                &PscEntry {
+                    next_table: t.next_table,
+                    next_level: t.next_level,
+                    perms: t.perms.bits(),
+                },
+                trace,
+            );
+        }
+    }
+
+    /// The translation of `req` to `addr` in a page of 2^`shift` bytes, after the vendor's
+    /// output check.
+    fn output<V: Vendor>(
+        &self,
+        v: &V,
+        w: &Walk<V::Ctx>,
+        req: &DmaRequest,
+        addr: u64,
+        shift: u8,
+        perms: pagewalk::Perms,
+    ) -> Result<Translation, V::Fail> {
+        let len = covered_len(req.addr, req.len, shift);
+        v.check_output(w, req, addr, len)?;
+        Ok(Translation {
+            addr,
+            len,
+            page_shift: shift,
+            perms: Perms {
+                read: perms.read(),
+                write: perms.write(),
+                execute: perms.execute(),
+            },
+            domain_id: w.did,
+            identity: false,
+        })
+    }
+}
