@@ -1,11 +1,22 @@
-//! IOMMU hardware models (Intel VT-d, AMD-Vi), the group and domain core, and the timing model.
+//! IOMMU hardware units (Intel VT-d today), the drivers that program them, and the domain core
+//! above the drivers.
 //!
-//! Vendor-neutral pieces shared by the hardware models:
+//! - [`vtd`]: the VT-d unit, programmed only through its registers and memory;
+//! - [`driver`]: the [`Driver`] trait, the VT-d driver, the soft double, and the plumbing every
+//!   driver shares (private memory, domain ids, command queues);
+//! - [`core`]: domains, endpoints and mappings with virtio-iommu's semantics, over a driver;
+//! - [`pci`]: PCI addresses.
+//!
+//! Vendor-neutral pieces shared by the hardware units:
 //! - [`request`]: the DMA request, translation and fault types;
-//! - [`trace`]: the fixed-capacity event trace a translation returns;
+//! - [`trace`]: the bounded, typed event trace a translation returns;
 //! - [`cache`]: cache wiring (traced lookups, generation tokens, geometry);
-//! - [`unit`]: the trait every hardware unit implements;
+//! - [`unit`](mod@unit): the trait every hardware unit implements;
 //! - [`xlate`]: the translation engine the units share (caches, walks, fills).
+//!
+//! An embedder needs what the crate root re-exports: build a unit and its driver
+//! ([`VtdDriver::with_unit`], or [`SoftDriver::new`]), put a [`Core`] over the driver, and send
+//! [`DmaRequest`]s through [`Core::translate`] (or straight to a [`Unit`]).
 
 #![forbid(unsafe_code)]
 
