@@ -315,8 +315,10 @@ impl<M: PhysMem> Vtd<M> {
     /// writing structures through `mem`, reporting interrupts to `sink`.
     pub fn new(mem: M, cfg: VtdConfig, sink: EventSink) -> Result<Self, ConfigError> {
         cfg.validate()?;
-        let caches = VtdCaches::new(&cfg)
-            .map_err(|_| ConfigError::Invalid("cache geometry refused by the cache"))?;
+        let caches = VtdCaches::new(&cfg).map_err(|e| ConfigError::CacheGeometry {
+            entries: e.entries,
+            ways: e.ways,
+        })?;
         Ok(Self {
             mem,
             cap: cfg.cap(),
@@ -710,12 +712,13 @@ impl<M: PhysMem> Vtd<M> {
         (self.active.load(Ordering::Acquire) >> RTADDR_TTM_SHIFT) & 3 == TTM_SCALABLE
     }
 
-    fn iq_error(&self, r: &mut RegFile, iqei: u64, out: &mut Vec<VtdEvent>) {
+    fn iq_error(&self, r: &mut RegFile, iqei: qi::Iqei, out: &mut Vec<VtdEvent>) {
         log::warn!(
-            "vtd: invalidation queue error, IQEI {iqei} at IQH {:#x}",
+            "vtd: invalidation queue error {iqei:?} (IQEI {}) at IQH {:#x}",
+            iqei.code(),
             r.iqh
         );
-        r.iqercd = (r.iqercd & !0xf) | iqei;
+        r.iqercd = (r.iqercd & !0xf) | iqei.code();
         r.set_fsts(FSTS_IQE, out);
     }
 
@@ -730,10 +733,10 @@ impl<M: PhysMem> Vtd<M> {
         let qbytes = 1u64 << (12 + (r.iqa & IQA_QS_MASK));
         let base = r.iqa & IQA_BASE_MASK;
         if r.iqt >= qbytes {
-            return self.iq_error(r, IQEI_TAIL_BEYOND_QUEUE, out);
+            return self.iq_error(r, qi::Iqei::TailBeyondQueue, out);
         }
         if wide && r.iqt & 0x10 != 0 {
-            return self.iq_error(r, IQEI_TAIL_MISALIGNED, out);
+            return self.iq_error(r, qi::Iqei::TailMisaligned, out);
         }
         let ctx = DecodeCtx {
             scalable: self.scalable_active(),
@@ -757,7 +760,7 @@ impl<M: PhysMem> Vtd<M> {
                     Ok(v) => *q = v,
                     Err(e) => {
                         log::warn!("vtd: fetching invalidation descriptor at {at:#x}: {e}");
-                        return self.iq_error(r, IQEI_FETCH_ERROR, out);
+                        return self.iq_error(r, qi::Iqei::FetchError, out);
                     }
                 }
             }

@@ -4,8 +4,44 @@
 //! two-qword descriptors; a 256-bit queue (IQA.DW = 1) four-qword ones, whose upper 128 bits are
 //! reserved for all the descriptor types modelled here.
 
-use super::regs::{IQEI_INVALID_TTM, IQEI_INVALID_TYPE, IQEI_RESERVED};
+use super::regs::{
+    IQEI_FETCH_ERROR, IQEI_INVALID_TTM, IQEI_INVALID_TYPE, IQEI_RESERVED, IQEI_TAIL_BEYOND_QUEUE,
+    IQEI_TAIL_MISALIGNED,
+};
 use super::structs::bits;
+
+/// Why the unit stopped processing the invalidation queue: the IQEI it reports in IQERCD_REG
+/// (§10.4.30; see the codes in [`super::regs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Iqei {
+    /// The tail register points beyond the queue.
+    TailBeyondQueue,
+    /// A descriptor could not be fetched from memory.
+    FetchError,
+    /// An invalid (or unsupported) descriptor type.
+    InvalidType,
+    /// A reserved field of a descriptor is set.
+    Reserved,
+    /// IQT is not 256-bit aligned in a queue of 256-bit descriptors.
+    TailMisaligned,
+    /// The descriptor type is invalid for the root table's translation mode.
+    InvalidTtm,
+}
+
+impl Iqei {
+    /// The IQERCD_REG.IQEI encoding.
+    pub fn code(self) -> u64 {
+        match self {
+            Iqei::TailBeyondQueue => IQEI_TAIL_BEYOND_QUEUE,
+            Iqei::FetchError => IQEI_FETCH_ERROR,
+            Iqei::InvalidType => IQEI_INVALID_TYPE,
+            Iqei::Reserved => IQEI_RESERVED,
+            Iqei::TailMisaligned => IQEI_TAIL_MISALIGNED,
+            Iqei::InvalidTtm => IQEI_INVALID_TTM,
+        }
+    }
+}
 
 /// Descriptor type encodings (§6.5.2).
 pub const TYPE_CONTEXT_CACHE: u64 = 1;
@@ -254,16 +290,15 @@ pub struct DecodeCtx {
     pub pasid: bool,
 }
 
-/// Decodes the descriptor in `qw` (two or four qwords). On error returns the IQEI value
-/// (IQERCD_REG.IQEI, §10.4.30) to report.
-pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
+/// Decodes the descriptor in `qw` (two or four qwords). On error returns why the queue stops.
+pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, Iqei> {
     let q0 = qw.first().copied().unwrap_or(0);
     let q1 = qw.get(1).copied().unwrap_or(0);
     if qw.iter().skip(2).any(|&q| q != 0) {
-        return Err(IQEI_RESERVED);
+        return Err(Iqei::Reserved);
     }
     let ty = bits(q0, 3, 0) | (bits(q0, 11, 9) << 4);
-    let reserved = |cond: bool| if cond { Err(IQEI_RESERVED) } else { Ok(()) };
+    let reserved = |cond: bool| if cond { Err(Iqei::Reserved) } else { Ok(()) };
     match ty {
         TYPE_CONTEXT_CACHE => {
             reserved(bits(q0, 8, 6) != 0 || bits(q0, 15, 12) != 0 || q0 >> 50 != 0 || q1 != 0)?;
@@ -276,7 +311,7 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
                     sid: bits(q0, 47, 32) as u16,
                     fm: bits(q0, 49, 48) as u8,
                 },
-                _ => return Err(IQEI_RESERVED),
+                _ => return Err(Iqei::Reserved),
             };
             Ok(Descriptor::ContextCache(g))
         }
@@ -293,7 +328,7 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
                     am: bits(q1, 5, 0) as u8,
                     ih: q1 & (1 << 6) != 0,
                 },
-                _ => return Err(IQEI_RESERVED),
+                _ => return Err(Iqei::Reserved),
             };
             Ok(Descriptor::Iotlb(g))
         }
@@ -317,7 +352,7 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
         }
         TYPE_PASID_IOTLB | TYPE_PASID_CACHE | TYPE_PASID_DEVICE_TLB if ctx.pasid => {
             if !ctx.scalable {
-                return Err(IQEI_INVALID_TTM);
+                return Err(Iqei::InvalidTtm);
             }
             let did = bits(q0, 31, 16) as u16;
             let pasid = bits(q0, 51, 32) as u32;
@@ -332,7 +367,7 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
                             am: bits(q1, 5, 0) as u8,
                             ih: q1 & (1 << 6) != 0,
                         },
-                        _ => return Err(IQEI_RESERVED),
+                        _ => return Err(Iqei::Reserved),
                     };
                     Ok(Descriptor::PasidIotlb {
                         did,
@@ -348,7 +383,7 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
                         0 => PasidCacheGranularity::Domain,
                         1 => PasidCacheGranularity::Pasid,
                         3 => PasidCacheGranularity::Global,
-                        _ => return Err(IQEI_RESERVED),
+                        _ => return Err(Iqei::Reserved),
                     };
                     Ok(Descriptor::PasidCache {
                         did,
@@ -358,7 +393,7 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
                 }
                 _ => {
                     if !ctx.device_tlb {
-                        return Err(IQEI_INVALID_TYPE);
+                        return Err(Iqei::InvalidType);
                     }
                     reserved(bits(q1, 10, 1) != 0)?;
                     Ok(Descriptor::PasidDeviceTlb {
@@ -369,14 +404,29 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, u64> {
         }
         // Interrupt-entry-cache invalidation needs interrupt remapping (ECAP.IR = 0 here);
         // device-TLB descriptors need ECAP.DT; other encodings are undefined.
-        _ => Err(IQEI_INVALID_TYPE),
+        _ => Err(Iqei::InvalidType),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vtd::regs::IQEI_INVALID_TYPE;
+
+    #[test]
+    fn iqei_codes_follow_the_register_datasheets() {
+        // IQERCD_REG.IQEI (§10.4.30), hand-written.
+        let want = [
+            (Iqei::TailBeyondQueue, 1),
+            (Iqei::FetchError, 2),
+            (Iqei::InvalidType, 3),
+            (Iqei::Reserved, 4),
+            (Iqei::TailMisaligned, 6),
+            (Iqei::InvalidTtm, 7),
+        ];
+        for (e, code) in want {
+            assert_eq!(e.code(), code, "{e:?}");
+        }
+    }
 
     const SM: DecodeCtx = DecodeCtx {
         scalable: true,
@@ -525,10 +575,10 @@ mod tests {
                 fm: 2
             }))
         );
-        assert_eq!(decode(&[0x01, 0], LEGACY), Err(IQEI_RESERVED)); // G = 00b
-        assert_eq!(decode(&[0x11 | (1 << 50), 0], LEGACY), Err(IQEI_RESERVED));
-        assert_eq!(decode(&[0x11, 1], LEGACY), Err(IQEI_RESERVED));
-        assert_eq!(decode(&[0x11, 0, 0, 1], LEGACY), Err(IQEI_RESERVED));
+        assert_eq!(decode(&[0x01, 0], LEGACY), Err(Iqei::Reserved)); // G = 00b
+        assert_eq!(decode(&[0x11 | (1 << 50), 0], LEGACY), Err(Iqei::Reserved));
+        assert_eq!(decode(&[0x11, 1], LEGACY), Err(Iqei::Reserved));
+        assert_eq!(decode(&[0x11, 0, 0, 1], LEGACY), Err(Iqei::Reserved));
         assert!(decode(&[0x11, 0, 0, 0], LEGACY).is_ok());
     }
 
@@ -553,8 +603,8 @@ mod tests {
                 ih: true
             }))
         );
-        assert_eq!(decode(&[0x32, 0x80], LEGACY), Err(IQEI_RESERVED));
-        assert_eq!(decode(&[0x12 | (1 << 32), 0], LEGACY), Err(IQEI_RESERVED));
+        assert_eq!(decode(&[0x32, 0x80], LEGACY), Err(Iqei::Reserved));
+        assert_eq!(decode(&[0x12 | (1 << 32), 0], LEGACY), Err(Iqei::Reserved));
     }
 
     #[test]
@@ -570,8 +620,8 @@ mod tests {
                 addr: 0x1234_5678
             })
         );
-        assert_eq!(decode(&[q0, 0x1234_5679], LEGACY), Err(IQEI_RESERVED));
-        assert_eq!(decode(&[q0 | (1 << 7), 0], LEGACY), Err(IQEI_RESERVED));
+        assert_eq!(decode(&[q0, 0x1234_5679], LEGACY), Err(Iqei::Reserved));
+        assert_eq!(decode(&[q0 | (1 << 7), 0], LEGACY), Err(Iqei::Reserved));
     }
 
     #[test]
@@ -589,8 +639,8 @@ mod tests {
                 }
             })
         );
-        assert_eq!(decode(&[piotlb, 0], LEGACY), Err(IQEI_INVALID_TTM));
-        assert_eq!(decode(&[0x06, 0], SM), Err(IQEI_RESERVED));
+        assert_eq!(decode(&[piotlb, 0], LEGACY), Err(Iqei::InvalidTtm));
+        assert_eq!(decode(&[0x06, 0], SM), Err(Iqei::Reserved));
         let pc = 0x17 | (5 << 16) | (0x42 << 32);
         assert_eq!(
             decode(&[pc, 0], SM),
@@ -600,11 +650,11 @@ mod tests {
                 granularity: PasidCacheGranularity::Pasid
             })
         );
-        assert_eq!(decode(&[0x27, 0], SM), Err(IQEI_RESERVED));
+        assert_eq!(decode(&[0x27, 0], SM), Err(Iqei::Reserved));
         // Type 4 (interrupt entry cache) and unknown types are invalid.
-        assert_eq!(decode(&[0x04, 0], SM), Err(IQEI_INVALID_TYPE));
-        assert_eq!(decode(&[0x0f, 0], SM), Err(IQEI_INVALID_TYPE));
-        assert_eq!(decode(&[1 << 9, 0], SM), Err(IQEI_INVALID_TYPE)); // type 0x10
+        assert_eq!(decode(&[0x04, 0], SM), Err(Iqei::InvalidType));
+        assert_eq!(decode(&[0x0f, 0], SM), Err(Iqei::InvalidType));
+        assert_eq!(decode(&[1 << 9, 0], SM), Err(Iqei::InvalidType)); // type 0x10
         // Device-TLB descriptors need ECAP.DT.
         let no_dt = DecodeCtx {
             device_tlb: false,
@@ -612,7 +662,7 @@ mod tests {
         };
         assert_eq!(
             decode(&[0x3 | (0x10 << 32), 0], no_dt),
-            Err(IQEI_INVALID_TYPE)
+            Err(Iqei::InvalidType)
         );
         assert_eq!(
             decode(&[0x3 | (0x10 << 32), 0], SM),

@@ -354,66 +354,111 @@ impl Default for VtdConfig {
     }
 }
 
-/// Why a [`VtdConfig`] was refused.
+/// Why a [`VtdConfig`] was refused: one variant per check, each naming the value refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
-    /// A field is outside what the register layout can encode.
-    #[error("invalid VT-d configuration: {0}")]
-    Invalid(&'static str),
+    /// CAP.SAGAW (§10.4.2) offers 3-, 4- and 5-level tables in bits 1..=3 only.
+    #[error("SAGAW {0:#x} must be a non-empty subset of bits 1..=3")]
+    Sagaw(u8),
+    /// CAP.MGAW: 39 to 57 bits.
+    #[error("MGAW {0} must be 39..=57")]
+    Mgaw(u8),
+    /// The host address width (the DMAR table's HAW).
+    #[error("HAW {0} must be 32..=52")]
+    Haw(u8),
+    /// CAP.NFR encodes 1 to 256 fault recording registers.
+    #[error("NFR {0} must be 1..=256")]
+    Nfr(u16),
+    /// CAP.FRO: a 16-byte-aligned offset, past the architectural registers, in 10 bits.
+    #[error("FRO {0:#x} must be a multiple of 16, at least 0x100, encodable in 10 bits")]
+    Fro(u16),
+    /// ECAP.IRO: a 16-byte-aligned offset outside the architectural registers, in 10 bits.
+    #[error("IRO {0:#x} must be a multiple of 16 outside the architectural registers")]
+    Iro(u16),
+    /// The IOTLB registers and the fault recording registers overlap.
+    #[error("the IOTLB registers at {iro:#x} overlap the fault recording registers at {fro:#x}")]
+    IroOverlapsFro {
+        /// The IOTLB registers' offset.
+        iro: u16,
+        /// The fault recording registers' offset.
+        fro: u16,
+    },
+    /// CAP.MAMV is a 6-bit field.
+    #[error("MAMV {0} must fit 6 bits")]
+    Mamv(u8),
+    /// ECAP.PSS: 1 to 20 PASID bits.
+    #[error("PASID width {0} must be 1..=20")]
+    PasidBits(u8),
+    /// ECAP.NEST needs ECAP.FSTS and ECAP.SSTS.
+    #[error("nested translation needs first- and second-stage support")]
+    NestedWithoutStages,
+    /// A cache's size must be a non-zero multiple of its associativity.
+    #[error("a cache of {entries} entries cannot be {ways}-way set-associative")]
+    CacheGeometry {
+        /// Entries asked for.
+        entries: usize,
+        /// Associativity asked for.
+        ways: usize,
+    },
 }
 
 impl VtdConfig {
     /// Checks that every field can be encoded and that the register blocks do not overlap.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m| Err(ConfigError::Invalid(m));
         if self.sagaw & !0b1110 != 0 || self.sagaw == 0 {
-            return bad("SAGAW must be a non-empty subset of bits 1..=3");
+            return Err(ConfigError::Sagaw(self.sagaw));
         }
         if !(39..=57).contains(&self.mgaw) {
-            return bad("MGAW must be 39..=57");
+            return Err(ConfigError::Mgaw(self.mgaw));
         }
         if !(32..=52).contains(&self.haw) {
-            return bad("HAW must be 32..=52");
+            return Err(ConfigError::Haw(self.haw));
         }
         if self.nfr == 0 || self.nfr > 256 {
-            return bad("NFR must be 1..=256");
+            return Err(ConfigError::Nfr(self.nfr));
         }
         if !self.fro.is_multiple_of(16) || self.fro < 0x100 || u32::from(self.fro) / 16 > 0x3ff {
-            return bad("FRO must be a multiple of 16, at least 0x100, encodable in 10 bits");
+            return Err(ConfigError::Fro(self.fro));
         }
         if !self.iro.is_multiple_of(16)
             || self.iro < 0x100 && self.iro != 0xf0
             || self.iro / 16 > 0x3ff
         {
-            return bad("IRO must be a multiple of 16 outside the architectural registers");
+            return Err(ConfigError::Iro(self.iro));
         }
         let fr_end = u32::from(self.fro) + u32::from(self.nfr) * 16;
         let iro = u32::from(self.iro);
         if iro + 16 > u32::from(self.fro) && iro < fr_end {
-            return bad("IOTLB registers overlap the fault recording registers");
+            return Err(ConfigError::IroOverlapsFro {
+                iro: self.iro,
+                fro: self.fro,
+            });
         }
-        if fr_end > 0x10000 {
-            return bad("fault recording registers extend past 64 KiB");
-        }
+        // FRO fits 10 bits of 16-byte units and NFR 256 registers: the fault recording
+        // registers end below 0x5000, inside the 64 KiB register file.
         if let Some(m) = self.mamv
             && m > 63
         {
-            return bad("MAMV must fit 6 bits");
+            return Err(ConfigError::Mamv(m));
         }
         if !(1..=20).contains(&self.pasid_bits) {
-            return bad("PASID width must be 1..=20");
+            return Err(ConfigError::PasidBits(self.pasid_bits));
         }
         if self.nested && !(self.first_stage && self.second_stage) {
-            return bad("nested translation needs first- and second-stage support");
+            return Err(ConfigError::NestedWithoutStages);
         }
-        for n in [
+        for entries in [
             self.context_cache_entries,
             self.pasid_cache_entries,
             self.iotlb_entries,
             self.pwc_entries,
         ] {
-            if n == 0 || self.ways == 0 || n % self.ways != 0 {
-                return bad("cache sizes must be non-zero multiples of the associativity");
+            if entries == 0 || self.ways == 0 || entries % self.ways != 0 {
+                return Err(ConfigError::CacheGeometry {
+                    entries,
+                    ways: self.ways,
+                });
             }
         }
         Ok(())
@@ -587,5 +632,93 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn each_check_names_what_it_refused() {
+        let ok = VtdConfig::default();
+        let cases = [
+            (
+                VtdConfig {
+                    sagaw: 0b10001,
+                    ..ok.clone()
+                },
+                ConfigError::Sagaw(0b10001),
+            ),
+            (
+                VtdConfig {
+                    mgaw: 64,
+                    ..ok.clone()
+                },
+                ConfigError::Mgaw(64),
+            ),
+            (
+                VtdConfig {
+                    haw: 60,
+                    ..ok.clone()
+                },
+                ConfigError::Haw(60),
+            ),
+            (
+                VtdConfig {
+                    nfr: 0,
+                    ..ok.clone()
+                },
+                ConfigError::Nfr(0),
+            ),
+            (
+                VtdConfig {
+                    fro: 0x228,
+                    ..ok.clone()
+                },
+                ConfigError::Fro(0x228),
+            ),
+            (
+                VtdConfig {
+                    iro: 0x228,
+                    ..ok.clone()
+                },
+                ConfigError::Iro(0x228),
+            ),
+            (
+                VtdConfig {
+                    mamv: Some(64),
+                    ..ok.clone()
+                },
+                ConfigError::Mamv(64),
+            ),
+            (
+                VtdConfig {
+                    pasid_bits: 21,
+                    ..ok.clone()
+                },
+                ConfigError::PasidBits(21),
+            ),
+            (
+                VtdConfig {
+                    second_stage: false,
+                    ..ok.clone()
+                },
+                ConfigError::NestedWithoutStages,
+            ),
+            (
+                VtdConfig {
+                    iotlb_entries: 1001,
+                    ..ok.clone()
+                },
+                ConfigError::CacheGeometry {
+                    entries: 1001,
+                    ways: ok.ways,
+                },
+            ),
+        ];
+        for (cfg, want) in cases {
+            assert_eq!(cfg.validate(), Err(want), "{cfg:?}");
+        }
+        let iro = ok.fro;
+        assert_eq!(
+            VtdConfig { iro, ..ok.clone() }.validate(),
+            Err(ConfigError::IroOverlapsFro { iro, fro: ok.fro })
+        );
     }
 }
