@@ -31,7 +31,7 @@ fn translation(page: u64) -> Translation {
     Translation {
         output: (page + 0x10_0000) << 12,
         page_shift: 12,
-        perms: Perms::READ | Perms::WRITE,
+        perms: Perms::R | Perms::W,
         flags: 0,
     }
 }

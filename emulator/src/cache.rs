@@ -200,7 +200,7 @@ mod tests {
         let t = Translation {
             output: 0x5000,
             page_shift: 12,
-            perms: Perms::READ,
+            perms: Perms::R,
             flags: 0,
         };
         let tok = c.token();

@@ -31,6 +31,13 @@ impl AccessKind {
     pub fn executes(self) -> bool {
         matches!(self, AccessKind::Execute)
     }
+
+    /// Whether `perms` grant this access (user privilege is the walk's business).
+    pub fn allowed_by(self, perms: Perms) -> bool {
+        (!self.reads() || perms.read())
+            && (!self.writes() || perms.write())
+            && (!self.executes() || perms.execute())
+    }
 }
 
 /// The PCIe address type (AT) of a request.
@@ -99,38 +106,14 @@ impl DmaRequest {
     }
 }
 
-/// Access rights granted by a translation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Perms {
-    /// Reads allowed.
-    pub read: bool,
-    /// Writes allowed.
-    pub write: bool,
-    /// Instruction fetches allowed.
-    pub execute: bool,
-}
-
-impl Perms {
-    /// Read, write and execute.
-    pub const ALL: Perms = Perms {
-        read: true,
-        write: true,
-        execute: true,
-    };
-
-    /// Whether these rights allow `access`.
-    pub fn allows(self, access: AccessKind) -> bool {
-        (!access.reads() || self.read)
-            && (!access.writes() || self.write)
-            && (!access.executes() || self.execute)
-    }
-}
+/// Access rights granted by a translation: the walkers' permission set (R, W, X and U).
+pub use pagewalk::Perms;
 
 /// A successful translation of (the first page of) a request.
 ///
 /// For an identity translation (translation disabled, pass-through) `page_shift` is 12 and `len`
 /// covers the whole request. An ATS translation request that finds no page, or a page that
-/// grants nothing, gets the hardware's R = W = 0 completion: all `perms` false and `addr` 0.
+/// grants nothing, gets the hardware's R = W = 0 completion: empty `perms` and `addr` 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Translation {
     /// The output (system physical) address of the request's first byte.
@@ -220,25 +203,16 @@ mod tests {
 
     #[test]
     fn access_kinds_need_the_right_permissions() {
-        let ro = Perms {
-            read: true,
-            write: false,
-            execute: false,
-        };
-        let wo = Perms {
-            read: false,
-            write: true,
-            execute: false,
-        };
-        assert!(ro.allows(AccessKind::Read));
-        assert!(!ro.allows(AccessKind::Write));
-        assert!(!ro.allows(AccessKind::Atomic));
-        assert!(!ro.allows(AccessKind::Execute));
-        assert!(wo.allows(AccessKind::Write));
-        assert!(!wo.allows(AccessKind::Read));
-        assert!(!wo.allows(AccessKind::Atomic));
-        assert!(Perms::ALL.allows(AccessKind::Execute));
-        assert!(Perms::ALL.allows(AccessKind::Atomic));
+        let (ro, wo) = (Perms::R, Perms::W);
+        assert!(AccessKind::Read.allowed_by(ro));
+        assert!(!AccessKind::Write.allowed_by(ro));
+        assert!(!AccessKind::Atomic.allowed_by(ro));
+        assert!(!AccessKind::Execute.allowed_by(ro));
+        assert!(AccessKind::Write.allowed_by(wo));
+        assert!(!AccessKind::Read.allowed_by(wo));
+        assert!(!AccessKind::Atomic.allowed_by(wo));
+        assert!(AccessKind::Execute.allowed_by(Perms::ALL));
+        assert!(AccessKind::Atomic.allowed_by(Perms::ALL));
     }
 
     #[test]

@@ -11,14 +11,9 @@
 //! [`Trace::overflowed`], so an under-count is visible, never silent. A trace made with
 //! [`Trace::off`] records nothing and costs nothing: the untraced DMA fast path uses one.
 
-/// Which translation stage a paging-structure access or cache belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Stage {
-    /// First stage (VT-d first-stage / AMD-Vi v2 guest tables).
-    First,
-    /// Second stage (VT-d second-stage / AMD-Vi v1 host tables).
-    Second,
-}
+/// Which translation stage a paging-structure access or cache belongs to: the walkers' own
+/// (VT-d first-stage / AMD-Vi v2 guest tables; VT-d second-stage / AMD-Vi v1 host tables).
+pub use pagewalk::Stage;
 
 /// The caches a hardware model can consult.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

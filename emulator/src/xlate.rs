@@ -26,7 +26,7 @@ use pagewalk::{
 };
 
 use crate::cache::{FLAG_DIRTY_OK, PSC_MAX_LEVEL, PagingStructureCaches, PscEntry, TracedCache};
-use crate::request::{AccessKind, AddressType, DmaRequest, Perms, Translation};
+use crate::request::{AccessKind, AddressType, DmaRequest, Translation};
 use crate::trace::{MemTarget, Stage, Trace, WalkKind};
 
 /// What a unit's structure lookup decided for one request: how to walk it and how to tag
@@ -128,34 +128,19 @@ pub fn covered_len(addr: u64, len: u64, shift: u8) -> u64 {
     len.max(1).min(to_end)
 }
 
-/// The trace's name for a walker stage.
-pub(crate) fn stage_of(s: pagewalk::Stage) -> Stage {
-    match s {
-        pagewalk::Stage::First => Stage::First,
-        pagewalk::Stage::Second => Stage::Second,
-    }
-}
-
-fn pw_stage(s: Stage) -> pagewalk::Stage {
-    match s {
-        Stage::First => pagewalk::Stage::First,
-        Stage::Second => pagewalk::Stage::Second,
-    }
-}
-
 /// Records the walker's memory references in the trace and keeps the non-leaf entries it
 /// visited for the paging-structure cache.
 struct Obs<'a> {
     trace: &'a mut Trace,
     /// The stage whose non-leaf entries are kept (a nested walk also visits second-stage
     /// entries, which are not cached).
-    keep: pagewalk::Stage,
+    keep: Stage,
     visits: [TableVisit; 8],
     n: usize,
 }
 
 impl<'a> Obs<'a> {
-    fn new(trace: &'a mut Trace, keep: pagewalk::Stage) -> Self {
+    fn new(trace: &'a mut Trace, keep: Stage) -> Self {
         Self {
             trace,
             keep,
@@ -178,7 +163,7 @@ impl<'a> Obs<'a> {
 impl WalkObserver for Obs<'_> {
     fn mem_ref(&mut self, r: MemRef) {
         let target = MemTarget::PageTable {
-            stage: stage_of(r.stage),
+            stage: r.stage,
             level: r.level,
         };
         match r.kind {
@@ -250,7 +235,7 @@ impl<M: PhysMem> Engine<'_, M> {
         }
         let stage = tag_stage(w);
         let start = self.psc_start(w, stage, input, trace);
-        let keep = pw_stage(w.stage);
+        let keep = w.stage;
         let (res, above) = match w.nested {
             None => {
                 trace.walk_start(WalkKind::OneD(w.stage), start.level);
@@ -267,7 +252,7 @@ impl<M: PhysMem> Engine<'_, M> {
                     root: ssptr,
                 };
                 trace.walk_start(WalkKind::Nested, start.level);
-                let mut obs = Obs::new(trace, pagewalk::Stage::First);
+                let mut obs = Obs::new(trace, Stage::First);
                 let res =
                     walk_nested_from(&w.cfg, start, &second, self.mem, req.addr, access, &mut obs)
                         .map(|t| (t.output, t.page_shift, t.perms));
@@ -278,7 +263,7 @@ impl<M: PhysMem> Engine<'_, M> {
         };
         let (output, shift, perms) = match res {
             Ok(t) => t,
-            Err(f) if w.nested.is_some() && f.stage == pagewalk::Stage::Second => {
+            Err(f) if w.nested.is_some() && f.stage == Stage::Second => {
                 return Err(v.nested_fault(w, access, &f));
             }
             Err(f) => return Err(v.walk_fault(w, access, above, &f)),
@@ -296,7 +281,7 @@ impl<M: PhysMem> Engine<'_, M> {
             &iotlb::Translation {
                 output: output & !((1u64 << shift) - 1),
                 page_shift: shift,
-                perms: iotlb::Perms::from_bits(perms.bits()),
+                perms,
                 flags: if dirty_ok { FLAG_DIRTY_OK } else { 0 },
             },
             trace,
@@ -319,7 +304,7 @@ impl<M: PhysMem> Engine<'_, M> {
         trace: &mut Trace,
     ) -> Option<Result<Translation, V::Fail>> {
         let c = self.iotlb.lookup(itag, trace)?;
-        let perms = pagewalk::Perms::from_bits(c.perms.bits());
+        let perms = c.perms;
         let usable = w.cfg.permits(perms, access)
             && (!needs_read || perms.read())
             && (!access.is_write() || c.flags & FLAG_DIRTY_OK != 0);
@@ -351,7 +336,7 @@ impl<M: PhysMem> Engine<'_, M> {
                     return WalkStart {
                         level: e.next_level,
                         table: e.next_table,
-                        perms: pagewalk::Perms::from_bits(e.perms),
+                        perms: pagewalk::Perms::from_bits_truncate(e.perms),
                     };
                 }
                 break;
@@ -406,11 +391,7 @@ impl<M: PhysMem> Engine<'_, M> {
             addr,
             len,
             page_shift: shift,
-            perms: Perms {
-                read: perms.read(),
-                write: perms.write(),
-                execute: perms.execute(),
-            },
+            perms,
             domain_id: w.did,
             identity: false,
         })

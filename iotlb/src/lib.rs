@@ -21,7 +21,7 @@
 //! let iotlb: Cache<Translation> = Cache::new(CacheConfig::new(64, 8)).unwrap();
 //! let tag = Tag::translation(1, None, 0x1234, 0);
 //! let token = iotlb.token(); // before the walk
-//! let t = Translation { output: 0x8000_0000, page_shift: 12, perms: Perms::READ, flags: 0 };
+//! let t = Translation { output: 0x8000_0000, page_shift: 12, perms: Perms::R, flags: 0 };
 //! assert!(iotlb.insert(token, &tag, &t).unwrap().is_stored());
 //! assert_eq!(iotlb.lookup(&tag), Some(t));
 //! iotlb.invalidate(&Invalidation::Domain(1)).unwrap();

@@ -6,7 +6,7 @@ fn tr(output: u64, page_shift: u8) -> Translation {
     Translation {
         output,
         page_shift,
-        perms: Perms::READ | Perms::WRITE,
+        perms: Perms::R | Perms::W,
         flags: 0,
     }
 }

@@ -42,53 +42,13 @@ impl<const N: usize> Value for [u64; N] {
     }
 }
 
-/// Access permissions of a cached translation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Perms(u8);
-
-impl Perms {
-    /// No access.
-    pub const NONE: Perms = Perms(0);
-    /// Read allowed.
-    pub const READ: Perms = Perms(1 << 0);
-    /// Write allowed.
-    pub const WRITE: Perms = Perms(1 << 1);
-    /// Instruction fetch allowed (first-stage XD clear / AMD-Vi v2 NX clear).
-    pub const EXECUTE: Perms = Perms(1 << 2);
-    /// User-mode access allowed (first-stage U/S set).
-    pub const USER: Perms = Perms(1 << 3);
-    /// Privileged (supervisor) access allowed.
-    pub const PRIVILEGED: Perms = Perms(1 << 4);
-
-    /// Builds permissions from their bit encoding (bits above 4 are dropped).
-    pub const fn from_bits(bits: u8) -> Perms {
-        Perms(bits & 0x1f)
-    }
-    /// The bit encoding.
-    pub const fn bits(self) -> u8 {
-        self.0
-    }
-    /// Whether every permission in `other` is present.
-    pub const fn contains(self, other: Perms) -> bool {
-        self.0 & other.0 == other.0
-    }
-    /// The union of two permission sets.
-    pub const fn union(self, other: Perms) -> Perms {
-        Perms(self.0 | other.0)
-    }
-}
-
-impl core::ops::BitOr for Perms {
-    type Output = Perms;
-    fn bitor(self, rhs: Perms) -> Perms {
-        self.union(rhs)
-    }
-}
+/// Access permissions of a cached translation: the walkers' permission set.
+pub use pagewalk::Perms;
 
 /// A cached leaf translation (an IOTLB entry's data).
 ///
-/// Encoded in two words: word 0 the output address; word 1 bits 7:0 the page shift, bits 12:8
-/// the permissions, bits 63:32 the flags.
+/// Encoded in two words: word 0 the output address; word 1 bits 7:0 the page shift, bits 11:8
+/// the permissions (R, W, X, U), bits 63:32 the flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Translation {
     /// Output (host physical or guest physical, per stage) base address of the page.
@@ -113,7 +73,7 @@ impl Value for Translation {
         Translation {
             output: words[0],
             page_shift: (words[1] & 0xff) as u8,
-            perms: Perms::from_bits(((words[1] >> 8) & 0x1f) as u8),
+            perms: Perms::from_bits_truncate(((words[1] >> 8) & 0xf) as u8),
             flags: (words[1] >> 32) as u32,
         }
     }
@@ -128,7 +88,7 @@ mod tests {
         let t = Translation {
             output: 0x1_2340_0000,
             page_shift: 21,
-            perms: Perms::READ | Perms::WRITE | Perms::USER,
+            perms: Perms::R | Perms::W | Perms::U,
             flags: 0xdead_beef,
         };
         let mut w = [0u64; 2];
@@ -153,9 +113,9 @@ mod tests {
 
     #[test]
     fn perms_contain() {
-        let rw = Perms::READ | Perms::WRITE;
-        assert!(rw.contains(Perms::READ));
-        assert!(!rw.contains(Perms::EXECUTE));
-        assert_eq!(Perms::from_bits(0xff).bits(), 0x1f);
+        let rw = Perms::R | Perms::W;
+        assert!(rw.contains(Perms::R));
+        assert!(!rw.contains(Perms::X));
+        assert_eq!(Perms::from_bits_truncate(0xff).bits(), 0xf);
     }
 }

@@ -414,7 +414,7 @@ impl TableBuilder {
                     p = if p.read() {
                         p | Perms::X
                     } else {
-                        p.without(Perms::X)
+                        p.difference(Perms::X)
                     };
                 }
                 Ok(p)
@@ -430,7 +430,7 @@ impl TableBuilder {
                 Ok(if p.read() {
                     p | Perms::X
                 } else {
-                    p.without(Perms::X)
+                    p.difference(Perms::X)
                 })
             }
         }
@@ -1042,13 +1042,13 @@ impl TableBuilder {
                 if level == 1 || (level <= 3 && e & SS_SUPERPAGE != 0) {
                     let mut p = Perms::U;
                     if e & SS_READ != 0 {
-                        p = p | Perms::R;
+                        p |= Perms::R;
                     }
                     if e & SS_WRITE != 0 {
-                        p = p | Perms::W;
+                        p |= Perms::W;
                     }
                     if (c.slee && e & SS_EXEC != 0) || (!c.slee && e & SS_READ != 0) {
-                        p = p | Perms::X;
+                        p |= Perms::X;
                     }
                     let m = (1u64 << own) - 1;
                     Ent::Leaf {
@@ -1069,13 +1069,13 @@ impl TableBuilder {
                 if level == 1 || (level <= 3 && e & X86_LARGE != 0) {
                     let mut p = Perms::R;
                     if e & X86_WRITABLE != 0 {
-                        p = p | Perms::W;
+                        p |= Perms::W;
                     }
                     if e & X86_USER != 0 {
-                        p = p | Perms::U;
+                        p |= Perms::U;
                     }
                     if !(c.nxe && e & X86_NX != 0) {
-                        p = p | Perms::X;
+                        p |= Perms::X;
                     }
                     let m = (1u64 << own) - 1;
                     Ent::Leaf {
@@ -1096,10 +1096,10 @@ impl TableBuilder {
                 let nl = (e >> V1_NL_SHIFT) & 7;
                 let mut p = Perms::U;
                 if e & V1_READ != 0 {
-                    p = p | Perms::R | Perms::X;
+                    p |= Perms::R | Perms::X;
                 }
                 if e & V1_WRITE != 0 {
-                    p = p | Perms::W;
+                    p |= Perms::W;
                 }
                 match nl {
                     0 => Ent::Leaf {

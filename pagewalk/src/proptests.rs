@@ -46,7 +46,7 @@ fn model_perms(cfg: &WalkConfig, p: Perms) -> Option<Perms> {
             }
             let mut q = Perms::U | (p & Perms::RW);
             if p.read() {
-                q = q | Perms::X;
+                q |= Perms::X;
             }
             Some(q)
         }
@@ -54,7 +54,7 @@ fn model_perms(cfg: &WalkConfig, p: Perms) -> Option<Perms> {
         WalkConfig::AmdV1(_) => {
             let mut q = Perms::U | (p & Perms::RW);
             if p.read() {
-                q = q | Perms::X;
+                q |= Perms::X;
             }
             Some(q)
         }
@@ -158,7 +158,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Map { n, big_align, m, pages, perms, policy } => {
-                    let perms = Perms::from_bits(perms);
+                    let perms = Perms::from_bits_truncate(perms);
                     let (policy, unit, len) = match policy {
                         0 => (PageSizePolicy::Fixed(12), 0x1000u64, (pages % 24 + 1) * 0x1000),
                         1 => (PageSizePolicy::Fixed(21), 0x20_0000, (pages % 3 + 1) * 0x20_0000),
@@ -315,7 +315,7 @@ proptest! {
                 let mut fs_alloc = BumpAllocator::new(fs_lo, fs_hi);
                 let mut fsb = TableBuilder::new(fs_cfg, &m, &mut fs_alloc).unwrap();
                 for &(n, gm, pages, p) in &fs_maps {
-                    let perms = Perms::from_bits(p) | Perms::R;
+                    let perms = Perms::from_bits_truncate(p) | Perms::R;
                     let _ = fsb.map(&m, &mut fs_alloc, n * 0x40_0000, gm * 0x20_0000, pages * 0x1000, perms, PageSizePolicy::LARGEST);
                 }
                 fsb.root()

@@ -90,82 +90,49 @@ impl Access {
     }
 }
 
-/// Effective permissions of a translation, accumulated over the levels walked.
-///
-/// `USER` is the x86 U/S meaning "user-mode accessible"; formats without a U/S bit (VT-d
-/// second-stage, AMD-Vi v1) leave it set so it never restricts.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Perms(u8);
+bitflags::bitflags! {
+    /// Effective permissions of a translation, accumulated over the levels walked: the one
+    /// permission set of the workspace (walkers accumulate it, caches store it, translations
+    /// report it).
+    ///
+    /// `U` is the x86 U/S meaning "user-mode accessible"; formats without a U/S bit (VT-d
+    /// second-stage, AMD-Vi v1) leave it set so it never restricts.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct Perms: u8 {
+        /// Read.
+        const R = 1;
+        /// Write.
+        const W = 2;
+        /// Execute.
+        const X = 4;
+        /// User-mode accessible.
+        const U = 8;
+        /// Read and write.
+        const RW = 3;
+        /// Everything: the starting point of a walk from the root.
+        const ALL = 15;
+    }
+}
 
 impl Perms {
     /// No permission.
-    pub const NONE: Perms = Perms(0);
-    /// Read.
-    pub const R: Perms = Perms(1);
-    /// Write.
-    pub const W: Perms = Perms(2);
-    /// Execute.
-    pub const X: Perms = Perms(4);
-    /// User-mode accessible.
-    pub const U: Perms = Perms(8);
-    /// Read and write.
-    pub const RW: Perms = Perms(3);
-    /// Everything: the starting point of a walk from the root.
-    pub const ALL: Perms = Perms(15);
+    pub const NONE: Perms = Perms::empty();
 
-    /// The raw bits (R=1, W=2, X=4, U=8).
-    pub const fn bits(self) -> u8 {
-        self.0
-    }
-    /// Permissions from raw bits; unknown bits are dropped.
-    pub const fn from_bits(bits: u8) -> Perms {
-        Perms(bits & 15)
-    }
-    /// Whether every permission in `other` is present.
-    pub const fn contains(self, other: Perms) -> bool {
-        self.0 & other.0 == other.0
-    }
-    /// Union.
-    pub const fn union(self, other: Perms) -> Perms {
-        Perms(self.0 | other.0)
-    }
-    /// Intersection.
-    pub const fn intersect(self, other: Perms) -> Perms {
-        Perms(self.0 & other.0)
-    }
-    /// `self` without `other`.
-    pub const fn without(self, other: Perms) -> Perms {
-        Perms(self.0 & !other.0)
-    }
     /// Read permission.
     pub const fn read(self) -> bool {
-        self.0 & 1 != 0
+        self.contains(Perms::R)
     }
     /// Write permission.
     pub const fn write(self) -> bool {
-        self.0 & 2 != 0
+        self.contains(Perms::W)
     }
     /// Execute permission.
     pub const fn execute(self) -> bool {
-        self.0 & 4 != 0
+        self.contains(Perms::X)
     }
     /// User-mode accessible.
     pub const fn user(self) -> bool {
-        self.0 & 8 != 0
-    }
-}
-
-impl core::ops::BitOr for Perms {
-    type Output = Perms;
-    fn bitor(self, rhs: Perms) -> Perms {
-        self.union(rhs)
-    }
-}
-
-impl core::ops::BitAnd for Perms {
-    type Output = Perms;
-    fn bitand(self, rhs: Perms) -> Perms {
-        self.intersect(rhs)
+        self.contains(Perms::U)
     }
 }
 
@@ -321,8 +288,11 @@ mod tests {
         assert!(p.contains(Perms::RW));
         assert!(!p.contains(Perms::X));
         assert_eq!(p & Perms::W, Perms::W);
-        assert_eq!(Perms::ALL.without(Perms::U), Perms::from_bits(7));
+        assert_eq!(
+            Perms::ALL.difference(Perms::U),
+            Perms::from_bits_truncate(7)
+        );
         assert_eq!(format!("{:?}", Perms::R | Perms::U), "Perms(r--u)");
-        assert_eq!(Perms::from_bits(0xff), Perms::ALL);
+        assert_eq!(Perms::from_bits_truncate(0xff), Perms::ALL);
     }
 }

@@ -216,7 +216,7 @@ pub(crate) fn walk_impl<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O
                     next_level,
                     perms: p,
                 } => {
-                    perms = perms & p;
+                    perms &= p;
                     obs.table(TableVisit {
                         stage,
                         level,

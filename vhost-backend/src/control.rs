@@ -260,12 +260,12 @@ pub fn handle_line(device: &IommuDevice, line: &str) -> Value {
                 Ok(t) => {
                     let perm = format!(
                         "{}{}",
-                        if t.perms.read { "r" } else { "-" },
-                        if t.perms.write { "w" } else { "-" }
+                        if t.perms.read() { "r" } else { "-" },
+                        if t.perms.write() { "w" } else { "-" }
                     );
                     (
                         json!({"phys": t.addr, "len": t.len, "perm": perm,
-                               "exec": t.perms.execute, "page_shift": t.page_shift,
+                               "exec": t.perms.execute(), "page_shift": t.page_shift,
                                "domain_id": t.domain_id, "identity": t.identity}),
                         Value::Null,
                     )

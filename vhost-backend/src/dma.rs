@@ -32,7 +32,7 @@ pub struct EndpointIommu {
 }
 
 fn perms(p: Perms) -> Permissions {
-    match (p.read, p.write) {
+    match (p.read(), p.write()) {
         (true, true) => Permissions::ReadWrite,
         (true, false) => Permissions::Read,
         (false, true) => Permissions::Write,

@@ -33,19 +33,18 @@ impl MapFlags {
     };
 
     /// The rights a translation through this mapping grants. virtio-iommu mappings have no
-    /// execute flag: execution is not restricted beyond read, as in a VT-d second stage
-    /// without SLEE.
+    /// execute or user flag: execution is not restricted beyond read, as in a VT-d second
+    /// stage without SLEE, and user requests are not restricted at all.
     pub fn perms(self) -> Perms {
-        Perms {
-            read: self.read,
-            write: self.write,
-            execute: self.read,
-        }
+        let mut p = Perms::U;
+        p.set(Perms::R | Perms::X, self.read);
+        p.set(Perms::W, self.write);
+        p
     }
 
     /// Whether this mapping allows `access`.
     pub fn allows(self, access: AccessKind) -> bool {
-        self.perms().allows(access)
+        access.allowed_by(self.perms())
     }
 }
 

@@ -177,7 +177,7 @@ impl Unit for SoftUnit {
                 };
                 let perms = m.flags.perms();
                 // An ATS translation request asks what the mapping allows.
-                let denied = req.at == AddressType::Untranslated && !perms.allows(req.access);
+                let denied = req.at == AddressType::Untranslated && !req.access.allowed_by(perms);
                 trace.walk_end(denied);
                 if denied {
                     return Err(fault(FaultKind::Permission, table));

@@ -564,10 +564,10 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
     fn perms(flags: MapFlags) -> pagewalk::Perms {
         let mut p = pagewalk::Perms::NONE;
         if flags.read {
-            p = p | pagewalk::Perms::R;
+            p |= pagewalk::Perms::R;
         }
         if flags.write {
-            p = p | pagewalk::Perms::W;
+            p |= pagewalk::Perms::W;
         }
         p
     }

@@ -455,7 +455,7 @@ fn legacy_translation_walks_root_context_and_second_stage() {
     assert_eq!(t.len, 8);
     assert_eq!(t.page_shift, 12);
     assert_eq!(t.domain_id, 5);
-    assert!(t.perms.read && t.perms.write);
+    assert!(t.perms.read() && t.perms.write());
     assert!(!t.identity);
     // Context-cache miss, then the root and context entries, the IOTLB miss and four
     // second-stage reads from level 4 down to 1.
@@ -550,11 +550,11 @@ fn legacy_pass_through_and_translation_types() {
     ats.access = AccessKind::Write;
     let ro = d.translate(ats).unwrap();
     assert_eq!(ro.addr, 0x5000_1000);
-    assert!(ro.perms.read && !ro.perms.write);
+    assert!(ro.perms.read() && !ro.perms.write());
     ats.addr = 0x8000;
     let fsts = d.r32(FSTS_REG);
     let none = d.translate(ats).unwrap();
-    assert!(!none.perms.read && !none.perms.write);
+    assert!(!none.perms.read() && !none.perms.write());
     assert_eq!(d.r32(FSTS_REG), fsts, "nothing recorded");
 }
 

@@ -23,7 +23,7 @@ use super::structs::{
 use super::{ACTIVE_TE, Vtd};
 use crate::request::{AccessKind, AddressType, DmaRequest, Fault, Perms, Translation};
 use crate::trace::{MemTarget, Stage, Trace};
-use crate::xlate::{self, Engine, Vendor, Walk, covered_len, stage_of};
+use crate::xlate::{self, Engine, Vendor, Walk, covered_len};
 
 /// Why a translation failed, whether an FPD bit read on the way suppresses recording, and the
 /// page-table entry (stage and level) a walk faulted at, if a walk found it.
@@ -48,7 +48,7 @@ impl Fail {
     /// The same failure, found by a walk at `f`'s entry.
     fn at(self, f: &pagewalk::Fault) -> Self {
         Self {
-            walk: Some((stage_of(f.stage), f.level)),
+            walk: Some((f.stage, f.level)),
             ..self
         }
     }

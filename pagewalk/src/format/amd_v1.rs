@@ -107,7 +107,7 @@ impl AmdV1Config {
         if self.iw {
             p |= Perms::W.bits();
         }
-        Perms::from_bits(p)
+        Perms::from_bits_truncate(p)
     }
 
     /// Decodes an entry at `level` (§2.2.3).
@@ -128,7 +128,7 @@ impl AmdV1Config {
         if e & V1_IW != 0 {
             p |= Perms::W.bits();
         }
-        let perms = Perms::from_bits(p);
+        let perms = Perms::from_bits_truncate(p);
         let nl = (e & V1_NEXT_LEVEL) >> V1_NEXT_LEVEL_SHIFT;
         let force_coherent = e & V1_FC != 0;
         let own = level_shift(level);

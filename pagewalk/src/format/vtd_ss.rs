@@ -130,7 +130,7 @@ impl VtdSsConfig {
         } else {
             e & SS_R != 0
         };
-        let perms = Perms::from_bits(
+        let perms = Perms::from_bits_truncate(
             (e & SS_R) as u8 | (e & SS_W) as u8 | if x { 4 } else { 0 } | Perms::U.bits(),
         );
         let leaf = match level {

@@ -156,7 +156,7 @@ impl X86Config {
         if self.nxe && e & X86_XD != 0 {
             p &= !Perms::X.bits();
         }
-        let perms = Perms::from_bits(p);
+        let perms = Perms::from_bits_truncate(p);
         if leaf {
             let shift = level_shift(level);
             let (base, extra) = if level > 1 {
