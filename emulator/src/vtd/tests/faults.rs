@@ -1,0 +1,364 @@
+//! Fault reasons of nested and first-stage walks, the interrupt range, descriptor widths.
+
+use super::*;
+
+/// A second-stage fault of a nested walk is classified by the phase the walker reports: the
+/// second-stage walk of a first-stage table other than the root (SFS.7), of a first-stage
+/// table address beyond the second stage's width (SFS.5), or of the final output (SSS.2).
+#[test]
+fn nested_second_stage_fault_phases() {
+    let mut d = scalable();
+    let dev = sid(0, 11, 0);
+    let mut ss = d.ss_domain(2);
+    let gpa_base = 0x4000_0000u64;
+    d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
+    let view = pagewalk::SecondStageView {
+        mem: d.mem,
+        config: *ss.config(),
+        root: ss.root(),
+    };
+    let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
+    let mut c = X86Config::vtd_first_stage(4);
+    c.out_width = 48;
+    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    let user_rw = PwPerms::RW | PwPerms::U;
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_0000,
+        0x30_0000,
+        0x1000,
+        user_rw,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let dir = d.sm_context(dev, 0, true, 0);
+    let nested = |ss_root: u64, aw: u64| [ss_root | (3 << 6) | (aw << 2) | 1, 7, fs.root()];
+    d.pasid_entry(dir, 1, nested(ss.root(), 2));
+    let code = |d: &Driver, pasid, addr| {
+        d.translate(DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(pasid))
+            .unwrap_err()
+            .code
+    };
+    assert_eq!(
+        d.translate(DmaRequest::new(dev, 0x7000_0010, 4, AccessKind::Read).with_pasid(1))
+            .unwrap()
+            .addr,
+        gpa_base + 0x30_0010
+    );
+    // The level-3 (PDPT) table's guest-physical page is not mapped by a second stage that maps
+    // the root and everything else: SFS.7, not SFS.6 (root) and not SSS.2 (output).
+    let (_, pml4e) = entry_at(&view, fs.root(), 0x7000_0000, 4);
+    let pdpt = pml4e & 0x000f_ffff_ffff_f000;
+    assert_ne!(pdpt >> 12, fs.root() >> 12);
+    let mut holed = d.ss_domain(2);
+    d.map(&mut holed, 0, gpa_base, pdpt, RW);
+    d.map(
+        &mut holed,
+        pdpt + 0x1000,
+        gpa_base + pdpt + 0x1000,
+        0x100_0000 - pdpt - 0x1000,
+        RW,
+    );
+    d.pasid_entry(dir, 2, nested(holed.root(), 2));
+    assert_eq!(code(&d, 2, 0x7000_0000), 0x76);
+    // The output GPA unmapped: SSS.2.
+    let mut no_out = d.ss_domain(2);
+    d.map(&mut no_out, 0, gpa_base, 0x30_0000, RW);
+    d.pasid_entry(dir, 3, nested(no_out.root(), 2));
+    assert_eq!(code(&d, 3, 0x7000_0000), 0x79);
+    // A first-stage table pointer beyond a 39-bit second stage: SFS.5.
+    let mut narrow = d.ss_domain(1);
+    d.map(&mut narrow, 0, gpa_base, 0x100_0000, RW);
+    d.pasid_entry(dir, 4, nested(narrow.root(), 1));
+    assert_eq!(
+        d.translate(DmaRequest::new(dev, 0x7000_0010, 4, AccessKind::Read).with_pasid(4))
+            .unwrap()
+            .addr,
+        gpa_base + 0x30_0010
+    );
+    let (at, _) = entry_at(&view, fs.root(), 0x7000_0000, 4);
+    view.write_u64(at, (pml4e & !0x000f_ffff_ffff_f000) | (1 << 40))
+        .unwrap();
+    d.submit(&[piotlb_pasid(7, 4), pc_pasid(7, 4)]);
+    assert_eq!(code(&d, 4, 0x7000_0000), 0x74);
+}
+
+/// A first-stage user/supervisor violation found from a paging-structure-cache hit: the U/S
+/// bit cleared in a directory entry the cached walk skipped still decides the reason (SGN.2),
+/// not the leaf's own bits.
+#[test]
+fn first_stage_user_supervisor_from_a_cached_directory() {
+    let mut d = scalable();
+    let dev = sid(0, 12, 0);
+    let mut t = d.fs_domain();
+    let user_rw = PwPerms::RW | PwPerms::U;
+    d.map(&mut t, 0x20_0000, 0x6000_0000, 0x2000, user_rw);
+    let dir = d.sm_context(dev, 0, true, 0);
+    d.pasid_entry(dir, 1, fs_pasid(&t, 4, true, false));
+    // Supervisor-only directory: clear U/S in the PDE.
+    let (at, pde) = entry_at(d.mem, t.root(), 0x20_0000, 2);
+    d.mem.write_u64(at, pde & !4).unwrap();
+    let req = |addr, access| DmaRequest::new(dev, addr, 4, access).with_pasid(1);
+    // A supervisor request walks through and caches the directory entry.
+    assert_eq!(
+        d.translate(req(0x20_0010, AccessKind::Read).privileged())
+            .unwrap()
+            .addr,
+        0x6000_0010
+    );
+    // A user read of the neighbouring page starts from the cached PDE.
+    let (r, trace) = d.vtd.translate(&req(0x20_1000, AccessKind::Read));
+    assert_eq!(
+        trace.lookup(CacheId::PagingStructure {
+            stage: Stage::First,
+            level: 2
+        }),
+        Some(true)
+    );
+    assert_eq!(r.unwrap_err().code, 0x81);
+    // A user write there is a U/S violation too, not a write violation.
+    assert_eq!(
+        d.translate(req(0x20_1000, AccessKind::Write))
+            .unwrap_err()
+            .code,
+        0x81
+    );
+    // A supervisor write with WPE clear is allowed on the read/write page.
+    assert!(
+        d.translate(req(0x20_1000, AccessKind::Write).privileged())
+            .is_ok()
+    );
+}
+
+/// IQA.DW is reserved on a unit without scalable mode (ECAP.SMTS = 0): it reads back clear and
+/// the queue keeps 128-bit descriptors (§10.4.24; QEMU honours DW only with ECAP.SMTS too).
+#[test]
+fn descriptor_width_is_reserved_without_scalable_mode() {
+    let mut d = Driver::new(VtdConfig {
+        scalable_mode: false,
+        first_stage: false,
+        nested: false,
+        ..VtdConfig::default()
+    });
+    d.set_root(false);
+    d.enable_qi(false);
+    let iq = d.r64(IQA_REG);
+    d.w32(GCMD_REG, d.gcmd & !GCMD_QIE);
+    d.w64(IQA_REG, iq | IQA_DW);
+    assert_eq!(d.r64(IQA_REG) & IQA_DW, 0);
+    d.w32(GCMD_REG, d.gcmd);
+    // Two 128-bit descriptors at offsets 0 and 0x10 both run: a 256-bit queue would have read
+    // them as one descriptor with a non-zero upper half (a reserved-field error).
+    let st = d.status;
+    d.submit(&[iotlb_global(), wait_desc(false, true, 0x55, st)]);
+    assert_eq!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+    assert_eq!(d.mem.read_u32(st).unwrap(), 0x55);
+    assert_eq!(d.r64(IQH_REG), 0x20);
+    // With scalable mode offered, DW is kept.
+    let mut s = Driver::new(VtdConfig::default());
+    s.enable_qi(true);
+    assert_ne!(s.r64(IQA_REG) & IQA_DW, 0);
+}
+
+/// Requests whose translation lands in the interrupt address range 0xFEEx_xxxx are blocked:
+/// LGN.4 in legacy mode, SGN.8 in scalable mode (§3.15), also when the translation comes from
+/// the IOTLB, and recorded unless FPD is set.
+#[test]
+fn translations_into_the_interrupt_range_are_blocked() {
+    let (mut d, mut t, dev) = legacy_with_domain();
+    d.map(&mut t, 0x30_0000, 0xfee0_0000, 0x1000, RW);
+    d.map(&mut t, 0x30_1000, 0xfeef_f000, 0x1000, RW);
+    d.map(&mut t, 0x30_2000, 0xfef0_0000, 0x1000, RW);
+    d.map(&mut t, 0x30_3000, 0xfedf_f000, 0x1000, RW);
+    for _ in 0..2 {
+        let f = d.write(dev, 0x30_0010).unwrap_err();
+        assert_eq!(
+            (f.code, f.kind, f.recorded),
+            (0xe, FaultKind::Blocked, true)
+        );
+        d.clear_frcd(0);
+        d.clear_frcd(1);
+    }
+    assert_eq!(d.read(dev, 0x30_1ffc).unwrap_err().code, 0xe);
+    // Just outside the range on either side.
+    assert_eq!(d.read(dev, 0x30_2000).unwrap(), 0xfef0_0000);
+    assert_eq!(
+        d.translate(DmaRequest::new(dev, 0x30_3ff0, 0x10, AccessKind::Read))
+            .unwrap()
+            .addr,
+        0xfedf_fff0
+    );
+    // Scalable mode, second-stage translation: SGN.8; FPD in the PASID entry suppresses it.
+    let mut s = scalable();
+    let sdev = sid(0, 4, 0);
+    let mut st = s.ss_domain(2);
+    s.map(&mut st, 0x4000, 0xfee0_1000, 0x1000, RW);
+    let dir = s.sm_context(sdev, 0, true, 0);
+    s.pasid_entry(dir, 0, ss_pasid(&st, 3));
+    let f = s.read(sdev, 0x4000).unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x87, true));
+    let mut quiet = ss_pasid(&st, 3);
+    quiet[0] |= 2;
+    s.pasid_entry(dir, 1, quiet);
+    let f = s
+        .translate(DmaRequest::new(sdev, 0x4000, 4, AccessKind::Read).with_pasid(1))
+        .unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x87, false));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// First-stage permission faults get the reason the spec gives for the permissions
+    /// accumulated over all four levels (U/S and R/W of every entry), whether the walk starts
+    /// at the root or from a paging-structure-cache hit left by an earlier supervisor request:
+    /// SGN.2 for a user request when some level is supervisor-only, else SGN.6 for a user
+    /// write when some level is read-only (WPE = 0 lets supervisor writes through).
+    #[test]
+    fn first_stage_permission_reasons_follow_the_accumulated_bits(
+        user in proptest::array::uniform4(any::<bool>()),
+        rw in proptest::array::uniform4(any::<bool>()),
+        write in any::<bool>(),
+        privileged in any::<bool>(),
+        warm in any::<bool>(),
+    ) {
+        let mut d = scalable();
+        let dev = sid(0, 13, 0);
+        let mut t = d.fs_domain();
+        d.map(&mut t, 0x20_0000, 0x6000_0000, 0x2000, PwPerms::RW | PwPerms::U);
+        let dir = d.sm_context(dev, 0, true, 0);
+        d.pasid_entry(dir, 1, fs_pasid(&t, 4, true, false));
+        // Levels 4..=1 on the walk of 0x20_1000 (0x20_0000 shares every level but the leaf).
+        for (i, level) in (1..=4u8).rev().enumerate() {
+            let (at, e) = entry_at(d.mem, t.root(), 0x20_1000, level);
+            let e = (e & !6) | (u64::from(user[i]) << 2) | (u64::from(rw[i]) << 1);
+            d.mem.write_u64(at, e).unwrap();
+        }
+        let req = |addr, access: AccessKind, p: bool| {
+            let r = DmaRequest::new(dev, addr, 4, access).with_pasid(1);
+            if p { r.privileged() } else { r }
+        };
+        if warm {
+            // A supervisor read of the neighbouring page fills the paging-structure caches
+            // down to the leaf table.
+            prop_assert!(d.translate(req(0x20_0000, AccessKind::Read, true)).is_ok());
+        }
+        let access = if write { AccessKind::Write } else { AccessKind::Read };
+        let r = d.translate(req(0x20_1000, access, privileged));
+        let all_user = user.iter().all(|&u| u);
+        let all_rw = rw.iter().all(|&w| w);
+        let expected = if !privileged && !all_user {
+            Some(0x81)
+        } else if write && !privileged && !all_rw {
+            Some(0x85)
+        } else {
+            None
+        };
+        prop_assert_eq!(r.err().map(|f| f.code), expected);
+    }
+}
+
+/// How a second stage maps one guest-physical page in the nested-fault property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SsMap {
+    Rw,
+    ReadOnly,
+    Absent,
+}
+
+fn ss_map() -> impl Strategy<Value = SsMap> {
+    prop_oneof![Just(SsMap::Rw), Just(SsMap::ReadOnly), Just(SsMap::Absent)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Nested walks over a second stage that maps each first-stage table page and the output
+    /// page read/write, read-only or not at all fault with the reason of the first failing step
+    /// in walk order: reading the table at level L (SFS.6 for the root, SFS.7 below), setting
+    /// the accessed flag in it (SFS.8), then the output (SSS.2, or SGN.6 for a write to a
+    /// read-only page).
+    #[test]
+    fn nested_fault_reasons_follow_the_walk_order(
+        tables in proptest::array::uniform4(ss_map()),
+        out in ss_map(),
+        write in any::<bool>(),
+    ) {
+        let mut d = scalable();
+        let dev = sid(0, 14, 0);
+        let gpa_base = 0x4000_0000u64;
+        let mut full = d.ss_domain(2);
+        d.map(&mut full, 0, gpa_base, 0x100_0000, RW);
+        let view = pagewalk::SecondStageView {
+            mem: d.mem,
+            config: *full.config(),
+            root: full.root(),
+        };
+        let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
+        let mut c = X86Config::vtd_first_stage(4);
+        c.out_width = 48;
+        let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+        let iova = 0x7000_0000u64;
+        fs.map(&view, &mut galloc, iova, 0x30_0000, 0x1000, PwPerms::RW | PwPerms::U,
+            PageSizePolicy::Fixed(12)).unwrap();
+        // The table pages, root first, with the accessed/dirty flags of the walk's entries
+        // cleared so that every level needs its A update.
+        let mut pages = [0u64; 4];
+        let mut table = fs.root();
+        for (i, level) in (1..=4u8).rev().enumerate() {
+            pages[i] = table & !0xfff;
+            let (at, e) = entry_at(&view, fs.root(), iova, level);
+            view.write_u64(at, e & !0x60).unwrap();
+            table = e & 0x000f_ffff_ffff_f000;
+        }
+        let special: Vec<(u64, SsMap)> = pages
+            .iter()
+            .copied()
+            .zip(tables)
+            .chain([(0x30_0000, out)])
+            .collect();
+        let mut ss = d.ss_domain(2);
+        let mut sorted: Vec<u64> = special.iter().map(|s| s.0).collect();
+        sorted.sort_unstable();
+        let mut next = 0u64;
+        for &p in &sorted {
+            if p > next {
+                d.map(&mut ss, next, gpa_base + next, p - next, RW);
+            }
+            next = p + 0x1000;
+        }
+        d.map(&mut ss, next, gpa_base + next, 0x100_0000 - next, RW);
+        for &(p, m) in &special {
+            match m {
+                SsMap::Rw => d.map(&mut ss, p, gpa_base + p, 0x1000, RW),
+                SsMap::ReadOnly => d.map(&mut ss, p, gpa_base + p, 0x1000, R),
+                SsMap::Absent => {}
+            }
+        }
+        let dir = d.sm_context(dev, 0, true, 0);
+        d.pasid_entry(dir, 1, [ss.root() | (3 << 6) | (2 << 2) | 1, 6, fs.root()]);
+        let mut expected = None;
+        for (i, m) in tables.iter().enumerate() {
+            expected = match m {
+                SsMap::Absent if i == 0 => Some(0x75),
+                SsMap::Absent => Some(0x76),
+                SsMap::ReadOnly => Some(0x77),
+                SsMap::Rw => None,
+            };
+            if expected.is_some() {
+                break;
+            }
+        }
+        if expected.is_none() {
+            expected = match out {
+                SsMap::Absent => Some(0x79),
+                SsMap::ReadOnly if write => Some(0x85),
+                _ => None,
+            };
+        }
+        let access = if write { AccessKind::Write } else { AccessKind::Read };
+        let r = d.translate(DmaRequest::new(dev, iova, 4, access).with_pasid(1));
+        prop_assert_eq!(r.err().map(|f| f.code), expected);
+    }
+}

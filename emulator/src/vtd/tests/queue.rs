@@ -1,0 +1,247 @@
+//! Queued and register-based invalidation (§6.5): waits, queue errors, and every granularity
+//! removing exactly the stale translations.
+
+use super::*;
+
+#[test]
+fn invalidation_wait_writes_status_and_raises_completion_event() {
+    let mut d = Driver::legacy();
+    d.enable_qi(false);
+    d.w32(IECTL_REG, 0);
+    d.w32(IEDATA_REG, 0x55);
+    d.w32(IEADDR_REG, 0xfee0_1000);
+    let st = d.status;
+    d.submit(&[wait_desc(true, true, 0xabcd, st)]);
+    assert_eq!(d.mem.read_u32(st).unwrap(), 0xabcd);
+    assert_ne!(d.r32(ICS_REG) & ICS_IWC, 0);
+    assert_eq!(
+        d.take_events(),
+        vec![VtdEvent::InvalidationComplete {
+            addr: 0xfee0_1000,
+            data: 0x55
+        }]
+    );
+    // While IWC is set, another interrupt-flag wait raises no event.
+    d.submit(&[wait_desc(true, false, 0, 0)]);
+    assert!(d.take_events().is_empty());
+    d.w32(ICS_REG, ICS_IWC);
+    assert_eq!(d.r32(ICS_REG), 0);
+    d.submit(&[wait_desc(true, false, 0, 0)]);
+    assert_eq!(d.take_events().len(), 1);
+    assert_eq!(d.r64(IQH_REG), 48);
+}
+
+#[test]
+fn invalid_descriptor_stops_the_queue_with_iqe() {
+    let mut d = Driver::legacy();
+    d.enable_qi(false);
+    let st = d.status;
+    d.mem.write_u32(st, 0).unwrap();
+    // A valid descriptor, an interrupt-entry-cache descriptor (unsupported type), then a wait.
+    d.submit(&[iotlb_global(), [0x4, 0], wait_desc(false, true, 0x77, st)]);
+    assert_ne!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+    assert_eq!(d.r64(IQERCD_REG) & 0xf, IQEI_INVALID_TYPE);
+    assert_eq!(d.r64(IQH_REG), 16, "IQH stays at the bad descriptor");
+    assert_eq!(d.mem.read_u32(st).unwrap(), 0, "nothing after it ran");
+    // Software fixes the descriptor and clears IQE: the queue resumes.
+    d.mem.write_u64(d.iq + 16, iotlb_global()[0]).unwrap();
+    d.w32(FSTS_REG, FSTS_IQE);
+    assert_eq!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+    assert_eq!(d.mem.read_u32(st).unwrap(), 0x77);
+    assert_eq!(d.r64(IQH_REG), 48);
+    // A reserved bit: IQEI 4.
+    d.submit(&[[0x2 | (1 << 4) | (1 << 8), 0]]);
+    assert_eq!(d.r64(IQERCD_REG) & 0xf, IQEI_RESERVED);
+    d.w32(FSTS_REG, FSTS_IQE);
+    // Fix by skipping: software would rewrite it; turn it into a wait.
+    d.mem
+        .write_u64(d.iq + 48, wait_desc(false, false, 0, 0)[0])
+        .unwrap();
+    d.mem.write_u64(d.iq + 56, 0).unwrap();
+    d.w32(FSTS_REG, FSTS_IQE);
+    assert_eq!(d.r64(IQH_REG), 64);
+}
+
+#[test]
+fn queue_tail_errors() {
+    let mut d = Driver::legacy();
+    d.enable_qi(false);
+    // QS = 0: one 4 KiB page; a tail past it is invalid (IQEI 1)... bits 18:4 allow 0x7fff0.
+    d.w64(IQT_REG, 0x2000);
+    assert_eq!(d.r64(IQERCD_REG) & 0xf, IQEI_TAIL_BEYOND_QUEUE);
+    assert_ne!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+    assert_eq!(d.r64(IQH_REG), 0);
+    // 256-bit descriptors need a 32-byte aligned tail (IQEI 6).
+    let mut w = Driver::legacy();
+    w.enable_qi(true);
+    w.w64(IQT_REG, 0x10);
+    assert_eq!(w.r64(IQERCD_REG) & 0xf, IQEI_TAIL_MISALIGNED);
+    // A well-formed wide queue works.
+    let mut w = Driver::legacy();
+    w.enable_qi(true);
+    w.submit_and_wait(&[iotlb_global()]);
+    assert_eq!(w.r64(IQH_REG), 64);
+    // A descriptor fetch outside memory (IQEI 2).
+    let mut f = Driver::legacy();
+    f.w64(IQA_REG, MEM);
+    f.gcmd(GCMD_QIE, true, true);
+    f.w64(IQT_REG, 0x10);
+    assert_eq!(f.r64(IQERCD_REG) & 0xf, IQEI_FETCH_ERROR);
+    // PASID-based descriptors in legacy mode (IQEI 7).
+    let mut p = Driver::legacy();
+    p.enable_qi(false);
+    p.submit(&[piotlb_pasid(1, 1)]);
+    assert_eq!(p.r64(IQERCD_REG) & 0xf, IQEI_INVALID_TTM);
+}
+
+/// Remaps `iova` to a new page behind the caches' back, checks the new translation appears after
+/// `invalidate`.
+fn stale_translation_goes_after(invalidate: impl FnOnce(&mut Driver, u16, u64)) {
+    let (mut d, mut t, dev) = legacy_with_domain();
+    d.enable_qi(false);
+    let iova = 0x10_1000;
+    assert_eq!(d.write(dev, iova).unwrap(), 0x9000_1000);
+    d.unmap(&mut t, iova, 0x1000);
+    d.map(&mut t, iova, 0xa000_0000, 0x1000, RW);
+    // Without an invalidation the hardware may use the old or the new translation.
+    let before = d.write(dev, iova).unwrap();
+    assert!(before == 0x9000_1000 || before == 0xa000_0000);
+    invalidate(&mut d, 5, iova);
+    assert_eq!(d.write(dev, iova).unwrap(), 0xa000_0000);
+    assert_eq!(d.read(dev, iova + 0x10).unwrap(), 0xa000_0010);
+}
+
+#[test]
+fn iotlb_page_invalidation_removes_stale_translation() {
+    stale_translation_goes_after(|d, did, iova| {
+        d.submit_and_wait(&[iotlb_page(did, iova, 0, false)])
+    });
+}
+
+#[test]
+fn iotlb_page_invalidation_with_address_mask() {
+    stale_translation_goes_after(|d, did, iova| {
+        d.submit_and_wait(&[iotlb_page(did, iova & !0x3fff, 2, false)])
+    });
+}
+
+#[test]
+fn iotlb_domain_invalidation_removes_stale_translation() {
+    stale_translation_goes_after(|d, did, _| d.submit_and_wait(&[iotlb_domain(did)]));
+}
+
+#[test]
+fn iotlb_global_invalidation_removes_stale_translation() {
+    stale_translation_goes_after(|d, _, _| d.submit_and_wait(&[iotlb_global()]));
+}
+
+#[test]
+fn register_based_iotlb_invalidation_removes_stale_translation() {
+    stale_translation_goes_after(|d, did, iova| {
+        // Register-based invalidation needs QI off.
+        d.gcmd(GCMD_QIE, true, false);
+        let iro = u64::from(d.vtd.config().iro);
+        d.w64(iro, iova);
+        d.w64(
+            iro + 8,
+            IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(did) << 32),
+        );
+        let v = d.r64(iro + 8);
+        assert_eq!(v & IOTLB_IVT, 0, "IVT clears when done");
+        assert_eq!((v >> IOTLB_IAIG_SHIFT) & 3, 3, "page-selective performed");
+    });
+}
+
+#[test]
+fn register_based_page_invalidation_beyond_mamv_is_domain_selective() {
+    stale_translation_goes_after(|d, did, iova| {
+        d.gcmd(GCMD_QIE, true, false);
+        let iro = u64::from(d.vtd.config().iro);
+        d.w64(iro, (iova & !((1 << 31) - 1)) | 19); // AM 19 > MAMV 18
+        d.w64(
+            iro + 8,
+            IOTLB_IVT | (3 << IOTLB_IIRG_SHIFT) | (u64::from(did) << 32),
+        );
+        assert_eq!((d.r64(iro + 8) >> IOTLB_IAIG_SHIFT) & 3, 2);
+    });
+}
+
+#[test]
+fn invalidation_hint_keeps_paging_structures_but_not_leaves() {
+    let (mut d, mut t, dev) = legacy_with_domain();
+    d.enable_qi(false);
+    assert_eq!(d.read(dev, 0x10_0000).unwrap(), 0x9000_0000);
+    // Only the leaf changes: IH = 1 is allowed.
+    d.unmap(&mut t, 0x10_0000, 0x1000);
+    d.map(&mut t, 0x10_0000, 0xb000_0000, 0x1000, RW);
+    d.submit_and_wait(&[iotlb_page(5, 0x10_0000, 0, true)]);
+    assert_eq!(d.read(dev, 0x10_0000).unwrap(), 0xb000_0000);
+}
+
+/// Moves device `dev` from domain 5 to a new domain 6 with other tables; checks the new
+/// translation after `invalidate`.
+fn stale_context_goes_after(invalidate: impl FnOnce(&mut Driver, u16)) {
+    let (mut d, _t, dev) = legacy_with_domain();
+    d.enable_qi(false);
+    assert_eq!(d.read(dev, 0x10_0000).unwrap(), 0x9000_0000);
+    let mut t2 = d.ss_domain(2);
+    d.map(&mut t2, 0x10_0000, 0xc000_0000, 0x1000, RW);
+    d.attach_legacy(dev, 6, &t2);
+    let before = d.read(dev, 0x10_0000).unwrap();
+    assert!(before == 0x9000_0000 || before == 0xc000_0000);
+    invalidate(&mut d, dev);
+    let (r, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(dev, 0x10_0000, 4, AccessKind::Read));
+    let t = r.unwrap();
+    assert_eq!(t.addr, 0xc000_0000);
+    assert_eq!(t.domain_id, 6);
+    assert!(trace.mem_reads() > 0);
+}
+
+#[test]
+fn context_cache_global_invalidation() {
+    stale_context_goes_after(|d, _| d.submit_and_wait(&[cc_global()]));
+}
+
+#[test]
+fn context_cache_domain_invalidation() {
+    stale_context_goes_after(|d, _| d.submit_and_wait(&[cc_domain(5)]));
+}
+
+#[test]
+fn context_cache_device_invalidation() {
+    stale_context_goes_after(|d, dev| d.submit_and_wait(&[cc_device(5, dev, 0)]));
+}
+
+#[test]
+fn context_cache_device_invalidation_with_function_mask() {
+    // FM = 3 ignores the function bits: function 5 of the same device covers function 0.
+    stale_context_goes_after(|d, dev| d.submit_and_wait(&[cc_device(5, dev | 5, 3)]));
+}
+
+#[test]
+fn register_based_context_invalidation() {
+    stale_context_goes_after(|d, _| {
+        d.gcmd(GCMD_QIE, true, false);
+        d.w64(CCMD_REG, CCMD_ICC | (1 << CCMD_CIRG_SHIFT));
+        let v = d.r64(CCMD_REG);
+        assert_eq!(v & CCMD_ICC, 0);
+        assert_eq!((v >> CCMD_CAIG_SHIFT) & 3, 1);
+    });
+}
+
+#[test]
+fn device_tlb_invalidation_completes() {
+    let mut d = Driver::legacy();
+    d.enable_qi(false);
+    d.submit_and_wait(&[[0x3 | (0x18 << 32), 0x1000]]);
+    let mut no_dt = Driver::new(VtdConfig {
+        device_tlb: false,
+        ..VtdConfig::default()
+    });
+    no_dt.set_root(false);
+    no_dt.enable_qi(false);
+    no_dt.submit(&[[0x3 | (0x18 << 32), 0x1000]]);
+    assert_eq!(no_dt.r64(IQERCD_REG) & 0xf, IQEI_INVALID_TYPE);
+}
