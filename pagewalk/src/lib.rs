@@ -45,6 +45,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alloc;
 pub mod builder;
 pub mod format;
 /// The walkers' fuzz oracle, shared by the fuzz target and the corpus replay (feature
