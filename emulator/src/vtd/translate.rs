@@ -477,69 +477,82 @@ impl<M: PhysMem> Vtd<M> {
         tokens: Tokens,
         trace: &mut Trace,
     ) -> Result<Translation, Fail> {
-        let sid = req.source_id;
-        let ce = self.scalable_context(rta, sid, tokens, trace)?;
-        let mut fpd = ce.fpd;
+        let ce = self.scalable_context(rta, req.source_id, tokens, trace)?;
         if req.at == AddressType::TranslationRequest && !ce.dte {
-            return Err(Fail::fpd(FaultReason::SmDteClear, fpd));
+            return Err(Fail::fpd(FaultReason::SmDteClear, ce.fpd));
         }
+        let (pasid, privileged) = self.request_pasid(&ce, req)?;
+        let (pe, pde_fpd) = self.pasid_entry(&ce, req.source_id, pasid, tokens, trace)?;
+        let fpd = ce.fpd || pde_fpd || pe.fpd;
+        let req_priv = DmaRequest { privileged, ..*req };
+        match self.pasid_walk(&pe, pasid, fpd, &req_priv)? {
+            Some(walk) => self.walk(&walk, &req_priv, tokens, trace),
+            None => Ok(identity(req, pe.did)),
+        }
+    }
+
+    /// The PASID whose PASID-table entry serves `req`, and the privilege it is translated
+    /// with: the request's own PASID and privilege (the context entry must enable PASIDs), or,
+    /// for a request without PASID, RID_PASID and RID_PRIV (ECAP.RPS; RID_PRIV must be 0
+    /// without ECAP.RPRIVS). The PASID must fit the unit's width and the directory (PDTS).
+    fn request_pasid(
+        &self,
+        ce: &ScalableContextEntry,
+        req: &DmaRequest,
+    ) -> Result<(u32, bool), Fail> {
         let (pasid, privileged) = match req.pasid {
             Some(_) if !ce.paside => {
-                return Err(Fail::fpd(FaultReason::SmPasidDisabled, fpd));
+                return Err(Fail::fpd(FaultReason::SmPasidDisabled, ce.fpd));
             }
             Some(p) => (p, req.privileged),
-            // RID_PASID names the PASID entry of requests without PASID (ECAP.RPS); their
-            // privilege is RID_PRIV, which must be 0 without ECAP.RPRIVS.
             None => (ce.rid_pasid, ce.rid_priv),
         };
         if u64::from(pasid) >> self.cfg.pasid_bits != 0 || u64::from(pasid >> 6) >= ce.dir_entries()
         {
-            return Err(Fail::fpd(FaultReason::SmPasidTooLarge, fpd));
+            return Err(Fail::fpd(FaultReason::SmPasidTooLarge, ce.fpd));
         }
-        let (pe, pde_fpd) = self.pasid_entry(&ce, sid, pasid, tokens, trace)?;
-        fpd |= pde_fpd || pe.fpd;
-        let req_priv = DmaRequest { privileged, ..*req };
+        Ok((pasid, privileged))
+    }
+
+    /// The walk a PASID-table entry sets up for `req` (PGTT, §9.6), or `None` for
+    /// pass-through; with the per-request checks of its translation type (address width,
+    /// SRE, ERE, canonical first-stage input).
+    fn pasid_walk(
+        &self,
+        pe: &PasidEntry,
+        pasid: u32,
+        fpd: bool,
+        req: &DmaRequest,
+    ) -> Result<Option<Walk<VtdCtx>>, Fail> {
+        let walk = |stage, cfg, root, nested| {
+            Some(Walk {
+                did: pe.did,
+                pasid_tag: Some(pasid),
+                stage,
+                cfg,
+                root,
+                nested,
+                vendor: VtdCtx { fpd, legacy: false },
+            })
+        };
+        let ss = || WalkConfig::VtdSecondStage(self.ss_config(pe.aw, pe.ssade, pe.ssee));
         match pe.pgtt {
-            Pgtt::PassThrough => Ok(identity(req, pe.did)),
+            Pgtt::PassThrough => Ok(None),
             Pgtt::SecondStage => {
                 let x = width_for_aw(self.cfg.mgaw, pe.aw);
                 if req.addr >> x != 0 {
                     return Err(Fail::fpd(FaultReason::SmAddressBeyondAw, fpd));
                 }
-                let walk = Walk {
-                    did: pe.did,
-                    pasid_tag: Some(pasid),
-                    stage: Stage::Second,
-                    cfg: WalkConfig::VtdSecondStage(self.ss_config(pe.aw, pe.ssade, pe.ssee)),
-                    root: pe.ssptptr,
-                    nested: None,
-                    vendor: VtdCtx { fpd, legacy: false },
-                };
-                self.walk(&walk, &req_priv, tokens, trace)
+                Ok(walk(Stage::Second, ss(), pe.ssptptr, None))
             }
             Pgtt::FirstStage | Pgtt::Nested => {
-                if privileged && !pe.sre {
+                if req.privileged && !pe.sre {
                     return Err(Fail::fpd(FaultReason::SreClear, fpd));
                 }
                 if req.access == AccessKind::Execute && !pe.ere {
                     return Err(Fail::fpd(FaultReason::EreClear, fpd));
                 }
-                let fs = X86Config {
-                    levels: if pe.fs_5level { 5 } else { 4 },
-                    out_width: self.cfg.haw,
-                    sre: pe.sre,
-                    wpe: pe.wpe,
-                    // XD is always defined and supervisor execution from user pages refused
-                    // for first-stage tables (rev 4.x: the NXE and SMEP controls of earlier
-                    // revisions are gone).
-                    nxe: true,
-                    ere: pe.ere,
-                    smep: true,
-                    eafe: false,
-                    ad: true,
-                    ps_1g: self.cfg.fs_1g,
-                };
-                let cfg = WalkConfig::VtdFirstStage(fs);
+                let cfg = WalkConfig::VtdFirstStage(self.fs_config(pe));
                 if !cfg.input_in_range(req.addr) {
                     return Err(Fail::fpd(FaultReason::NonCanonical, fpd));
                 }
@@ -547,21 +560,28 @@ impl<M: PhysMem> Vtd<M> {
                 // guest-physical, each translated by the second stage. The IOTLB caches the
                 // combined translation and the paging-structure cache the first-stage
                 // non-leaf entries; the second-stage walks inside it always go to memory.
-                let nested = (pe.pgtt == Pgtt::Nested).then(|| {
-                    let ss = self.ss_config(pe.aw, pe.ssade, pe.ssee);
-                    (WalkConfig::VtdSecondStage(ss), pe.ssptptr)
-                });
-                let walk = Walk {
-                    did: pe.did,
-                    pasid_tag: Some(pasid),
-                    stage: Stage::First,
-                    cfg,
-                    root: pe.fsptptr,
-                    nested,
-                    vendor: VtdCtx { fpd, legacy: false },
-                };
-                self.walk(&walk, &req_priv, tokens, trace)
+                let nested = (pe.pgtt == Pgtt::Nested).then(|| (ss(), pe.ssptptr));
+                Ok(walk(Stage::First, cfg, pe.fsptptr, nested))
             }
+        }
+    }
+
+    /// The first-stage format a PASID-table entry selects (§3.6, §9.6).
+    fn fs_config(&self, pe: &PasidEntry) -> X86Config {
+        X86Config {
+            levels: if pe.fs_5level { 5 } else { 4 },
+            out_width: self.cfg.haw,
+            sre: pe.sre,
+            wpe: pe.wpe,
+            // XD is always defined and supervisor execution from user pages refused for
+            // first-stage tables (rev 4.x: the NXE and SMEP controls of earlier revisions are
+            // gone).
+            nxe: true,
+            ere: pe.ere,
+            smep: true,
+            eafe: false,
+            ad: true,
+            ps_1g: self.cfg.fs_1g,
         }
     }
 }
