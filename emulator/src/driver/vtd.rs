@@ -32,6 +32,7 @@ use super::{
 };
 use crate::core::{EndpointId, MapFlags, Mapping};
 use crate::unit::Unit;
+use crate::vtd::layout::{CapReg, EcapReg};
 use crate::vtd::qi::{ContextGranularity, IotlbGranularity, PasidCacheGranularity, encode};
 use crate::vtd::regs::*;
 use crate::vtd::{Vtd, VtdConfig};
@@ -182,47 +183,35 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
         mode: VtdMode,
         haw: u8,
     ) -> Result<Self, HwError> {
-        let cap = unit.mmio_read(CAP_REG, 8);
-        let ecap = unit.mmio_read(ECAP_REG, 8);
-        if ecap & ECAP_QI == 0 || ecap & ECAP_PT == 0 {
+        let cap = CapReg::from_bits(unit.mmio_read(CAP_REG, 8));
+        let ecap = EcapReg::from_bits(unit.mmio_read(ECAP_REG, 8));
+        if !ecap.qi() || !ecap.pt() {
             return Err(HwError::Unsupported(
                 "the VT-d driver needs queued invalidation and pass-through (ECAP.QI, ECAP.PT)",
             ));
         }
-        if mode == VtdMode::Scalable && (ecap & ECAP_SMTS == 0 || ecap & ECAP_SSTS == 0) {
+        if mode == VtdMode::Scalable && (!ecap.smts() || !ecap.ssts()) {
             return Err(HwError::Unsupported(
                 "scalable mode needs ECAP.SMTS and ECAP.SSTS (second-stage translation)",
             ));
         }
-        // CAP.SAGAW (bits 12:8): prefer 4-level (48-bit), then 3-level, then 5-level (SAGAW
-        // bits 2, 1, 3).
-        let sagaw = (cap >> CAP_SAGAW_SHIFT) & 0x1f;
+        // SAGAW: prefer 4-level (48-bit), then 3-level, then 5-level (SAGAW bits 2, 1, 3).
         let levels = [4u8, 3, 5]
             .into_iter()
-            .find(|l| sagaw & (1 << (l - 2)) != 0)
+            .find(|l| cap.sagaw() & (1 << (l - 2)) != 0)
             .ok_or(HwError::Unsupported(
                 "CAP.SAGAW offers no second-stage depth",
             ))?;
-        // CAP.MGAW (bits 21:16): MGAW - 1. CAP.SLLPS (bits 37:34): bit 0 2 MiB, bit 1 1 GiB.
-        let mgaw = ((cap >> CAP_MGAW_SHIFT) & 0x3f) as u8 + 1;
-        let sllps = (cap >> CAP_SLLPS_SHIFT) & 0xf;
+        // SLLPS: bit 0 2 MiB, bit 1 1 GiB.
         let mut ss = VtdSsConfig::new(levels);
-        ss.input_width = ss.input_width.min(mgaw);
+        ss.input_width = ss.input_width.min(cap.mgaw());
         ss.haw = haw;
-        ss.sp_2m = sllps & 1 != 0;
-        ss.sp_1g = sllps & 2 != 0;
-        // CAP.ND (bits 2:0): 2^(4 + 2*ND) domain ids (§10.4.2).
-        let nd = (cap >> CAP_ND_SHIFT) & 7;
-        let dids = 1u64 << (4 + 2 * nd);
-        let max_did = u16::try_from(dids - 1).unwrap_or(u16::MAX);
-        // CAP.PSI (bit 39) and CAP.MAMV (bits 53:48): page-selective invalidation and its
-        // largest address mask.
-        let psi_max_am = (cap & CAP_PSI != 0).then_some(((cap >> CAP_MAMV_SHIFT) & 0x3f) as u8);
-        // CAP.FRO (bits 33:24, in 16-byte units) and CAP.NFR (bits 47:40, NFR - 1).
-        let fault_regs = (
-            ((cap >> CAP_FRO_SHIFT) & 0x3ff) * 16,
-            ((cap >> CAP_NFR_SHIFT) & 0xff) + 1,
-        );
+        ss.sp_2m = cap.sllps() & 1 != 0;
+        ss.sp_1g = cap.sllps() & 2 != 0;
+        let max_did = u16::try_from(cap.domain_ids() - 1).unwrap_or(u16::MAX);
+        // Page-selective invalidation and its largest address mask.
+        let psi_max_am = cap.psi().then_some(cap.mamv());
+        let fault_regs = (cap.fault_regs_offset(), cap.fault_regs());
         let mut alloc = PrivateMemory::new(region)?;
         let [root, iq_base, status_page] = [0; 3].map(|_| alloc.page(unit.mem()));
         let (root, iq_base, status_page) = (root?, iq_base?, status_page?);
@@ -254,7 +243,7 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
             aw: u64::from(levels - 2),
             psi_max_am,
             fault_regs,
-            caching_mode: cap & CAP_CM != 0,
+            caching_mode: cap.cm(),
         };
         hw.bring_up()?;
         Ok(hw)

@@ -46,6 +46,7 @@
 
 mod cache;
 pub mod fault;
+pub mod layout;
 pub mod qi;
 pub mod regs;
 pub mod structs;

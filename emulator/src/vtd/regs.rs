@@ -254,6 +254,8 @@ pub const ECAP_FSTS: u64 = 1 << 47;
 /// ECAP.RPS (RID_PASID), bit 49.
 pub const ECAP_RPS: u64 = 1 << 49;
 
+use super::layout::{CapReg, EcapReg};
+
 /// What the embedder chooses about the remapping unit: the capabilities it reports and the
 /// register layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,66 +468,46 @@ impl VtdConfig {
 
     /// The CAP_REG value (§10.4.2).
     pub fn cap(&self) -> u64 {
-        let mut cap = 2u64 << CAP_ND_SHIFT; // 256 domain ids
-        cap |= u64::from(self.sagaw) << CAP_SAGAW_SHIFT;
-        cap |= u64::from(self.mgaw - 1) << CAP_MGAW_SHIFT;
-        cap |= u64::from(self.fro / 16) << CAP_FRO_SHIFT;
-        cap |= u64::from(self.nfr - 1) << CAP_NFR_SHIFT;
-        cap |= (u64::from(self.sl_2m) | (u64::from(self.sl_1g) << 1)) << CAP_SLLPS_SHIFT;
-        if let Some(m) = self.mamv {
-            cap |= CAP_PSI | (u64::from(m) << CAP_MAMV_SHIFT);
-        }
-        cap |= CAP_DWD | CAP_DRD | CAP_ZLR;
-        if self.caching_mode {
-            cap |= CAP_CM;
-        }
-        if self.scalable_mode && self.first_stage {
-            if self.fs_1g {
-                cap |= CAP_FS1GP;
-            }
-            if self.fs_5level {
-                cap |= CAP_FS5LP;
-            }
-        }
-        cap
+        let fs = self.scalable_mode && self.first_stage;
+        CapReg::new()
+            .with_nd(2) // 256 domain ids
+            .with_cm(self.caching_mode)
+            .with_sagaw(self.sagaw)
+            .with_mgaw_minus_1(self.mgaw - 1)
+            .with_zlr(true)
+            .with_fro(self.fro / 16)
+            .with_sllps(u8::from(self.sl_2m) | (u8::from(self.sl_1g) << 1))
+            .with_psi(self.mamv.is_some())
+            .with_nfr_minus_1((self.nfr - 1) as u8)
+            .with_mamv(self.mamv.unwrap_or(0))
+            .with_dwd(true)
+            .with_drd(true)
+            .with_fs1gp(fs && self.fs_1g)
+            .with_fs5lp(fs && self.fs_5level)
+            .into_bits()
     }
 
     /// The ECAP_REG value (§10.4.3).
     pub fn ecap(&self) -> u64 {
-        let mut ecap = ECAP_C | ECAP_SC;
-        ecap |= u64::from(self.iro / 16) << ECAP_IRO_SHIFT;
-        if self.queued_invalidation {
-            ecap |= ECAP_QI;
-        }
-        if self.device_tlb {
-            ecap |= ECAP_DT;
-        }
-        if self.pass_through {
-            ecap |= ECAP_PT;
-        }
-        if self.scalable_mode {
-            ecap |= ECAP_SMTS | ECAP_PASID | ECAP_RPS;
-            ecap |= u64::from(self.pasid_bits - 1) << ECAP_PSS_SHIFT;
-            if self.first_stage {
-                ecap |= ECAP_FSTS;
-            }
-            if self.second_stage {
-                ecap |= ECAP_SSTS;
-            }
-            if self.nested {
-                ecap |= ECAP_NEST;
-            }
-            if self.srs {
-                ecap |= ECAP_SRS;
-            }
-            if self.ers {
-                ecap |= ECAP_ERS;
-            }
-            if self.ss_ad {
-                ecap |= ECAP_SSADS;
-            }
-        }
-        ecap
+        let sm = self.scalable_mode;
+        EcapReg::new()
+            .with_c(true)
+            .with_sc(true)
+            .with_iro(self.iro / 16)
+            .with_qi(self.queued_invalidation)
+            .with_dt(self.device_tlb)
+            .with_pt(self.pass_through)
+            .with_smts(sm)
+            .with_pasid(sm)
+            .with_rps(sm)
+            .with_pss(if sm { self.pasid_bits - 1 } else { 0 })
+            .with_fsts(sm && self.first_stage)
+            .with_ssts(sm && self.second_stage)
+            .with_nest(sm && self.nested)
+            .with_srs(sm && self.srs)
+            .with_ers(sm && self.ers)
+            .with_ssads(sm && self.ss_ad)
+            .into_bits()
     }
 
     /// VER_REG: 6.0 when scalable mode is offered, 1.0 otherwise (§10.4.1).
