@@ -8,7 +8,7 @@ use super::regs::{
     IQEI_FETCH_ERROR, IQEI_INVALID_TTM, IQEI_INVALID_TYPE, IQEI_RESERVED, IQEI_TAIL_BEYOND_QUEUE,
     IQEI_TAIL_MISALIGNED,
 };
-use super::structs::bits;
+use bitfield_struct::bitfield;
 
 /// Why the unit stopped processing the invalidation queue: the IQEI it reports in IQERCD_REG
 /// (§10.4.30; see the codes in [`super::regs`]).
@@ -59,6 +59,222 @@ pub const TYPE_PASID_IOTLB: u64 = 6;
 pub const TYPE_PASID_CACHE: u64 = 7;
 /// PASID-based device-TLB invalidate descriptor.
 pub const TYPE_PASID_DEVICE_TLB: u64 = 8;
+
+// Descriptor layouts (§6.5.2), declared once: the decoder reads them and the encoders write
+// them. A descriptor is handled as its two low qwords in one 128-bit word (qword 0 in bits
+// 63:0); every descriptor keeps its type in bits 3:0 and 11:9. The `rsvd*` fields are the
+// reserved bits the decoder refuses.
+
+/// A descriptor's two low qwords as one 128-bit word.
+fn word(q0: u64, q1: u64) -> u128 {
+    u128::from(q0) | (u128::from(q1) << 64)
+}
+
+/// A 128-bit descriptor word as its two qwords.
+fn qwords(w: u128) -> [u64; 2] {
+    [w as u64, (w >> 64) as u64]
+}
+
+/// Context-cache invalidate descriptor (§6.5.2.1).
+#[bitfield(u128)]
+struct ContextCacheDesc {
+    #[bits(4)]
+    ty_lo: u8,
+    /// G: 01b global, 10b domain, 11b device.
+    #[bits(2)]
+    g: u8,
+    #[bits(3)]
+    rsvd0: u8,
+    #[bits(3)]
+    ty_hi: u8,
+    #[bits(4)]
+    rsvd1: u8,
+    did: u16,
+    sid: u16,
+    /// FM: function bits of the SID to ignore.
+    #[bits(2)]
+    fm: u8,
+    #[bits(14)]
+    rsvd2: u16,
+    rsvd3: u64,
+}
+
+impl ContextCacheDesc {
+    fn reserved(&self) -> bool {
+        self.rsvd0() | self.rsvd1() != 0 || self.rsvd2() != 0 || self.rsvd3() != 0
+    }
+}
+
+/// IOTLB invalidate descriptor (§6.5.2.3).
+#[bitfield(u128)]
+struct IotlbDesc {
+    #[bits(4)]
+    ty_lo: u8,
+    /// G: 01b global, 10b domain, 11b page.
+    #[bits(2)]
+    g: u8,
+    /// DW: drain writes (the model drains always).
+    dw: bool,
+    /// DR: drain reads.
+    dr: bool,
+    rsvd0: bool,
+    #[bits(3)]
+    ty_hi: u8,
+    #[bits(4)]
+    rsvd1: u8,
+    did: u16,
+    rsvd2: u32,
+    /// AM: the address mask (2^AM pages).
+    #[bits(6)]
+    am: u8,
+    /// IH: invalidation hint (only leaves changed).
+    ih: bool,
+    #[bits(5)]
+    rsvd3: u8,
+    /// ADDR: address bits 63:12.
+    #[bits(52)]
+    addr_page: u64,
+}
+
+impl IotlbDesc {
+    fn reserved(&self) -> bool {
+        self.rsvd0() || self.rsvd1() != 0 || self.rsvd2() != 0 || self.rsvd3() != 0
+    }
+}
+
+/// Device-TLB invalidate descriptor (§6.5.2.5).
+#[bitfield(u128)]
+struct DeviceTlbDesc {
+    #[bits(4)]
+    ty_lo: u8,
+    #[bits(5)]
+    rsvd0: u8,
+    #[bits(3)]
+    ty_hi: u8,
+    /// PFSID bits 3:0 (12..=15) and MIP (20:16).
+    #[bits(9)]
+    pfsid_lo_mip: u16,
+    #[bits(11)]
+    rsvd1: u16,
+    sid: u16,
+    #[bits(4)]
+    rsvd2: u8,
+    /// PFSID bits 15:4.
+    #[bits(12)]
+    pfsid_hi: u16,
+    /// S: size of the invalidation range encoded in ADDR.
+    size: bool,
+    #[bits(11)]
+    rsvd3: u16,
+    #[bits(52)]
+    addr_page: u64,
+}
+
+impl DeviceTlbDesc {
+    fn reserved(&self) -> bool {
+        self.rsvd0() != 0 || self.rsvd1() != 0 || self.rsvd2() != 0 || self.rsvd3() != 0
+    }
+}
+
+/// Invalidation wait descriptor (§6.5.2.8).
+#[bitfield(u128)]
+struct WaitDesc {
+    #[bits(4)]
+    ty_lo: u8,
+    /// IF: raise an invalidation-completion interrupt.
+    interrupt: bool,
+    /// SW: write STDATA at STADDR.
+    status_write: bool,
+    /// FN: fence.
+    fence: bool,
+    /// PD: page-request drain (needs page requests, not offered: reserved here).
+    pd: bool,
+    rsvd0: bool,
+    #[bits(3)]
+    ty_hi: u8,
+    #[bits(20)]
+    rsvd1: u32,
+    /// STDATA.
+    data: u32,
+    #[bits(2)]
+    rsvd2: u8,
+    /// STADDR: address bits 63:2.
+    #[bits(62)]
+    addr_dword: u64,
+}
+
+impl WaitDesc {
+    fn reserved(&self) -> bool {
+        self.pd() || self.rsvd0() || self.rsvd1() != 0 || self.rsvd2() != 0
+    }
+}
+
+/// PASID-based IOTLB invalidate (§6.5.2.4) and PASID-cache invalidate (§6.5.2.2) descriptors:
+/// the same qword 0; qword 1 is the page range of the former and reserved in the latter.
+#[bitfield(u128)]
+struct PasidDesc {
+    #[bits(4)]
+    ty_lo: u8,
+    /// G: PASID IOTLB 10b PASID, 11b page; PASID cache 00b domain, 01b PASID, 11b global.
+    #[bits(2)]
+    g: u8,
+    #[bits(3)]
+    rsvd0: u8,
+    #[bits(3)]
+    ty_hi: u8,
+    #[bits(4)]
+    rsvd1: u8,
+    did: u16,
+    #[bits(20)]
+    pasid: u32,
+    #[bits(12)]
+    rsvd2: u16,
+    /// AM.
+    #[bits(6)]
+    am: u8,
+    /// IH.
+    ih: bool,
+    #[bits(5)]
+    rsvd3: u8,
+    /// ADDR: address bits 63:12.
+    #[bits(52)]
+    addr_page: u64,
+}
+
+impl PasidDesc {
+    fn reserved_q0(&self) -> bool {
+        self.rsvd0() | self.rsvd1() != 0 || self.rsvd2() != 0
+    }
+    fn q1(&self) -> u64 {
+        (self.into_bits() >> 64) as u64
+    }
+}
+
+/// PASID-based device-TLB invalidate descriptor (§6.5.2.6).
+#[bitfield(u128)]
+struct PasidDeviceTlbDesc {
+    #[bits(4)]
+    ty_lo: u8,
+    #[bits(5)]
+    other0: u8,
+    #[bits(3)]
+    ty_hi: u8,
+    #[bits(4)]
+    pfsid_lo: u8,
+    sid: u16,
+    #[bits(20)]
+    pasid: u32,
+    #[bits(12)]
+    pfsid_hi: u16,
+    /// G: global.
+    global: bool,
+    #[bits(10)]
+    rsvd0: u16,
+    /// S.
+    size: bool,
+    #[bits(52)]
+    addr_page: u64,
+}
 
 /// Granularity of a context-cache invalidation (§6.5.2.1, CCMD.CIRG §10.4.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,80 +403,79 @@ pub enum Descriptor {
 /// with every reserved bit zero. In a 256-bit queue the upper two qwords are zero.
 pub mod encode {
     use super::{
-        ContextGranularity, IotlbGranularity, PasidCacheGranularity, PasidIotlbGranularity,
-        TYPE_CONTEXT_CACHE, TYPE_IOTLB, TYPE_PASID_CACHE, TYPE_PASID_IOTLB, TYPE_WAIT,
+        ContextCacheDesc, ContextGranularity, IotlbDesc, IotlbGranularity, PasidCacheGranularity,
+        PasidDesc, PasidIotlbGranularity, TYPE_CONTEXT_CACHE, TYPE_IOTLB, TYPE_PASID_CACHE,
+        TYPE_PASID_IOTLB, TYPE_WAIT, WaitDesc, qwords,
     };
 
-    /// The G field (bits 5:4).
-    const fn g(v: u64) -> u64 {
-        v << 4
+    /// The low four bits of a type encoding (bits 3:0; the types used here have none above).
+    const fn ty(t: u64) -> u8 {
+        (t & 0xf) as u8
     }
 
-    /// The DID field (bits 31:16).
-    fn did(d: u16) -> u64 {
-        u64::from(d) << 16
-    }
-
-    /// Context-cache invalidate (§6.5.2.1): G 01b global, 10b domain, 11b device with SID in
-    /// bits 47:32 and FM in bits 49:48.
+    /// Context-cache invalidate (§6.5.2.1): G 01b global, 10b domain, 11b device with SID and
+    /// FM.
     pub fn context_cache(gran: ContextGranularity) -> [u64; 2] {
-        let q0 = match gran {
-            ContextGranularity::Global => g(1),
-            ContextGranularity::Domain(d) => g(2) | did(d),
-            ContextGranularity::Device { did: d, sid, fm } => {
-                g(3) | did(d) | (u64::from(sid) << 32) | (u64::from(fm & 3) << 48)
+        let d = ContextCacheDesc::new().with_ty_lo(ty(TYPE_CONTEXT_CACHE));
+        let d = match gran {
+            ContextGranularity::Global => d.with_g(1),
+            ContextGranularity::Domain(did) => d.with_g(2).with_did(did),
+            ContextGranularity::Device { did, sid, fm } => {
+                d.with_g(3).with_did(did).with_sid(sid).with_fm(fm & 3)
             }
         };
-        [TYPE_CONTEXT_CACHE | q0, 0]
+        qwords(d.into_bits())
     }
 
-    /// IOTLB invalidate (§6.5.2.3): G 01b global, 10b domain, 11b page with ADDR (bits
-    /// 63:12), IH (bit 6) and AM (bits 5:0) in qword 1.
+    /// IOTLB invalidate (§6.5.2.3): G 01b global, 10b domain, 11b page with ADDR, IH and AM.
     pub fn iotlb(gran: IotlbGranularity) -> [u64; 2] {
-        match gran {
-            IotlbGranularity::Global => [TYPE_IOTLB | g(1), 0],
-            IotlbGranularity::Domain(d) => [TYPE_IOTLB | g(2) | did(d), 0],
-            IotlbGranularity::Page {
-                did: d,
-                addr,
-                am,
-                ih,
-            } => [
-                TYPE_IOTLB | g(3) | did(d),
-                (addr & !0xfff) | (u64::from(ih) << 6) | u64::from(am & 0x3f),
-            ],
-        }
+        let d = IotlbDesc::new().with_ty_lo(ty(TYPE_IOTLB));
+        let d = match gran {
+            IotlbGranularity::Global => d.with_g(1),
+            IotlbGranularity::Domain(did) => d.with_g(2).with_did(did),
+            IotlbGranularity::Page { did, addr, am, ih } => d
+                .with_g(3)
+                .with_did(did)
+                .with_addr_page(addr >> 12)
+                .with_ih(ih)
+                .with_am(am & 0x3f),
+        };
+        qwords(d.into_bits())
     }
 
-    /// PASID-cache invalidate (§6.5.2.2): G 00b domain, 01b PASID, 11b global; PASID in bits
-    /// 51:32.
-    pub fn pasid_cache(d: u16, pasid: u32, gran: PasidCacheGranularity) -> [u64; 2] {
-        let gv = match gran {
+    /// PASID-cache invalidate (§6.5.2.2): G 00b domain, 01b PASID, 11b global.
+    pub fn pasid_cache(did: u16, pasid: u32, gran: PasidCacheGranularity) -> [u64; 2] {
+        let g = match gran {
             PasidCacheGranularity::Domain => 0,
             PasidCacheGranularity::Pasid => 1,
             PasidCacheGranularity::Global => 3,
         };
-        [
-            TYPE_PASID_CACHE | g(gv) | did(d) | (u64::from(pasid & 0xf_ffff) << 32),
-            0,
-        ]
+        let d = PasidDesc::new()
+            .with_ty_lo(ty(TYPE_PASID_CACHE))
+            .with_g(g)
+            .with_did(did)
+            .with_pasid(pasid & 0xf_ffff);
+        qwords(d.into_bits())
     }
 
-    /// PASID-based IOTLB invalidate (§6.5.2.4): G 10b PASID, 11b page with ADDR, IH and AM in
-    /// qword 1; PASID in bits 51:32.
-    pub fn pasid_iotlb(d: u16, pasid: u32, gran: PasidIotlbGranularity) -> [u64; 2] {
-        let q0 = TYPE_PASID_IOTLB | did(d) | (u64::from(pasid & 0xf_ffff) << 32);
-        match gran {
-            PasidIotlbGranularity::Pasid => [q0 | g(2), 0],
-            PasidIotlbGranularity::Page { addr, am, ih } => [
-                q0 | g(3),
-                (addr & !0xfff) | (u64::from(ih) << 6) | u64::from(am & 0x3f),
-            ],
-        }
+    /// PASID-based IOTLB invalidate (§6.5.2.4): G 10b PASID, 11b page with ADDR, IH and AM.
+    pub fn pasid_iotlb(did: u16, pasid: u32, gran: PasidIotlbGranularity) -> [u64; 2] {
+        let d = PasidDesc::new()
+            .with_ty_lo(ty(TYPE_PASID_IOTLB))
+            .with_did(did)
+            .with_pasid(pasid & 0xf_ffff);
+        let d = match gran {
+            PasidIotlbGranularity::Pasid => d.with_g(2),
+            PasidIotlbGranularity::Page { addr, am, ih } => d
+                .with_g(3)
+                .with_addr_page(addr >> 12)
+                .with_ih(ih)
+                .with_am(am & 0x3f),
+        };
+        qwords(d.into_bits())
     }
 
-    /// Invalidation wait (§6.5.2.8): IF (bit 4), SW (bit 5), FN (bit 6), status data in bits
-    /// 63:32; status address (4-byte aligned) in qword 1.
+    /// Invalidation wait (§6.5.2.8): IF, SW, FN, status data; status address (4-byte aligned).
     pub fn wait(
         interrupt: bool,
         status_write: bool,
@@ -268,14 +483,14 @@ pub mod encode {
         data: u32,
         addr: u64,
     ) -> [u64; 2] {
-        [
-            TYPE_WAIT
-                | (u64::from(interrupt) << 4)
-                | (u64::from(status_write) << 5)
-                | (u64::from(fence) << 6)
-                | (u64::from(data) << 32),
-            addr & !3,
-        ]
+        let d = WaitDesc::new()
+            .with_ty_lo(ty(TYPE_WAIT))
+            .with_interrupt(interrupt)
+            .with_status_write(status_write)
+            .with_fence(fence)
+            .with_data(data)
+            .with_addr_dword(addr >> 2);
+        qwords(d.into_bits())
     }
 }
 
@@ -297,108 +512,39 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, Iqei> {
     if qw.iter().skip(2).any(|&q| q != 0) {
         return Err(Iqei::Reserved);
     }
-    let ty = bits(q0, 3, 0) | (bits(q0, 11, 9) << 4);
-    let reserved = |cond: bool| if cond { Err(Iqei::Reserved) } else { Ok(()) };
+    let w = word(q0, q1);
+    let ty = (q0 & 0xf) | (((q0 >> 9) & 7) << 4);
     match ty {
-        TYPE_CONTEXT_CACHE => {
-            reserved(bits(q0, 8, 6) != 0 || bits(q0, 15, 12) != 0 || q0 >> 50 != 0 || q1 != 0)?;
-            let did = bits(q0, 31, 16) as u16;
-            let g = match bits(q0, 5, 4) {
-                1 => ContextGranularity::Global,
-                2 => ContextGranularity::Domain(did),
-                3 => ContextGranularity::Device {
-                    did,
-                    sid: bits(q0, 47, 32) as u16,
-                    fm: bits(q0, 49, 48) as u8,
-                },
-                _ => return Err(Iqei::Reserved),
-            };
-            Ok(Descriptor::ContextCache(g))
-        }
-        TYPE_IOTLB => {
-            reserved(q0 & (1 << 8) != 0 || bits(q0, 15, 12) != 0 || q0 >> 32 != 0)?;
-            reserved(bits(q1, 11, 7) != 0)?;
-            let did = bits(q0, 31, 16) as u16;
-            let g = match bits(q0, 5, 4) {
-                1 => IotlbGranularity::Global,
-                2 => IotlbGranularity::Domain(did),
-                3 => IotlbGranularity::Page {
-                    did,
-                    addr: q1 & !0xfff,
-                    am: bits(q1, 5, 0) as u8,
-                    ih: q1 & (1 << 6) != 0,
-                },
-                _ => return Err(Iqei::Reserved),
-            };
-            Ok(Descriptor::Iotlb(g))
-        }
+        TYPE_CONTEXT_CACHE => decode_context_cache(ContextCacheDesc::from_bits(w)),
+        TYPE_IOTLB => decode_iotlb(IotlbDesc::from_bits(w)),
         TYPE_DEVICE_TLB if ctx.device_tlb => {
-            reserved(bits(q0, 8, 4) != 0 || bits(q0, 31, 21) != 0 || bits(q0, 51, 48) != 0)?;
-            reserved(bits(q1, 11, 1) != 0)?;
-            Ok(Descriptor::DeviceTlb {
-                sid: bits(q0, 47, 32) as u16,
-            })
+            let d = DeviceTlbDesc::from_bits(w);
+            refuse_reserved(d.reserved())?;
+            Ok(Descriptor::DeviceTlb { sid: d.sid() })
         }
         TYPE_WAIT => {
-            // PD (bit 7) needs page-request support, which the model does not offer.
-            reserved(bits(q0, 8, 7) != 0 || bits(q0, 31, 12) != 0 || q1 & 3 != 0)?;
+            let d = WaitDesc::from_bits(w);
+            refuse_reserved(d.reserved())?;
             Ok(Descriptor::Wait {
-                interrupt: q0 & (1 << 4) != 0,
-                status_write: q0 & (1 << 5) != 0,
-                fence: q0 & (1 << 6) != 0,
-                data: (q0 >> 32) as u32,
-                addr: q1 & !3,
+                interrupt: d.interrupt(),
+                status_write: d.status_write(),
+                fence: d.fence(),
+                data: d.data(),
+                addr: d.addr_dword() << 2,
             })
         }
         TYPE_PASID_IOTLB | TYPE_PASID_CACHE | TYPE_PASID_DEVICE_TLB if ctx.pasid => {
             if !ctx.scalable {
                 return Err(Iqei::InvalidTtm);
             }
-            let did = bits(q0, 31, 16) as u16;
-            let pasid = bits(q0, 51, 32) as u32;
             match ty {
-                TYPE_PASID_IOTLB => {
-                    reserved(bits(q0, 8, 6) != 0 || bits(q0, 15, 12) != 0 || q0 >> 52 != 0)?;
-                    reserved(bits(q1, 11, 7) != 0)?;
-                    let granularity = match bits(q0, 5, 4) {
-                        2 => PasidIotlbGranularity::Pasid,
-                        3 => PasidIotlbGranularity::Page {
-                            addr: q1 & !0xfff,
-                            am: bits(q1, 5, 0) as u8,
-                            ih: q1 & (1 << 6) != 0,
-                        },
-                        _ => return Err(Iqei::Reserved),
-                    };
-                    Ok(Descriptor::PasidIotlb {
-                        did,
-                        pasid,
-                        granularity,
-                    })
-                }
-                TYPE_PASID_CACHE => {
-                    reserved(
-                        bits(q0, 8, 6) != 0 || bits(q0, 15, 12) != 0 || q0 >> 52 != 0 || q1 != 0,
-                    )?;
-                    let granularity = match bits(q0, 5, 4) {
-                        0 => PasidCacheGranularity::Domain,
-                        1 => PasidCacheGranularity::Pasid,
-                        3 => PasidCacheGranularity::Global,
-                        _ => return Err(Iqei::Reserved),
-                    };
-                    Ok(Descriptor::PasidCache {
-                        did,
-                        pasid,
-                        granularity,
-                    })
-                }
+                TYPE_PASID_IOTLB => decode_pasid_iotlb(PasidDesc::from_bits(w)),
+                TYPE_PASID_CACHE => decode_pasid_cache(PasidDesc::from_bits(w)),
+                _ if !ctx.device_tlb => Err(Iqei::InvalidType),
                 _ => {
-                    if !ctx.device_tlb {
-                        return Err(Iqei::InvalidType);
-                    }
-                    reserved(bits(q1, 10, 1) != 0)?;
-                    Ok(Descriptor::PasidDeviceTlb {
-                        sid: bits(q0, 31, 16) as u16,
-                    })
+                    let d = PasidDeviceTlbDesc::from_bits(w);
+                    refuse_reserved(d.rsvd0() != 0)?;
+                    Ok(Descriptor::PasidDeviceTlb { sid: d.sid() })
                 }
             }
         }
@@ -406,6 +552,74 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, Iqei> {
         // device-TLB descriptors need ECAP.DT; other encodings are undefined.
         _ => Err(Iqei::InvalidType),
     }
+}
+
+fn refuse_reserved(set: bool) -> Result<(), Iqei> {
+    if set { Err(Iqei::Reserved) } else { Ok(()) }
+}
+
+fn decode_context_cache(d: ContextCacheDesc) -> Result<Descriptor, Iqei> {
+    refuse_reserved(d.reserved())?;
+    let g = match d.g() {
+        1 => ContextGranularity::Global,
+        2 => ContextGranularity::Domain(d.did()),
+        3 => ContextGranularity::Device {
+            did: d.did(),
+            sid: d.sid(),
+            fm: d.fm(),
+        },
+        _ => return Err(Iqei::Reserved),
+    };
+    Ok(Descriptor::ContextCache(g))
+}
+
+fn decode_iotlb(d: IotlbDesc) -> Result<Descriptor, Iqei> {
+    refuse_reserved(d.reserved())?;
+    let g = match d.g() {
+        1 => IotlbGranularity::Global,
+        2 => IotlbGranularity::Domain(d.did()),
+        3 => IotlbGranularity::Page {
+            did: d.did(),
+            addr: d.addr_page() << 12,
+            am: d.am(),
+            ih: d.ih(),
+        },
+        _ => return Err(Iqei::Reserved),
+    };
+    Ok(Descriptor::Iotlb(g))
+}
+
+fn decode_pasid_iotlb(d: PasidDesc) -> Result<Descriptor, Iqei> {
+    refuse_reserved(d.reserved_q0() || d.rsvd3() != 0)?;
+    let granularity = match d.g() {
+        2 => PasidIotlbGranularity::Pasid,
+        3 => PasidIotlbGranularity::Page {
+            addr: d.addr_page() << 12,
+            am: d.am(),
+            ih: d.ih(),
+        },
+        _ => return Err(Iqei::Reserved),
+    };
+    Ok(Descriptor::PasidIotlb {
+        did: d.did(),
+        pasid: d.pasid(),
+        granularity,
+    })
+}
+
+fn decode_pasid_cache(d: PasidDesc) -> Result<Descriptor, Iqei> {
+    refuse_reserved(d.reserved_q0() || d.q1() != 0)?;
+    let granularity = match d.g() {
+        0 => PasidCacheGranularity::Domain,
+        1 => PasidCacheGranularity::Pasid,
+        3 => PasidCacheGranularity::Global,
+        _ => return Err(Iqei::Reserved),
+    };
+    Ok(Descriptor::PasidCache {
+        did: d.did(),
+        pasid: d.pasid(),
+        granularity,
+    })
 }
 
 #[cfg(test)]
