@@ -32,7 +32,11 @@ use super::{
 };
 use crate::core::{EndpointId, MapFlags, Mapping};
 use crate::unit::Unit;
-use crate::vtd::layout::{CapReg, EcapReg};
+use crate::vtd::layout::{
+    CapReg, ContextEntryHi, ContextEntryLo, EcapReg, PGTT_PASS_THROUGH, PGTT_SECOND_STAGE,
+    PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1, RootEntryLo, ScalableContextQw0,
+    T_PASS_THROUGH, T_UNTRANSLATED,
+};
 use crate::vtd::qi::{ContextGranularity, IotlbGranularity, PasidCacheGranularity, encode};
 use crate::vtd::regs::*;
 use crate::vtd::{Vtd, VtdConfig};
@@ -43,21 +47,9 @@ pub const PASS_THROUGH_DID: u16 = 1;
 /// First DID handed to paging domains (DID 0 is reserved when CAP.CM is set, §9.3).
 pub const FIRST_DID: u16 = 2;
 
-/// Context entry fields (§9.3): lower qword P (bit 0), T (bits 3:2), SLPTPTR (63:12); upper
-/// qword AW (bits 2:0), DID (bits 23:8).
-const CTX_P: u64 = 1;
-const CTX_T_PASS_THROUGH: u64 = 2 << 2;
-/// Root entry present bit (§9.1).
-const ROOT_P: u64 = 1;
-
 /// At most this many page-selective IOTLB descriptors for one unmap; more becomes one
 /// domain-selective invalidation.
 const MAX_PSI: usize = 32;
-
-/// PASID-table entry (§9.6): qword 0 P (bit 0), AW (bits 4:2), PGTT (bits 8:6), SSPTPTR
-/// (63:12); qword 1 DID (bits 15:0).
-const PGTT_SECOND_STAGE: u64 = 0b010 << 6;
-const PGTT_PASS_THROUGH: u64 = 0b100 << 6;
 
 /// How the realisation programs the unit (RTADDR.TTM, §10.4.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,7 +342,9 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
         // Legacy root entry (§9.1): lower qword CTP | P, upper qword reserved. Scalable root
         // entry (§9.2): lower qword LCTP | LP (devfn 0-127), upper UCTP | UP (128-255).
         let re = c.root + 16 * u64::from(bus) + 8 * u64::from(half);
-        if let Err(e) = self.mem().write_u64(re, t | ROOT_P) {
+        // A root entry half of either mode: P and the table's page (§9.1, §9.2).
+        let root = RootEntryLo::new().with_p(true).with_ctp_page(t >> 12);
+        if let Err(e) = self.mem().write_u64(re, root.into_bits()) {
             c.alloc.free(t);
             return Err(e.into());
         }
@@ -371,12 +365,18 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
         let ce = ctx + 32 * u64::from(devfn & 0x7f);
         let wr = |addr: u64, v: u64| self.mem().write_u64(addr, v);
         let r = (|| {
-            wr(dir, table | 1)?;
+            let pde = PasidDirEntryRaw::new()
+                .with_p(true)
+                .with_smptblptr_page(table >> 12);
+            wr(dir, pde.into_bits())?;
             // Qwords 1-3 (RID_PASID = 0, reserved) first, then qword 0 with P.
             for q in 1..4 {
                 wr(ce + 8 * q, 0)?;
             }
-            wr(ce, dir | CTX_P)
+            let qw0 = ScalableContextQw0::new()
+                .with_p(true)
+                .with_pasiddirptr_page(dir >> 12);
+            wr(ce, qw0.into_bits())
         })();
         if let Err(e) = r {
             c.alloc.free(dir);
@@ -394,34 +394,44 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
         c: &Ctl,
         mode: EndpointMode,
     ) -> Result<Option<(u64, u64, u16)>, HwError> {
+        let aw = self.aw as u8;
+        // Legacy context entry (§9.3) with T and the table, or PASID-table entry (§9.6) with
+        // PGTT and the table; both carry AW and the DID.
+        let entry = |table: u64, did: u16, pass_through: bool| match self.mode {
+            VtdMode::Legacy => {
+                let t = if pass_through {
+                    T_PASS_THROUGH
+                } else {
+                    T_UNTRANSLATED
+                };
+                let lo = ContextEntryLo::new()
+                    .with_p(true)
+                    .with_t(t)
+                    .with_slptptr_page(table >> 12);
+                let hi = ContextEntryHi::new().with_aw(aw).with_did(did);
+                (lo.into_bits(), hi.into_bits(), did)
+            }
+            VtdMode::Scalable => {
+                let pgtt = if pass_through {
+                    PGTT_PASS_THROUGH
+                } else {
+                    PGTT_SECOND_STAGE
+                };
+                let qw0 = PasidEntryQw0::new()
+                    .with_p(true)
+                    .with_aw(aw)
+                    .with_pgtt(pgtt)
+                    .with_ssptptr_page(table >> 12);
+                let qw1 = PasidEntryQw1::new().with_did(did);
+                (qw0.into_bits(), qw1.into_bits(), did)
+            }
+        };
         Ok(match mode {
             EndpointMode::Blocked => None,
-            EndpointMode::PassThrough => Some(match self.mode {
-                VtdMode::Legacy => (
-                    CTX_T_PASS_THROUGH | CTX_P,
-                    self.aw | (u64::from(PASS_THROUGH_DID) << 8),
-                    PASS_THROUGH_DID,
-                ),
-                VtdMode::Scalable => (
-                    PGTT_PASS_THROUGH | (self.aw << 2) | CTX_P,
-                    u64::from(PASS_THROUGH_DID),
-                    PASS_THROUGH_DID,
-                ),
-            }),
+            EndpointMode::PassThrough => Some(entry(0, PASS_THROUGH_DID, true)),
             EndpointMode::Translated(h) => {
                 let d = c.domains.get(&h).ok_or(HwError::NoDomain(h))?;
-                Some(match self.mode {
-                    VtdMode::Legacy => (
-                        d.tables.root() | CTX_P,
-                        self.aw | (u64::from(d.did) << 8),
-                        d.did,
-                    ),
-                    VtdMode::Scalable => (
-                        d.tables.root() | PGTT_SECOND_STAGE | (self.aw << 2) | CTX_P,
-                        u64::from(d.did),
-                        d.did,
-                    ),
-                })
+                Some(entry(d.tables.root(), d.did, false))
             }
         })
     }

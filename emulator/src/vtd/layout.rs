@@ -1,6 +1,7 @@
-//! Register layouts declared once, with `bitfield-struct`: each declaration gives the unit its
-//! encoder (the values it reports) and a driver its decoder (what it learns). The tests keep
-//! hand-built register words as independent oracles.
+//! Register and structure layouts declared once, with `bitfield-struct`: each declaration
+//! gives one side its encoder and the other its decoder (the unit encodes its capability
+//! registers and a driver decodes them; a driver encodes root, context and PASID entries and
+//! the unit decodes them). The tests keep hand-built words as independent oracles.
 
 use bitfield_struct::bitfield;
 
@@ -160,6 +161,232 @@ pub struct EcapReg {
     #[bits(14)]
     __: u16,
 }
+
+// ----------------------------------------------------------------- memory-resident entries
+// Each qword of the root, context and PASID structures, as software writes it and the unit
+// reads it. Table pointers are 4 KiB-aligned addresses held as page numbers (bits 63:12).
+
+/// Legacy root entry, lower qword (§9.1): P, reserved, CTP. The upper qword is reserved.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct RootEntryLo {
+    /// P: present.
+    pub p: bool,
+    /// Bits 11:1.
+    #[bits(11)]
+    pub rsvd: u16,
+    /// CTP: the context table's page number.
+    #[bits(52)]
+    pub ctp_page: u64,
+}
+
+/// Legacy context entry, lower qword (§9.3): P, FPD, T, reserved, SLPTPTR.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ContextEntryLo {
+    /// P: present.
+    pub p: bool,
+    /// FPD: fault processing disable.
+    pub fpd: bool,
+    /// T: 00b untranslated only, 01b with device TLB, 10b pass-through.
+    #[bits(2)]
+    pub t: u8,
+    /// Bits 11:4.
+    pub rsvd: u8,
+    /// SLPTPTR: the second-stage root table's page number.
+    #[bits(52)]
+    pub slptptr_page: u64,
+}
+
+/// Legacy context entry, upper qword (§9.3): AW, ignored, reserved, DID, reserved.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ContextEntryHi {
+    /// AW: 1 = 39-bit (3-level), 2 = 48-bit, 3 = 57-bit.
+    #[bits(3)]
+    pub aw: u8,
+    /// Bits 6:3, ignored.
+    #[bits(4)]
+    pub ignored: u8,
+    /// Bit 7.
+    pub rsvd0: bool,
+    /// DID: the domain id.
+    pub did: u16,
+    /// Bits 63:24.
+    #[bits(40)]
+    pub rsvd1: u64,
+}
+
+/// One half of a scalable-mode root entry (§9.2): LP/UP, reserved, LCTP/UCTP.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ScalableRootHalfRaw {
+    /// LP / UP: present.
+    pub p: bool,
+    /// Bits 11:1.
+    #[bits(11)]
+    pub rsvd: u16,
+    /// LCTP / UCTP: the scalable-mode context table's page number.
+    #[bits(52)]
+    pub ctp_page: u64,
+}
+
+/// Scalable-mode context entry, qword 0 (§9.4): P, FPD, DTE, PASIDE, PRE, reserved, PDTS,
+/// PASIDDIRPTR.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ScalableContextQw0 {
+    /// P: present.
+    pub p: bool,
+    /// FPD: fault processing disable.
+    pub fpd: bool,
+    /// DTE: device-TLB enable.
+    pub dte: bool,
+    /// PASIDE: requests with PASID enabled.
+    pub paside: bool,
+    /// PRE: page requests enabled.
+    pub pre: bool,
+    /// Bits 8:5.
+    #[bits(4)]
+    pub rsvd: u8,
+    /// PDTS: the PASID directory has 2^(PDTS + 7) entries.
+    #[bits(3)]
+    pub pdts: u8,
+    /// PASIDDIRPTR: the PASID directory's page number.
+    #[bits(52)]
+    pub pasiddirptr_page: u64,
+}
+
+/// Scalable-mode context entry, qword 1 (§9.4): RID_PASID, RID_PRIV, reserved. Qwords 2 and 3
+/// are reserved.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ScalableContextQw1 {
+    /// RID_PASID: the PASID of requests without one.
+    #[bits(20)]
+    pub rid_pasid: u32,
+    /// RID_PRIV: their privilege.
+    pub rid_priv: bool,
+    /// Bits 63:21.
+    #[bits(43)]
+    pub rsvd: u64,
+}
+
+/// Scalable-mode PASID-directory entry (§9.5): P, FPD, reserved, SMPTBLPTR.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct PasidDirEntryRaw {
+    /// P: present.
+    pub p: bool,
+    /// FPD: fault processing disable.
+    pub fpd: bool,
+    /// Bits 11:2.
+    #[bits(10)]
+    pub rsvd: u16,
+    /// SMPTBLPTR: the PASID table's page number.
+    #[bits(52)]
+    pub smptblptr_page: u64,
+}
+
+/// Scalable-mode PASID-table entry, qword 0 (§9.6): P, FPD, AW, SSEE, PGTT, SSADE, reserved,
+/// SSPTPTR.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct PasidEntryQw0 {
+    /// P: present.
+    pub p: bool,
+    /// FPD: fault processing disable.
+    pub fpd: bool,
+    /// AW: the second stage's address width.
+    #[bits(3)]
+    pub aw: u8,
+    /// SSEE: second-stage execute enable.
+    pub ssee: bool,
+    /// PGTT: 001b first stage, 010b second stage, 011b nested, 100b pass-through.
+    #[bits(3)]
+    pub pgtt: u8,
+    /// SSADE: second-stage accessed/dirty enable.
+    pub ssade: bool,
+    /// Bits 11:10.
+    #[bits(2)]
+    pub rsvd: u8,
+    /// SSPTPTR: the second-stage root table's page number.
+    #[bits(52)]
+    pub ssptptr_page: u64,
+}
+
+/// Scalable-mode PASID-table entry, qword 1 (§9.6): DID, reserved, PWSNP, PGSNP, CD, EMTE, EMT,
+/// PWT, PCD, PAT.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct PasidEntryQw1 {
+    /// DID: the domain id.
+    pub did: u16,
+    /// Bits 22:16.
+    #[bits(7)]
+    pub rsvd: u8,
+    /// PWSNP: page-walk snoop.
+    pub pwsnp: bool,
+    /// PGSNP: page snoop.
+    pub pgsnp: bool,
+    /// CD: cache disable.
+    pub cd: bool,
+    /// EMTE: extended memory type enable.
+    pub emte: bool,
+    /// EMT: extended memory type.
+    #[bits(3)]
+    pub emt: u8,
+    /// PWT: page-level write-through.
+    pub pwt: bool,
+    /// PCD: page-level cache disable.
+    pub pcd: bool,
+    /// PAT: page attribute table.
+    pub pat: u32,
+}
+
+/// Scalable-mode PASID-table entry, qword 2 (§9.6): SRE, ERE, FSPM, WPE, NXE, SMEP, EAFE,
+/// reserved, FSPTPTR. Qwords 3 to 7 are reserved.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct PasidEntryQw2 {
+    /// SRE: supervisor requests enabled.
+    pub sre: bool,
+    /// ERE: execute requests enabled.
+    pub ere: bool,
+    /// FSPM: first-stage paging mode (00b 4-level, 01b 5-level).
+    #[bits(2)]
+    pub fspm: u8,
+    /// WPE: write protect enable.
+    pub wpe: bool,
+    /// NXE: no-execute enable.
+    pub nxe: bool,
+    /// SMEP: supervisor-mode execute prevention.
+    pub smep: bool,
+    /// EAFE: extended accessed flag enable.
+    pub eafe: bool,
+    /// Bits 11:8.
+    #[bits(4)]
+    pub rsvd: u8,
+    /// FSPTPTR: the first-stage root table's page number.
+    #[bits(52)]
+    pub fsptptr_page: u64,
+}
+
+/// The PGTT encodings (§9.6).
+pub const PGTT_FIRST_STAGE: u8 = 0b001;
+/// PGTT: second stage.
+pub const PGTT_SECOND_STAGE: u8 = 0b010;
+/// PGTT: nested.
+pub const PGTT_NESTED: u8 = 0b011;
+/// PGTT: pass-through.
+pub const PGTT_PASS_THROUGH: u8 = 0b100;
+
+/// The legacy context-entry T encodings (§9.3).
+pub const T_UNTRANSLATED: u8 = 0b00;
+/// T: untranslated and translation requests (device TLB).
+pub const T_DEVICE_TLB: u8 = 0b01;
+/// T: pass-through.
+pub const T_PASS_THROUGH: u8 = 0b10;
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,16 @@
 //! Decoders for the memory-resident VT-d structures: root and context entries (legacy and
 //! scalable mode), PASID-directory and PASID-table entries.
 //!
-//! Each decoder takes the raw little-endian qwords and either returns the decoded entry or says
-//! which check failed, so that the translation path can report the spec's fault reason.
+//! Each decoder takes the raw little-endian qwords, reads them through the layouts declared in
+//! [`super::layout`] (which drivers encode entries with), and either returns the decoded entry
+//! or says which check failed, so that the translation path can report the spec's fault reason.
 
-/// Bits `hi..=lo` of `v`.
-#[inline]
-pub(crate) fn bits(v: u64, hi: u32, lo: u32) -> u64 {
-    (v >> lo) & (u64::MAX >> (63 - (hi - lo)))
-}
+use super::layout::{
+    ContextEntryHi, ContextEntryLo, PGTT_FIRST_STAGE, PGTT_NESTED, PGTT_PASS_THROUGH,
+    PGTT_SECOND_STAGE, PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1, PasidEntryQw2, RootEntryLo,
+    ScalableContextQw0, ScalableContextQw1, ScalableRootHalfRaw, T_DEVICE_TLB, T_PASS_THROUGH,
+    T_UNTRANSLATED,
+};
 
 /// Mask of address bits at or above `haw` (reserved in structure pointers).
 #[inline]
@@ -38,13 +40,15 @@ pub struct RootEntry {
 impl RootEntry {
     /// Decodes a root entry from its two qwords.
     pub fn decode(lo: u64, hi: u64, haw: u8) -> Result<Self, EntryError> {
-        if lo & 1 == 0 {
+        let e = RootEntryLo::from_bits(lo);
+        if !e.p() {
             return Err(EntryError::NotPresent);
         }
-        if lo & 0xffe != 0 || lo & above_haw(haw) != 0 || hi != 0 {
+        let ctp = e.ctp_page() << 12;
+        if e.rsvd() != 0 || ctp & above_haw(haw) != 0 || hi != 0 {
             return Err(EntryError::Reserved);
         }
-        Ok(Self { ctp: lo & !0xfff })
+        Ok(Self { ctp })
     }
 }
 
@@ -80,7 +84,7 @@ pub struct ContextEntry {
 /// Whether the FPD bit of a present-or-not context entry is set (faults after reading it are
 /// qualified by FPD even when the entry is unusable).
 pub fn legacy_context_fpd(lo: u64) -> bool {
-    lo & 2 != 0
+    ContextEntryLo::from_bits(lo).fpd()
 }
 
 impl ContextEntry {
@@ -94,20 +98,21 @@ impl ContextEntry {
         dt_ok: bool,
         aw_ok: impl Fn(u8) -> bool,
     ) -> Result<Self, EntryError> {
-        if lo & 1 == 0 {
+        let (l, h) = (ContextEntryLo::from_bits(lo), ContextEntryHi::from_bits(hi));
+        if !l.p() {
             return Err(EntryError::NotPresent);
         }
-        if lo & 0xff0 != 0 || hi & (1 << 7) != 0 || hi >> 24 != 0 {
+        if l.rsvd() != 0 || h.rsvd0() || h.rsvd1() != 0 {
             return Err(EntryError::Reserved);
         }
-        let tt = match bits(lo, 3, 2) {
-            0 => TranslationType::UntranslatedOnly,
-            1 if dt_ok => TranslationType::DeviceTlb,
-            2 if pt_ok => TranslationType::PassThrough,
+        let tt = match l.t() {
+            T_UNTRANSLATED => TranslationType::UntranslatedOnly,
+            T_DEVICE_TLB if dt_ok => TranslationType::DeviceTlb,
+            T_PASS_THROUGH if pt_ok => TranslationType::PassThrough,
             _ => return Err(EntryError::Invalid),
         };
-        let aw = bits(hi, 2, 0) as u8;
-        let slptptr = lo & !0xfff;
+        let aw = h.aw();
+        let slptptr = l.slptptr_page() << 12;
         if tt != TranslationType::PassThrough {
             if slptptr & above_haw(haw) != 0 {
                 return Err(EntryError::Reserved);
@@ -117,11 +122,11 @@ impl ContextEntry {
             }
         }
         Ok(Self {
-            fpd: legacy_context_fpd(lo),
+            fpd: l.fpd(),
             tt,
             slptptr,
             aw,
-            did: bits(hi, 23, 8) as u16,
+            did: h.did(),
         })
     }
 }
@@ -139,13 +144,15 @@ impl ScalableRootHalf {
     /// Decodes the half of a scalable-mode root entry (`qw` = lower qword for devfn < 128,
     /// upper otherwise).
     pub fn decode(qw: u64, haw: u8) -> Result<Self, EntryError> {
-        if qw & 1 == 0 {
+        let e = ScalableRootHalfRaw::from_bits(qw);
+        if !e.p() {
             return Err(EntryError::NotPresent);
         }
-        if qw & 0xffe != 0 || qw & above_haw(haw) != 0 {
+        let ctp = e.ctp_page() << 12;
+        if e.rsvd() != 0 || ctp & above_haw(haw) != 0 {
             return Err(EntryError::Reserved);
         }
-        Ok(Self { ctp: qw & !0xfff })
+        Ok(Self { ctp })
     }
 }
 
@@ -181,26 +188,31 @@ impl ScalableContextEntry {
         dt_ok: bool,
         rid_priv_ok: bool,
     ) -> Result<Self, EntryError> {
-        if qw[0] & 1 == 0 {
+        let (q0, q1) = (
+            ScalableContextQw0::from_bits(qw[0]),
+            ScalableContextQw1::from_bits(qw[1]),
+        );
+        if !q0.p() {
             return Err(EntryError::NotPresent);
         }
-        if qw[0] & 0x1e0 != 0
-            || qw[0] & above_haw(haw) != 0
-            || qw[1] >> 21 != 0
+        let pasiddirptr = q0.pasiddirptr_page() << 12;
+        if q0.rsvd() != 0
+            || pasiddirptr & above_haw(haw) != 0
+            || q1.rsvd() != 0
             || qw[2] != 0
             || qw[3] != 0
         {
             return Err(EntryError::Reserved);
         }
         let e = Self {
-            fpd: qw[0] & 2 != 0,
-            dte: qw[0] & 4 != 0,
-            paside: qw[0] & 8 != 0,
-            pre: qw[0] & 0x10 != 0,
-            pdts: bits(qw[0], 11, 9) as u8,
-            pasiddirptr: qw[0] & !0xfff,
-            rid_pasid: bits(qw[1], 19, 0) as u32,
-            rid_priv: qw[1] & (1 << 20) != 0,
+            fpd: q0.fpd(),
+            dte: q0.dte(),
+            paside: q0.paside(),
+            pre: q0.pre(),
+            pdts: q0.pdts(),
+            pasiddirptr,
+            rid_pasid: q1.rid_pasid(),
+            rid_priv: q1.rid_priv(),
         };
         // Page requests are not supported (ECAP.PRS = 0): PRE must be clear. DTE needs ECAP.DT.
         if e.pre || (e.dte && !dt_ok) || (e.rid_priv && !rid_priv_ok) {
@@ -228,15 +240,17 @@ pub struct PasidDirEntry {
 impl PasidDirEntry {
     /// Decodes a PASID-directory entry.
     pub fn decode(qw: u64, haw: u8) -> Result<Self, EntryError> {
-        if qw & 1 == 0 {
+        let e = PasidDirEntryRaw::from_bits(qw);
+        if !e.p() {
             return Err(EntryError::NotPresent);
         }
-        if qw & 0xffc != 0 || qw & above_haw(haw) != 0 {
+        let smptblptr = e.smptblptr_page() << 12;
+        if e.rsvd() != 0 || smptblptr & above_haw(haw) != 0 {
             return Err(EntryError::Reserved);
         }
         Ok(Self {
-            fpd: qw & 2 != 0,
-            smptblptr: qw & !0xfff,
+            fpd: e.fpd(),
+            smptblptr,
         })
     }
 }
@@ -321,39 +335,40 @@ pub struct PasidSupport {
 impl PasidEntry {
     /// Decodes a PASID-table entry.
     pub fn decode(qw: [u64; 8], s: &PasidSupport) -> Result<Self, EntryError> {
-        if qw[0] & 1 == 0 {
+        let (q0, q1, q2) = (
+            PasidEntryQw0::from_bits(qw[0]),
+            PasidEntryQw1::from_bits(qw[1]),
+            PasidEntryQw2::from_bits(qw[2]),
+        );
+        if !q0.p() {
             return Err(EntryError::NotPresent);
         }
         let haw_mask = above_haw(s.haw);
-        if qw[0] & 0xc00 != 0
-            || bits(qw[1], 22, 16) != 0
-            || qw[2] & 0xf00 != 0
-            || qw[3..].iter().any(|&q| q != 0)
-        {
+        if q0.rsvd() != 0 || q1.rsvd() != 0 || q2.rsvd() != 0 || qw[3..].iter().any(|&q| q != 0) {
             return Err(EntryError::Reserved);
         }
-        let pgtt = match bits(qw[0], 8, 6) {
-            1 => Pgtt::FirstStage,
-            2 => Pgtt::SecondStage,
-            3 => Pgtt::Nested,
-            4 => Pgtt::PassThrough,
+        let pgtt = match q0.pgtt() {
+            PGTT_FIRST_STAGE => Pgtt::FirstStage,
+            PGTT_SECOND_STAGE => Pgtt::SecondStage,
+            PGTT_NESTED => Pgtt::Nested,
+            PGTT_PASS_THROUGH => Pgtt::PassThrough,
             _ => return Err(EntryError::Invalid),
         };
         let e = Self {
-            fpd: qw[0] & 2 != 0,
-            aw: bits(qw[0], 4, 2) as u8,
-            ssee: qw[0] & (1 << 5) != 0,
+            fpd: q0.fpd(),
+            aw: q0.aw(),
+            ssee: q0.ssee(),
             pgtt,
-            ssade: qw[0] & (1 << 9) != 0,
-            ssptptr: qw[0] & !0xfff,
-            did: bits(qw[1], 15, 0) as u16,
-            sre: qw[2] & 1 != 0,
-            ere: qw[2] & 2 != 0,
-            fs_5level: bits(qw[2], 3, 2) == 1,
-            wpe: qw[2] & (1 << 4) != 0,
-            nxe: qw[2] & (1 << 5) != 0,
-            smep: qw[2] & (1 << 6) != 0,
-            fsptptr: qw[2] & !0xfff,
+            ssade: q0.ssade(),
+            ssptptr: q0.ssptptr_page() << 12,
+            did: q1.did(),
+            sre: q2.sre(),
+            ere: q2.ere(),
+            fs_5level: q2.fspm() == 1,
+            wpe: q2.wpe(),
+            nxe: q2.nxe(),
+            smep: q2.smep(),
+            fsptptr: q2.fsptptr_page() << 12,
         };
         let uses_fs = matches!(pgtt, Pgtt::FirstStage | Pgtt::Nested);
         let uses_ss = matches!(pgtt, Pgtt::SecondStage | Pgtt::Nested);
@@ -367,7 +382,7 @@ impl PasidEntry {
             return Err(EntryError::Invalid);
         }
         if uses_fs {
-            if bits(qw[2], 3, 2) > 1 || (e.fs_5level && !s.fs_5level) {
+            if q2.fspm() > 1 || (e.fs_5level && !s.fs_5level) {
                 return Err(EntryError::Invalid);
             }
             // In nested mode FSPTPTR is a guest-physical address checked by the second stage.
@@ -375,7 +390,7 @@ impl PasidEntry {
                 return Err(EntryError::Reserved);
             }
             // EAFE (qword 2 bit 7) needs ECAP.EAFS, which the model does not offer.
-            if (e.sre && !s.srs) || (e.ere && !s.ers) || qw[2] & (1 << 7) != 0 {
+            if (e.sre && !s.srs) || (e.ere && !s.ers) || q2.eafe() {
                 return Err(EntryError::Invalid);
             }
         }
@@ -648,9 +663,8 @@ mod tests {
     }
 
     #[test]
-    fn bits_helper() {
-        assert_eq!(bits(0xabcd, 7, 4), 0xc);
-        assert_eq!(bits(u64::MAX, 63, 0), u64::MAX);
+    fn above_haw_masks_the_high_address_bits() {
         assert_eq!(above_haw(48), 0xffff_0000_0000_0000);
+        assert_eq!(above_haw(64), 0);
     }
 }
