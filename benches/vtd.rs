@@ -23,6 +23,10 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use iommu_emulator::request::{AccessKind, DmaRequest};
 use iommu_emulator::trace::Trace;
+use iommu_emulator::vtd::layout::{
+    ContextEntryHi, ContextEntryLo, PGTT_NESTED, PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1,
+    PasidEntryQw2, RootEntryLo, ScalableContextQw0, ScalableRootHalfRaw,
+};
 use iommu_emulator::vtd::regs::*;
 use iommu_emulator::vtd::{Vtd, VtdConfig};
 use pagewalk::{
@@ -107,11 +111,17 @@ fn legacy_unit(cache_entries: usize) -> (Vtd<&'static Mem>, TableBuilder, &'stat
     let t = ss_tables(mem, &mut alloc, &iovas());
     let root = zeroed(mem, &mut alloc);
     let ctx = zeroed(mem, &mut alloc);
-    mem.write_u64(root + u64::from(SID >> 8) * 16, ctx | 1)
+    let re = RootEntryLo::new().with_p(true).with_ctp_page(ctx >> 12);
+    mem.write_u64(root + u64::from(SID >> 8) * 16, re.into_bits())
         .unwrap();
     let ce = ctx + u64::from(SID & 0xff) * 16;
-    mem.write_u64(ce + 8, 2 | (1 << 8)).unwrap();
-    mem.write_u64(ce, t.root() | 1).unwrap();
+    // AW = 2 (4-level), DID 1; T = 00b over the second-stage tables.
+    let hi = ContextEntryHi::new().with_aw(2).with_did(1);
+    let lo = ContextEntryLo::new()
+        .with_p(true)
+        .with_slptptr_page(t.root() >> 12);
+    mem.write_u64(ce + 8, hi.into_bits()).unwrap();
+    mem.write_u64(ce, lo.into_bits()).unwrap();
     let vtd = Vtd::new(mem, config(cache_entries), Box::new(|_| {})).unwrap();
     enable(&vtd, root, TTM_LEGACY);
     (vtd, t, mem)
@@ -163,15 +173,31 @@ fn nested_unit(cache_entries: usize) -> Vtd<&'static Mem> {
     let ctx = zeroed(mem, &mut alloc);
     let dir = zeroed(mem, &mut alloc);
     let ptab = zeroed(mem, &mut alloc);
-    mem.write_u64(root, ctx | 1).unwrap();
+    let root_half = ScalableRootHalfRaw::new()
+        .with_p(true)
+        .with_ctp_page(ctx >> 12);
+    mem.write_u64(root, root_half.into_bits()).unwrap();
     let ce = ctx + u64::from(SID & 0x7f) * 32;
-    mem.write_u64(ce, dir | (1 << 3) | 1).unwrap();
-    mem.write_u64(dir, ptab | 1).unwrap();
-    let pe = ptab + 64; // PASID 1
-    mem.write_u64(pe + 8, 3).unwrap();
-    mem.write_u64(pe + 16, fs.root()).unwrap();
-    mem.write_u64(pe, ss.root() | (3 << 6) | (2 << 2) | 1)
+    let ce0 = ScalableContextQw0::new()
+        .with_p(true)
+        .with_paside(true)
+        .with_pasiddirptr_page(dir >> 12);
+    mem.write_u64(ce, ce0.into_bits()).unwrap();
+    let pde = PasidDirEntryRaw::new()
+        .with_p(true)
+        .with_smptblptr_page(ptab >> 12);
+    mem.write_u64(dir, pde.into_bits()).unwrap();
+    let pe = ptab + 64; // PASID 1: nested, AW = 2, DID 3.
+    let qw0 = PasidEntryQw0::new()
+        .with_p(true)
+        .with_aw(2)
+        .with_pgtt(PGTT_NESTED)
+        .with_ssptptr_page(ss.root() >> 12);
+    let qw2 = PasidEntryQw2::new().with_fsptptr_page(fs.root() >> 12);
+    mem.write_u64(pe + 8, PasidEntryQw1::new().with_did(3).into_bits())
         .unwrap();
+    mem.write_u64(pe + 16, qw2.into_bits()).unwrap();
+    mem.write_u64(pe, qw0.into_bits()).unwrap();
     let vtd = Vtd::new(mem, config(cache_entries), Box::new(|_| {})).unwrap();
     enable(&vtd, root, TTM_SCALABLE);
     vtd
