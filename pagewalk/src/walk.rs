@@ -102,7 +102,21 @@ pub(crate) fn walk_impl<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O
         kind,
         nested: None,
     };
-    check_request(cfg, start, input, access).map_err(|k| fault(start.level, k, None, None))?;
+    if !cfg.levels_valid() || start.level == 0 || start.level > cfg.levels() {
+        return Err(fault(start.level, FaultKind::BadLevel, None, None));
+    }
+    if !cfg.input_in_range(input) {
+        return Err(fault(
+            start.level,
+            FaultKind::AddressBeyondWidth,
+            None,
+            None,
+        ));
+    }
+    if !cfg.request_allowed(access) {
+        return Err(fault(start.level, FaultKind::Permission, None, None));
+    }
+    let write = access.is_write();
     let mut level = start.level;
     let mut table = start.table & ADDR_MASK;
     let mut perms = start.perms;
@@ -116,178 +130,126 @@ pub(crate) fn walk_impl<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O
             addr,
             kind: RefKind::Read,
         });
-        let entry = mem
+        let mut entry = mem
             .read_u64(addr)
             .map_err(|e| fault(level, FaultKind::MemoryRead(e), Some(addr), None))?;
-        let (step, entry) = settle_entry(
-            cfg,
-            stage,
-            mem,
-            obs,
-            xlate,
-            (level, addr, access.is_write()),
-            entry,
-            |e| decide(cfg, level, e, input, perms, access),
-            |kind, e| fault(level, kind, Some(addr), Some(e)),
-        )?;
-        match step {
-            Step::Table {
-                next,
-                next_level,
-                perms: p,
-            } => {
-                perms &= p;
-                obs.table(TableVisit {
+        let mut retries = 0u32;
+        loop {
+            let f = |kind| fault(level, kind, Some(addr), Some(entry));
+            let step = match cfg.decode(level, entry) {
+                Decoded::NotPresent => return Err(f(FaultKind::NotPresent)),
+                Decoded::Reserved => return Err(f(FaultKind::ReservedBit)),
+                Decoded::BadLevel => return Err(f(FaultKind::BadLevel)),
+                Decoded::Table {
+                    next,
+                    next_level,
+                    perms: p,
+                } => {
+                    // AMD-Vi §2.2.3.1: the input bits of skipped levels must be zero.
+                    if next_level + 1 < level
+                        && input & bits(level_shift(level) - 1, level_shift(next_level + 1)) != 0
+                    {
+                        return Err(f(FaultKind::AddressBeyondWidth));
+                    }
+                    Step::Table {
+                        next,
+                        next_level,
+                        perms: p,
+                    }
+                }
+                Decoded::Leaf {
+                    base,
+                    shift,
+                    perms: p,
+                    force_coherent,
+                } => {
+                    if !cfg.permits(perms & p, access) {
+                        return Err(f(FaultKind::Permission));
+                    }
+                    Step::Leaf {
+                        base,
+                        shift,
+                        perms: p,
+                        force_coherent,
+                    }
+                }
+            };
+            let ad = cfg.ad_bits(entry, matches!(step, Step::Leaf { .. }), write);
+            if ad != 0 {
+                xlate.before_write(mem, obs)?;
+                obs.mem_ref(MemRef {
                     stage,
                     level,
-                    prefix: input & !((1u64 << level_shift(level)) - 1),
-                    next_table: next,
-                    next_level,
-                    perms,
+                    addr,
+                    kind: RefKind::AdUpdate,
                 });
-                table = next;
-                level = next_level;
+                match mem.compare_exchange_u64(addr, entry, entry | ad) {
+                    Ok(Ok(_)) => entry |= ad,
+                    Ok(Err(actual)) => {
+                        retries += 1;
+                        if retries > MAX_AD_RETRIES {
+                            entry = actual;
+                            return Err(fault(
+                                level,
+                                FaultKind::AdUpdateContention,
+                                Some(addr),
+                                Some(entry),
+                            ));
+                        }
+                        log::trace!("A/D update raced at {addr:#x}: {entry:#x} -> {actual:#x}");
+                        entry = actual;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(fault(
+                            level,
+                            FaultKind::MemoryRead(e),
+                            Some(addr),
+                            Some(entry),
+                        ));
+                    }
+                }
             }
-            Step::Leaf {
-                base,
-                shift,
-                perms: p,
-                force_coherent,
-            } => {
-                let mask = (1u64 << shift) - 1;
-                return Ok(Translation {
-                    output: base | (input & mask),
-                    page_shift: shift,
-                    perms: perms & p,
+            match step {
+                Step::Table {
+                    next,
+                    next_level,
+                    perms: p,
+                } => {
+                    perms &= p;
+                    obs.table(TableVisit {
+                        stage,
+                        level,
+                        prefix: input & !((1u64 << level_shift(level)) - 1),
+                        next_table: next,
+                        next_level,
+                        perms,
+                    });
+                    table = next;
+                    level = next_level;
+                    break;
+                }
+                Step::Leaf {
+                    base,
+                    shift,
+                    perms: p,
                     force_coherent,
-                    level,
-                    entry_addr: addr,
-                    entry,
-                });
+                } => {
+                    let mask = (1u64 << shift) - 1;
+                    return Ok(Translation {
+                        output: base | (input & mask),
+                        page_shift: shift,
+                        perms: perms & p,
+                        force_coherent,
+                        level,
+                        entry_addr: addr,
+                        entry,
+                    });
+                }
             }
         }
     }
     Err(fault(level, FaultKind::BadLevel, None, None))
-}
-
-/// The checks a walk makes before reading anything: a valid start level, an input inside
-/// the format's range, and an access the format's request controls allow.
-#[inline]
-fn check_request(
-    cfg: &WalkConfig,
-    start: WalkStart,
-    input: u64,
-    access: Access,
-) -> Result<(), FaultKind> {
-    if !cfg.levels_valid() || start.level == 0 || start.level > cfg.levels() {
-        return Err(FaultKind::BadLevel);
-    }
-    if !cfg.input_in_range(input) {
-        return Err(FaultKind::AddressBeyondWidth);
-    }
-    if !cfg.request_allowed(access) {
-        return Err(FaultKind::Permission);
-    }
-    Ok(())
-}
-
-/// What the walk does with `entry` at `level`: descend into a table, or finish at a leaf that
-/// grants `access` on top of the `perms` accumulated so far.
-#[inline]
-fn decide(
-    cfg: &WalkConfig,
-    level: u8,
-    entry: u64,
-    input: u64,
-    perms: crate::types::Perms,
-    access: Access,
-) -> Result<Step, FaultKind> {
-    match cfg.decode(level, entry) {
-        Decoded::NotPresent => Err(FaultKind::NotPresent),
-        Decoded::Reserved => Err(FaultKind::ReservedBit),
-        Decoded::BadLevel => Err(FaultKind::BadLevel),
-        Decoded::Table {
-            next,
-            next_level,
-            perms: p,
-        } => {
-            // AMD-Vi §2.2.3.1: the input bits of skipped levels must be zero.
-            if next_level + 1 < level
-                && input & bits(level_shift(level) - 1, level_shift(next_level + 1)) != 0
-            {
-                return Err(FaultKind::AddressBeyondWidth);
-            }
-            Ok(Step::Table {
-                next,
-                next_level,
-                perms: p,
-            })
-        }
-        Decoded::Leaf {
-            base,
-            shift,
-            perms: p,
-            force_coherent,
-        } => {
-            if !cfg.permits(perms & p, access) {
-                return Err(FaultKind::Permission);
-            }
-            Ok(Step::Leaf {
-                base,
-                shift,
-                perms: p,
-                force_coherent,
-            })
-        }
-    }
-}
-
-/// Decides on `entry` (read at `addr`) with `decide` and sets the accessed and dirty flags the
-/// decision needs (`write`: the access writes) with a compare-and-exchange. When the entry
-/// changed under the update, the new value is decided on again, at most [`MAX_AD_RETRIES`]
-/// times. Returns the decision and the entry as it now is; a fault is built by `fault` from
-/// its kind and the entry it was found in (a second-stage fault of a nested walk's update comes
-/// from `xlate` as it is).
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn settle_entry<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O>>(
-    cfg: &WalkConfig,
-    stage: Stage,
-    mem: &M,
-    obs: &mut O,
-    xlate: &mut X,
-    (level, addr, write): (u8, u64, bool),
-    mut entry: u64,
-    decide: impl Fn(u64) -> Result<Step, FaultKind>,
-    fault: impl Fn(FaultKind, u64) -> Fault,
-) -> Result<(Step, u64), Fault> {
-    let mut retries = 0u32;
-    loop {
-        let step = decide(entry).map_err(|k| fault(k, entry))?;
-        let ad = cfg.ad_bits(entry, matches!(step, Step::Leaf { .. }), write);
-        if ad == 0 {
-            return Ok((step, entry));
-        }
-        xlate.before_write(mem, obs)?;
-        obs.mem_ref(MemRef {
-            stage,
-            level,
-            addr,
-            kind: RefKind::AdUpdate,
-        });
-        match mem.compare_exchange_u64(addr, entry, entry | ad) {
-            Ok(Ok(_)) => return Ok((step, entry | ad)),
-            Ok(Err(actual)) => {
-                retries += 1;
-                if retries > MAX_AD_RETRIES {
-                    return Err(fault(FaultKind::AdUpdateContention, actual));
-                }
-                log::trace!("A/D update raced at {addr:#x}: {entry:#x} -> {actual:#x}");
-                entry = actual;
-            }
-            Err(e) => return Err(fault(FaultKind::MemoryRead(e), entry)),
-        }
-    }
 }
 
 /// A valid entry, as the walker acts on it.
