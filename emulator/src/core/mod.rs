@@ -818,4 +818,4 @@ fn virtio_reason(f: &crate::request::Fault) -> FaultReason {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

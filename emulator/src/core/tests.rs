@@ -5,7 +5,9 @@ use crate::request::AccessKind;
 const EP: EndpointId = 0x08;
 const EP2: EndpointId = 0x10;
 
-fn small_config() -> CoreConfig {
+/// A small core: 32 endpoints, domains 1 to 100, at most 4 domains and 8 mappings (the
+/// conformance suite uses it too).
+pub(crate) fn small_config() -> CoreConfig {
     CoreConfig {
         endpoints: EndpointSet::from_ranges([0..=0x1f]),
         domain_range: (1, 100),

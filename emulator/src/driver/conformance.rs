@@ -12,6 +12,7 @@ use proptest::prelude::*;
 
 use super::vtd::{VtdDriver, VtdMode};
 use super::{Driver, PrivateRegion, SoftDriver};
+use crate::core::tests::small_config;
 use crate::core::{Core, CoreConfig, EndpointSet, FaultReason, MapFlags};
 use crate::request::{AccessKind, DmaRequest};
 use crate::vtd::VtdConfig;
@@ -42,16 +43,6 @@ pub const DRIVERS: [(&str, MakeDriver); 3] = [
 ];
 
 const P: u64 = 0x1000;
-
-fn small_config() -> CoreConfig {
-    CoreConfig {
-        endpoints: EndpointSet::from_ranges([0..=0x1f]),
-        domain_range: (1, 100),
-        max_domains: 4,
-        max_mappings: 8,
-        ..CoreConfig::default()
-    }
-}
 
 fn cfg() -> CoreConfig {
     CoreConfig {

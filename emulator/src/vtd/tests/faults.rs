@@ -12,15 +12,7 @@ fn nested_second_stage_fault_phases() {
     let mut ss = d.ss_domain(2);
     let gpa_base = 0x4000_0000u64;
     d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
-    let view = pagewalk::SecondStageView {
-        mem: d.mem,
-        config: *ss.config(),
-        root: ss.root(),
-    };
-    let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
-    let mut c = X86Config::vtd_first_stage(4);
-    c.out_width = 48;
-    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    let (view, mut galloc, mut fs) = guest_first_stage(&d, &ss, 4);
     let user_rw = PwPerms::RW | PwPerms::U;
     fs.map(
         &view,
@@ -290,15 +282,7 @@ proptest! {
         let gpa_base = 0x4000_0000u64;
         let mut full = d.ss_domain(2);
         d.map(&mut full, 0, gpa_base, 0x100_0000, RW);
-        let view = pagewalk::SecondStageView {
-            mem: d.mem,
-            config: *full.config(),
-            root: full.root(),
-        };
-        let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
-        let mut c = X86Config::vtd_first_stage(4);
-        c.out_width = 48;
-        let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+        let (view, mut galloc, mut fs) = guest_first_stage(&d, &full, 4);
         let iova = 0x7000_0000u64;
         fs.map(&view, &mut galloc, iova, 0x30_0000, 0x1000, PwPerms::RW | PwPerms::U,
             PageSizePolicy::Fixed(12)).unwrap();

@@ -406,6 +406,31 @@ mod faults;
 mod legacy;
 mod properties;
 mod queue;
+
+/// First-stage tables of `levels` levels (x86 format, 48-bit output) built in guest memory as
+/// the second stage `ss` maps it: the view of that memory, the allocator of its table pages
+/// (guest-physical 1 MiB to 2 MiB) and the builder.
+fn guest_first_stage(
+    d: &Driver,
+    ss: &TableBuilder,
+    levels: u8,
+) -> (
+    pagewalk::SecondStageView<'static, SparseMem>,
+    BumpAllocator,
+    TableBuilder,
+) {
+    let view = pagewalk::SecondStageView {
+        mem: d.mem,
+        config: *ss.config(),
+        root: ss.root(),
+    };
+    let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
+    let mut c = X86Config::vtd_first_stage(levels);
+    c.out_width = 48;
+    let fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    (view, galloc, fs)
+}
+
 mod registers;
 mod scalable;
 mod trace_bounds;

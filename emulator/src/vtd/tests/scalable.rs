@@ -191,15 +191,7 @@ fn scalable_nested_translation() {
     let gpa_base = 0x4000_0000u64;
     d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
     // Build the first-stage tables in guest memory through the second stage.
-    let view = pagewalk::SecondStageView {
-        mem: d.mem,
-        config: *ss.config(),
-        root: ss.root(),
-    };
-    let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
-    let mut c = X86Config::vtd_first_stage(4);
-    c.out_width = 48;
-    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    let (view, mut galloc, mut fs) = guest_first_stage(&d, &ss, 4);
     fs.map(
         &view,
         &mut galloc,

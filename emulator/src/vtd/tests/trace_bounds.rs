@@ -28,15 +28,7 @@ fn the_worst_case_nested_walk_fits_the_trace() {
     let gpa_base = 0x4000_0000u64;
     d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
     // First stage, 5-level, in guest memory.
-    let view = pagewalk::SecondStageView {
-        mem: d.mem,
-        config: *ss.config(),
-        root: ss.root(),
-    };
-    let mut galloc = BumpAllocator::new(0x10_0000, 0x20_0000);
-    let mut c = X86Config::vtd_first_stage(5);
-    c.out_width = 48;
-    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    let (view, mut galloc, mut fs) = guest_first_stage(&d, &ss, 5);
     let iova = 0x00ff_0000_7000_0000u64;
     fs.map(
         &view,
