@@ -249,7 +249,7 @@ type Notifier = Box<dyn Fn() + Send + Sync>;
 /// The domain core. See the module documentation.
 pub struct Core {
     config: CoreConfig,
-    hw: Arc<dyn Driver>,
+    driver: Arc<dyn Driver>,
     unit: Arc<dyn Unit>,
     state: Mutex<State>,
     /// Incremented whenever a translation may have been removed or restricted; translation
@@ -264,7 +264,7 @@ impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Core")
             .field("config", &self.config)
-            .field("hw", &self.hw.name())
+            .field("driver", &self.driver.name())
             .finish_non_exhaustive()
     }
 }
@@ -275,7 +275,6 @@ impl Core {
     pub fn new(config: CoreConfig, driver: Arc<dyn Driver>) -> Result<Self, CoreError> {
         config.validate()?;
         let unit = driver.unit();
-        let hw = driver;
         let core = Self {
             state: Mutex::new(State {
                 bypass: config.bypass,
@@ -284,7 +283,7 @@ impl Core {
                 mapping_count: 0,
             }),
             config,
-            hw,
+            driver,
             unit,
             generation: AtomicU64::new(0),
             faults: Mutex::new(VecDeque::new()),
@@ -302,7 +301,7 @@ impl Core {
 
     /// The hardware model's name (its driver's).
     pub fn hardware_name(&self) -> &'static str {
-        self.hw.name()
+        self.driver.name()
     }
 
     /// The unit DMA is translated by.
@@ -337,13 +336,13 @@ impl Core {
     /// event queue dropped: they describe the state the reset discarded, and a driver after
     /// the reset must not receive them.
     fn reset_hw(&self, bypass: bool) -> Result<(), CoreError> {
-        self.hw.reset()?;
+        self.driver.reset()?;
         self.faults
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         if bypass {
-            self.hw
+            self.driver
                 .set_endpoints(&mut self.config.endpoints.iter(), EndpointMode::PassThrough)?;
         }
         Ok(())
@@ -400,7 +399,7 @@ impl Core {
                 return Err(CoreError::TooManyDomains(self.config.max_domains));
             }
             let hw = match kind {
-                DomainKind::Paging => Some(self.hw.domain_alloc()?),
+                DomainKind::Paging => Some(self.driver.domain_alloc()?),
                 DomainKind::Bypass => None,
             };
             st.domains.insert(
@@ -418,13 +417,13 @@ impl Core {
             Some(Some(h)) => EndpointMode::Translated(h),
             _ => EndpointMode::PassThrough,
         };
-        if let Err(e) = self.hw.set_endpoint(endpoint, mode) {
+        if let Err(e) = self.driver.set_endpoint(endpoint, mode) {
             // Undo the creation of a domain nobody joined.
             if let Some(d) = st.domains.get(&domain)
                 && d.endpoints.is_empty()
             {
                 if let Some(h) = d.hw
-                    && let Err(e2) = self.hw.domain_free(h)
+                    && let Err(e2) = self.driver.domain_free(h)
                 {
                     log::warn!("freeing domain {domain} after a failed attach: {e2}");
                 }
@@ -456,7 +455,7 @@ impl Core {
         {
             st.mapping_count -= d.mappings.len();
             if let Some(h) = d.hw
-                && let Err(e) = self.hw.domain_free(h)
+                && let Err(e) = self.driver.domain_free(h)
             {
                 log::warn!("freeing domain {o}: {e}");
             }
@@ -473,7 +472,7 @@ impl Core {
         if st.attached.get(&endpoint) != Some(&domain) {
             return Err(CoreError::NotAttached { domain, endpoint });
         }
-        self.hw
+        self.driver
             .set_endpoint(endpoint, Self::unattached_mode(st.bypass))?;
         st.attached.remove(&endpoint);
         self.leave(&mut st, domain, endpoint);
@@ -563,7 +562,7 @@ impl Core {
             flags,
         };
         if let Some(h) = d.hw {
-            self.hw.map(h, &mapping)?;
+            self.driver.map(h, &mapping)?;
         }
         d.mappings.insert(virt_start, mapping);
         st.mapping_count += 1;
@@ -599,7 +598,7 @@ impl Core {
         }
         // One hardware call for the whole request, so the invalidations can be batched.
         let (done, failure) = match d.hw {
-            Some(h) if !victims.is_empty() => match self.hw.unmap(h, &victims) {
+            Some(h) if !victims.is_empty() => match self.driver.unmap(h, &victims) {
                 Ok(()) => (victims.len(), None),
                 Err((n, e)) => (n.min(victims.len()), Some(e)),
             },
@@ -640,7 +639,7 @@ impl Core {
             return Ok(());
         }
         let attached = &st.attached;
-        self.hw.set_endpoints(
+        self.driver.set_endpoints(
             &mut self
                 .config
                 .endpoints
@@ -694,7 +693,7 @@ impl Core {
                 id: *id,
                 kind: d.kind,
                 hw: d.hw,
-                hw_id: d.hw.and_then(|h| self.hw.domain_hw_id(h)),
+                hw_id: d.hw.and_then(|h| self.driver.domain_hw_id(h)),
                 endpoints: d.endpoints.iter().copied().collect(),
                 mappings: d.mappings.values().copied().collect(),
             })
@@ -722,7 +721,7 @@ impl Core {
     ) -> Result<Translation, Fault> {
         self.counters.translations.fetch_add(1, Ordering::Relaxed);
         self.unit.translate(req, trace).map_err(|f| {
-            self.hw.fault_serviced(&f);
+            self.driver.fault_serviced(&f);
             self.counters.faults.fetch_add(1, Ordering::Relaxed);
             let fault = Fault {
                 reason: virtio_reason(&f),
@@ -794,7 +793,7 @@ impl Core {
             faults: self.counters.faults.load(Ordering::Relaxed),
             faults_dropped: self.counters.faults_dropped.load(Ordering::Relaxed),
             unit: self.unit.stats(),
-            driver: self.hw.stats(),
+            driver: self.driver.stats(),
         }
     }
 }

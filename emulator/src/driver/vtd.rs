@@ -51,7 +51,7 @@ pub const FIRST_DID: u16 = 2;
 /// domain-selective invalidation.
 const MAX_PSI: usize = 32;
 
-/// How the realisation programs the unit (RTADDR.TTM, §10.4.6).
+/// How the driver programs the unit (RTADDR.TTM, §10.4.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VtdMode {
     /// Legacy mode: root and context entries (§9.1, §9.3).

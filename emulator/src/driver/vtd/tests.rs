@@ -314,7 +314,7 @@ fn bypass_and_blocked_endpoints() {
             Err(FaultReason::Domain)
         );
         assert_eq!(entry_of(&hw, 0x1ff), None);
-        // Faults keep being recorded: the realisation clears the fault recording registers.
+        // Faults keep being recorded: the driver clears the fault recording registers.
         for i in 0..20 {
             let _ = c.translate(&req(EP, i << 12, AccessKind::Write));
         }
