@@ -97,6 +97,9 @@ pub trait Vendor {
             WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => c.ad,
             WalkConfig::VtdSecondStage(c) => c.slade,
             WalkConfig::AmdV1(_) => false,
+            // A format this engine does not know yet: assume it tracks A/D, which only costs a
+            // walk (never a write through a translation whose dirty flag is unset).
+            _ => true,
         }
     }
 }

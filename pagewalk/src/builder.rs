@@ -62,6 +62,7 @@ pub struct Mapping {
 
 /// Why a builder operation was refused. The tables are unchanged after any error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// Address or length not aligned to 4 KiB (or to the fixed page size).
     #[error("range {iova:#x}+{len:#x} -> {phys:#x} is not aligned to the page size")]

@@ -181,7 +181,8 @@ impl Translation {
     }
 }
 
-/// What went wrong in a walk.
+/// What went wrong in a walk. Deliberately exhaustive (unlike the formats): every vendor maps
+/// each kind to a fault reason of its specification, and a new kind must make them say which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FaultKind {
     /// The entry is not present (P=0; VT-d second stage R=W=0; AMD-Vi PR=0).

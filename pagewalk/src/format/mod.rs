@@ -71,6 +71,7 @@ pub enum Decoded {
 
 /// Everything a walker needs to know about one table hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WalkConfig {
     /// VT-d first-stage tables.
     VtdFirstStage(X86Config),
