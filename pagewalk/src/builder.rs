@@ -1,9 +1,10 @@
 //! The driver side: building and tearing down page tables in memory.
 //!
 //! [`TableBuilder`] maps and unmaps ranges in any format, allocating 4 KiB table pages from a
-//! [`FrameAllocator`] passed in and freeing tables that become empty. It encodes and parses
-//! entries with its own code, written from the spec layouts independently of the decoders the
-//! walker uses (`crate::format`), so that tests of one check the other.
+//! [`FrameAllocator`] passed in and freeing tables that become empty. Each format encodes and
+//! parses the entries the builder writes beside its walker-side decoder, with the same layout
+//! constants (`encode_table`, `encode_leaf` and `parse` in `crate::format::*`); the tests check
+//! both against hand-built entry words, and every builder test walks what it built.
 //!
 //! Every operation validates its whole request before touching memory; a map that runs out of
 //! table pages (or hits a memory error) undoes what it wrote and frees what it allocated, so a
@@ -22,7 +23,7 @@
 
 pub use crate::alloc::{BumpAllocator, FrameAllocator};
 use crate::alloc::{PageMap, PageSet};
-use crate::format::WalkConfig;
+use crate::format::{Ent, WalkConfig};
 use crate::mem::{MemError, PhysMem};
 use crate::types::Perms;
 
@@ -122,37 +123,8 @@ pub enum BuildError {
     },
 }
 
-/// An entry as the builder understands it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ent {
-    Empty,
-    Table(u64),
-    /// A leaf of `1 << shift` bytes mapping `phys` (page-aligned).
-    Leaf {
-        phys: u64,
-        shift: u8,
-        perms: Perms,
-    },
-    /// Not an entry this builder writes at this level.
-    Foreign,
-}
-
-// Entry encodings, written from the specs (see the layout tables in `crate::format::*`):
-// VT-d §9.8 (second stage), Intel SDM §4.5 / VT-d §9.7 (x86), AMD IOMMU §2.2.3 (v1).
-const ADDR: u64 = 0x000f_ffff_ffff_f000;
-const SS_READ: u64 = 1;
-const SS_WRITE: u64 = 2;
-const SS_EXEC: u64 = 4;
-const SS_SUPERPAGE: u64 = 1 << 7;
-const X86_PRESENT: u64 = 1;
-const X86_WRITABLE: u64 = 2;
-const X86_USER: u64 = 4;
-const X86_LARGE: u64 = 1 << 7;
-const X86_NX: u64 = 1 << 63;
-const V1_PRESENT: u64 = 1;
-const V1_NL_SHIFT: u32 = 9;
-const V1_READ: u64 = 1 << 61;
-const V1_WRITE: u64 = 1 << 62;
+/// Address bits of an entry (bits 51:12).
+const ADDR: u64 = crate::format::ADDR_MASK;
 
 fn lshift(level: u8) -> u32 {
     12 + 9 * (u32::from(level) - 1)
@@ -823,160 +795,34 @@ impl TableBuilder {
 
     fn encode_table(&self, level: u8, next: u64) -> u64 {
         match &self.config {
-            WalkConfig::VtdSecondStage(_) => next | SS_READ | SS_WRITE | SS_EXEC,
+            WalkConfig::VtdSecondStage(_) => crate::format::vtd_ss::encode_table(next),
             WalkConfig::VtdFirstStage(_) | WalkConfig::AmdV2(_) => {
-                next | X86_PRESENT | X86_WRITABLE | X86_USER
+                crate::format::x86::encode_table(next)
             }
-            WalkConfig::AmdV1(_) => {
-                next | V1_PRESENT | (u64::from(level - 1) << V1_NL_SHIFT) | V1_READ | V1_WRITE
-            }
+            WalkConfig::AmdV1(_) => crate::format::amd_v1::encode_table(level, next),
         }
     }
 
     fn encode_leaf(&self, level: u8, phys: u64, shift: u8, perms: Perms) -> u64 {
-        let large = level > 1;
         match &self.config {
             WalkConfig::VtdSecondStage(c) => {
-                let mut e = phys;
-                if perms.read() {
-                    e |= SS_READ;
-                }
-                if perms.write() {
-                    e |= SS_WRITE;
-                }
-                // X is only defined with SLEE.
-                if c.slee && perms.execute() {
-                    e |= SS_EXEC;
-                }
-                if large {
-                    e |= SS_SUPERPAGE;
-                }
-                e
+                crate::format::vtd_ss::encode_leaf(c, level, phys, perms)
             }
             WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
-                let mut e = phys | X86_PRESENT;
-                if perms.write() {
-                    e |= X86_WRITABLE;
-                }
-                if perms.user() {
-                    e |= X86_USER;
-                }
-                if c.nxe && !perms.execute() {
-                    e |= X86_NX;
-                }
-                if large {
-                    e |= X86_LARGE;
-                }
-                e
+                crate::format::x86::encode_leaf(c, level, phys, perms)
             }
-            WalkConfig::AmdV1(_) => {
-                let own = lshift(level);
-                let mut e = phys | V1_PRESENT;
-                if u32::from(shift) > own {
-                    // Next Level 7: ones from bit 12 up to bit shift-2, zero at bit shift-1.
-                    e |= (7 << V1_NL_SHIFT) | (((1u64 << (shift - 1)) - 1) & !0xfff);
-                }
-                if perms.read() {
-                    e |= V1_READ;
-                }
-                if perms.write() {
-                    e |= V1_WRITE;
-                }
-                e
-            }
+            WalkConfig::AmdV1(_) => crate::format::amd_v1::encode_leaf(level, phys, shift, perms),
         }
     }
 
-    /// Parses an entry the builder may have written. Anything it would not write is reported
-    /// as a table/leaf where unambiguous, and garbage pointers are caught by memory errors.
+    /// Parses an entry the builder may have written (see [`Ent`]).
     fn parse(&self, level: u8, e: u64) -> Ent {
-        let own = lshift(level) as u8;
         match &self.config {
-            WalkConfig::VtdSecondStage(c) => {
-                if e & (SS_READ | SS_WRITE) == 0 {
-                    return Ent::Empty;
-                }
-                if level == 1 || (level <= 3 && e & SS_SUPERPAGE != 0) {
-                    let mut p = Perms::U;
-                    if e & SS_READ != 0 {
-                        p |= Perms::R;
-                    }
-                    if e & SS_WRITE != 0 {
-                        p |= Perms::W;
-                    }
-                    if (c.slee && e & SS_EXEC != 0) || (!c.slee && e & SS_READ != 0) {
-                        p |= Perms::X;
-                    }
-                    let m = (1u64 << own) - 1;
-                    Ent::Leaf {
-                        phys: e & ADDR & !m,
-                        shift: own,
-                        perms: p,
-                    }
-                } else if e & SS_SUPERPAGE != 0 {
-                    Ent::Foreign
-                } else {
-                    Ent::Table(e & ADDR)
-                }
-            }
+            WalkConfig::VtdSecondStage(c) => crate::format::vtd_ss::parse(c, level, e),
             WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
-                if e & X86_PRESENT == 0 {
-                    return Ent::Empty;
-                }
-                if level == 1 || (level <= 3 && e & X86_LARGE != 0) {
-                    let mut p = Perms::R;
-                    if e & X86_WRITABLE != 0 {
-                        p |= Perms::W;
-                    }
-                    if e & X86_USER != 0 {
-                        p |= Perms::U;
-                    }
-                    if !(c.nxe && e & X86_NX != 0) {
-                        p |= Perms::X;
-                    }
-                    let m = (1u64 << own) - 1;
-                    Ent::Leaf {
-                        phys: e & ADDR & !m,
-                        shift: own,
-                        perms: p,
-                    }
-                } else if e & X86_LARGE != 0 {
-                    Ent::Foreign
-                } else {
-                    Ent::Table(e & ADDR)
-                }
+                crate::format::x86::parse(c, level, e)
             }
-            WalkConfig::AmdV1(_) => {
-                if e & V1_PRESENT == 0 {
-                    return Ent::Empty;
-                }
-                let nl = (e >> V1_NL_SHIFT) & 7;
-                let mut p = Perms::U;
-                if e & V1_READ != 0 {
-                    p |= Perms::R | Perms::X;
-                }
-                if e & V1_WRITE != 0 {
-                    p |= Perms::W;
-                }
-                match nl {
-                    0 => Ent::Leaf {
-                        phys: e & ADDR & !((1u64 << own.min(52)) - 1),
-                        shift: own,
-                        perms: p,
-                    },
-                    7 => {
-                        let ones = ((e & ADDR) >> 12).trailing_ones() as u8;
-                        let shift = (13 + ones).clamp(own + 1, own + 8);
-                        Ent::Leaf {
-                            phys: e & ADDR & !((1u64 << shift.min(63)) - 1),
-                            shift,
-                            perms: p,
-                        }
-                    }
-                    n if n + 1 == u64::from(level) => Ent::Table(e & ADDR),
-                    _ => Ent::Foreign,
-                }
-            }
+            WalkConfig::AmdV1(_) => crate::format::amd_v1::parse(level, e),
         }
     }
 }

@@ -27,7 +27,7 @@
 //! PTE is replicated across every entry the page covers. The size must be larger than the level's
 //! own entry size and smaller than the table's coverage.
 
-use super::{ADDR_MASK, Decoded, addr_above_width, bits};
+use super::{ADDR_MASK, Decoded, Ent, addr_above_width, bits};
 use crate::types::{MAX_LEVELS, Perms, level_shift};
 
 /// PR (bit 0).
@@ -203,6 +203,64 @@ pub const fn sized_page_shift(e: u64) -> Option<u8> {
     let field = (e & ADDR_MASK) >> 12;
     let n = (!field).trailing_zeros();
     if n >= 40 { None } else { Some(13 + n as u8) }
+}
+
+// ------------------------------------------------------------------ the builder's side
+
+/// A non-leaf entry at `level` pointing at the table of the level right below (the builder
+/// never skips levels), with IR and IW.
+pub(crate) fn encode_table(level: u8, next: u64) -> u64 {
+    next | V1_PR | (u64::from(level - 1) << V1_NEXT_LEVEL_SHIFT) | V1_IR | V1_IW
+}
+
+/// A leaf at `level` mapping 2^`shift` bytes at `phys`: Next Level 0 for the level's own size,
+/// Next Level 7 (ones from bit 12 up to bit shift-2, zero at bit shift-1) for the sizes
+/// between the levels' own.
+pub(crate) fn encode_leaf(level: u8, phys: u64, shift: u8, perms: Perms) -> u64 {
+    let mut e = phys | V1_PR;
+    if shift > level_shift(level) {
+        e |= (V1_NL_SIZED << V1_NEXT_LEVEL_SHIFT) | (((1u64 << (shift - 1)) - 1) & !0xfff);
+    }
+    if perms.read() {
+        e |= V1_IR;
+    }
+    if perms.write() {
+        e |= V1_IW;
+    }
+    e
+}
+
+/// What the builder wrote at `level` (see [`Ent`]).
+pub(crate) fn parse(level: u8, e: u64) -> Ent {
+    if e & V1_PR == 0 {
+        return Ent::Empty;
+    }
+    let own = level_shift(level);
+    let mut p = Perms::U;
+    if e & V1_IR != 0 {
+        p |= Perms::R | Perms::X;
+    }
+    if e & V1_IW != 0 {
+        p |= Perms::W;
+    }
+    match (e >> V1_NEXT_LEVEL_SHIFT) & 7 {
+        0 => Ent::Leaf {
+            phys: e & ADDR_MASK & !((1u64 << own.min(52)) - 1),
+            shift: own,
+            perms: p,
+        },
+        V1_NL_SIZED => {
+            let ones = ((e & ADDR_MASK) >> 12).trailing_ones() as u8;
+            let shift = (13 + ones).clamp(own + 1, own + 8);
+            Ent::Leaf {
+                phys: e & ADDR_MASK & !((1u64 << shift.min(63)) - 1),
+                shift,
+                perms: p,
+            }
+        }
+        n if n + 1 == u64::from(level) => Ent::Table(e & ADDR_MASK),
+        _ => Ent::Foreign,
+    }
 }
 
 #[cfg(test)]

@@ -223,6 +223,23 @@ pub(crate) const fn addr_above_width(width: u8) -> u64 {
     }
 }
 
+/// An entry as the table builder understands it: each format parses what its builder side
+/// writes (`encode_table`, `encode_leaf` and `parse` in the format modules). Anything it would
+/// not write is reported as a table or leaf where unambiguous, or as foreign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ent {
+    Empty,
+    Table(u64),
+    /// A leaf of `1 << shift` bytes mapping `phys` (page-aligned).
+    Leaf {
+        phys: u64,
+        shift: u8,
+        perms: Perms,
+    },
+    /// Not an entry this builder writes at this level.
+    Foreign,
+}
+
 /// Bits 51:12 of an entry: the address field shared by all formats.
 pub(crate) const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 

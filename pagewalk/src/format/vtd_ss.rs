@@ -23,7 +23,7 @@
 //!
 //! An entry with R=W=0 is not present (§3.7.1).
 
-use super::{ADDR_MASK, Decoded, addr_above_width, bits};
+use super::{ADDR_MASK, Decoded, Ent, addr_above_width, bits};
 use crate::types::{Perms, level_shift};
 
 /// R (bit 0).
@@ -196,6 +196,60 @@ impl VtdSsConfig {
             3 if self.sp_1g => 1 << 30,
             _ => 0,
         }
+    }
+}
+
+// ------------------------------------------------------------------ the builder's side
+
+/// A non-leaf entry pointing at `next` (R, W and X all granted: the leaves decide).
+pub(crate) fn encode_table(next: u64) -> u64 {
+    next | SS_R | SS_W | SS_X
+}
+
+/// A leaf at `level` mapping `phys` with `perms` (X only with SLEE; PS above level 1).
+pub(crate) fn encode_leaf(c: &VtdSsConfig, level: u8, phys: u64, perms: Perms) -> u64 {
+    let mut e = phys;
+    if perms.read() {
+        e |= SS_R;
+    }
+    if perms.write() {
+        e |= SS_W;
+    }
+    if c.slee && perms.execute() {
+        e |= SS_X;
+    }
+    if level > 1 {
+        e |= SS_PS;
+    }
+    e
+}
+
+/// What the builder wrote at `level` (see [`Ent`]).
+pub(crate) fn parse(c: &VtdSsConfig, level: u8, e: u64) -> Ent {
+    if e & (SS_R | SS_W) == 0 {
+        return Ent::Empty;
+    }
+    let own = level_shift(level);
+    if level == 1 || (level <= 3 && e & SS_PS != 0) {
+        let mut p = Perms::U;
+        if e & SS_R != 0 {
+            p |= Perms::R;
+        }
+        if e & SS_W != 0 {
+            p |= Perms::W;
+        }
+        if (c.slee && e & SS_X != 0) || (!c.slee && e & SS_R != 0) {
+            p |= Perms::X;
+        }
+        Ent::Leaf {
+            phys: e & ADDR_MASK & !((1u64 << own) - 1),
+            shift: own,
+            perms: p,
+        }
+    } else if e & SS_PS != 0 {
+        Ent::Foreign
+    } else {
+        Ent::Table(e & ADDR_MASK)
     }
 }
 

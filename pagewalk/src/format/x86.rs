@@ -24,7 +24,7 @@
 //! | 62:52 | ignored (protection keys are not used by DMA)                         |
 //! | 63    | XD / NX — execute disable; reserved when NXE is off                   |
 
-use super::{ADDR_MASK, Decoded, addr_above_width, bits};
+use super::{ADDR_MASK, Decoded, Ent, addr_above_width, bits};
 use crate::types::{Access, AccessKind, Perms, level_shift};
 
 /// P (bit 0).
@@ -223,6 +223,61 @@ impl X86Config {
             3 if self.ps_1g => 1 << 30,
             _ => 0,
         }
+    }
+}
+
+// ------------------------------------------------------------------ the builder's side
+
+/// A non-leaf entry pointing at `next` (present, writable, user: the leaves decide).
+pub(crate) fn encode_table(next: u64) -> u64 {
+    next | X86_P | X86_RW | X86_US
+}
+
+/// A leaf at `level` mapping `phys` with `perms` (XD only when NXE defines it; PS above
+/// level 1).
+pub(crate) fn encode_leaf(c: &X86Config, level: u8, phys: u64, perms: Perms) -> u64 {
+    let mut e = phys | X86_P;
+    if perms.write() {
+        e |= X86_RW;
+    }
+    if perms.user() {
+        e |= X86_US;
+    }
+    if c.nxe && !perms.execute() {
+        e |= X86_XD;
+    }
+    if level > 1 {
+        e |= X86_PS;
+    }
+    e
+}
+
+/// What the builder wrote at `level` (see [`Ent`]).
+pub(crate) fn parse(c: &X86Config, level: u8, e: u64) -> Ent {
+    if e & X86_P == 0 {
+        return Ent::Empty;
+    }
+    let own = level_shift(level);
+    if level == 1 || (level <= 3 && e & X86_PS != 0) {
+        let mut p = Perms::R;
+        if e & X86_RW != 0 {
+            p |= Perms::W;
+        }
+        if e & X86_US != 0 {
+            p |= Perms::U;
+        }
+        if !(c.nxe && e & X86_XD != 0) {
+            p |= Perms::X;
+        }
+        Ent::Leaf {
+            phys: e & ADDR_MASK & !((1u64 << own) - 1),
+            shift: own,
+            perms: p,
+        }
+    } else if e & X86_PS != 0 {
+        Ent::Foreign
+    } else {
+        Ent::Table(e & ADDR_MASK)
     }
 }
 
