@@ -371,6 +371,55 @@ impl TableBuilder {
         perms: Perms,
         policy: PageSizePolicy,
     ) -> Result<(), BuildError> {
+        let (start, end, perms) = self.check_map(iova, phys, len, perms, policy)?;
+        let bits = self.shift_bits();
+        // Refuse overlaps before writing anything.
+        self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
+            Err(BuildError::Overlap { iova: m.iova })
+        })?;
+        // Apply page by page, logging what to undo.
+        let mut written: Vec<u64> = Vec::new();
+        let mut allocated: Vec<u64> = Vec::new();
+        let mut live = std::mem::take(&mut self.live);
+        let mut cur = start;
+        let mut p = phys;
+        let mut result = Ok(());
+        while cur < end {
+            let shift = choose_shift(bits, policy, cur, p, end - cur);
+            if let Err(e) = self.install(
+                mem,
+                alloc,
+                &mut live,
+                cur,
+                p,
+                shift,
+                perms,
+                &mut written,
+                &mut allocated,
+            ) {
+                undo(mem, alloc, &mut live, &written, allocated);
+                result = Err(e);
+                break;
+            }
+            cur += 1u128 << shift;
+            p = p.wrapping_add(1u64 << shift);
+        }
+        self.live = live;
+        result
+    }
+
+    /// Everything [`TableBuilder::map`] checks before it reads a table: 4 KiB alignment, the
+    /// input and output ranges, the permissions the format can express, and a page-size policy
+    /// the format supports and the range is aligned to. Returns the input range and the
+    /// permissions to write.
+    fn check_map(
+        &self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        perms: Perms,
+        policy: PageSizePolicy,
+    ) -> Result<(u128, u128, Perms), BuildError> {
         let unaligned = BuildError::Unaligned { iova, phys, len };
         if (iova | phys | len) & 0xfff != 0 {
             return Err(if len == 0 {
@@ -386,16 +435,6 @@ impl TableBuilder {
         }
         let perms = self.effective_perms(perms)?;
         let bits = self.shift_bits();
-        // Sizes of at most `1 << max` bytes.
-        let upto = |max: u8| {
-            if max >= 63 {
-                bits
-            } else {
-                bits & ((2u64 << max) - 1)
-            }
-        };
-        // Validate the page-size policy for the whole range before touching anything.
-        let size_mask = |s: u8| (1u128 << s) - 1;
         match policy {
             PageSizePolicy::Fixed(s) => {
                 if s >= 64 || bits >> s & 1 == 0 {
@@ -407,74 +446,12 @@ impl TableBuilder {
                 }
             }
             PageSizePolicy::Largest { max_shift } => {
-                if upto(max_shift) == 0 {
+                if sizes_upto(bits, max_shift) == 0 {
                     return Err(BuildError::UnsupportedPageSize(max_shift));
                 }
             }
         }
-        // The page size for the page at `cur` mapping `p` with `remaining` bytes left; the
-        // checks above guarantee one exists (4 KiB alignment was checked on entry).
-        let choose = |cur: u128, p: u64, remaining: u128| -> u8 {
-            match policy {
-                PageSizePolicy::Fixed(s) => s,
-                PageSizePolicy::Largest { max_shift } => {
-                    // Largest candidate first.
-                    let mut cand = upto(max_shift);
-                    while cand != 0 {
-                        let s = (63 - cand.leading_zeros()) as u8;
-                        let m = size_mask(s);
-                        if cur & m == 0 && u128::from(p) & m == 0 && remaining > m {
-                            return s;
-                        }
-                        cand &= !(1u64 << s);
-                    }
-                    12
-                }
-            }
-        };
-        // Refuse overlaps before writing anything.
-        self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
-            Err(BuildError::Overlap { iova: m.iova })
-        })?;
-        // Apply page by page, logging what to undo.
-        let mut written: Vec<u64> = Vec::new();
-        let mut allocated: Vec<u64> = Vec::new();
-        let mut live = std::mem::take(&mut self.live);
-        let mut cur = start;
-        let mut p = phys;
-        let mut result = Ok(());
-        while cur < end {
-            let shift = choose(cur, p, end - cur);
-            if let Err(e) = self.install(
-                mem,
-                alloc,
-                &mut live,
-                cur,
-                p,
-                shift,
-                perms,
-                &mut written,
-                &mut allocated,
-            ) {
-                for a in written.iter().rev() {
-                    if let Err(me) = mem.write_u64(*a, 0) {
-                        log::error!("builder rollback: cannot clear {a:#x}: {me}");
-                    }
-                    // Recounted by a scan when next needed.
-                    live.remove(&(a & !(TABLE_SIZE - 1)));
-                }
-                for f in allocated {
-                    live.remove(&f);
-                    alloc.free_frame(f);
-                }
-                result = Err(e);
-                break;
-            }
-            cur += 1u128 << shift;
-            p = p.wrapping_add(1u64 << shift);
-        }
-        self.live = live;
-        result
+        Ok((start, end, perms))
     }
 
     /// The present-entry count of `table` (at `level`), counted by a scan if not known.
@@ -919,6 +896,64 @@ fn zero_table<M: PhysMem + ?Sized>(mem: &M, table: u64) -> Result<(), BuildError
         mem.write_u64(table + i * 8, 0)?;
     }
     Ok(())
+}
+
+/// `(1 << s) - 1`: the offset bits of a page of 2^`s` bytes.
+fn size_mask(s: u8) -> u128 {
+    (1u128 << s) - 1
+}
+
+/// The page sizes of `bits` (a set of log2 sizes) of at most 2^`max` bytes.
+fn sizes_upto(bits: u64, max: u8) -> u64 {
+    if max >= 63 {
+        bits
+    } else {
+        bits & ((2u64 << max) - 1)
+    }
+}
+
+/// The page size (log2) [`TableBuilder::map`] uses for the page at `cur` mapping `p` with
+/// `remaining` bytes left: the policy's fixed size, or the largest size of `bits` the policy
+/// allows that both addresses are aligned to and that fits. `check_map` guaranteed one exists
+/// (4 KiB at least).
+fn choose_shift(bits: u64, policy: PageSizePolicy, cur: u128, p: u64, remaining: u128) -> u8 {
+    match policy {
+        PageSizePolicy::Fixed(s) => s,
+        PageSizePolicy::Largest { max_shift } => {
+            // Largest candidate first.
+            let mut cand = sizes_upto(bits, max_shift);
+            while cand != 0 {
+                let s = (63 - cand.leading_zeros()) as u8;
+                let m = size_mask(s);
+                if cur & m == 0 && u128::from(p) & m == 0 && remaining > m {
+                    return s;
+                }
+                cand &= !(1u64 << s);
+            }
+            12
+        }
+    }
+}
+
+/// Undoes a map that failed partway: clears the entries it `written` (their tables' counts are
+/// recounted by a scan when next needed) and frees the tables it `allocated`.
+fn undo<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+    mem: &M,
+    alloc: &mut A,
+    live: &mut PageMap<Live>,
+    written: &[u64],
+    allocated: Vec<u64>,
+) {
+    for a in written.iter().rev() {
+        if let Err(me) = mem.write_u64(*a, 0) {
+            log::error!("builder rollback: cannot clear {a:#x}: {me}");
+        }
+        live.remove(&(a & !(TABLE_SIZE - 1)));
+    }
+    for f in allocated {
+        live.remove(&f);
+        alloc.free_frame(f);
+    }
 }
 
 #[cfg(test)]
