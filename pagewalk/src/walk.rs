@@ -102,20 +102,7 @@ pub(crate) fn walk_impl<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O
         kind,
         nested: None,
     };
-    if !cfg.levels_valid() || start.level == 0 || start.level > cfg.levels() {
-        return Err(fault(start.level, FaultKind::BadLevel, None, None));
-    }
-    if !cfg.input_in_range(input) {
-        return Err(fault(
-            start.level,
-            FaultKind::AddressBeyondWidth,
-            None,
-            None,
-        ));
-    }
-    if !cfg.request_allowed(access) {
-        return Err(fault(start.level, FaultKind::Permission, None, None));
-    }
+    check_request(cfg, start, input, access).map_err(|k| fault(start.level, k, None, None))?;
     let write = access.is_write();
     let mut level = start.level;
     let mut table = start.table & ADDR_MASK;
@@ -250,6 +237,27 @@ pub(crate) fn walk_impl<M: PhysMem + ?Sized, O: WalkObserver, X: TableXlate<M, O
         }
     }
     Err(fault(level, FaultKind::BadLevel, None, None))
+}
+
+/// The checks a walk makes before it reads anything: a valid start level, an input inside the
+/// format's range, and a request the format's controls allow.
+#[inline(always)]
+fn check_request(
+    cfg: &WalkConfig,
+    start: WalkStart,
+    input: u64,
+    access: Access,
+) -> Result<(), FaultKind> {
+    if !cfg.levels_valid() || start.level == 0 || start.level > cfg.levels() {
+        return Err(FaultKind::BadLevel);
+    }
+    if !cfg.input_in_range(input) {
+        return Err(FaultKind::AddressBeyondWidth);
+    }
+    if !cfg.request_allowed(access) {
+        return Err(FaultKind::Permission);
+    }
+    Ok(())
 }
 
 /// A valid entry, as the walker acts on it.
