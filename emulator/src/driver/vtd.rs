@@ -33,9 +33,9 @@ use super::{
 use crate::core::{EndpointId, MapFlags, Mapping};
 use crate::unit::Unit;
 use crate::vtd::layout::{
-    CapReg, ContextEntryHi, ContextEntryLo, EcapReg, PGTT_PASS_THROUGH, PGTT_SECOND_STAGE,
-    PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1, RootEntryLo, ScalableContextQw0,
-    T_PASS_THROUGH, T_UNTRANSLATED,
+    CapReg, ContextEntryHi, ContextEntryLo, EcapReg, GlobalCommand, IqaReg, PGTT_PASS_THROUGH,
+    PGTT_SECOND_STAGE, PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1, RootEntryLo, RtaddrReg,
+    ScalableContextQw0, T_PASS_THROUGH, T_UNTRANSLATED,
 };
 use crate::vtd::qi::{ContextGranularity, IotlbGranularity, PasidCacheGranularity, encode};
 use crate::vtd::regs::*;
@@ -284,10 +284,12 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
 
     /// Issues a GCMD command with the persistent state bits (TE, QIE) kept, and checks that
     /// GSTS reports `expect` (§10.4.4: software reads GSTS, ORs in the command, writes GCMD).
-    fn gcmd(&self, set: u32, expect: u32) -> Result<(), HwError> {
-        let keep = self.gsts() & (GCMD_TE | GCMD_QIE);
-        self.unit.mmio_write(GCMD_REG, 4, u64::from(keep | set));
-        if self.gsts() & expect != expect {
+    fn gcmd(&self, set: GlobalCommand) -> Result<(), HwError> {
+        let gsts = GlobalCommand::from_bits_truncate(self.gsts());
+        let keep = gsts & (GlobalCommand::TE | GlobalCommand::QIE);
+        self.unit
+            .mmio_write(GCMD_REG, 4, u64::from((keep | set).bits()));
+        if !GlobalCommand::from_bits_truncate(self.gsts()).contains(set) {
             return Err(not_acknowledged("a GCMD command", self.gsts()));
         }
         Ok(())
@@ -304,25 +306,25 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
             VtdMode::Legacy => TTM_LEGACY,
             VtdMode::Scalable => TTM_SCALABLE,
         };
-        self.unit
-            .mmio_write(RTADDR_REG, 8, root | (ttm << RTADDR_TTM_SHIFT));
-        self.gcmd(GCMD_SRTP, GCMD_SRTP)?;
+        let rtaddr = RtaddrReg::new()
+            .with_ttm(ttm as u8)
+            .with_rta_page(root >> 12);
+        self.unit.mmio_write(RTADDR_REG, 8, rtaddr.into_bits());
+        self.gcmd(GlobalCommand::SRTP)?;
         // Invalidation queue: one page (IQA.QS = 0) of 128-bit descriptors, or 256-bit ones
         // (DW = 1) in scalable mode; IQT = 0; then Queued Invalidation Enable (§10.4.23,
         // §6.5.2).
-        let dw = if self.mode == VtdMode::Scalable {
-            IQA_DW
-        } else {
-            0
-        };
-        self.unit.mmio_write(IQA_REG, 8, iq_base | dw);
+        let iqa = IqaReg::new()
+            .with_iqa_page(iq_base >> 12)
+            .with_dw(self.mode == VtdMode::Scalable);
+        self.unit.mmio_write(IQA_REG, 8, iqa.into_bits());
         self.unit.mmio_write(IQT_REG, 8, 0);
-        self.gcmd(GCMD_QIE, GCMD_QIE)?;
+        self.gcmd(GlobalCommand::QIE)?;
         {
             let mut c = self.lock();
             self.submit(&mut c, &self.global_descs())?;
         }
-        self.gcmd(GCMD_TE, GCMD_TE)
+        self.gcmd(GlobalCommand::TE)
     }
 
     /// Submits `descs` through the invalidation queue, with a wait after each chunk: when it

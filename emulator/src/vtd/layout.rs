@@ -162,6 +162,75 @@ pub struct EcapReg {
     __: u16,
 }
 
+bitflags::bitflags! {
+    /// GCMD_REG's commands and GSTS_REG's matching status bits (§10.4.4, §10.4.5): one flag
+    /// set, since each status bit sits where its command does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct GlobalCommand: u32 {
+        /// TE / TES: translation enable.
+        const TE = 1 << 31;
+        /// SRTP / RTPS: set root table pointer.
+        const SRTP = 1 << 30;
+        /// SFL / FLS: set fault log.
+        const SFL = 1 << 29;
+        /// EAFL / AFLS: enable advanced fault logging.
+        const EAFL = 1 << 28;
+        /// WBF / WBFS: write buffer flush.
+        const WBF = 1 << 27;
+        /// QIE / QIES: queued invalidation enable.
+        const QIE = 1 << 26;
+        /// IRE / IRES: interrupt remapping enable.
+        const IRE = 1 << 25;
+        /// SIRTP / IRTPS: set interrupt remap table pointer.
+        const SIRTP = 1 << 24;
+        /// CFI / CFIS: compatibility format interrupts.
+        const CFI = 1 << 23;
+    }
+}
+
+/// RTADDR_REG, the root table address (§10.4.6).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct RtaddrReg {
+    /// Bits 9:0.
+    #[bits(10)]
+    pub rsvd: u16,
+    /// TTM: 00b legacy, 01b scalable, 11b abort DMA.
+    #[bits(2)]
+    pub ttm: u8,
+    /// RTA: the root table's page number.
+    #[bits(52)]
+    pub rta_page: u64,
+}
+
+/// IQA_REG, the invalidation queue address (§10.4.24).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct IqaReg {
+    /// QS: the queue holds 2^QS 4 KiB pages.
+    #[bits(3)]
+    pub qs: u8,
+    /// Bits 10:3.
+    pub rsvd: u8,
+    /// DW: 256-bit descriptors (scalable mode only; reserved otherwise).
+    pub dw: bool,
+    /// IQA: the queue's page number.
+    #[bits(52)]
+    pub iqa_page: u64,
+}
+
+impl IqaReg {
+    /// The queue's size in bytes.
+    pub fn queue_bytes(&self) -> u64 {
+        1 << (12 + u32::from(self.qs()))
+    }
+
+    /// Bytes per descriptor.
+    pub fn descriptor_bytes(&self) -> u64 {
+        if self.dw() { 32 } else { 16 }
+    }
+}
+
 // ----------------------------------------------------------------- memory-resident entries
 // Each qword of the root, context and PASID structures, as software writes it and the unit
 // reads it. Table pointers are 4 KiB-aligned addresses held as page numbers (bits 63:12).
@@ -435,6 +504,27 @@ mod tests {
             .with_fs1gp(true)
             .with_fs5lp(true);
         assert_eq!(built.into_bits(), word);
+    }
+
+    #[test]
+    fn global_command_rtaddr_and_iqa_sit_where_the_spec_puts_them() {
+        assert_eq!(GlobalCommand::TE.bits(), 0x8000_0000);
+        assert_eq!(GlobalCommand::SRTP.bits(), 0x4000_0000);
+        assert_eq!(GlobalCommand::QIE.bits(), 0x0400_0000);
+        assert_eq!(GlobalCommand::WBF.bits(), 0x0800_0000);
+        let rt = RtaddrReg::from_bits(0x1234_5000 | (1 << 10));
+        assert_eq!((rt.ttm(), rt.rta_page(), rt.rsvd()), (1, 0x12345, 0));
+        let iqa = IqaReg::from_bits(0xabc_d000 | (1 << 11) | 3);
+        assert_eq!((iqa.qs(), iqa.dw(), iqa.iqa_page()), (3, true, 0xabcd));
+        assert_eq!((iqa.queue_bytes(), iqa.descriptor_bytes()), (0x8000, 32));
+        assert_eq!(
+            IqaReg::new()
+                .with_iqa_page(0xabcd)
+                .with_dw(true)
+                .with_qs(3)
+                .into_bits(),
+            0xabc_d000 | (1 << 11) | 3
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ use pagewalk::PhysMem;
 
 use self::cache::VtdCaches;
 use self::fault::FaultInfo;
+use self::layout::{IqaReg, RtaddrReg};
 use self::qi::{ContextGranularity, DecodeCtx, Descriptor, IotlbGranularity};
 use self::regs::*;
 pub use self::regs::{ConfigError, VtdConfig};
@@ -521,8 +522,12 @@ impl<M: PhysMem> Vtd<M> {
             IQA_REG => {
                 // DW (256-bit descriptors) exists only with scalable mode (ECAP.SMTS); without
                 // it the bit is reserved and the queue holds 128-bit descriptors (§10.4.24).
-                let dw = if self.cfg.scalable_mode { IQA_DW } else { 0 };
-                r.iqa = v & (IQA_BASE_MASK | dw | IQA_QS_MASK)
+                let w = IqaReg::from_bits(v);
+                r.iqa = IqaReg::new()
+                    .with_qs(w.qs())
+                    .with_dw(self.cfg.scalable_mode && w.dw())
+                    .with_iqa_page(w.iqa_page())
+                    .into_bits()
             }
             b if b == iro => r.iva = v & !(0x1f << 7),
             b if b == iro + 8 => {
@@ -710,7 +715,7 @@ impl<M: PhysMem> Vtd<M> {
 
     /// Whether the latched root table is in scalable mode.
     fn scalable_active(&self) -> bool {
-        (self.active.load(Ordering::Acquire) >> RTADDR_TTM_SHIFT) & 3 == TTM_SCALABLE
+        u64::from(RtaddrReg::from_bits(self.active.load(Ordering::Acquire)).ttm()) == TTM_SCALABLE
     }
 
     fn iq_error(&self, r: &mut RegFile, iqei: qi::Iqei, out: &mut Vec<VtdEvent>) {
@@ -729,10 +734,11 @@ impl<M: PhysMem> Vtd<M> {
         if r.gsts & GCMD_QIE == 0 || r.fsts & FSTS_IQE != 0 {
             return;
         }
-        let wide = r.iqa & IQA_DW != 0;
-        let dsize: u64 = if wide { 32 } else { 16 };
-        let qbytes = 1u64 << (12 + (r.iqa & IQA_QS_MASK));
-        let base = r.iqa & IQA_BASE_MASK;
+        let iqa = IqaReg::from_bits(r.iqa);
+        let wide = iqa.dw();
+        let dsize = iqa.descriptor_bytes();
+        let qbytes = iqa.queue_bytes();
+        let base = iqa.iqa_page() << 12;
         if r.iqt >= qbytes {
             return self.iq_error(r, qi::Iqei::TailBeyondQueue, out);
         }

@@ -48,25 +48,25 @@ pub const IEUADDR_REG: u64 = 0xac;
 /// IQERCD_REG, 64-bit (§10.4.30).
 pub const IQERCD_REG: u64 = 0xb0;
 
-// GCMD_REG / GSTS_REG bits (§10.4.4, §10.4.5).
+// GCMD_REG / GSTS_REG bits (§10.4.4, §10.4.5), from their one declaration (`GlobalCommand`).
 /// GCMD.TE / GSTS.TES: translation enable.
-pub const GCMD_TE: u32 = 1 << 31;
+pub const GCMD_TE: u32 = GlobalCommand::TE.bits();
 /// GCMD.SRTP / GSTS.RTPS: set root table pointer.
-pub const GCMD_SRTP: u32 = 1 << 30;
+pub const GCMD_SRTP: u32 = GlobalCommand::SRTP.bits();
 /// GCMD.SFL / GSTS.FLS: set fault log.
-pub const GCMD_SFL: u32 = 1 << 29;
+pub const GCMD_SFL: u32 = GlobalCommand::SFL.bits();
 /// GCMD.EAFL / GSTS.AFLS: enable advanced fault logging.
-pub const GCMD_EAFL: u32 = 1 << 28;
+pub const GCMD_EAFL: u32 = GlobalCommand::EAFL.bits();
 /// GCMD.WBF / GSTS.WBFS: write buffer flush.
-pub const GCMD_WBF: u32 = 1 << 27;
+pub const GCMD_WBF: u32 = GlobalCommand::WBF.bits();
 /// GCMD.QIE / GSTS.QIES: queued invalidation enable.
-pub const GCMD_QIE: u32 = 1 << 26;
+pub const GCMD_QIE: u32 = GlobalCommand::QIE.bits();
 /// GCMD.IRE / GSTS.IRES: interrupt remapping enable.
-pub const GCMD_IRE: u32 = 1 << 25;
+pub const GCMD_IRE: u32 = GlobalCommand::IRE.bits();
 /// GCMD.SIRTP / GSTS.IRTPS: set interrupt remap table pointer.
-pub const GCMD_SIRTP: u32 = 1 << 24;
+pub const GCMD_SIRTP: u32 = GlobalCommand::SIRTP.bits();
 /// GCMD.CFI / GSTS.CFIS: compatibility format interrupts.
-pub const GCMD_CFI: u32 = 1 << 23;
+pub const GCMD_CFI: u32 = GlobalCommand::CFI.bits();
 
 // RTADDR_REG (§10.4.6).
 /// RTADDR.RTA: root table address, bits 63:12.
@@ -254,7 +254,7 @@ pub const ECAP_FSTS: u64 = 1 << 47;
 /// ECAP.RPS (RID_PASID), bit 49.
 pub const ECAP_RPS: u64 = 1 << 49;
 
-use super::layout::{CapReg, EcapReg};
+use super::layout::{CapReg, EcapReg, GlobalCommand};
 
 /// What the embedder chooses about the remapping unit: the capabilities it reports and the
 /// register layout.

@@ -15,7 +15,8 @@ use pagewalk::{
 
 use super::cache::CTX_LEGACY_MARK;
 use super::fault::{FaultInfo, FaultReason};
-use super::regs::{RTADDR_TTM_SHIFT, TTM_LEGACY, TTM_SCALABLE};
+use super::layout::RtaddrReg;
+use super::regs::{TTM_LEGACY, TTM_SCALABLE};
 use super::structs::{
     ContextEntry, EntryError, PasidDirEntry, PasidEntry, PasidSupport, Pgtt, RootEntry,
     ScalableContextEntry, ScalableRootHalf, TranslationType, legacy_context_fpd,
@@ -222,7 +223,7 @@ impl<M: PhysMem> Vtd<M> {
         }
         let tokens = self.tokens();
         let rta = active & !0xfff;
-        match (active >> RTADDR_TTM_SHIFT) & 3 {
+        match u64::from(RtaddrReg::from_bits(active).ttm()) {
             TTM_LEGACY => self.legacy(rta, req, tokens, trace),
             TTM_SCALABLE if self.cfg.scalable_mode => self.scalable(rta, req, tokens, trace),
             // TTM = 10b is reserved; 11b (abort-DMA mode) needs ECAP.ADMS, not offered.
