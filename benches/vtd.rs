@@ -25,7 +25,7 @@ use iommu_emulator::request::{AccessKind, DmaRequest};
 use iommu_emulator::trace::Trace;
 use iommu_emulator::vtd::layout::{
     ContextEntryHi, ContextEntryLo, PGTT_NESTED, PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1,
-    PasidEntryQw2, RootEntryLo, ScalableContextQw0, ScalableRootHalfRaw,
+    PasidEntryQw2, RootEntryLo, RtaddrReg, ScalableContextQw0, ScalableRootHalfRaw,
 };
 use iommu_emulator::vtd::regs::*;
 use iommu_emulator::vtd::{Vtd, VtdConfig};
@@ -100,7 +100,10 @@ fn ss_tables(mem: &Mem, alloc: &mut BumpAllocator, list: &[u64]) -> TableBuilder
 
 /// Points RTADDR at `root` with `ttm`, latches it and enables translation.
 fn enable(vtd: &Vtd<&'static Mem>, root: u64, ttm: u64) {
-    vtd.mmio_write(RTADDR_REG, 8, root | (ttm << RTADDR_TTM_SHIFT));
+    let rtaddr = RtaddrReg::new()
+        .with_ttm(ttm as u8)
+        .with_rta_page(root >> 12);
+    vtd.mmio_write(RTADDR_REG, 8, rtaddr.into_bits());
     vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_SRTP));
     vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_TE));
 }
