@@ -116,40 +116,22 @@ fn hva(mem: &GuestMemoryMmap, gpa: GuestAddress) -> u64 {
     mem.get_host_address(gpa).unwrap() as u64
 }
 
+/// A fresh ring at `base` in guest memory, started as QEMU starts one (see [`restart_vring`]).
 fn setup_vring<'a>(
     fe: &mut Frontend,
     mem: &'a GuestMemoryMmap,
     index: usize,
     base: u64,
 ) -> Vring<'a> {
-    let q = MockSplitQueue::create(mem, GuestAddress(base), QSIZE);
-    fe.set_vring_num(index, QSIZE).unwrap();
-    fe.set_vring_addr(
-        index,
-        &VringConfigData {
-            queue_max_size: QSIZE,
-            queue_size: QSIZE,
-            flags: 0,
-            desc_table_addr: hva(mem, q.desc_table_addr()),
-            used_ring_addr: hva(mem, q.used_addr()),
-            avail_ring_addr: hva(mem, q.avail_addr()),
-            log_addr: None,
-        },
-    )
-    .unwrap();
-    fe.set_vring_base(index, 0).unwrap();
-    let call = EventFd::new(0).unwrap();
-    let kick = EventFd::new(0).unwrap();
-    fe.set_vring_call(index, &call).unwrap();
-    fe.set_vring_kick(index, &kick).unwrap();
-    fe.set_vring_enable(index, true).unwrap();
-    Vring {
-        q,
-        kick,
-        _call: call,
+    let mut ring = Vring {
+        q: MockSplitQueue::create(mem, GuestAddress(base), QSIZE),
+        kick: EventFd::new(0).unwrap(),
+        _call: EventFd::new(0).unwrap(),
         next_desc: 0,
         submitted: 0,
-    }
+    };
+    restart_vring(fe, mem, &mut ring, index, 0);
+    ring
 }
 
 impl Vring<'_> {
@@ -467,9 +449,10 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
     assert_eq!(cfg, vec![0], "bypass back to its initial value");
 }
 
-/// Starts a stopped ring again as QEMU's `vhost_dev_start` does (hw/virtio/vhost.c,
-/// `vhost_virtqueue_start`): size, base, addresses, kick, call, then enable. The ring keeps its
-/// place in guest memory; `base` is what QEMU holds as the queue's `last_avail_idx`.
+/// Starts `ring` (first or again after a stop) as QEMU's `vhost_dev_start` does
+/// (hw/virtio/vhost.c, `vhost_virtqueue_start`): size, base, addresses, kick, call, then
+/// enable. The ring keeps its place in guest memory; `base` is what QEMU holds as the queue's
+/// `last_avail_idx`.
 fn restart_vring(
     fe: &mut Frontend,
     mem: &GuestMemoryMmap,
