@@ -2,12 +2,14 @@
 //! corpus replay test (`tests/pagewalk_fuzz_replay.rs`) and a proptest: walk arbitrary memory
 //! contents in every format, one- and two-dimensionally, from the root and from arbitrary
 //! starting states, and let the table builder parse them. Nothing may panic, every walk must
-//! stay within its bound of memory references, and successful walks must be self-consistent.
+//! stay within its bound of memory references, successful walks must be self-consistent, a
+//! nested walk must equal the composition of its two one-dimensional walks, and what the
+//! builder reads back must agree with what the walker translated.
 
-use crate::builder::{BumpAllocator, TableBuilder};
+use crate::builder::{BumpAllocator, Mapping, TableBuilder};
 use crate::format::{AmdV1Config, VtdSsConfig, WalkConfig, X86Config};
 use crate::mem::FlatMem;
-use crate::nested::{SecondStage, walk_nested, walk_nested_from};
+use crate::nested::{SecondStage, SecondStageView, walk_nested, walk_nested_from};
 use crate::observer::{RecordingTrace, RefKind};
 use crate::types::{Access, AccessKind, Fault, Perms, Translation, WalkStart};
 use crate::walk::{MAX_AD_RETRIES, walk, walk_from};
@@ -110,9 +112,15 @@ pub fn check_walks(data: &[u8]) {
             assert!(t.perms.intersection(start_perms) == t.perms);
         }
 
-        // The builder parses whatever is there without panicking, and can tear it down.
+        // The builder parses whatever is there without panicking, and can tear it down; where
+        // it lists a mapping of the page the walker translated, they agree on it.
         if let Ok(b) = TableBuilder::with_root(*cfg, root) {
-            let _ = b.mappings(&mem);
+            if let (Ok(t), Ok(maps)) = (
+                walk(cfg, &mem, root, iova, access, &mut ()),
+                b.mappings(&mem),
+            ) {
+                check_builder_agrees(cfg, iova, &t, &maps);
+            }
             let mut alloc = BumpAllocator::new(0x10_0000, 0x20_0000);
             let mut b2 = b.clone();
             let _ = b2.unmap(&mem, &mut alloc, iova & !0xfff, 0x20_0000);
@@ -143,6 +151,7 @@ pub fn check_walks(data: &[u8]) {
                     iova & ((1 << t.page_shift) - 1)
                 );
                 assert!(t.first.perms.contains(t.perms));
+                check_composition(first, second, &mem, root, iova, access, &t);
             }
             let start = WalkStart {
                 level: start_level,
@@ -153,6 +162,66 @@ pub fn check_walks(data: &[u8]) {
             let r = walk_nested_from(first, start, second, &mem, iova, access, &mut tr);
             check_nested(first, second, iova, &r.map(|t| t.output), &tr);
         }
+    }
+}
+
+/// A successful nested walk is the composition of two one-dimensional walks: the first stage
+/// walked over guest memory as the second stage maps it (a `SecondStageView`: table reads need
+/// read permission, A/D updates write permission, as in the nested walk) reaches the same
+/// guest-physical page, and the second stage (or the identity) takes that address to the same
+/// output, at the smaller of the two page sizes.
+fn check_composition(
+    first: &WalkConfig,
+    second: &SecondStage,
+    mem: &FlatMem,
+    root: u64,
+    iova: u64,
+    access: Access,
+    t: &crate::nested::NestedTranslation,
+) {
+    match *second {
+        SecondStage::Identity => {
+            let one = walk(first, mem, root, iova, access, &mut ()).expect("first stage alone");
+            assert_eq!((one.output, one.page_shift), (t.output, t.page_shift));
+        }
+        SecondStage::Tables {
+            config,
+            root: ss_root,
+        } => {
+            let view = SecondStageView {
+                mem,
+                config,
+                root: ss_root,
+            };
+            let fs = walk(first, &view, root, iova, access, &mut ())
+                .expect("the first stage through the second-stage view");
+            assert_eq!(
+                (fs.output, fs.page_shift),
+                (t.first.output, t.first.page_shift)
+            );
+            let ss = walk(&config, mem, ss_root, fs.output, access, &mut ())
+                .expect("the second stage of the first stage's output");
+            assert_eq!(ss.output, t.output);
+            assert_eq!(fs.page_shift.min(ss.page_shift), t.page_shift);
+        }
+    }
+}
+
+/// Where the builder lists a mapping that covers `iova`, it is the page the walker found:
+/// same size, same output, and no more rights than the walk granted.
+fn check_builder_agrees(cfg: &WalkConfig, iova: u64, t: &Translation, maps: &[Mapping]) {
+    let input = if cfg.input_width() >= 64 {
+        iova
+    } else {
+        iova & ((1u64 << cfg.input_width()) - 1)
+    };
+    let covering = maps.iter().find(|m| {
+        let size = 1u128 << m.shift;
+        u128::from(m.iova) <= u128::from(input) && u128::from(input) < u128::from(m.iova) + size
+    });
+    if let Some(m) = covering {
+        assert_eq!(m.shift, t.page_shift, "{m:?} vs {t:?}");
+        assert_eq!(m.phys | (input - m.iova), t.output, "{m:?} vs {t:?}");
     }
 }
 
