@@ -5,8 +5,19 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::mem::{MemError, PhysMem};
+
 /// Size of a table page.
 pub const TABLE_SIZE: u64 = 4096;
+
+/// Writes zeros over the table page at `page`, entry by entry (the table builder's tables,
+/// a driver's queues and structure pages).
+pub fn zero_page<M: PhysMem + ?Sized>(mem: &M, page: u64) -> Result<(), MemError> {
+    for i in 0..TABLE_SIZE / 8 {
+        mem.write_u64(page + i * 8, 0)?;
+    }
+    Ok(())
+}
 
 /// Hashes page addresses (the keys of the builder's and the allocator's side tables) with one
 /// multiplication (Fibonacci hashing of the page number). The keys are table pages this code

@@ -892,10 +892,7 @@ fn slot_span(level: u8, base: u128, start: u128, end: u128) -> (u64, u64) {
 }
 
 fn zero_table<M: PhysMem + ?Sized>(mem: &M, table: u64) -> Result<(), BuildError> {
-    for i in 0..512 {
-        mem.write_u64(table + i * 8, 0)?;
-    }
-    Ok(())
+    Ok(crate::alloc::zero_page(mem, table)?)
 }
 
 /// `(1 << s) - 1`: the offset bits of a page of 2^`s` bytes.

@@ -110,7 +110,8 @@ struct RingRestart {
     /// The request queue's next available index after the last batch the worker took (or
     /// where the last restart put it): what `GET_VRING_BASE` returns for it.
     next_avail: AtomicU16,
-    /// Set when the front end stopped the request queue; cleared when it runs again.
+    /// Whether `stopped_at` holds a stop: the lock-free check every event makes before it
+    /// takes the lock (set and cleared under the lock, with `stopped_at`).
     stopped: AtomicBool,
     /// The request queue's base at the stop, until the rings run again.
     stopped_at: Mutex<Option<u16>>,
@@ -473,12 +474,14 @@ impl VhostUserBackend for IommuBackend {
         // GET_VRING_BASE: a virtio reset or a VM stop, told apart at the restart.
         if queue_index == u32::from(REQUEST_QUEUE) {
             let base = self.restart.next_avail.load(Ordering::Acquire);
-            *self
+            let mut at = self
                 .restart
                 .stopped_at
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(base);
+                .unwrap_or_else(|e| e.into_inner());
+            *at = Some(base);
             self.restart.stopped.store(true, Ordering::Release);
+            drop(at);
             log::debug!("request queue stopped at index {base}");
         }
         Ok(())

@@ -228,7 +228,7 @@ impl PrivateMemory {
         for _ in 0..n {
             let zeroed = match self.alloc.alloc_frame() {
                 Some(p) => {
-                    let z = zero_page(mem, p);
+                    let z = pagewalk::alloc::zero_page(mem, p).map_err(HwError::from);
                     pages.push(p);
                     z
                 }
@@ -263,14 +263,6 @@ impl PrivateMemory {
     pub fn frames(&mut self) -> &mut BumpAllocator {
         &mut self.alloc
     }
-}
-
-/// Writes zeros over the page at `page`.
-pub fn zero_page<M: PhysMem + ?Sized>(mem: &M, page: u64) -> Result<(), HwError> {
-    for i in 0..PAGE / 8 {
-        mem.write_u64(page + 8 * i, 0)?;
-    }
-    Ok(())
 }
 
 /// The allocator of a unit's domain identifiers in `first..=last` (a driver learns `last` from

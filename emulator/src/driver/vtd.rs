@@ -30,7 +30,7 @@ use super::{
     CommandQueue, DomainIds, Driver, DriverStats, EndpointMode, HwDomain, HwError, PAGE,
     PrivateMemory, PrivateRegion, Resource,
 };
-use crate::core::{EndpointId, MapFlags, Mapping};
+use crate::core::{EndpointId, Mapping};
 use crate::unit::Unit;
 use crate::vtd::layout::{
     CapReg, ContextEntryHi, ContextEntryLo, EcapReg, GlobalCommand, IqaReg, PGTT_PASS_THROUGH,
@@ -562,17 +562,6 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
         v
     }
 
-    fn perms(flags: MapFlags) -> pagewalk::Perms {
-        let mut p = pagewalk::Perms::NONE;
-        if flags.read {
-            p |= pagewalk::Perms::R;
-        }
-        if flags.write {
-            p |= pagewalk::Perms::W;
-        }
-        p
-    }
-
     /// Clears the fault recording registers and FSTS overflow, as a driver's fault handler
     /// does, so later faults are recorded too (§7.2.1, §10.4.14).
     fn clear_faults(&self) {
@@ -662,7 +651,7 @@ impl<M: PhysMem + Send + Sync + 'static> Driver for VtdDriver<M> {
                 m.virt_start,
                 m.phys_start,
                 len,
-                Self::perms(m.flags),
+                m.flags.perms(),
                 PageSizePolicy::LARGEST,
             )
             .map_err(tables_error)?;

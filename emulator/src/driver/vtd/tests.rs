@@ -1,5 +1,5 @@
 use super::*;
-use crate::core::{Core, CoreConfig, CoreError, EndpointSet, FaultReason};
+use crate::core::{Core, CoreConfig, CoreError, EndpointSet, FaultReason, MapFlags};
 use crate::request::{AccessKind, DmaRequest};
 use crate::unit::CacheKind;
 use crate::vtd::structs::{
