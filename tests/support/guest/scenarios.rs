@@ -330,6 +330,29 @@ pub fn vfio_bench(env: &GuestEnv, front: &Front, count: u64, runs: usize) -> Vec
     rates
 }
 
+/// A guest with `edu` that may reboot (no `-no-reboot`, a longer time bound), whose script
+/// asks the host for a word (`AGENT ask what=next`) and runs the `case` arm of that name from
+/// `arms` (shell `case` arms; anything else exits with 3). An arm that creates `/tmp/reboot`
+/// reboots the guest, which asks again on its next boot. Returns the run directory (it must
+/// outlive QEMU) and QEMU.
+fn two_boot_guest(env: &GuestEnv, front: &Front, arms: &str) -> (RunDir, Qemu) {
+    let run = RunDir::new(env);
+    let mut opts = base_opts(front);
+    opts.no_reboot = false;
+    opts.timeout = Duration::from_secs(180);
+    opts.script = format!(
+        "echo AGENT ask what=next\n\
+         read -r cmd\n\
+         case \"$cmd\" in\n\
+         {arms}\
+         *) exit 3 ;;\n\
+         esac\n"
+    );
+    opts.args.extend(["-device".into(), "edu".into()]);
+    let q = Qemu::spawn(env, &run, &opts);
+    (run, q)
+}
+
 /// Reboot and detach: on the first boot `edu` is bound to vfio-pci, mapped, unmapped and
 /// released (unbound: the guest detaches it from the VFIO domain and returns it to its default
 /// domain); `after_detach` runs then. The guest reboots (a machine reset, which resets the
@@ -342,26 +365,19 @@ pub fn reboot_and_detach(
     after_detach: impl FnOnce(&Report),
     after_reboot: impl FnOnce(&[Report]),
 ) -> Vec<Report> {
-    let run = RunDir::new(env);
-    let mut opts = base_opts(front);
-    opts.no_reboot = false;
-    opts.timeout = Duration::from_secs(180);
     let bind = bind_first(EDU_ID);
-    opts.script = format!(
-        "echo AGENT ask what=next\n\
-         read -r cmd\n\
-         case \"$cmd\" in\n\
-         detach)\n{bind}\
-           guest-agent vfio-map \"$bdf\" --pages 1 || exit 1\n\
-           guest-agent release \"$bdf\" || exit 1\n\
-           touch /tmp/reboot ;;\n\
-         check)\n{bind}\
-           guest-agent vfio-map \"$bdf\" --pages 1 || exit 1 ;;\n\
-         *) exit 3 ;;\n\
-         esac\n"
+    let (_run, mut q) = two_boot_guest(
+        env,
+        front,
+        &format!(
+            "detach)\n{bind}\
+               guest-agent vfio-map \"$bdf\" --pages 1 || exit 1\n\
+               guest-agent release \"$bdf\" || exit 1\n\
+               touch /tmp/reboot ;;\n\
+             check)\n{bind}\
+               guest-agent vfio-map \"$bdf\" --pages 1 || exit 1 ;;\n"
+        ),
     );
-    opts.args.extend(["-device".into(), "edu".into()]);
-    let mut q = Qemu::spawn(env, &run, &opts);
 
     // First boot: map, unmap, detach, reboot.
     q.next("boot");
@@ -440,35 +456,28 @@ pub fn reboot_with_mapping_held(
     after_reboot: impl FnOnce(&[Report]),
     second_map: impl FnOnce(&Report, u64),
 ) -> HeldReboot {
-    let run = RunDir::new(env);
-    let mut opts = base_opts(front);
-    opts.no_reboot = false;
-    opts.timeout = Duration::from_secs(180);
     let bind = bind_first(EDU_ID);
-    opts.script = format!(
-        "echo AGENT ask what=next\n\
-         read -r cmd\n\
-         case \"$cmd\" in\n\
-         hold)\n{bind}\
-           mkfifo /tmp/hold || exit 1\n\
-           sleep 100000 > /tmp/hold &\n\
-           guest-agent vfio-map \"$bdf\" --pages 1 --wait-stdin < /tmp/hold > /tmp/map.out 2>&1 &\n\
-           agent=$!\n\
-           while ! grep -q vfio-wait /tmp/map.out; do\n\
-             kill -0 $agent 2>/dev/null || {{ cat /tmp/map.out; exit 1; }}\n\
-             sleep 0.1\n\
-           done\n\
-           cat /tmp/map.out\n\
-           echo AGENT ask what=reboot\n\
-           read -r cmd\n\
-           touch /tmp/reboot ;;\n\
-         check)\n{bind}\
-           guest-agent vfio-map \"$bdf\" --pages 1 --wait-stdin || exit 1 ;;\n\
-         *) exit 3 ;;\n\
-         esac\n"
+    let (_run, mut q) = two_boot_guest(
+        env,
+        front,
+        &format!(
+            "hold)\n{bind}\
+               mkfifo /tmp/hold || exit 1\n\
+               sleep 100000 > /tmp/hold &\n\
+               guest-agent vfio-map \"$bdf\" --pages 1 --wait-stdin < /tmp/hold > /tmp/map.out 2>&1 &\n\
+               agent=$!\n\
+               while ! grep -q vfio-wait /tmp/map.out; do\n\
+                 kill -0 $agent 2>/dev/null || {{ cat /tmp/map.out; exit 1; }}\n\
+                 sleep 0.1\n\
+               done\n\
+               cat /tmp/map.out\n\
+               echo AGENT ask what=reboot\n\
+               read -r cmd\n\
+               touch /tmp/reboot ;;\n\
+             check)\n{bind}\
+               guest-agent vfio-map \"$bdf\" --pages 1 --wait-stdin || exit 1 ;;\n"
+        ),
     );
-    opts.args.extend(["-device".into(), "edu".into()]);
-    let mut q = Qemu::spawn(env, &run, &opts);
 
     // First boot: map and hold, then reboot with the mapping live.
     q.next("boot");
