@@ -280,11 +280,47 @@ fn connect_frontend(sock: &Path) -> (Frontend, u64) {
     (fe, features)
 }
 
+/// A daemon with a front end connected: features negotiated, shared guest memory and its
+/// memory table sent. Rings are the test's to set up.
+struct Session {
+    daemon: Daemon,
+    sock: PathBuf,
+    ctl: PathBuf,
+    mem: GuestMemoryMmap,
+    fe: Frontend,
+    features: u64,
+    table: [VhostUserMemoryRegionInfo; 1],
+}
+
+fn connected(name: &str, extra: &[&str]) -> Session {
+    let (daemon, sock, ctl) = start_daemon(name, extra);
+    let mem = shared_memory(&daemon.dir);
+    let (fe, features) = connect_frontend(&sock);
+    let region = mem.find_region(GuestAddress(0)).unwrap();
+    let table = [VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()];
+    fe.set_mem_table(&table).unwrap();
+    Session {
+        daemon,
+        sock,
+        ctl,
+        mem,
+        fe,
+        features,
+        table,
+    }
+}
+
 #[test]
 fn daemon_serves_requests_config_and_events_over_vhost_user() {
-    let (daemon, sock, ctl) = start_daemon("main", &[]);
-    let mem = shared_memory(&daemon.dir);
-    let (mut fe, features) = connect_frontend(&sock);
+    let Session {
+        daemon: _daemon,
+        sock,
+        ctl,
+        mem,
+        mut fe,
+        features,
+        ..
+    } = connected("main", &[]);
     // Offered features: VERSION_1, MAP_UNMAP, INPUT_RANGE, DOMAIN_RANGE, PROBE, MMIO,
     // BYPASS_CONFIG, EVENT_IDX, INDIRECT_DESC.
     for bit in [32, 2, 0, 1, 4, 5, 6, 29, 28] {
@@ -292,9 +328,6 @@ fn daemon_serves_requests_config_and_events_over_vhost_user() {
     }
     assert_eq!(features & (1 << 3), 0, "legacy BYPASS is not offered");
 
-    let region = mem.find_region(GuestAddress(0)).unwrap();
-    fe.set_mem_table(&[VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()])
-        .unwrap();
     let req = setup_vring(&mut fe, &mem, 0, 0x1000);
     let mut evt = setup_vring(&mut fe, &mem, 1, 0x8000);
 
@@ -500,13 +533,15 @@ fn stop_rings(fe: &mut Frontend) -> u16 {
 #[test]
 fn a_virtio_reset_signalled_only_by_the_rings_resets_the_device() {
     for model in ["vtd", "soft"] {
-        let (daemon, sock, ctl) =
-            start_daemon(&format!("virtio-reset-{model}"), &["--model", model]);
-        let mem = shared_memory(&daemon.dir);
-        let (mut fe, features) = connect_frontend(&sock);
-        let region = mem.find_region(GuestAddress(0)).unwrap();
-        let table = [VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()];
-        fe.set_mem_table(&table).unwrap();
+        let Session {
+            daemon: _daemon,
+            sock: _,
+            ctl,
+            mem,
+            mut fe,
+            features,
+            table,
+        } = connected(&format!("virtio-reset-{model}"), &["--model", model]);
         let req = setup_vring(&mut fe, &mem, 0, 0x1000);
         let _evt = setup_vring(&mut fe, &mem, 1, 0x8000);
         let mut ctl = Control::connect(&ctl);
@@ -570,12 +605,15 @@ fn a_virtio_reset_signalled_only_by_the_rings_resets_the_device() {
 /// as a reset does, but restarts them at the base they stopped at: the device keeps its state.
 #[test]
 fn rings_resumed_where_they_stopped_keep_the_device_state() {
-    let (daemon, sock, ctl) = start_daemon("vm-stop", &[]);
-    let mem = shared_memory(&daemon.dir);
-    let (mut fe, features) = connect_frontend(&sock);
-    let region = mem.find_region(GuestAddress(0)).unwrap();
-    let table = [VhostUserMemoryRegionInfo::from_guest_region(region).unwrap()];
-    fe.set_mem_table(&table).unwrap();
+    let Session {
+        daemon: _daemon,
+        sock: _,
+        ctl,
+        mem,
+        mut fe,
+        features,
+        table,
+    } = connected("vm-stop", &[]);
     let req = setup_vring(&mut fe, &mem, 0, 0x1000);
     let mut evt = setup_vring(&mut fe, &mem, 1, 0x8000);
     let mut ctl = Control::connect(&ctl);
