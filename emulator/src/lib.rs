@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod amdvi;
 pub mod cache;
 pub mod core;
 pub mod driver;
@@ -30,6 +31,7 @@ pub mod unit;
 pub mod vtd;
 pub mod xlate;
 
+pub use crate::amdvi::{AmdVi, AmdViConfig};
 pub use crate::core::{Core, CoreConfig, CoreError, EndpointSet, MapFlags, Mapping, Outcome};
 pub use crate::driver::vtd::{VtdDriver, VtdMode};
 pub use crate::driver::{Driver, HwError, PrivateRegion, SoftDriver, SoftUnit};

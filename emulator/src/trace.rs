@@ -38,14 +38,21 @@ pub enum CacheId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum MemTarget {
-    /// A root-table entry (VT-d) or device-table entry (AMD-Vi).
+    /// A root-table entry (VT-d).
     RootEntry,
-    /// A context-table entry.
+    /// A context-table entry (VT-d).
     ContextEntry,
-    /// A PASID-directory entry (VT-d) or GCR3 table level (AMD-Vi).
+    /// A PASID-directory entry (VT-d).
     PasidDirEntry,
-    /// A PASID-table entry.
+    /// A PASID-table entry (VT-d).
     PasidEntry,
+    /// A device-table entry (AMD-Vi).
+    DeviceTableEntry,
+    /// A GCR3-table entry (AMD-Vi) at `level` (1 = the entry holding the guest CR3).
+    Gcr3Entry {
+        /// The GCR3 table level.
+        level: u8,
+    },
     /// A paging entry of `stage` at `level` (1 = the leaf page table).
     PageTable {
         /// The stage of the table.

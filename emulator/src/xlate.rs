@@ -317,6 +317,24 @@ impl<M: PhysMem> Engine<'_, M> {
         })
     }
 
+    /// Translates the guest-physical address `addr` of a structure the unit reads (AMD-Vi: a
+    /// GCR3 table under host translation) through the second-stage tables `cfg` at `root`, as
+    /// a read, recording the walk in `trace`. Structure addresses are not cached.
+    pub fn walk_structure_address(
+        &self,
+        cfg: &WalkConfig,
+        root: u64,
+        addr: u64,
+        trace: &mut Trace,
+    ) -> Result<u64, pagewalk::Fault> {
+        trace.walk_start(WalkKind::OneD(Stage::Second), cfg.levels());
+        // Keep nothing: the observer keeps only first-stage visits.
+        let mut obs = Obs::new(trace, Stage::First);
+        let res = pagewalk::walk(cfg, self.mem, root, addr, PwAccess::READ, &mut obs);
+        obs.trace.walk_end(res.is_err());
+        res.map(|t| t.output)
+    }
+
     /// Where a walk of `w`'s first (or only) stage for `input` starts: the deepest
     /// paging-structure-cache hit, or the root.
     fn psc_start<X>(

@@ -147,6 +147,11 @@ fn target_json(t: MemTarget, addr: u64) -> serde_json::Map<String, Value> {
         MemTarget::ContextEntry => "context_entry",
         MemTarget::PasidDirEntry => "pasid_dir_entry",
         MemTarget::PasidEntry => "pasid_entry",
+        MemTarget::DeviceTableEntry => "device_table_entry",
+        MemTarget::Gcr3Entry { level } => {
+            m.insert("level".into(), json!(level));
+            "gcr3_entry"
+        }
         MemTarget::PageTable { stage, level } => {
             m.insert("stage".into(), json!(stage_name(stage)));
             m.insert("level".into(), json!(level));
