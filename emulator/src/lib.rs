@@ -33,6 +33,7 @@ pub mod xlate;
 
 pub use crate::amdvi::{AmdVi, AmdViConfig};
 pub use crate::core::{Core, CoreConfig, CoreError, EndpointSet, MapFlags, Mapping, Outcome};
+pub use crate::driver::amdvi::AmdViDriver;
 pub use crate::driver::vtd::{VtdDriver, VtdMode};
 pub use crate::driver::{Driver, HwError, PrivateRegion, SoftDriver, SoftUnit};
 pub use crate::pci::PciBdf;

@@ -1,8 +1,8 @@
 //! The conformance suite every driver passes, written once (as Linux's generic_pt KUnit suite
 //! runs once per format): the core over each driver in [`DRIVERS`] must accept exactly what a
 //! plain reference model accepts, leave the state unchanged when it refuses, and translate
-//! every endpoint as the model (and the soft double's mapping trees) say. A new driver (AMD-Vi
-//! next) joins by adding its constructor to [`DRIVERS`].
+//! every endpoint as the model (and the soft double's mapping trees) say. A new driver joins by
+//! adding its constructor to [`DRIVERS`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -10,11 +10,13 @@ use std::sync::Arc;
 use pagewalk::SparseMem;
 use proptest::prelude::*;
 
+use super::amdvi::AmdViDriver;
 use super::vtd::{VtdDriver, VtdMode};
 use super::{Driver, PrivateRegion, SoftDriver};
 use crate::core::tests::small_config;
 use crate::core::{Core, CoreConfig, EndpointSet, FaultReason, MapFlags};
 use crate::request::{AccessKind, DmaRequest};
+use crate::amdvi::AmdViConfig;
 use crate::vtd::VtdConfig;
 
 fn vtd(mode: VtdMode) -> Arc<dyn Driver> {
@@ -32,14 +34,29 @@ fn vtd(mode: VtdMode) -> Arc<dyn Driver> {
     )
 }
 
+fn amdvi() -> Arc<dyn Driver> {
+    Arc::new(
+        AmdViDriver::with_unit(
+            SparseMem::new(0x2000_0000),
+            AmdViConfig::default(),
+            PrivateRegion {
+                base: 0x1000_0000,
+                size: 4096 * 4096,
+            },
+        )
+        .unwrap(),
+    )
+}
+
 /// Builds a fresh driver (and the unit it programs).
 type MakeDriver = fn() -> Arc<dyn Driver>;
 
 /// Every driver, by name.
-pub const DRIVERS: [(&str, MakeDriver); 3] = [
+pub const DRIVERS: [(&str, MakeDriver); 4] = [
     ("soft", || Arc::new(SoftDriver::new())),
     ("vtd-legacy", || vtd(VtdMode::Legacy)),
     ("vtd-scalable", || vtd(VtdMode::Scalable)),
+    ("amdvi", amdvi),
 ];
 
 const P: u64 = 0x1000;

@@ -20,6 +20,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod amdvi;
 mod soft;
 pub mod vtd;
 
@@ -106,6 +107,9 @@ pub enum HwError {
     /// The unit could not be built from its configuration.
     #[error(transparent)]
     VtdConfig(#[from] crate::vtd::ConfigError),
+    /// The AMD-Vi unit could not be built from its configuration.
+    #[error(transparent)]
+    AmdViConfig(#[from] crate::amdvi::AmdViConfigError),
 }
 
 /// Counters a driver keeps of what it built.
