@@ -23,6 +23,13 @@ fn daemon_probe_and_translated_vfio_map() {
     probe_and_translated(&[]);
 }
 
+/// The same with the daemon's AMD-Vi model (a device table, v1 tables and the command buffer).
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_amdvi_probe_and_translated_vfio_map() {
+    probe_and_translated(&["--model", "amdvi"]);
+}
+
 /// The same with the daemon's `soft` model (mapping trees, no hardware structures), which
 /// must give the guest the same device.
 #[test]
@@ -131,8 +138,26 @@ fn probe_and_translated(model: &[&str]) {
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn daemon_identity_virtio_blk() {
+    identity_virtio_blk(&[]);
+}
+
+/// The same with the AMD-Vi model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_amdvi_identity_virtio_blk() {
+    identity_virtio_blk(&["--model", "amdvi"]);
+}
+
+/// The same with the `soft` model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_soft_model_identity_virtio_blk() {
+    identity_virtio_blk(&["--model", "soft"]);
+}
+
+fn identity_virtio_blk(model: &[&str]) {
     let env = GuestEnv::provision();
-    let (_dev, front, d) = start(&env);
+    let (_dev, front, d) = start_with(&env, model);
     let (blk, _) = scenarios::identity_virtio_blk(&env, &front, |disk| {
         let ep = rid_of(disk);
         let dom = d
@@ -162,8 +187,26 @@ fn daemon_identity_virtio_blk() {
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn daemon_reboot_and_detach() {
+    reboot_and_detach(&[]);
+}
+
+/// The same with the AMD-Vi model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_amdvi_reboot_and_detach() {
+    reboot_and_detach(&["--model", "amdvi"]);
+}
+
+/// The same with the `soft` model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_soft_model_reboot_and_detach() {
+    reboot_and_detach(&["--model", "soft"]);
+}
+
+fn reboot_and_detach(model: &[&str]) {
     let env = GuestEnv::provision();
-    let (_dev, front, d) = start(&env);
+    let (_dev, front, d) = start_with(&env, model);
     let edu = RefCell::new(None);
     scenarios::reboot_and_detach(
         &env,
@@ -212,6 +255,13 @@ fn daemon_reboot_and_detach() {
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn daemon_reboot_with_a_vfio_mapping_held() {
     reboot_with_mapping_held(&[]);
+}
+
+/// The same with the AMD-Vi model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_amdvi_reboot_with_a_vfio_mapping_held() {
+    reboot_with_mapping_held(&["--model", "amdvi"]);
 }
 
 /// The same with the `soft` model.
@@ -352,6 +402,24 @@ fn side_by_side_vfio_bench() {
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn daemon_viot_ranges_decide_the_endpoints() {
+    viot_ranges_decide_the_endpoints(&[]);
+}
+
+/// The same with the AMD-Vi model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_amdvi_viot_ranges_decide_the_endpoints() {
+    viot_ranges_decide_the_endpoints(&["--model", "amdvi"]);
+}
+
+/// The same with the `soft` model.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn daemon_soft_model_viot_ranges_decide_the_endpoints() {
+    viot_ranges_decide_the_endpoints(&["--model", "soft"]);
+}
+
+fn viot_ranges_decide_the_endpoints(model: &[&str]) {
     use vhost_device_iommu::viot::EndpointRange;
     let env = GuestEnv::provision();
     let dev = harness::RunDir::new(&env);
@@ -361,7 +429,7 @@ fn daemon_viot_ranges_decide_the_endpoints() {
         &sock,
         daemon::ENDPOINTS,
         std::time::Duration::from_secs(600),
-        &[],
+        model,
     );
     let snapshot = RefCell::new(Vec::new());
     let r = scenarios::probe_and_vfio_map(

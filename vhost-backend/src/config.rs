@@ -76,6 +76,9 @@ pub enum Model {
     /// Intel VT-d: context entries, second-stage tables and queued invalidation in an
     /// IOMMU-private memory region; translation through the model's caches and walkers.
     Vtd,
+    /// AMD-Vi: a device table, v1 host tables, the command buffer and the event log in an
+    /// IOMMU-private memory region; translation through the model's caches and walkers.
+    Amdvi,
     /// No memory-resident structures: domains are mapping trees (for comparison and testing).
     Soft,
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use iommu_emulator::core::CoreError;
 use iommu_emulator::{
-    Core, Driver, HwError, PrivateRegion, SoftDriver, VtdConfig, VtdDriver, VtdMode,
+    AmdViConfig, AmdViDriver, Core, Driver, HwError, PrivateRegion, SoftDriver, VtdConfig,
+    VtdDriver, VtdMode,
 };
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -49,7 +50,7 @@ pub enum DaemonError {
 }
 
 /// Builds the hardware model the configuration names: a unit and the driver that programs
-/// it. The VT-d unit's memory is the system physical address space: the IOMMU-private region
+/// it. A VT-d or AMD-Vi unit's memory is the system physical address space: the IOMMU-private region
 /// (an anonymous mapping at `cfg.private_region`'s physical base, holding every structure the
 /// driver builds) plus guest RAM as the vhost-user memory table in `ram` describes it.
 pub fn build_driver(
@@ -58,6 +59,19 @@ pub fn build_driver(
 ) -> Result<Arc<dyn Driver>, DaemonError> {
     Ok(match cfg.model {
         Model::Soft => Arc::new(SoftDriver::new()),
+        Model::Amdvi => {
+            let (base, size) = cfg.private_region;
+            let region = PrivateMem::new(base, size).map_err(DaemonError::PrivateRegion)?;
+            let amd_cfg = AmdViConfig {
+                phys_addr_bits: u8::try_from(cfg.core.phys_addr_bits.clamp(32, 52)).unwrap_or(52),
+                ..AmdViConfig::default()
+            };
+            Arc::new(AmdViDriver::with_unit(
+                SystemMem::new(region, ram.clone()),
+                amd_cfg,
+                PrivateRegion { base, size },
+            )?)
+        }
         Model::Vtd => {
             let (base, size) = cfg.private_region;
             let region = PrivateMem::new(base, size).map_err(DaemonError::PrivateRegion)?;

@@ -150,7 +150,9 @@ impl<M: PhysMem + Send + Sync + 'static> AmdViDriver<M> {
     ) -> Result<Self, HwError> {
         let efr = Efr::from_bits(unit.mmio_read(reg::EFR, 8));
         if efr.host_levels() < MODE {
-            return Err(HwError::Unsupported("EFR.HATS offers no 4-level host tables"));
+            return Err(HwError::Unsupported(
+                "EFR.HATS offers no 4-level host tables",
+            ));
         }
         let mut v1 = AmdV1Config::new(MODE);
         v1.out_width = phys_addr_bits;

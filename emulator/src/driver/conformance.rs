@@ -13,10 +13,10 @@ use proptest::prelude::*;
 use super::amdvi::AmdViDriver;
 use super::vtd::{VtdDriver, VtdMode};
 use super::{Driver, PrivateRegion, SoftDriver};
+use crate::amdvi::AmdViConfig;
 use crate::core::tests::small_config;
 use crate::core::{Core, CoreConfig, EndpointSet, FaultReason, MapFlags};
 use crate::request::{AccessKind, DmaRequest};
-use crate::amdvi::AmdViConfig;
 use crate::vtd::VtdConfig;
 
 fn vtd(mode: VtdMode) -> Arc<dyn Driver> {

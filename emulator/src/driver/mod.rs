@@ -18,9 +18,9 @@
 //!
 //! [`SoftDriver`] (with its [`SoftUnit`]) is the double without memory-resident structures.
 
+pub mod amdvi;
 #[cfg(test)]
 mod conformance;
-pub mod amdvi;
 mod soft;
 pub mod vtd;
 
