@@ -217,11 +217,9 @@ pub mod encode {
             if msb >= 51 {
                 (INV_ALL_PAGES, true)
             } else {
-                (
-                    (start | ((1u64 << msb) - 1)) & !((1u64 << msb) - 1)
-                        | ((1u64 << msb) - 1) & !0xfff,
-                    true,
-                )
+                // Bit `msb` of `start` is clear (start < end differ there first): it becomes
+                // the lowest clear bit, so the range is 2^(msb + 1) bytes.
+                (start | ((1u64 << msb) - 1), true)
             }
         };
         invalidate_iommu_pages(PagesInvalidation {
@@ -337,7 +335,10 @@ mod tests {
             let a = PagesQw1::from_bits(q1);
             let r = iotlb::PageRange::amd(1, iotlb::PasidMatch::Any, a.page() << 12, a.s(), true);
             let first = r.base << 12;
-            let last = first + ((1u64 << (r.order + 12)) - 1);
+            let last = first.saturating_add(
+                1u64.checked_shl(u32::from(r.order) + 12)
+                    .map_or(u64::MAX, |n| n - 1),
+            );
             assert!(first <= start, "{start:#x}+{len:#x}: {first:#x}");
             assert!(
                 last >= start.saturating_add(len - 1).min(0x000f_ffff_ffff_ffff),
