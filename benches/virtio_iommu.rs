@@ -11,7 +11,9 @@
 //!   soft hardware (mapping trees, no memory-resident structures);
 //! - `device_vtd`: the full request path realised in the VT-d model: second-stage table edits
 //!   in the IOMMU-private region and, for every UNMAP, a page-selective IOTLB invalidation plus
-//!   an invalidation wait through the model's invalidation queue.
+//!   an invalidation wait through the model's invalidation queue;
+//! - `device_amdvi`: the same realised in the AMD-Vi model: v1 table edits and, for every
+//!   UNMAP, an INVALIDATE_IOMMU_PAGES plus a COMPLETION_WAIT through its command buffer.
 //!
 //! Group `virtio_iommu_dma_read` (an 8-byte DMA read by the endpoint through one of 512 mapped
 //! pages, the path rust-vmm device code takes with `vm_memory::IommuMemory`):
@@ -31,8 +33,8 @@ use std::sync::{Arc, RwLock};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use iommu_emulator::{
-    AccessKind, Core, CoreConfig, DmaRequest, Driver, EndpointSet, MapFlags, PrivateRegion,
-    SoftDriver, VtdConfig, VtdDriver, VtdMode,
+    AccessKind, AmdViConfig, AmdViDriver, Core, CoreConfig, DmaRequest, Driver, EndpointSet,
+    MapFlags, PrivateRegion, SoftDriver, VtdConfig, VtdDriver, VtdMode,
 };
 use vhost_device_iommu::device::{DEVICE_FEATURES, IommuDevice};
 use vhost_device_iommu::dma::EndpointIommu;
@@ -88,6 +90,20 @@ fn vtd() -> Arc<dyn Driver> {
                 size: PRIVATE.1,
             },
             VtdMode::Legacy,
+        )
+        .unwrap(),
+    )
+}
+
+fn amdvi() -> Arc<dyn Driver> {
+    Arc::new(
+        AmdViDriver::with_unit(
+            PrivateMem::new(PRIVATE.0, PRIVATE.1).unwrap(),
+            AmdViConfig::default(),
+            PrivateRegion {
+                base: PRIVATE.0,
+                size: PRIVATE.1,
+            },
         )
         .unwrap(),
     )
@@ -171,6 +187,7 @@ fn bench(c: &mut Criterion) {
             Arc::new(SoftDriver::new()) as Arc<dyn Driver>,
         ),
         ("device_vtd", vtd()),
+        ("device_amdvi", amdvi()),
     ] {
         let d = device(hw);
         // The measured path is the successful one.

@@ -1,26 +1,30 @@
-//! Translation latency of the VT-d model (`iommu_emulator::vtd::Vtd::translate`), programmed
-//! through its registers like a driver would, over warm guest memory (vm-memory
-//! `GuestMemoryMmap`).
+//! Translation latency of the VT-d and AMD-Vi models (`Vtd::translate_with`,
+//! `AmdVi::translate_with`), each programmed through its registers and memory like a driver
+//! would, over warm guest memory (vm-memory `GuestMemoryMmap`).
 //!
-//! Group `vtd_translate` (every benchmark cycles through the same 1024 scattered IOVAs of one
-//! legacy-mode device, 4 KiB pages, 4-level second stage):
+//! Group `translate` (every benchmark cycles through the same 1024 scattered IOVAs of one
+//! device, 4 KiB pages, 4-level tables):
 //! - `baseline_btreemap`: a `BTreeMap<u64, (u64, u64)>` range lookup over the same mappings, how
 //!   QEMU's virtio-iommu and the Rust virtio-iommu devices keep their mappings;
-//! - `baseline_walk_1d`: pagewalk's bare 4-level walk of the same tables (no structures, no
+//! - `baseline_walk_1d`: pagewalk's bare 4-level walk of the VT-d tables (no structures, no
 //!   caches);
 //!
-//! The unit is driven through `Vtd::translate_with`, reusing one trace.
-//! - `translate_hit`: the unit with caches large enough to hold everything (context-cache and
-//!   IOTLB hits);
-//! - `translate_miss`: the unit with 8-entry caches, so almost every request walks the root,
-//!   context and second-stage tables;
-//! - `translate_nested_hit` / `translate_nested_miss`: scalable mode, PGTT = nested, 4-level
-//!   first stage over a 4-level second stage.
+//! Each unit is driven reusing one trace.
+//! - `translate_hit` / `amdvi_translate_hit`: caches large enough to hold everything (context
+//!   or DTE cache and IOTLB hits);
+//! - `translate_miss` / `amdvi_translate_miss`: 8-entry caches, so almost every request walks
+//!   the root and context entries (VT-d legacy mode) or the DTE (AMD-Vi) and the tables;
+//! - `translate_nested_hit` / `translate_nested_miss`: VT-d scalable mode, PGTT = nested,
+//!   4-level first stage over a 4-level second stage;
+//! - `amdvi_translate_nested_hit` / `amdvi_translate_nested_miss`: AMD-Vi v2 over v1 (GV = 1,
+//!   Mode 4), through a one-level GCR3 table at a guest-physical address.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use iommu_emulator::amdvi::layout::{Control, DevTabBase, DteQw0, DteQw1, with_gcr3_root};
+use iommu_emulator::amdvi::{AmdVi, AmdViConfig, reg};
 use iommu_emulator::request::{AccessKind, DmaRequest};
 use iommu_emulator::trace::Trace;
 use iommu_emulator::vtd::layout::{
@@ -30,7 +34,7 @@ use iommu_emulator::vtd::layout::{
 use iommu_emulator::vtd::regs::*;
 use iommu_emulator::vtd::{Vtd, VtdConfig};
 use pagewalk::{
-    Access, BumpAllocator, FrameAllocator, GuestMem, PageSizePolicy, Perms, PhysMem,
+    Access, AmdV1Config, BumpAllocator, FrameAllocator, GuestMem, PageSizePolicy, Perms, PhysMem,
     SecondStageView, TableBuilder, VtdSsConfig, WalkConfig, X86Config, walk,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -206,9 +210,129 @@ fn nested_unit(cache_entries: usize) -> Vtd<&'static Mem> {
     vtd
 }
 
+fn amd_config(cache_entries: usize) -> AmdViConfig {
+    AmdViConfig {
+        dte_cache_entries: cache_entries,
+        gcr3_cache_entries: cache_entries,
+        iotlb_entries: cache_entries,
+        pdc_entries: cache_entries,
+        ways: 8,
+        ..AmdViConfig::default()
+    }
+}
+
+/// An AMD-Vi unit whose device table (one page) holds `SID`'s DTE `(qw0, qw1)`, enabled with
+/// guest translation.
+fn amdvi_enable(
+    mem: &'static Mem,
+    dev_tab: u64,
+    dte: (DteQw0, DteQw1),
+    cache_entries: usize,
+) -> AmdVi<&'static Mem> {
+    let at = dev_tab + 32 * u64::from(SID);
+    mem.write_u64(at + 8, dte.1.into_bits()).unwrap();
+    mem.write_u64(at, dte.0.into_bits()).unwrap();
+    let unit = AmdVi::new(mem, amd_config(cache_entries), Box::new(|_| {})).unwrap();
+    let base = DevTabBase::new().with_base_page(dev_tab >> 12);
+    unit.mmio_write(reg::DEV_TAB_BASE, 8, base.into_bits());
+    let ctl = Control::new().with_iommu_en(true).with_gt_en(true);
+    unit.mmio_write(reg::CONTROL, 8, ctl.into_bits());
+    unit
+}
+
+fn amdvi_v1_unit(cache_entries: usize) -> AmdVi<&'static Mem> {
+    let mem: &'static Mem = Box::leak(Box::new(memory()));
+    let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
+    let mut t = TableBuilder::new(WalkConfig::AmdV1(AmdV1Config::new(4)), mem, &mut alloc).unwrap();
+    for (i, iova) in iovas().iter().enumerate() {
+        t.map(
+            mem,
+            &mut alloc,
+            *iova,
+            phys(i),
+            0x1000,
+            Perms::RW,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+    }
+    let dev_tab = zeroed(mem, &mut alloc);
+    let q0 = DteQw0::new()
+        .with_v(true)
+        .with_tv(true)
+        .with_mode(4)
+        .with_pt_root_page(t.root() >> 12)
+        .with_ir(true)
+        .with_iw(true);
+    amdvi_enable(
+        mem,
+        dev_tab,
+        (q0, DteQw1::new().with_domain_id(1)),
+        cache_entries,
+    )
+}
+
+fn amdvi_nested_unit(cache_entries: usize) -> AmdVi<&'static Mem> {
+    let mem: &'static Mem = Box::leak(Box::new(memory()));
+    let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
+    // Host tables: GPA [0, 256 MiB) -> SPA [0x1000_0000, ...).
+    let mut host =
+        TableBuilder::new(WalkConfig::AmdV1(AmdV1Config::new(4)), mem, &mut alloc).unwrap();
+    host.map(
+        mem,
+        &mut alloc,
+        0,
+        0x1000_0000,
+        0x1000_0000,
+        Perms::RW,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let view = SecondStageView {
+        mem,
+        config: *host.config(),
+        root: host.root(),
+    };
+    let mut galloc = BumpAllocator::new(0x10_0000, 0xf0_0000);
+    let mut g = X86Config::amd_v2(4);
+    g.out_width = 48;
+    let mut guest = TableBuilder::new(WalkConfig::AmdV2(g), &view, &mut galloc).unwrap();
+    for (i, iova) in iovas().iter().enumerate() {
+        let gpa = 0x100_0000 + i as u64 * 0x3000;
+        guest
+            .map(
+                &view,
+                &mut galloc,
+                *iova,
+                gpa,
+                0x1000,
+                Perms::RW | Perms::U,
+                PageSizePolicy::Fixed(12),
+            )
+            .unwrap();
+    }
+    // One-level GCR3 table (guest-physical): PASID 1's entry holds the guest CR3.
+    let gcr3 = galloc.alloc_frame().unwrap();
+    for i in 0..512 {
+        view.write_u64(gcr3 + 8 * i, 0).unwrap();
+    }
+    view.write_u64(gcr3 + 8, guest.root() | 1).unwrap();
+    let dev_tab = zeroed(mem, &mut alloc);
+    let q0 = DteQw0::new()
+        .with_v(true)
+        .with_tv(true)
+        .with_mode(4)
+        .with_pt_root_page(host.root() >> 12)
+        .with_gv(true)
+        .with_ir(true)
+        .with_iw(true);
+    let dte = with_gcr3_root(q0, DteQw1::new().with_domain_id(3), gcr3);
+    amdvi_enable(mem, dev_tab, dte, cache_entries)
+}
+
 fn bench(c: &mut Criterion) {
     let list = iovas();
-    let mut g = c.benchmark_group("vtd_translate");
+    let mut g = c.benchmark_group("translate");
 
     let map: BTreeMap<u64, (u64, u64)> = list
         .iter()
@@ -269,6 +393,40 @@ fn bench(c: &mut Criterion) {
     let mut i = 0usize;
     g.bench_function("translate_nested_miss", |b| {
         b.iter(|| run(&nested_miss, Some(1), &mut i))
+    });
+
+    let mut amd_run = |unit: &AmdVi<&'static Mem>, pasid: Option<u32>, i: &mut usize| {
+        let mut req = DmaRequest::new(SID, list[*i % list.len()] | 0x18, 8, AccessKind::Read);
+        req.pasid = pasid;
+        *i += 1;
+        let r = unit.translate_with(&req, &mut trace);
+        black_box((r.unwrap(), trace.events().len()))
+    };
+    let amd_hit = amdvi_v1_unit(4096);
+    let mut i = 0usize;
+    for _ in 0..list.len() {
+        amd_run(&amd_hit, None, &mut i);
+    }
+    g.bench_function("amdvi_translate_hit", |b| {
+        b.iter(|| amd_run(&amd_hit, None, &mut i))
+    });
+    let amd_miss = amdvi_v1_unit(8);
+    let mut i = 0usize;
+    g.bench_function("amdvi_translate_miss", |b| {
+        b.iter(|| amd_run(&amd_miss, None, &mut i))
+    });
+    let amd_nested_hit = amdvi_nested_unit(4096);
+    let mut i = 0usize;
+    for _ in 0..list.len() {
+        amd_run(&amd_nested_hit, Some(1), &mut i);
+    }
+    g.bench_function("amdvi_translate_nested_hit", |b| {
+        b.iter(|| amd_run(&amd_nested_hit, Some(1), &mut i))
+    });
+    let amd_nested_miss = amdvi_nested_unit(8);
+    let mut i = 0usize;
+    g.bench_function("amdvi_translate_nested_miss", |b| {
+        b.iter(|| amd_run(&amd_nested_miss, Some(1), &mut i))
     });
     g.finish();
 }
