@@ -1,9 +1,11 @@
-//! IOMMU hardware units (Intel VT-d today), the drivers that program them, and the domain core
-//! above the drivers.
+//! IOMMU hardware units (Intel VT-d and AMD-Vi), the drivers that program them, and the domain
+//! core above the drivers.
 //!
 //! - [`vtd`]: the VT-d unit, programmed only through its registers and memory;
-//! - [`driver`]: the [`Driver`] trait, the VT-d driver, the soft double, and the plumbing every
-//!   driver shares (private memory, domain ids, command queues);
+//! - [`amdvi`]: the AMD-Vi unit, the same way: device table, GCR3 tables, v1 and v2 tables,
+//!   command buffer and event log;
+//! - [`driver`]: the [`Driver`] trait, the VT-d and AMD-Vi drivers, the soft double, and the
+//!   plumbing every driver shares (private memory, domain ids, command queues);
 //! - [`core`]: domains, endpoints and mappings with virtio-iommu's semantics, over a driver;
 //! - [`pci`]: PCI addresses.
 //!
@@ -15,7 +17,7 @@
 //! - [`xlate`]: the translation engine the units share (caches, walks, fills).
 //!
 //! An embedder needs what the crate root re-exports: build a unit and its driver
-//! ([`VtdDriver::with_unit`], or [`SoftDriver::new`]), put a [`Core`] over the driver, and send
+//! ([`VtdDriver::with_unit`], [`AmdViDriver::with_unit`], or [`SoftDriver::new`]), put a [`Core`] over the driver, and send
 //! [`DmaRequest`]s through [`Core::translate`] (or straight to a [`Unit`]).
 
 #![forbid(unsafe_code)]

@@ -461,6 +461,7 @@ mod tests {
         assert_eq!(c.vtd_mode, VtdModeArg::Legacy);
         let c = parse(&["--vtd-mode", "scalable", "--model", "soft"]).unwrap();
         assert_eq!((c.model, c.vtd_mode), (Model::Soft, VtdModeArg::Scalable));
+        assert_eq!(parse(&["--model", "amdvi"]).unwrap().model, Model::Amdvi);
         assert_eq!(c.private_region, (0x4000_0000_0000, 256 << 20));
         assert_eq!(c.request_poll, crate::backend::DEFAULT_REQUEST_POLL);
         let c = parse(&["--request-poll-us", "0"]).unwrap();

@@ -587,6 +587,70 @@ mod tests {
     }
 
     #[test]
+    fn the_amdvi_model_renders_its_device_table_reads_and_its_event_codes() {
+        use iommu_emulator::{AmdViConfig, AmdViDriver, PrivateRegion};
+        let driver = AmdViDriver::with_unit(
+            pagewalk::SparseMem::new(1 << 32),
+            AmdViConfig::default(),
+            PrivateRegion {
+                base: 0x1000_0000,
+                size: 4 << 20,
+            },
+        )
+        .unwrap();
+        let cfg = CoreConfig {
+            endpoints: EndpointSet::from_ranges([0..=0xff]),
+            ..CoreConfig::default()
+        };
+        let core = Arc::new(Core::new(cfg, Arc::new(driver)).unwrap());
+        let d = Arc::new(IommuDevice::new(core, 64).unwrap());
+        d.core().attach(3, 8, false).unwrap();
+        d.core()
+            .map(3, 0x20_0000, 0x3f_ffff, 0x8000_0000, MapFlags::RW)
+            .unwrap();
+        let t = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":2101248,"access":"write"}"#,
+        );
+        assert_eq!(t["translation"]["phys"], 0x8000_1000u64, "{t}");
+        let trace = t["trace"].as_array().unwrap();
+        // The device table starts the private region; DeviceID 8's DTE is 32 bytes per id in.
+        let dte = trace
+            .iter()
+            .find(|e| e["target"] == "device_table_entry")
+            .expect("the DTE read");
+        assert_eq!(
+            dte["addr"],
+            format!("{:#x}", 0x1000_0000u64 + 8 * 32),
+            "{t}"
+        );
+        let walk = trace.iter().find(|e| e["event"] == "walk_start").unwrap();
+        assert_eq!(
+            (&walk["walk"], &walk["level"]),
+            (&json!("second"), &json!(4))
+        );
+        // A PASID on a device without guest translation: INVALID_DEVICE_REQUEST (code 8).
+        let f = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":8,"iova":2101248,"access":"read","pasid":5}"#,
+        );
+        assert_eq!(f["fault"]["code"], 8, "{f}");
+        assert_eq!(f["fault"]["site"]["structure"], "request");
+        // A blocked endpoint: IO_PAGE_FAULT (code 2) at the device table, reason `domain`.
+        let f = handle_line(
+            &d,
+            r#"{"cmd":"translate","endpoint":9,"iova":0,"access":"read"}"#,
+        );
+        assert_eq!(f["fault"]["code"], 2, "{f}");
+        assert_eq!(f["fault"]["reason"], "domain");
+        assert_eq!(f["fault"]["recorded"], true);
+        let s = handle_line(&d, r#"{"cmd":"stats"}"#);
+        assert_eq!(s["model"], "amdvi", "{s}");
+        assert_eq!(s["hardware"]["mode"], "v1");
+        assert!(s["hardware"]["commands"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
     fn scalable_mode_serves_pasid_and_privileged_requests_through_the_pasid_table() {
         let d = vtd_device(iommu_emulator::VtdMode::Scalable);
         d.core().attach(3, 8, false).unwrap();

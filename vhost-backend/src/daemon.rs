@@ -50,45 +50,42 @@ pub enum DaemonError {
 }
 
 /// Builds the hardware model the configuration names: a unit and the driver that programs
-/// it. A VT-d or AMD-Vi unit's memory is the system physical address space: the IOMMU-private region
-/// (an anonymous mapping at `cfg.private_region`'s physical base, holding every structure the
-/// driver builds) plus guest RAM as the vhost-user memory table in `ram` describes it.
+/// it. A VT-d or AMD-Vi unit's memory is the system physical address space: the
+/// IOMMU-private region (an anonymous mapping at `cfg.private_region`'s physical base, holding
+/// every structure the driver builds) plus guest RAM as the vhost-user memory table in `ram`
+/// describes it.
 pub fn build_driver(
     cfg: &DaemonConfig,
     ram: &GuestMemoryAtomic<GuestMemoryMmap>,
 ) -> Result<Arc<dyn Driver>, DaemonError> {
+    let (base, size) = cfg.private_region;
+    let region = PrivateRegion { base, size };
+    let system = || -> Result<SystemMem, DaemonError> {
+        let private = PrivateMem::new(base, size).map_err(DaemonError::PrivateRegion)?;
+        Ok(SystemMem::new(private, ram.clone()))
+    };
+    // The host physical address width the drivers are told (a kernel reads it from the CPU);
+    // the AMD-Vi model takes 32 to 52 bits.
+    let phys_bits = |min| u8::try_from(cfg.core.phys_addr_bits.clamp(min, 52)).unwrap_or(52);
     Ok(match cfg.model {
         Model::Soft => Arc::new(SoftDriver::new()),
-        Model::Amdvi => {
-            let (base, size) = cfg.private_region;
-            let region = PrivateMem::new(base, size).map_err(DaemonError::PrivateRegion)?;
-            let amd_cfg = AmdViConfig {
-                phys_addr_bits: u8::try_from(cfg.core.phys_addr_bits.clamp(32, 52)).unwrap_or(52),
-                ..AmdViConfig::default()
-            };
-            Arc::new(AmdViDriver::with_unit(
-                SystemMem::new(region, ram.clone()),
-                amd_cfg,
-                PrivateRegion { base, size },
-            )?)
-        }
         Model::Vtd => {
-            let (base, size) = cfg.private_region;
-            let region = PrivateMem::new(base, size).map_err(DaemonError::PrivateRegion)?;
             let vtd_cfg = VtdConfig {
-                haw: u8::try_from(cfg.core.phys_addr_bits.min(52)).unwrap_or(52),
+                haw: phys_bits(0),
                 ..VtdConfig::default()
             };
             let mode = match cfg.vtd_mode {
                 VtdModeArg::Legacy => VtdMode::Legacy,
                 VtdModeArg::Scalable => VtdMode::Scalable,
             };
-            Arc::new(VtdDriver::with_unit(
-                SystemMem::new(region, ram.clone()),
-                vtd_cfg,
-                PrivateRegion { base, size },
-                mode,
-            )?)
+            Arc::new(VtdDriver::with_unit(system()?, vtd_cfg, region, mode)?)
+        }
+        Model::Amdvi => {
+            let amd_cfg = AmdViConfig {
+                phys_addr_bits: phys_bits(32),
+                ..AmdViConfig::default()
+            };
+            Arc::new(AmdViDriver::with_unit(system()?, amd_cfg, region)?)
         }
     })
 }
