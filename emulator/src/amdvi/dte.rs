@@ -66,7 +66,16 @@ impl Dte {
         if illegal {
             return Err(());
         }
-        Ok(Self {
+        Ok(Self::unpack(w))
+    }
+
+    /// The fields of `w` (V = 1), without the checks: for DTEs [`Dte::decode`] accepted
+    /// before (the DTE cache holds only those).
+    pub fn unpack(w: [u64; 4]) -> Self {
+        let q0 = DteQw0::from_bits(w[0]);
+        let q1 = DteQw1::from_bits(w[1]);
+        let q2 = DteQw2::from_bits(w[2]);
+        Self {
             tv: q0.tv(),
             mode: q0.mode(),
             pt_root: q0.pt_root_page() << 12,
@@ -75,13 +84,13 @@ impl Dte {
             gv: q0.gv(),
             giov: q0.giov(),
             gcr3_levels: q0.glx() + 1,
-            gcr3_root,
+            gcr3_root: dte_gcr3_root(q0, q1),
             guest_levels: 4 + q2.gpm(),
             domain_id: q1.domain_id(),
             i: q1.i(),
             se: q1.se(),
             sa: q1.sa(),
             ex: q1.ex(),
-        })
+        }
     }
 }

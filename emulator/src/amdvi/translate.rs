@@ -58,10 +58,13 @@ impl Fail {
         }
     }
     fn with_dte(self, d: &Dte) -> Self {
+        self.with_ctx(&AmdCtx::new(d, self.flags))
+    }
+    fn with_ctx(self, c: &AmdCtx) -> Self {
         Self {
-            domain_id: d.domain_id,
-            sa: d.sa,
-            se: d.se,
+            domain_id: c.domain_id,
+            sa: c.sa,
+            se: c.se,
             ..self
         }
     }
@@ -78,12 +81,25 @@ struct Tokens {
     engine: xlate::Tokens,
 }
 
-/// What the event encodings need to know of a walk.
+/// What the event encodings need to know of a walk: the DTE's DomainID and its SA and SE
+/// bits, and the request's event flags (RW, NX, US, TR, GN).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AmdCtx {
-    dte: Dte,
-    /// The request's event flags (RW, NX, US, TR, GN).
+    domain_id: u16,
+    sa: bool,
+    se: bool,
     flags: EventFlags,
+}
+
+impl AmdCtx {
+    fn new(d: &Dte, flags: EventFlags) -> Self {
+        Self {
+            domain_id: d.domain_id,
+            sa: d.sa,
+            se: d.se,
+            flags,
+        }
+    }
 }
 
 /// AMD's side of the translation engine: the events faults become.
@@ -172,11 +188,11 @@ impl Vendor for AmdVendor {
         _above: pagewalk::Perms,
         f: &pagewalk::Fault,
     ) -> Fail {
-        walk_fail(f, w.vendor.flags).with_dte(&w.vendor.dte)
+        walk_fail(f, w.vendor.flags).with_ctx(&w.vendor)
     }
 
     fn nested_fault(&self, w: &Walk<AmdCtx>, _access: PwAccess, f: &pagewalk::Fault) -> Fail {
-        walk_fail(f, w.vendor.flags).with_dte(&w.vendor.dte)
+        walk_fail(f, w.vendor.flags).with_ctx(&w.vendor)
     }
 
     fn read_denied(&self, w: &Walk<AmdCtx>) -> Fail {
@@ -188,7 +204,7 @@ impl Vendor for AmdVendor {
             },
             w.vendor.flags | EventFlags::PR | EventFlags::PE,
         )
-        .with_dte(&w.vendor.dte)
+        .with_ctx(&w.vendor)
     }
 
     fn check_output(
@@ -326,7 +342,8 @@ impl<M: PhysMem> AmdVi<M> {
             .dte
             .lookup(&Tag::device_table(device_id, 0), trace)
         {
-            return decode(w);
+            // Only DTEs that decoded are cached: they need no second check.
+            return Ok((w[0] & 1 != 0).then(|| Dte::unpack(w)));
         }
         let table = DevTabBase::from_bits(self.fast.dev_tab.load(Ordering::Acquire));
         let off = u64::from(device_id) * DTE_BYTES;
@@ -488,7 +505,7 @@ impl<M: PhysMem> AmdVi<M> {
             cfg: WalkConfig::AmdV1(cfg),
             root: dte.pt_root,
             nested: None,
-            vendor: AmdCtx { dte: *dte, flags },
+            vendor: AmdCtx::new(dte, flags),
         };
         self.engine()
             .translate(&AmdVendor, &walk, req, pw_access(req), tokens.engine, trace)
@@ -532,7 +549,7 @@ impl<M: PhysMem> AmdVi<M> {
             cfg: WalkConfig::AmdV2(g),
             root: cr3,
             nested: host,
-            vendor: AmdCtx { dte: *dte, flags },
+            vendor: AmdCtx::new(dte, flags),
         };
         self.engine()
             .translate(&AmdVendor, &walk, req, pw_access(req), tokens.engine, trace)
