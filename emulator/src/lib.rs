@@ -26,6 +26,8 @@ pub mod amdvi;
 pub mod cache;
 pub mod core;
 pub mod driver;
+#[cfg(any(test, feature = "fuzz-support"))]
+pub mod fuzz_support;
 pub mod pci;
 pub mod request;
 pub mod trace;

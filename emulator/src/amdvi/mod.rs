@@ -250,6 +250,13 @@ impl<M: PhysMem> AmdVi<M> {
         &self.mem
     }
 
+    /// Empties every cache, as INVALIDATE_IOMMU_ALL does, without the command buffer: for the
+    /// fuzz oracle that compares cached translations with fresh ones.
+    #[cfg(any(test, feature = "fuzz-support"))]
+    pub(crate) fn invalidate_caches(&self) {
+        self.caches.invalidate_all();
+    }
+
     fn regs(&self) -> std::sync::MutexGuard<'_, RegFile> {
         self.regs.lock().unwrap_or_else(|e| e.into_inner())
     }
