@@ -232,12 +232,19 @@ impl<M: PhysMem> Engine<'_, M> {
         // what the page allows.
         let needs_read = req.access == AccessKind::Atomic && req.at == AddressType::Untranslated;
         let input = tag_input(&w.cfg, req.addr);
+        // Tags keep only the bits the tables translate: an input beyond them (too wide, or not
+        // canonical) must not find another input's entry. It goes to the walk, which faults.
+        let in_range = w.cfg.input_in_range(req.addr);
         let itag = Tag::translation(w.did, w.pasid_tag, input >> 12, 0);
-        if let Some(hit) = self.iotlb_hit(v, w, req, access, needs_read, &itag, trace) {
+        if in_range && let Some(hit) = self.iotlb_hit(v, w, req, access, needs_read, &itag, trace) {
             return hit;
         }
         let stage = tag_stage(w);
-        let start = self.psc_start(w, stage, input, trace);
+        let start = if in_range {
+            self.psc_start(w, stage, input, trace)
+        } else {
+            w.cfg.root_start(w.root)
+        };
         let keep = w.stage;
         let (res, above) = match w.nested {
             None => {

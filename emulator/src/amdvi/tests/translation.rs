@@ -51,6 +51,17 @@ fn v1_tables_translate_and_their_faults_log_io_page_faults() {
     assert!(s.irqs.lock().unwrap().contains(&AmdViEvent::EventLog));
 }
 
+/// Found by the `amdvi_unit` fuzz target: an input beyond the mode's width hit the IOTLB
+/// entry of the input with the same low bits.
+#[test]
+fn an_input_beyond_the_mode_never_hits_a_cached_translation() {
+    let mut s = Sw::new();
+    v1_device(&mut s);
+    assert_eq!(s.read(DEV, 0x10_0018), Ok(0x7770_0018));
+    let f = s.read(DEV, (1 << 39) | 0x10_0018).unwrap_err();
+    assert_eq!(f.kind, FaultKind::AddressWidth);
+}
+
 #[test]
 fn dte_ir_iw_limit_every_v1_translation() {
     let mut s = Sw::new();
