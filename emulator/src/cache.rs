@@ -24,7 +24,9 @@ pub struct GeometryError {
 }
 
 /// A geometry of `entries` entries in `ways`-way sets (the set count rounded down to a power of
-/// two, at least one set).
+/// two, at least one set), with 64 domain-invalidation slots per entry, up to one per 16-bit
+/// domain id: exact for caches of 1024 entries or more, and cheap to build for the small caches
+/// of tests and fuzzing. Domains sharing a slot are invalidated together, which is never wrong.
 pub fn geometry(entries: usize, ways: usize) -> Result<CacheConfig, GeometryError> {
     let err = GeometryError { entries, ways };
     if ways == 0 || entries < ways {
@@ -32,7 +34,8 @@ pub fn geometry(entries: usize, ways: usize) -> Result<CacheConfig, GeometryErro
     }
     let sets = entries / ways;
     let sets = 1usize << (usize::BITS - 1 - sets.leading_zeros());
-    Ok(CacheConfig::new(sets, ways).with_domain_slots(65536))
+    let slots = (sets * ways * 64).next_power_of_two().min(1 << 16);
+    Ok(CacheConfig::new(sets, ways).with_domain_slots(slots))
 }
 
 impl<V: Value> TracedCache<V> {

@@ -344,6 +344,17 @@ impl<M: PhysMem> Vtd<M> {
         &self.mem
     }
 
+    /// Empties every cache, as global invalidations do, without the queue: for the fuzz oracle
+    /// that compares cached translations with fresh ones.
+    #[cfg(any(test, feature = "fuzz-support"))]
+    pub(crate) fn invalidate_caches(&self) {
+        self.caches
+            .invalidate_context(ContextGranularity::Global, true);
+        self.caches
+            .invalidate_pasid_cache(0, 0, qi::PasidCacheGranularity::Global);
+        self.caches.invalidate_iotlb(IotlbGranularity::Global);
+    }
+
     fn regs(&self) -> std::sync::MutexGuard<'_, RegFile> {
         self.regs.lock().unwrap_or_else(|e| e.into_inner())
     }
