@@ -360,7 +360,12 @@ impl<M: PhysMem> Engine<'_, M> {
                 break;
             };
             if let Some(e) = cache.lookup(&tag, trace) {
-                if e.next_level >= 1 && e.next_level < level {
+                // An entry that skips levels (AMD-Vi v1) translates only inputs whose index
+                // bits of the skipped levels are zero; any other walks from the root, which
+                // faults it.
+                let skipped = ((1u64 << level_shift(level).min(63)) - 1)
+                    & !((1u64 << level_shift(e.next_level + 1).min(63)) - 1);
+                if e.next_level >= 1 && e.next_level < level && input & skipped == 0 {
                     return WalkStart {
                         level: e.next_level,
                         table: e.next_table,

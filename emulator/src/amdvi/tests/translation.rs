@@ -62,6 +62,26 @@ fn an_input_beyond_the_mode_never_hits_a_cached_translation() {
     assert_eq!(f.kind, FaultKind::AddressWidth);
 }
 
+/// Found by the `amdvi_unit` fuzz target: a cached page-directory entry that skips a level
+/// served an input whose skipped index bits are not zero, which the walk faults.
+#[test]
+fn a_cached_entry_that_skips_levels_serves_only_inputs_with_zero_skipped_bits() {
+    let mut s = Sw::new();
+    // Mode 3, whose root entry 0 points straight at a level-1 table (Next Level 1).
+    let (root, leaf) = (s.frame(), s.frame());
+    s.mem
+        .write_u64(root, leaf | (1 << 9) | (3 << 61) | 1)
+        .unwrap();
+    s.mem
+        .write_u64(leaf + 8, 0x5000_0000 | (3 << 61) | 1)
+        .unwrap();
+    s.set_dte(DEV, [dte_q0(3, root, true, true), u64::from(DID), 0, 0]);
+    assert_eq!(s.read(DEV, 0x1008), Ok(0x5000_0008));
+    // Bits 29:21 (the skipped level 2) are not zero.
+    let f = s.read(DEV, 0x1008_0000 | 0x1008).unwrap_err();
+    assert_eq!(f.kind, FaultKind::AddressWidth);
+}
+
 #[test]
 fn dte_ir_iw_limit_every_v1_translation() {
     let mut s = Sw::new();
