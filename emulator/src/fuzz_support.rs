@@ -476,10 +476,11 @@ impl VtdRun<'_> {
         let (base, bytes, size, tail) = self.queue();
         let mut at = tail % bytes;
         for d in descs {
-            let a = base + at;
+            // IQA may put the queue anywhere in the 64-bit space.
+            let a = base.wrapping_add(at);
             for q in 0..size / 8 {
                 let v = d.get(q as usize).copied().unwrap_or(0);
-                self.mem.write_u64(a + 8 * q, v).ok()?;
+                self.mem.write_u64(a.wrapping_add(8 * q), v).ok()?;
             }
             at = (at + size) % bytes;
         }
