@@ -1,5 +1,5 @@
 //! The robustness checks shared by the cargo-fuzz targets (`fuzz/fuzz_targets/amdvi_unit.rs`,
-//! `vtd_unit.rs`), their corpus replays (`tests/unit_fuzz_replay.rs`) and proptests.
+//! `vtd_unit.rs`), their corpus replays (`tests/fuzz_replay.rs`) and proptests.
 //!
 //! [`check_vtd`] does for a VT-d unit what [`check_amdvi`] does for AMD-Vi: root, context and
 //! PASID structures and second-stage entries in place of DTEs and GCR3 entries, invalidation
@@ -423,11 +423,18 @@ struct VtdRun<'m> {
     mem: &'m CountingMem,
     dirty: bool,
     trace: Trace,
+    /// Whether the root table latched by the last SRTP is in scalable mode (a driver knows
+    /// the mode it set; RTADDR may since hold another value).
+    scalable: bool,
 }
 
 impl VtdRun<'_> {
     fn mmio(&mut self, off: u64, size: u32, v: u64) {
+        use crate::vtd::regs::{GCMD_REG, GCMD_SRTP, RTADDR_REG, TTM_SCALABLE};
         let (before, descs) = (self.mem.count(), self.unit.stats().commands);
+        if off == GCMD_REG && v & u64::from(GCMD_SRTP) != 0 {
+            self.scalable = (self.unit.mmio_read(RTADDR_REG, 8) >> 10) & 3 == TTM_SCALABLE;
+        }
         self.unit.mmio_write(off, size, v);
         let ran = self.unit.stats().commands - descs;
         let refs = self.mem.count() - before;
@@ -493,9 +500,8 @@ impl VtdRun<'_> {
     fn flush(&mut self) {
         use crate::vtd::qi::{ContextGranularity, IotlbGranularity, PasidCacheGranularity, encode};
         use crate::vtd::regs::*;
-        let scalable = (self.unit.mmio_read(RTADDR_REG, 8) >> 10) & 3 == TTM_SCALABLE;
         let mut descs = vec![encode::context_cache(ContextGranularity::Global)];
-        if scalable {
+        if self.scalable {
             descs.push(encode::pasid_cache(0, 0, PasidCacheGranularity::Global));
         }
         descs.push(encode::iotlb(IotlbGranularity::Global));
@@ -543,6 +549,7 @@ pub fn check_vtd(data: &[u8]) {
         mem,
         dirty: true,
         trace: Trace::new(),
+        scalable,
     };
     // A driver's bring-up: the root table at 0, the queue at 0x1000 (one page, 256-bit
     // descriptors in scalable mode), then SRTP, QIE and TE.

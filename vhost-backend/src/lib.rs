@@ -52,6 +52,8 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod dma;
+#[cfg(any(test, feature = "fuzz-support"))]
+pub mod fuzz_support;
 pub mod private_mem;
 pub mod protocol;
 

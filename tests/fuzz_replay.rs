@@ -1,6 +1,7 @@
-//! Replays the checked-in corpora of the unit fuzz targets (`fuzz/corpus/amdvi_unit/`,
-//! `fuzz/corpus/vtd_unit/`) through the same oracles the fuzzers run
-//! (`iommu_emulator::fuzz_support::check_amdvi`, `check_vtd`), so the corpora are exercised by
+//! Replays the checked-in corpora of the unit and request fuzz targets
+//! (`fuzz/corpus/amdvi_unit/`, `vtd_unit/`, `virtio_requests/`) through the same oracles the
+//! fuzzers run (`iommu_emulator::fuzz_support::check_amdvi`, `check_vtd`,
+//! `vhost_device_iommu::fuzz_support::check_requests`), so the corpora are exercised by
 //! `cargo test` without cargo-fuzz or a nightly toolchain. Each corpus holds hand-made seeds
 //! (`seed_*`), inputs that once broke an oracle (`regress_*`) and the fuzzer's
 //! coverage-minimised finds.
@@ -8,6 +9,7 @@
 use std::path::PathBuf;
 
 use iommu_emulator::fuzz_support::{check_amdvi, check_vtd};
+use vhost_device_iommu::fuzz_support::check_requests;
 
 fn replay(target: &str, check: fn(&[u8])) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -30,4 +32,9 @@ fn the_amdvi_corpus_replays_without_breaking_an_oracle() {
 #[test]
 fn the_vtd_corpus_replays_without_breaking_an_oracle() {
     replay("vtd_unit", check_vtd);
+}
+
+#[test]
+fn the_virtio_request_corpus_replays_without_breaking_an_oracle() {
+    replay("virtio_requests", check_requests);
 }
