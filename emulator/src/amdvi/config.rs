@@ -134,6 +134,7 @@ impl AmdViConfig {
             .with_xt_sup(self.xt)
             .with_nx_sup(self.nx)
             .with_gt_sup(self.guest_translation)
+            .with_gio_sup(self.guest_translation)
             .with_ia_sup(self.invalidate_all)
             .with_ga_sup(self.ga)
             .with_he_sup(self.he)

@@ -196,8 +196,6 @@ struct AmdViStats {
     faults: AtomicU64,
     /// Translation faults written to the event log.
     faults_recorded: AtomicU64,
-    /// Every event written to the event log.
-    events: AtomicU64,
     commands: AtomicU64,
 }
 
@@ -230,7 +228,7 @@ impl<M: PhysMem> AmdVi<M> {
         let caches = AmdViCaches::new(&cfg)?;
         Ok(Self {
             mem,
-            efr: cfg.efr().with_gio_sup(cfg.guest_translation),
+            efr: cfg.efr(),
             cfg,
             fast: Fast::default(),
             regs: Mutex::new(RegFile::default()),
@@ -540,7 +538,6 @@ impl<M: PhysMem> AmdVi<M> {
             return false;
         }
         r.evt_tail = next;
-        self.stats.events.fetch_add(1, Ordering::Relaxed);
         let bit = Status::new().with_event_log_int(true).into_bits();
         if r.set_status(bit, int) && int_en {
             out.push(AmdViEvent::EventLog);

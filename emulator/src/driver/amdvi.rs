@@ -8,7 +8,8 @@
 //!   event log (one page, 256 entries each, §2.4, §2.5) and the COMPLETION_WAIT store word.
 //! - Bring-up (§3.4): Control cleared, the device table, command buffer and event log bases,
 //!   then CmdBufEn, EventLogEn and IommuEn, then INVALIDATE_IOMMU_ALL (or, without EFR.IASup,
-//!   one INVALIDATE_DEVTAB_ENTRY per device).
+//!   an INVALIDATE_DEVTAB_ENTRY per device and an all-pages INVALIDATE_IOMMU_PAGES per
+//!   DomainID).
 //! - Every change is followed by the invalidations the spec requires, through the command
 //!   buffer ([`CommandBuffer`], a [`CommandQueue`]) and a COMPLETION_WAIT whose store the
 //!   driver checks (§2.4.1).
