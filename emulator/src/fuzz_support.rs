@@ -135,6 +135,69 @@ impl Input<'_> {
         }
         Some(u64::from_le_bytes(b))
     }
+
+    /// A DMA request of any kind from one of 8 devices: mostly to addresses the 64 KiB can
+    /// map, anything with the top bit of the last byte; a PASID, privilege and ATS by its bits.
+    fn dma_request(&mut self) -> Option<DmaRequest> {
+        let (dev, p, addr, how) = (self.u8()?, self.u16()?, self.u64()?, self.u8()?);
+        let access = match how % 4 {
+            0 => AccessKind::Read,
+            1 => AccessKind::Write,
+            2 => AccessKind::Atomic,
+            _ => AccessKind::Execute,
+        };
+        let addr = if how & 0x80 != 0 {
+            addr
+        } else {
+            addr & 0x3f_ffff_ffff
+        };
+        let mut req = DmaRequest::new(u16::from(dev % 8), addr, 1 + u64::from(p >> 12), access);
+        if how & 4 != 0 {
+            req.pasid = Some(u32::from(p & 0x7ff));
+        }
+        req.privileged = how & 8 != 0;
+        if how & 0x10 != 0 {
+            req.at = AddressType::TranslationRequest;
+        }
+        Some(req)
+    }
+}
+
+/// One translation under the oracles both units share: bounded memory references, and, when
+/// nothing changed since a completed flush, the same outcome with every cache emptied
+/// (`empty_caches`). `dirty` is updated with the unit's own writes.
+fn checked_translation<U: Unit>(
+    unit: &U,
+    empty_caches: impl FnOnce(&U),
+    mem: &CountingMem,
+    dirty: &mut bool,
+    trace: &mut Trace,
+    req: &DmaRequest,
+) {
+    let (before, writes) = (mem.count(), mem.writes());
+    let warm = unit.translate(req, trace);
+    let refs = mem.count() - before;
+    assert!(
+        refs <= MAX_TRANSLATION_REFS,
+        "{req:?} made {refs} memory references"
+    );
+    // The unit's own writes (A/D flags, event records) may land on any structure the program
+    // placed there: after them, the caches may rightly hold the old contents.
+    *dirty |= mem.writes() != writes;
+    // An AMD-Vi v1 page of a Next Level 7 size must be written in every entry it covers
+    // (§2.2.3.2); when a program wrote only one, a cached translation of the whole page is
+    // what hardware may use, and the walk of another entry rightly differs.
+    let sized = matches!(&warm, Ok(t) if !(t.page_shift - 12).is_multiple_of(9));
+    if !*dirty && !sized {
+        empty_caches(unit);
+        let cold = unit.translate(req, trace);
+        assert_eq!(
+            outcome(&warm),
+            outcome(&cold),
+            "{req:?}: the caches gave what the tables do not"
+        );
+        *dirty |= mem.writes() != writes;
+    }
 }
 
 /// What is compared between a warm and a cold translation (whether a fault was recorded
@@ -202,31 +265,15 @@ impl Run<'_> {
 
     fn translate(&mut self, req: &DmaRequest) {
         let log = self.event_log();
-        let (before, writes) = (self.mem.count(), self.mem.writes());
-        let warm = self.unit.translate_with(req, &mut self.trace);
-        let refs = self.mem.count() - before;
-        assert!(
-            refs <= MAX_TRANSLATION_REFS,
-            "{req:?} made {refs} memory references"
+        checked_translation(
+            &self.unit,
+            AmdVi::invalidate_caches,
+            self.mem,
+            &mut self.dirty,
+            &mut self.trace,
+            req,
         );
         self.check_events(log);
-        // The unit's own writes (A/D flags, event records) may land on any structure the
-        // program placed there: after them, the caches may rightly hold the old contents.
-        self.dirty |= self.mem.writes() != writes;
-        // A v1 page of a Next Level 7 size must be written in every entry it covers (§2.2.3.2);
-        // when a program wrote only one, a cached translation of the whole page is what
-        // hardware may use, and the walk of another entry rightly differs.
-        let sized = matches!(&warm, Ok(t) if !(t.page_shift - 12).is_multiple_of(9));
-        if !self.dirty && !sized {
-            self.unit.invalidate_caches();
-            let cold = self.unit.translate_with(req, &mut self.trace);
-            assert_eq!(
-                outcome(&warm),
-                outcome(&cold),
-                "{req:?}: the caches gave what the tables do not"
-            );
-            self.dirty |= self.mem.writes() != writes;
-        }
     }
 
     /// A driver's full flush: INVALIDATE_IOMMU_ALL then COMPLETION_WAIT (no store) at the
@@ -329,28 +376,7 @@ pub fn check_amdvi(data: &[u8]) {
                 Some(())
             })(),
             3 => (|| {
-                let (dev, p, addr, how) = (input.u8()?, input.u16()?, input.u64()?, input.u8()?);
-                let access = match how % 4 {
-                    0 => AccessKind::Read,
-                    1 => AccessKind::Write,
-                    2 => AccessKind::Atomic,
-                    _ => AccessKind::Execute,
-                };
-                // Mostly addresses the 64 KiB can map; anything with the top bit of `how`.
-                let addr = if how & 0x80 != 0 {
-                    addr
-                } else {
-                    addr & 0x3f_ffff_ffff
-                };
-                let mut req =
-                    DmaRequest::new(u16::from(dev % 8), addr, 1 + u64::from(p >> 12), access);
-                if how & 4 != 0 {
-                    req.pasid = Some(u32::from(p & 0x7ff));
-                }
-                req.privileged = how & 8 != 0;
-                if how & 0x10 != 0 {
-                    req.at = AddressType::TranslationRequest;
-                }
+                let req = input.dma_request()?;
                 run.translate(&req);
                 Some(())
             })(),
@@ -445,24 +471,14 @@ impl VtdRun<'_> {
     }
 
     fn translate(&mut self, req: &DmaRequest) {
-        let (before, writes) = (self.mem.count(), self.mem.writes());
-        let warm = self.unit.translate_with(req, &mut self.trace);
-        let refs = self.mem.count() - before;
-        assert!(
-            refs <= MAX_TRANSLATION_REFS,
-            "{req:?} made {refs} memory references"
+        checked_translation(
+            &self.unit,
+            crate::vtd::Vtd::invalidate_caches,
+            self.mem,
+            &mut self.dirty,
+            &mut self.trace,
+            req,
         );
-        self.dirty |= self.mem.writes() != writes;
-        if !self.dirty {
-            self.unit.invalidate_caches();
-            let cold = self.unit.translate_with(req, &mut self.trace);
-            assert_eq!(
-                outcome(&warm),
-                outcome(&cold),
-                "{req:?}: the caches gave what the tables do not"
-            );
-            self.dirty |= self.mem.writes() != writes;
-        }
     }
 
     /// The queue's base, size and descriptor size, and its tail.
@@ -586,27 +602,7 @@ pub fn check_vtd(data: &[u8]) {
                 Some(())
             })(),
             3 => (|| {
-                let (dev, p, addr, how) = (input.u8()?, input.u16()?, input.u64()?, input.u8()?);
-                let access = match how % 4 {
-                    0 => AccessKind::Read,
-                    1 => AccessKind::Write,
-                    2 => AccessKind::Atomic,
-                    _ => AccessKind::Execute,
-                };
-                let addr = if how & 0x80 != 0 {
-                    addr
-                } else {
-                    addr & 0x3f_ffff_ffff
-                };
-                let mut req =
-                    DmaRequest::new(u16::from(dev % 8), addr, 1 + u64::from(p >> 12), access);
-                if how & 4 != 0 {
-                    req.pasid = Some(u32::from(p & 0x7ff));
-                }
-                req.privileged = how & 8 != 0;
-                if how & 0x10 != 0 {
-                    req.at = AddressType::TranslationRequest;
-                }
+                let req = input.dma_request()?;
                 run.translate(&req);
                 Some(())
             })(),
