@@ -116,24 +116,33 @@ const REGS: [u64; 13] = [
     reg::STATUS,
 ];
 
-/// Reads a program's operands.
-struct Input<'a>(&'a [u8]);
+/// Reads a fuzz program's operands, little-endian, from the front of its input; `None` once
+/// the input runs out. Every fuzz harness of the workspace reads its input with this.
+#[derive(Debug)]
+pub struct Input<'a>(pub &'a [u8]);
 
 impl Input<'_> {
-    fn u8(&mut self) -> Option<u8> {
+    /// The next byte.
+    pub fn u8(&mut self) -> Option<u8> {
         let (b, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(*b)
     }
-    fn u16(&mut self) -> Option<u16> {
+    /// The next two bytes.
+    pub fn u16(&mut self) -> Option<u16> {
         Some(u16::from_le_bytes([self.u8()?, self.u8()?]))
     }
-    fn u64(&mut self) -> Option<u64> {
-        let mut b = [0u8; 8];
-        for x in &mut b {
-            *x = self.u8()?;
-        }
-        Some(u64::from_le_bytes(b))
+    /// The next four bytes.
+    pub fn u32(&mut self) -> Option<u32> {
+        Some(u32::from(self.u16()?) | (u32::from(self.u16()?) << 16))
+    }
+    /// The next eight bytes.
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from(self.u32()?) | (u64::from(self.u32()?) << 32))
+    }
+    /// The next `n` bytes.
+    pub fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
+        (0..n).map(|_| self.u8()).collect()
     }
 
     /// A DMA request of any kind from one of 8 devices: mostly to addresses the 64 KiB can

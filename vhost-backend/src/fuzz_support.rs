@@ -24,6 +24,7 @@
 use std::sync::Arc;
 
 use iommu_emulator::core::{DomainInfo, FaultReason};
+use iommu_emulator::fuzz_support::Input;
 use iommu_emulator::{
     AccessKind, AmdViConfig, AmdViDriver, Core, CoreConfig, DmaRequest, Driver, EndpointSet,
     PrivateRegion, SoftDriver, VtdConfig, VtdDriver, VtdMode,
@@ -109,31 +110,6 @@ fn state(d: &IommuDevice) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// Reads the sequence's operands.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes([
-            self.u8()?,
-            self.u8()?,
-            self.u8()?,
-            self.u8()?,
-        ]))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from(self.u32()?) | (u64::from(self.u32()?) << 32))
-    }
-    fn bytes(&mut self, n: usize) -> Option<Vec<u8>> {
-        (0..n).map(|_| self.u8()).collect()
-    }
 }
 
 /// An address from a byte: mostly page-aligned, in a few 2 MiB windows, sometimes anything.
