@@ -5,11 +5,12 @@
 //!
 //! Workloads:
 //! * `lookup_hit_1t`: latency of one hitting lookup, one thread.
-//! * `lookup_2t`: two threads doing hitting lookups; time per iteration = one lookup per thread.
-//! * `mixed_2t`: two threads; every 32nd operation is a page invalidation followed by the refill a
+//! * `lookup_<n>t`: `n` threads doing hitting lookups; time per iteration = one lookup per
+//!   thread. `n` is 2 unless `IOTLB_BENCH_THREADS` lists others (`2,4,8,16`).
+//! * `mixed_<n>t`: `n` threads; every 32nd operation is a page invalidation followed by the refill a
 //!   device would do after its walk (token + insert for the cache), the rest lookups.
 //!
-//! In the two-thread workloads a lookup that misses is followed by a refill, as a device does
+//! In the multi-thread workloads a lookup that misses is followed by a refill, as a device does
 //! after its walk (the lock-free cache refuses refills that race with an invalidation, so it can
 //! miss where the maps do not).
 
@@ -156,7 +157,8 @@ fn lookup_hit_1t(c: &mut Criterion) {
         let mut i = 0usize;
         g.bench_function(BenchmarkId::from_parameter(t.name()), |b| {
             b.iter(|| {
-                i = (i + 1) % order.len();
+                // PAGES is a power of two: a mask, not a division, in the harness.
+                i = (i + 1) & (order.len() - 1);
                 black_box(t.lookup(black_box(order[i])))
             })
         });
@@ -164,18 +166,33 @@ fn lookup_hit_1t(c: &mut Criterion) {
     g.finish();
 }
 
-/// Runs `iters` operations on each of two threads; returns the wall time.
-fn two_threads(t: &dyn Tlb, iters: u64, mixed: bool) -> Duration {
+/// The thread counts of the multi-thread workloads: `IOTLB_BENCH_THREADS` (a comma-separated
+/// list, for bigger machines: `IOTLB_BENCH_THREADS=2,4,8,16`), else 2.
+fn thread_counts() -> Vec<u64> {
+    let counts: Vec<u64> = std::env::var("IOTLB_BENCH_THREADS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .filter(|&n| n >= 1)
+                .collect()
+        })
+        .unwrap_or_default();
+    if counts.is_empty() { vec![2] } else { counts }
+}
+
+/// Runs `iters` operations on each of `threads` threads; returns the wall time.
+fn threaded(t: &dyn Tlb, threads: u64, iters: u64, mixed: bool) -> Duration {
     let order = pages();
     let start = Instant::now();
     std::thread::scope(|s| {
-        for thread in 0..2u64 {
+        for thread in 0..threads {
             let order = &order;
             s.spawn(move || {
                 let mut hits = 0u64;
                 for n in 0..iters {
-                    let page = order[((n * 2 + thread) % PAGES) as usize];
-                    if mixed && n % MIX_EVERY == thread * (MIX_EVERY / 2) {
+                    let page = order[((n * threads + thread) % PAGES) as usize];
+                    if mixed && n % MIX_EVERY == (thread * MIX_EVERY / threads) % MIX_EVERY {
                         t.invalidate_and_refill(page);
                     } else if t.lookup(page).is_some() {
                         hits += 1;
@@ -190,27 +207,28 @@ fn two_threads(t: &dyn Tlb, iters: u64, mixed: bool) -> Duration {
     start.elapsed()
 }
 
-fn lookup_2t(c: &mut Criterion) {
-    let mut g = c.benchmark_group("iotlb/lookup_2t");
-    g.throughput(Throughput::Elements(2));
-    for t in contenders() {
-        g.bench_function(BenchmarkId::from_parameter(t.name()), |b| {
-            b.iter_custom(|iters| two_threads(t.as_ref(), iters, false))
-        });
+/// A multi-thread workload: one group per thread count, named `iotlb/<name>_<threads>t`; the
+/// time per iteration is one operation on each thread.
+fn multi(c: &mut Criterion, name: &str, mixed: bool) {
+    for threads in thread_counts() {
+        let mut g = c.benchmark_group(format!("iotlb/{name}_{threads}t"));
+        g.throughput(Throughput::Elements(threads));
+        for t in contenders() {
+            g.bench_function(BenchmarkId::from_parameter(t.name()), |b| {
+                b.iter_custom(|iters| threaded(t.as_ref(), threads, iters, mixed))
+            });
+        }
+        g.finish();
     }
-    g.finish();
 }
 
-fn mixed_2t(c: &mut Criterion) {
-    let mut g = c.benchmark_group("iotlb/mixed_2t");
-    g.throughput(Throughput::Elements(2));
-    for t in contenders() {
-        g.bench_function(BenchmarkId::from_parameter(t.name()), |b| {
-            b.iter_custom(|iters| two_threads(t.as_ref(), iters, true))
-        });
-    }
-    g.finish();
+fn lookup_nt(c: &mut Criterion) {
+    multi(c, "lookup", false);
 }
 
-criterion_group!(benches, lookup_hit_1t, lookup_2t, mixed_2t);
+fn mixed_nt(c: &mut Criterion) {
+    multi(c, "mixed", true);
+}
+
+criterion_group!(benches, lookup_hit_1t, lookup_nt, mixed_nt);
 criterion_main!(benches);

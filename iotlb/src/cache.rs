@@ -2,11 +2,12 @@
 //!
 //! # Storage
 //!
-//! All entries live in one flat array of `AtomicU64` words, in 64-byte-aligned lines. An entry
-//! is `seq, key0, key1, stamp, value words...`; within its set's block every way's `seq` sits
-//! together, then every way's `key0`, then each way's `[key1, stamp, value..]` record
-//! (padded to a line), so a probe of all `W` ways reads the `seq` and `key0` lines and then only
-//! the matching way's record:
+//! All entries live in one flat array of `AtomicU64` words, which starts on a 64-byte line.
+//! An entry is `seq, key0, key1, stamp, value words...`, ways of a set side by side. Beside it,
+//! each set keeps one *hint byte* per way (a hash of the way's key, eight to a word), so a probe
+//! loads one word, finds the ways whose hint matches with a SWAR compare, and reads only those
+//! entries; hints are filters, written by inserts under the way's lock, and a stale one costs a
+//! wasted read, never a wrong answer (the entry's own words decide).
 //!
 //! * `seq` — bit 0 `LOCK` (a writer owns the entry), bits 2:1 the state (`EMPTY`, `PENDING`,
 //!   `VALID`), bits 63:3 a version bumped by every change. It is the sequence word of a seqlock
@@ -14,6 +15,9 @@
 //! * `key0`, `key1` — the encoded [`Tag`].
 //! * `stamp` — the [`Token`] the inserting walk took before it started.
 //! * the value, encoded by [`Value`].
+//!
+//! A hit writes nothing shared: statistics go to per-thread shards, and the pseudo-LRU
+//! reference bit of the way is written only when it is clear.
 //!
 //! # Memory ordering
 //!
@@ -74,37 +78,14 @@ const STAMP: usize = 3;
 /// Header words per entry: seq, key0, key1, stamp.
 const HEADER: usize = 4;
 
-/// One 64-byte line of the entry array; sets start on a line boundary.
-#[repr(align(64))]
-struct Line([AtomicU64; 8]);
-
-/// One entry's words inside its set's block. A set of `W` ways keeps every way's `seq` together
-/// and every way's `key0` together, so a probe of all ways reads two lines (for 8 ways), then
-/// the rest of the matching way's record: `[seq; W] [key0; W] [key1, stamp, value..; W]`,
-/// padded to a whole line.
-struct Entry<'a> {
-    lines: &'a [Line],
-    base: usize,
-    way: usize,
-    ways: usize,
-    value_words: usize,
-}
+/// One entry's words: `seq, key0, key1, stamp, value..` (exactly `HEADER + V::WORDS` long, so
+/// the header's fixed indices need no bounds checks).
+struct Entry<'a>(&'a [AtomicU64]);
 
 impl Entry<'_> {
     #[inline]
-    fn word(&self, i: usize) -> &AtomicU64 {
-        &self.lines[i / 8].0[i % 8]
-    }
-
-    /// Where this way's `[key1, stamp, value..]` record starts.
-    #[inline]
-    fn record(&self) -> usize {
-        self.base + 2 * self.ways + self.way * (2 + self.value_words)
-    }
-
-    #[inline]
     fn value(&self, i: usize) -> &AtomicU64 {
-        self.word(self.record() + 2 + i)
+        &self.0[HEADER + i]
     }
 }
 
@@ -113,12 +94,7 @@ impl core::ops::Index<usize> for Entry<'_> {
     /// Header word `field` (`SEQ`, `KEY0`, `KEY1`, `STAMP`).
     #[inline]
     fn index(&self, field: usize) -> &AtomicU64 {
-        match field {
-            SEQ => self.word(self.base + self.way),
-            KEY0 => self.word(self.base + self.ways + self.way),
-            KEY1 => self.word(self.record()),
-            _ => self.word(self.record() + 1),
-        }
+        &self.0[field]
     }
 }
 
@@ -152,9 +128,11 @@ pub const MAX_WAYS: usize = 64;
 /// from one thread always evicts the same ways.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Replacement {
-    /// Bit pseudo-LRU (not-recently-used): one reference bit per way, set on insert and on each
-    /// hit; when the last bit of a set would be set, the others are cleared. The victim is the
-    /// lowest way whose bit is clear.
+    /// Bit pseudo-LRU (not-recently-used): one reference bit per way, set on insert and on the
+    /// first hit since it was cleared; when an insert would set the last bit of a set, the
+    /// others are cleared. The victim is the lowest way whose bit is clear (the lowest way when
+    /// hits have set every bit). A hit writes the set's bits only when its way's bit is clear,
+    /// so hits on a working set that stays cached write no shared line.
     PseudoLru,
     /// Uniformly random way from a splitmix64 sequence seeded with `seed`.
     Random {
@@ -268,13 +246,23 @@ enum Displaced {
 pub struct Cache<V: Value> {
     sets: usize,
     set_bits: u32,
+    /// The set index folds the page number by these shifts: `set_bits` times 1, 2 and 3
+    /// (capped at 63).
+    fold_shifts: [u32; 3],
     ways: usize,
-    /// Words per set block (a multiple of 8).
-    set_words: usize,
+    /// Words per entry: `HEADER + V::WORDS` rounded up to whole lines.
+    entry_words: usize,
     replacement: Replacement,
     full_ways: u64,
-    words: Box<[Line]>,
+    /// The entry array, `origin` words in: the first word on a 64-byte boundary, so every set
+    /// block (a multiple of 8 words) starts on a line.
+    words: Box<[AtomicU64]>,
+    origin: usize,
     ref_bits: Box<[AtomicU64]>,
+    /// One hint byte per way ([`hint_of`] of its key), eight to a word, `hint_words` words per
+    /// set: a probe compares a set's hints in one load and reads only the ways that may match.
+    hints: Box<[AtomicU64]>,
+    hint_words: usize,
     rng: CachePadded<AtomicU64>,
     clock: CachePadded<AtomicU64>,
     global_mark: CachePadded<AtomicU64>,
@@ -308,6 +296,23 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A byte with every lane: the SWAR constant of the hint comparison.
+const LANES: u64 = 0x0101_0101_0101_0101;
+
+/// The hint byte of a key (its matching words): seven hashed bits with the top bit set, so it
+/// never equals the zero byte of a way no insert has used.
+#[inline]
+fn hint_of(key0: u64, masked_key1: u64) -> u8 {
+    let h = (key0 ^ masked_key1.rotate_left(29)).wrapping_mul(GOLDEN_GAMMA);
+    ((h >> 57) as u8) | 0x80
+}
+
+/// How many words into `words` the first 64-byte boundary lies.
+fn line_origin(words: &[AtomicU64]) -> usize {
+    let addr = words.as_ptr() as usize;
+    (addr.next_multiple_of(64) - addr) / core::mem::size_of::<AtomicU64>()
+}
+
 fn atomics(n: usize) -> Box<[AtomicU64]> {
     (0..n).map(|_| AtomicU64::new(0)).collect()
 }
@@ -333,7 +338,9 @@ impl<V: Value> Cache<V> {
         if V::WORDS == 0 || V::WORDS > MAX_VALUE_WORDS {
             return Err(ConfigError::ValueWords(V::WORDS));
         }
-        let set_words = (ways * (HEADER + V::WORDS)).div_ceil(8) * 8;
+        let entry_words = HEADER + V::WORDS;
+        // Seven spare words, so the array can start on a line boundary wherever it lands.
+        let words = atomics(sets * ways * entry_words + 7);
         let seed = match replacement {
             Replacement::Random { seed } => seed,
             Replacement::PseudoLru => 0,
@@ -341,18 +348,23 @@ impl<V: Value> Cache<V> {
         Ok(Self {
             sets,
             set_bits: sets.trailing_zeros(),
+            fold_shifts: {
+                let k = sets.trailing_zeros();
+                [k, (2 * k).min(63), (3 * k).min(63)]
+            },
             ways,
-            set_words,
+            entry_words,
             replacement,
             full_ways: if ways == 64 {
                 u64::MAX
             } else {
                 (1u64 << ways) - 1
             },
-            words: (0..sets * set_words / 8)
-                .map(|_| Line(core::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
+            origin: line_origin(&words),
+            words,
             ref_bits: atomics(sets),
+            hints: atomics(sets * ways.div_ceil(8)),
+            hint_words: ways.div_ceil(8),
             rng: CachePadded::new(AtomicU64::new(seed)),
             clock: CachePadded::new(AtomicU64::new(0)),
             global_mark: CachePadded::new(AtomicU64::new(0)),
@@ -396,13 +408,8 @@ impl<V: Value> Cache<V> {
 
     #[inline]
     fn entry(&self, set: usize, way: usize) -> Entry<'_> {
-        Entry {
-            lines: &self.words,
-            base: set * self.set_words,
-            way,
-            ways: self.ways,
-            value_words: V::WORDS,
-        }
+        let start = self.origin + (set * self.ways + way) * self.entry_words;
+        Entry(&self.words[start..start + HEADER + V::WORDS])
     }
 
     /// The set index. As in hardware, the low bits of the page number (of the source id, of the
@@ -414,10 +421,10 @@ impl<V: Value> Cache<V> {
         if self.set_bits == 0 {
             return 0;
         }
-        let k = self.set_bits;
+        let [k1, k2, k3] = self.fold_shifts;
         let (a, b) = key::index_words(key0, key1);
-        let folded = a ^ (a >> k) ^ (a >> (2 * k).min(63)) ^ (a >> (3 * k).min(63));
-        let offset = b.wrapping_mul(GOLDEN_GAMMA) >> (64 - k);
+        let folded = a ^ (a >> k1) ^ (a >> k2) ^ (a >> k3);
+        let offset = b.wrapping_mul(GOLDEN_GAMMA) >> (64 - k1);
         ((folded ^ offset) & (self.sets as u64 - 1)) as usize
     }
 
@@ -451,6 +458,9 @@ impl<V: Value> Cache<V> {
         }
     }
 
+    /// Marks a way referenced after a hit. Writes only when the way's bit is clear, that is on
+    /// the first hit after an insert into the set cleared the bits: hits on a working set that
+    /// stays cached write no shared line.
     #[inline]
     fn touch(&self, set: usize, way: usize) {
         if self.replacement != Replacement::PseudoLru {
@@ -458,13 +468,23 @@ impl<V: Value> Cache<V> {
         }
         let bit = 1u64 << way;
         let bits = &self.ref_bits[set];
-        let m = bits.load(Ordering::Relaxed);
-        if m & bit == 0 {
-            if (m | bit) == self.full_ways {
-                bits.store(bit, Ordering::Relaxed);
-            } else {
-                bits.fetch_or(bit, Ordering::Relaxed);
-            }
+        if bits.load(Ordering::Relaxed) & bit == 0 {
+            bits.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks a freshly inserted way referenced; when that would mark every way, the others
+    /// are cleared, so the set always has a cold way for the next victim.
+    fn touch_inserted(&self, set: usize, way: usize) {
+        if self.replacement != Replacement::PseudoLru {
+            return;
+        }
+        let bit = 1u64 << way;
+        let bits = &self.ref_bits[set];
+        if (bits.load(Ordering::Relaxed) | bit) == self.full_ways {
+            bits.store(bit, Ordering::Relaxed);
+        } else {
+            bits.fetch_or(bit, Ordering::Relaxed);
         }
     }
 
@@ -514,37 +534,72 @@ impl<V: Value> Cache<V> {
         None
     }
 
+    /// Probes one set: the set's hint bytes pick the ways that may hold the key (a filter, so
+    /// a stale hint costs only a wasted read), and a seqlock read of each candidate decides.
     #[inline]
     fn probe_set(&self, set: usize, want0: u64, want1: u64, mask1: u64, global: u64) -> Option<V> {
-        for way in 0..self.ways {
-            let e = self.entry(set, way);
-            let s1 = e[SEQ].load(Ordering::Acquire);
-            if s1 & (LOCK | STATE_MASK) != VALID {
-                continue;
+        let spread = u64::from(hint_of(want0, want1)) * LANES;
+        let hints = &self.hints[set * self.hint_words..(set + 1) * self.hint_words];
+        for (w, word) in hints.iter().enumerate() {
+            let x = word.load(Ordering::Relaxed) ^ spread;
+            // A zero byte of `x` is a way whose hint matches (SWAR; a borrow can add a false
+            // candidate above a true one, never lose one).
+            let mut candidates = x.wrapping_sub(LANES) & !x & (LANES << 7);
+            while candidates != 0 {
+                let way = w * 8 + (candidates.trailing_zeros() / 8) as usize;
+                candidates &= candidates - 1;
+                if let Some(v) = self.read_way(set, way, want0, want1, mask1, global) {
+                    return Some(v);
+                }
             }
-            if e[KEY0].load(Ordering::Relaxed) != want0 {
-                continue;
-            }
-            let k1 = e[KEY1].load(Ordering::Relaxed);
-            if k1 & mask1 != want1 {
-                continue;
-            }
-            let stamp = e[STAMP].load(Ordering::Relaxed);
-            let mut buf = [0u64; MAX_VALUE_WORDS];
-            for (i, b) in buf[..V::WORDS].iter_mut().enumerate() {
-                *b = e.value(i).load(Ordering::Relaxed);
-            }
-            fence(Ordering::Acquire);
-            if e[SEQ].load(Ordering::Relaxed) != s1 {
-                continue;
-            }
-            if self.is_dead(stamp, k1, global) {
-                continue;
-            }
-            self.touch(set, way);
-            return Some(V::decode(&buf[..V::WORDS]));
         }
         None
+    }
+
+    /// The seqlock read of one way: its value, if it holds (`want0`, `want1` under `mask1`),
+    /// valid and not killed by a generation.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn read_way(
+        &self,
+        set: usize,
+        way: usize,
+        want0: u64,
+        want1: u64,
+        mask1: u64,
+        global: u64,
+    ) -> Option<V> {
+        let e = self.entry(set, way);
+        let s1 = e[SEQ].load(Ordering::Acquire);
+        if s1 & (LOCK | STATE_MASK) != VALID {
+            return None;
+        }
+        let k0 = e[KEY0].load(Ordering::Relaxed);
+        let k1 = e[KEY1].load(Ordering::Relaxed);
+        let stamp = e[STAMP].load(Ordering::Relaxed);
+        let mut buf = [0u64; MAX_VALUE_WORDS];
+        for (i, b) in buf[..V::WORDS].iter_mut().enumerate() {
+            *b = e.value(i).load(Ordering::Relaxed);
+        }
+        fence(Ordering::Acquire);
+        if e[SEQ].load(Ordering::Relaxed) != s1
+            || k0 != want0
+            || k1 & mask1 != want1
+            || self.is_dead(stamp, k1, global)
+        {
+            return None;
+        }
+        self.touch(set, way);
+        Some(V::decode(&buf[..V::WORDS]))
+    }
+
+    /// Sets way `way`'s hint byte; the caller holds the way's lock, so only this thread writes
+    /// that byte (other ways' writers change theirs in the same word, hence the atomic updates).
+    fn set_hint(&self, set: usize, way: usize, hint: u8) {
+        let word = &self.hints[set * self.hint_words + way / 8];
+        let shift = (way % 8) * 8;
+        word.fetch_and(!(0xff << shift), Ordering::Relaxed);
+        word.fetch_or(u64::from(hint) << shift, Ordering::Relaxed);
     }
 
     /// Stores `value` under `tag`, unless an invalidation that could cover `tag` began after
@@ -586,6 +641,7 @@ impl<V: Value> Cache<V> {
                 continue;
             }
             fence(Ordering::Release);
+            self.set_hint(set, way, hint_of(k0, k1 & mask1));
             e[KEY0].store(k0, Ordering::Relaxed);
             e[KEY1].store(k1, Ordering::Relaxed);
             e[STAMP].store(t, Ordering::Relaxed);
@@ -626,7 +682,7 @@ impl<V: Value> Cache<V> {
                 self.stats.add(Counter::Refused, 1);
                 return Ok(InsertOutcome::Refused(Refusal::Invalidated));
             }
-            self.touch(set, way);
+            self.touch_inserted(set, way);
             self.stats.add(Counter::Inserts, 1);
             return Ok(if displaced == Displaced::Live {
                 InsertOutcome::StoredEvicting

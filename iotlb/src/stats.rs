@@ -80,22 +80,24 @@ const COUNTERS: usize = 7;
 /// Shards owned by one thread each.
 #[cfg(not(loom))]
 const EXCLUSIVE: usize = 16;
-/// Shards shared (with atomic adds) by the threads that came later.
+/// Shards shared (with atomic adds) by the threads that came later (so that the shard count
+/// is a power of two and a shard index is masked, not bounds-checked).
 #[cfg(not(loom))]
-const SHARED: usize = 8;
+const SHARED: usize = 16;
 // Loom explores every interleaving of every atomic; one shared shard keeps the models small.
 #[cfg(loom)]
 const EXCLUSIVE: usize = 0;
 #[cfg(loom)]
 const SHARED: usize = 1;
 const SHARDS: usize = EXCLUSIVE + SHARED;
+const _: () = assert!(SHARDS.is_power_of_two());
 
 struct Shard {
     counters: [AtomicU64; COUNTERS],
 }
 
 pub(crate) struct Stats {
-    shards: Box<[CachePadded<Shard>]>,
+    shards: [CachePadded<Shard>; SHARDS],
 }
 
 /// Which exclusive shards a live thread owns (bit per shard).
@@ -150,22 +152,46 @@ impl ShardClaim {
 #[cfg(not(loom))]
 impl Drop for ShardClaim {
     fn drop(&mut self) {
+        // From now on this thread (in the destructors of other thread-locals) counts in a
+        // shared shard, with atomic adds: the exclusive shard may go to another thread.
+        let _ = SHARD_INDEX.try_with(|i| i.set(EXCLUSIVE));
         if self.index < EXCLUSIVE {
             CLAIMED.fetch_and(!(1u32 << self.index), std::sync::atomic::Ordering::Release);
         }
     }
 }
 
+/// Sentinel of [`SHARD_INDEX`]: this thread has not claimed a shard yet.
+#[cfg(not(loom))]
+const UNCLAIMED: usize = usize::MAX;
+
+#[cfg(not(loom))]
+thread_local! {
+    /// This thread's shard, once claimed. Const-initialised and without a destructor, so
+    /// reading it is one thread-local load: the hit path of every lookup goes through it.
+    static SHARD_INDEX: core::cell::Cell<usize> = const { core::cell::Cell::new(UNCLAIMED) };
+    /// The claim itself, whose destructor hands an exclusive shard back when the thread exits.
+    static CLAIM: ShardClaim = ShardClaim::claim();
+}
+
 /// This thread's shard; below `EXCLUSIVE` it is this thread's alone while it lives.
 #[cfg(not(loom))]
 #[inline]
 fn shard_index() -> usize {
-    thread_local! {
-        static CLAIM: ShardClaim = ShardClaim::claim();
-    }
+    let i = SHARD_INDEX.with(core::cell::Cell::get);
+    if i != UNCLAIMED { i } else { claim_shard() }
+}
+
+/// The first count of a thread: claims its shard and remembers it.
+#[cfg(not(loom))]
+#[cold]
+#[inline(never)]
+fn claim_shard() -> usize {
     // During thread teardown (a cache used from another thread-local's destructor) the claim
     // may be gone: fall back to the first shared shard.
-    CLAIM.try_with(|c| c.index).unwrap_or(EXCLUSIVE)
+    let i = CLAIM.try_with(|c| c.index).unwrap_or(EXCLUSIVE);
+    SHARD_INDEX.with(|s| s.set(i));
+    i
 }
 
 #[cfg(loom)]
@@ -187,13 +213,11 @@ fn is_exclusive(_shard: usize) -> bool {
 impl Stats {
     pub(crate) fn new() -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    CachePadded::new(Shard {
-                        counters: core::array::from_fn(|_| AtomicU64::new(0)),
-                    })
+            shards: core::array::from_fn(|_| {
+                CachePadded::new(Shard {
+                    counters: core::array::from_fn(|_| AtomicU64::new(0)),
                 })
-                .collect(),
+            }),
         }
     }
 
@@ -201,7 +225,7 @@ impl Stats {
     pub(crate) fn add(&self, counter: Counter, n: u64) {
         if n != 0 {
             let shard = shard_index();
-            let c = &self.shards[shard].counters[counter as usize];
+            let c = &self.shards[shard & (SHARDS - 1)].counters[counter as usize];
             if is_exclusive(shard) {
                 // Only this thread writes this shard: a plain relaxed read-modify-write cannot
                 // lose an update, and readers see some recent value.
@@ -237,16 +261,14 @@ impl Stats {
 /// instruction, later threads share the rest with atomic adds. [`ShardedCounter::get`] sums the
 /// shards (a recent value, exact once the adding threads are quiescent).
 pub struct ShardedCounter {
-    shards: Box<[CachePadded<AtomicU64>]>,
+    shards: [CachePadded<AtomicU64>; SHARDS],
 }
 
 impl ShardedCounter {
     /// A counter at zero.
     pub fn new() -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| CachePadded::new(AtomicU64::new(0)))
-                .collect(),
+            shards: core::array::from_fn(|_| CachePadded::new(AtomicU64::new(0))),
         }
     }
 
@@ -254,7 +276,7 @@ impl ShardedCounter {
     #[inline]
     pub fn add(&self, n: u64) {
         let shard = shard_index();
-        let c = &self.shards[shard];
+        let c = &self.shards[shard & (SHARDS - 1)];
         if is_exclusive(shard) {
             // Only this thread writes this shard (see `Stats::add`).
             c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
