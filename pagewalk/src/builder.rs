@@ -13,7 +13,13 @@
 //! The builder never uses AMD-Vi level skipping (each table points to the level right below);
 //! it uses the Next Level = 7 encoding for AMD-Vi v1 page sizes between the levels' own sizes.
 //!
-//! Cost: the builder keeps a count of the present entries of every table it has touched, so
+//! When an unmap frees tables is the [`Reclaim`] policy: [`Reclaim::Empty`] (the default) frees
+//! every table the unmap leaves empty; [`Reclaim::Covered`] frees only tables whose whole span
+//! the unmap covers and leaves a table emptied by a smaller unmap in place for the next map, as
+//! Linux's IOMMU page-table code does. `Covered` keeps no per-table counts at all, which makes
+//! single-page map and unmap churn, the DMA API's pattern, several times cheaper.
+//!
+//! Cost: under [`Reclaim::Empty`] the builder keeps a count of the present entries of every table it has touched, so
 //! deciding whether a table became empty (and can be freed) is O(1) instead of a 512-entry
 //! scan, and tables it empties are returned to the allocator as known-zero pages
 //! ([`FrameAllocator::free_zeroed_frame`]) so they need no second zeroing when handed out
@@ -22,6 +28,8 @@
 //! are counted by one scan the first time they are needed.
 
 pub use crate::alloc::{BumpAllocator, FrameAllocator};
+use smallvec::SmallVec;
+
 use crate::alloc::{PageMap, PageSet};
 use crate::format::{Ent, WalkConfig};
 use crate::mem::{MemError, PhysMem};
@@ -130,6 +138,17 @@ fn lshift(level: u8) -> u32 {
     12 + 9 * (u32::from(level) - 1)
 }
 
+/// When [`TableBuilder::unmap`] frees tables (see the module notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reclaim {
+    /// Free every table the unmap leaves empty.
+    #[default]
+    Empty,
+    /// Free only the tables whose whole span the unmap covers; emptied tables stay, linked,
+    /// until a covering unmap or [`TableBuilder::destroy`].
+    Covered,
+}
+
 /// Present-entry count of one table (entries that [`TableBuilder::parse`] does not call
 /// empty).
 #[derive(Debug, Clone, Copy)]
@@ -146,8 +165,9 @@ pub struct TableBuilder {
     config: WalkConfig,
     root: u64,
     /// Present-entry counts by table address (see the module notes); a table missing here is
-    /// counted by a scan when its count is needed.
+    /// counted by a scan when its count is needed. Empty under [`Reclaim::Covered`].
     live: PageMap<Live>,
+    reclaim: Reclaim,
 }
 
 impl TableBuilder {
@@ -175,7 +195,27 @@ impl TableBuilder {
                 clean: true,
             },
         );
-        Ok(Self { config, root, live })
+        Ok(Self {
+            config,
+            root,
+            live,
+            reclaim: Reclaim::Empty,
+        })
+    }
+
+    /// The same builder with reclaim policy `reclaim`. Set it before the first map: counts
+    /// are kept only under [`Reclaim::Empty`].
+    pub fn with_reclaim(mut self, reclaim: Reclaim) -> Self {
+        self.reclaim = reclaim;
+        if reclaim == Reclaim::Covered {
+            self.live = PageMap::default();
+        }
+        self
+    }
+
+    /// Whether present-entry counts are kept.
+    fn counts(&self) -> bool {
+        self.reclaim == Reclaim::Empty
     }
 
     /// Adopts existing tables rooted at `root` (which the builder may then edit and free).
@@ -187,6 +227,7 @@ impl TableBuilder {
             config,
             root: root & ADDR,
             live: PageMap::default(),
+            reclaim: Reclaim::Empty,
         })
     }
 
@@ -378,34 +419,48 @@ impl TableBuilder {
             Err(BuildError::Overlap { iova: m.iova })
         })?;
         // Apply page by page, logging what to undo.
-        let mut written: Vec<u64> = Vec::new();
-        let mut allocated: Vec<u64> = Vec::new();
+        let mut log = MapLog::default();
         let mut live = std::mem::take(&mut self.live);
         let mut cur = start;
         let mut p = phys;
         let mut result = Ok(());
         while cur < end {
             let shift = choose_shift(bits, policy, cur, p, end - cur);
-            if let Err(e) = self.install(
-                mem,
-                alloc,
-                &mut live,
-                cur,
-                p,
-                shift,
-                perms,
-                &mut written,
-                &mut allocated,
-            ) {
-                undo(mem, alloc, &mut live, &written, allocated);
+            if let Err(e) = self.install(mem, alloc, &mut live, cur, p, shift, perms, &mut log) {
+                undo(mem, alloc, &mut live, std::mem::take(&mut log));
                 result = Err(e);
                 break;
             }
             cur += 1u128 << shift;
             p = p.wrapping_add(1u64 << shift);
         }
+        if result.is_ok() {
+            // Leaf-free tables a large page replaced (left by `Reclaim::Covered`).
+            for &(level, table) in &log.orphans {
+                self.free_subtree(mem, alloc, &mut live, level, table)?;
+            }
+        }
         self.live = live;
         result
+    }
+
+    /// Frees the table at `level` and every table below it; the caller checked they hold no
+    /// leaf.
+    fn free_subtree<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
+        &self,
+        mem: &M,
+        alloc: &mut A,
+        live: &mut PageMap<Live>,
+        level: u8,
+        table: u64,
+    ) -> Result<(), BuildError> {
+        let span = 1u128 << (lshift(level) + 9);
+        if level > 1 {
+            self.clear(mem, alloc, live, level, table, 0, 0, span)?;
+        }
+        live.remove(&table);
+        alloc.free_frame(table);
+        Ok(())
     }
 
     /// Everything [`TableBuilder::map`] checks before it reads a table: 4 KiB alignment, the
@@ -492,8 +547,7 @@ impl TableBuilder {
         phys: u64,
         shift: u8,
         perms: Perms,
-        written: &mut Vec<u64>,
-        allocated: &mut Vec<u64>,
+        log: &mut MapLog,
     ) -> Result<(), BuildError> {
         let target = self.level_for(shift);
         let mut table = self.root;
@@ -507,19 +561,21 @@ impl TableBuilder {
                     let (next, zero) = alloc
                         .alloc_frame_zeroed()
                         .ok_or(BuildError::AllocatorExhausted)?;
-                    allocated.push(next);
+                    log.allocated.push(next);
                     if !zero {
                         zero_table(mem, next)?;
                     }
-                    live.insert(
-                        next,
-                        Live {
-                            present: 0,
-                            clean: true,
-                        },
-                    );
+                    if self.counts() {
+                        live.insert(
+                            next,
+                            Live {
+                                present: 0,
+                                clean: true,
+                            },
+                        );
+                    }
                     mem.write_u64(addr, self.encode_table(level, next))?;
-                    written.push(addr);
+                    log.written.push((addr, e));
                     adjust(live, table, 1);
                     next
                 }
@@ -534,13 +590,20 @@ impl TableBuilder {
         let first = index(level, at);
         for i in 0..slots {
             let addr = table + (first + i) * 8;
-            // The overlap check left no leaf here; an empty slot becomes present (a table
-            // entry without leaves below, which this builder never leaves behind, stays
-            // present).
-            let was_empty = self.parse(level, mem.read_u64(addr)?) == Ent::Empty;
+            // The overlap check left no leaf here; an empty slot becomes present. A table
+            // entry (only `Reclaim::Covered` leaves one without leaves below) stays present,
+            // and its tables are freed once the whole map has succeeded.
+            let old = mem.read_u64(addr)?;
+            let was = self.parse(level, old);
+            if let Ent::Table(next) = was {
+                if level == 1 {
+                    return Err(BuildError::Corrupt { addr, entry: old });
+                }
+                log.orphans.push((level - 1, next));
+            }
             mem.write_u64(addr, entry)?;
-            written.push(addr);
-            if was_empty {
+            log.written.push((addr, old));
+            if was == Ent::Empty {
                 adjust(live, table, 1);
             }
         }
@@ -767,7 +830,13 @@ impl TableBuilder {
                 }
             }
         }
-        Ok(self.count(live, mem, level, table)? == 0)
+        if self.counts() {
+            Ok(self.count(live, mem, level, table)? == 0)
+        } else {
+            // Everything in the range is cleared: a table the range covers is empty.
+            let span_end = base + (1u128 << (sh + 9));
+            Ok(start <= base && span_end <= end)
+        }
     }
 
     fn encode_table(&self, level: u8, next: u64) -> u64 {
@@ -932,22 +1001,34 @@ fn choose_shift(bits: u64, policy: PageSizePolicy, cur: u128, p: u64, remaining:
     }
 }
 
-/// Undoes a map that failed partway: clears the entries it `written` (their tables' counts are
-/// recounted by a scan when next needed) and frees the tables it `allocated`.
+/// What a map has done so far, to undo it or to finish it. Inline up to a few entries: a
+/// single-page map (the DMA API's pattern) allocates nothing on the heap for its log.
+#[derive(Default)]
+struct MapLog {
+    /// Entries written, with the value each held before.
+    written: SmallVec<[(u64, u64); 8]>,
+    /// Tables allocated.
+    allocated: SmallVec<[u64; 4]>,
+    /// Leaf-free tables (level, address) whose entries large pages replaced: freed when the
+    /// map succeeds.
+    orphans: SmallVec<[(u8, u64); 2]>,
+}
+
+/// Undoes a map that failed partway: restores the entries it wrote (their tables' counts are
+/// recounted by a scan when next needed) and frees the tables it allocated.
 fn undo<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized>(
     mem: &M,
     alloc: &mut A,
     live: &mut PageMap<Live>,
-    written: &[u64],
-    allocated: Vec<u64>,
+    log: MapLog,
 ) {
-    for a in written.iter().rev() {
-        if let Err(me) = mem.write_u64(*a, 0) {
-            log::error!("builder rollback: cannot clear {a:#x}: {me}");
+    for &(a, old) in log.written.iter().rev() {
+        if let Err(me) = mem.write_u64(a, old) {
+            log::error!("builder rollback: cannot restore {a:#x}: {me}");
         }
         live.remove(&(a & !(TABLE_SIZE - 1)));
     }
-    for f in allocated {
+    for f in log.allocated {
         live.remove(&f);
         alloc.free_frame(f);
     }
@@ -979,6 +1060,126 @@ mod tests {
             table = mem.read_u64(table + level_index(l, iova) * 8).unwrap() & ADDR;
         }
         table + level_index(level, iova) * 8
+    }
+
+    #[test]
+    fn covered_reclaim_keeps_emptied_tables_until_an_unmap_covers_them() {
+        let (mem, mut alloc, b) = setup(ss4());
+        let mut b = b.with_reclaim(Reclaim::Covered);
+        let map = |b: &mut TableBuilder, alloc: &mut BumpAllocator, iova: u64| {
+            b.map(
+                &mem,
+                alloc,
+                iova,
+                0x7000,
+                0x1000,
+                Perms::RW,
+                PageSizePolicy::Fixed(12),
+            )
+        };
+        map(&mut b, &mut alloc, 0x40_0000_0000).unwrap();
+        assert_eq!(alloc.in_use(), 4);
+        b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x1000).unwrap();
+        // The page table the unmap emptied is still linked: the walk faults at the leaf.
+        assert_eq!(alloc.in_use(), 4);
+        let f = walk(
+            &ss4(),
+            &mem,
+            b.root(),
+            0x40_0000_0000,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!((f.kind, f.level), (crate::types::FaultKind::NotPresent, 1));
+        // The next map in the same 2 MiB reuses it.
+        map(&mut b, &mut alloc, 0x40_0000_5000).unwrap();
+        assert_eq!(alloc.in_use(), 4);
+        let t = walk(
+            &ss4(),
+            &mem,
+            b.root(),
+            0x40_0000_5008,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap();
+        assert_eq!(t.output, 0x7008);
+        // An unmap covering the page table's 2 MiB frees it; one covering the 1 GiB of the
+        // page directory frees that too.
+        b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x20_0000)
+            .unwrap();
+        assert_eq!(alloc.in_use(), 3);
+        b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x4000_0000)
+            .unwrap();
+        assert_eq!(alloc.in_use(), 2);
+        b.destroy(&mem, &mut alloc).unwrap();
+        assert_eq!(alloc.in_use(), 0);
+    }
+
+    #[test]
+    fn a_large_page_over_a_table_left_empty_frees_it() {
+        let (mem, mut alloc, b) = setup(ss4());
+        let mut b = b.with_reclaim(Reclaim::Covered);
+        b.map(
+            &mem,
+            &mut alloc,
+            0x40_0000_0000,
+            0x7000,
+            0x1000,
+            Perms::RW,
+            PageSizePolicy::Fixed(12),
+        )
+        .unwrap();
+        b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x1000).unwrap();
+        assert_eq!(alloc.in_use(), 4);
+        // A failed map (the allocator cannot give the page directory of the second GiB) puts
+        // the page table's entry back.
+        let mut tight = BumpAllocator::new(0x300_0000, 0x300_0000);
+        let r = b.map(
+            &mem,
+            &mut tight,
+            0x40_0000_0000,
+            0x4000_0000,
+            0x4020_0000,
+            Perms::RW,
+            PageSizePolicy::Fixed(21),
+        );
+        assert_eq!(r, Err(BuildError::AllocatorExhausted));
+        assert_eq!(alloc.in_use(), 4);
+        let f = walk(
+            &ss4(),
+            &mem,
+            b.root(),
+            0x40_0000_0000,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap_err();
+        assert_eq!(f.level, 1, "the page table is linked again");
+        b.map(
+            &mem,
+            &mut alloc,
+            0x40_0000_0000,
+            0x4000_0000,
+            0x20_0000,
+            Perms::RW,
+            PageSizePolicy::Fixed(21),
+        )
+        .unwrap();
+        assert_eq!(alloc.in_use(), 3, "the replaced page table was freed");
+        let t = walk(
+            &ss4(),
+            &mem,
+            b.root(),
+            0x40_0001_2345,
+            Access::READ,
+            &mut (),
+        )
+        .unwrap();
+        assert_eq!((t.output, t.page_shift), (0x4001_2345, 21));
+        b.destroy(&mem, &mut alloc).unwrap();
+        assert_eq!(alloc.in_use(), 0);
     }
 
     #[test]

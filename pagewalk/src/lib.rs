@@ -63,7 +63,7 @@ pub mod types;
 pub mod walk;
 
 pub use builder::{
-    BuildError, BumpAllocator, FrameAllocator, Mapping, PageSizePolicy, TableBuilder,
+    BuildError, BumpAllocator, FrameAllocator, Mapping, PageSizePolicy, Reclaim, TableBuilder,
 };
 pub use format::{AmdV1Config, Decoded, Format, VtdSsConfig, WalkConfig, X86Config};
 pub use mem::{AtomicAccess, FlatMem, GuestMem, MemError, PhysMem, SparseMem, region_atomic};

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use pagewalk::{AmdV1Config, PageSizePolicy, PhysMem, TableBuilder, WalkConfig};
+use pagewalk::{AmdV1Config, PageSizePolicy, PhysMem, Reclaim, TableBuilder, WalkConfig};
 
 use super::{
     CommandQueue, DomainIds, Driver, DriverStats, EndpointMode, HwDomain, HwError, PAGE,
@@ -361,7 +361,8 @@ impl<M: PhysMem + Send + Sync + 'static> Driver for AmdViDriver<M> {
         let did = c.dids.alloc()?;
         let tables =
             match TableBuilder::new(WalkConfig::AmdV1(self.v1), self.mem(), c.alloc.frames()) {
-                Ok(t) => t,
+                // As for VT-d: unmaps free only the tables they cover whole.
+                Ok(t) => t.with_reclaim(Reclaim::Covered),
                 Err(e) => {
                     c.dids.free(did);
                     return Err(tables_error(e));

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use pagewalk::{PageSizePolicy, PhysMem, TableBuilder, VtdSsConfig, WalkConfig};
+use pagewalk::{PageSizePolicy, PhysMem, Reclaim, TableBuilder, VtdSsConfig, WalkConfig};
 
 use super::{
     CommandQueue, DomainIds, Driver, DriverStats, EndpointMode, HwDomain, HwError, PAGE,
@@ -603,7 +603,9 @@ impl<M: PhysMem + Send + Sync + 'static> Driver for VtdDriver<M> {
             self.mem(),
             c.alloc.frames(),
         ) {
-            Ok(t) => t,
+            // Linux's policy: an unmap frees only the tables it covers whole, so the DMA API's
+            // map/unmap churn reuses the tables it emptied.
+            Ok(t) => t.with_reclaim(Reclaim::Covered),
             Err(e) => {
                 c.dids.free(did);
                 return Err(tables_error(e));
