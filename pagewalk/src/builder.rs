@@ -414,10 +414,23 @@ impl TableBuilder {
     ) -> Result<(), BuildError> {
         let (start, end, perms) = self.check_map(iova, phys, len, perms, policy)?;
         let bits = self.shift_bits();
-        // Refuse overlaps before writing anything.
-        self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
-            Err(BuildError::Overlap { iova: m.iova })
-        })?;
+        // Refuse overlaps before writing anything. A single 4 KiB page (the DMA API's map) is
+        // checked by one descent; anything else, or a page the descent cannot clear, by a
+        // scan (which also reports what overlaps).
+        let one_page_free = len == 0x1000
+            && matches!(
+                self.descend_4k(mem, start)?,
+                Descent::EmptyAbove
+                    | Descent::Slot {
+                        entry: Ent::Empty,
+                        ..
+                    }
+            );
+        if !one_page_free {
+            self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
+                Err(BuildError::Overlap { iova: m.iova })
+            })?;
+        }
         // Apply page by page, logging what to undo.
         let mut log = MapLog::default();
         let mut live = std::mem::take(&mut self.live);
@@ -461,6 +474,27 @@ impl TableBuilder {
         live.remove(&table);
         alloc.free_frame(table);
         Ok(())
+    }
+
+    /// Follows the tables towards the 4 KiB page at internal address `at`: where the descent
+    /// ends and what it found. Reads one entry per level; a loop in the tables cannot make it
+    /// run longer.
+    fn descend_4k<M: PhysMem + ?Sized>(&self, mem: &M, at: u128) -> Result<Descent, BuildError> {
+        let mut table = self.root;
+        let mut level = self.levels();
+        loop {
+            let addr = table + index(level, at) * 8;
+            let entry = self.parse(level, mem.read_u64(addr)?);
+            match entry {
+                Ent::Table(next) if level > 1 => {
+                    table = next;
+                    level -= 1;
+                }
+                Ent::Empty if level > 1 => return Ok(Descent::EmptyAbove),
+                _ if level == 1 => return Ok(Descent::Slot { addr, entry }),
+                _ => return Ok(Descent::Other),
+            }
+        }
     }
 
     /// Everything [`TableBuilder::map`] checks before it reads a table: 4 KiB alignment, the
@@ -628,6 +662,33 @@ impl TableBuilder {
             });
         }
         let (start, end) = self.check_range(iova, len)?;
+        // A single 4 KiB page under `Reclaim::Covered` frees no table: one descent clears it.
+        if len == 0x1000 && !self.counts() {
+            match self.descend_4k(mem, start)? {
+                Descent::EmptyAbove
+                | Descent::Slot {
+                    entry: Ent::Empty, ..
+                } => return Ok(Vec::new()),
+                Descent::Slot {
+                    addr,
+                    entry:
+                        Ent::Leaf {
+                            phys,
+                            shift: 12,
+                            perms,
+                        },
+                } => {
+                    mem.write_u64(addr, 0)?;
+                    return Ok(vec![Mapping {
+                        iova,
+                        phys,
+                        shift: 12,
+                        perms,
+                    }]);
+                }
+                _ => {}
+            }
+        }
         let mut found = Vec::new();
         self.scan(mem, self.levels(), self.root, 0, start, end, &mut |m| {
             let s = self.to_internal(m.iova);
@@ -999,6 +1060,16 @@ fn choose_shift(bits: u64, policy: PageSizePolicy, cur: u128, p: u64, remaining:
             12
         }
     }
+}
+
+/// Where [`TableBuilder::descend_4k`] ended.
+enum Descent {
+    /// An empty entry above level 1: nothing is mapped there.
+    EmptyAbove,
+    /// The level-1 entry: its address and what it holds.
+    Slot { addr: u64, entry: Ent },
+    /// A leaf above level 1 or an entry the builder does not write: for the general path.
+    Other,
 }
 
 /// What a map has done so far, to undo it or to finish it. Inline up to a few entries: a
