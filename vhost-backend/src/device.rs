@@ -290,19 +290,24 @@ impl IommuDevice {
                 None => (Status::Inval, None),
             }
         };
-        let mut resp = Vec::with_capacity(need.min(writable));
+        // The properties (PROBE only, and only when they fit), then the tail.
+        let mut written = 0usize;
         if props_len > 0 && writable >= need {
             let mut p = props.unwrap_or_default();
             p.resize(props_len, 0);
-            resp.extend_from_slice(&p);
+            if w.write_all(&p).is_err() {
+                self.stats.unanswerable.fetch_add(1, Ordering::Relaxed);
+                return 0;
+            }
+            written = props_len;
         }
-        resp.extend_from_slice(&[status as u8, 0, 0, 0]);
-        if w.write_all(&resp).is_err() {
+        if w.write_all(&[status as u8, 0, 0, 0]).is_err() {
             self.stats.unanswerable.fetch_add(1, Ordering::Relaxed);
             return 0;
         }
+        written += TAIL_LEN;
         self.stats.by_type[type_index(ty)][status as usize].fetch_add(1, Ordering::Relaxed);
-        resp.len() as u32
+        written as u32
     }
 
     /// Processes one request from virtio-queue's chain reader and writer.

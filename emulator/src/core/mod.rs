@@ -21,7 +21,10 @@
 
 mod types;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+// Endpoint ids come from the topology: a fast hash.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -279,7 +282,7 @@ impl Core {
             state: Mutex::new(State {
                 bypass: config.bypass,
                 domains: BTreeMap::new(),
-                attached: HashMap::new(),
+                attached: HashMap::default(),
                 mapping_count: 0,
             }),
             config,

@@ -19,7 +19,8 @@
 //!   allowed); blocked is Mode 0 with IR = IW = 0, the encoding Linux uses, so DMA from it
 //!   raises IO_PAGE_FAULT. Every DTE starts blocked.
 
-use std::collections::HashMap;
+// As in the VT-d driver: a fast hash over our own handles and topology ids.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::{Arc, Mutex};
 
 use pagewalk::{AmdV1Config, PageSizePolicy, PhysMem, Reclaim, TableBuilder, WalkConfig};
@@ -181,10 +182,10 @@ impl<M: PhysMem + Send + Sync + 'static> AmdViDriver<M> {
                     status_addr: status,
                     seq: 0,
                 },
-                domains: HashMap::new(),
+                domains: HashMap::default(),
                 next_handle: 1,
                 dids: DomainIds::new(FIRST_DID, u16::MAX),
-                endpoint_did: HashMap::new(),
+                endpoint_did: HashMap::default(),
             }),
             v1,
             invalidate_all: efr.ia_sup(),

@@ -7,7 +7,10 @@
 //! without a domain faults at the device table, an address without a mapping (or a mapping
 //! without the permission) at the page table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Keys are our own handles and the topology's endpoint ids: a fast hash, no DoS concern.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 

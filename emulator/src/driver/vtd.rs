@@ -21,7 +21,10 @@
 //!   queue then uses 256-bit descriptors (IQA.DW = 1), and PASID-entry changes add PASID-cache
 //!   invalidations (§6.5.2.4).
 
-use std::collections::HashMap;
+// Keys are our handles, source ids and domain ids, never hashed by a guest's choice alone
+// (the topology bounds them): a fast hash.
+use rustc_hash::FxHashMap as HashMap;
+use smallvec::{SmallVec, smallvec};
 use std::sync::{Arc, Mutex};
 
 use pagewalk::{PageSizePolicy, PhysMem, Reclaim, TableBuilder, VtdSsConfig, WalkConfig};
@@ -50,6 +53,10 @@ pub const FIRST_DID: u16 = 2;
 /// At most this many page-selective IOTLB descriptors for one unmap; more becomes one
 /// domain-selective invalidation.
 const MAX_PSI: usize = 32;
+
+/// Invalidation descriptors of one request: inline for the common few (a single-page unmap
+/// needs one), so building them allocates nothing.
+type Descs = SmallVec<[[u64; 2]; 4]>;
 
 /// How the driver programs the unit (RTADDR.TTM, §10.4.6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,8 +224,8 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
             ctl: Mutex::new(Ctl {
                 alloc,
                 root,
-                context_tables: HashMap::new(),
-                pasid_tables: HashMap::new(),
+                context_tables: HashMap::default(),
+                pasid_tables: HashMap::default(),
                 queue: InvalidationQueue {
                     base: iq_base,
                     tail: 0,
@@ -226,10 +233,10 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
                     status_addr: status_page,
                     status_seq: 0,
                 },
-                domains: HashMap::new(),
+                domains: HashMap::default(),
                 next_handle: 1,
                 dids: DomainIds::new(FIRST_DID, max_did),
-                endpoint_did: HashMap::new(),
+                endpoint_did: HashMap::default(),
             }),
             ss,
             aw: u64::from(levels - 2),
@@ -537,12 +544,12 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
     /// Page-selective IOTLB invalidations covering `[iova, iova + len)` in `did` (§6.5.2.2:
     /// 2^AM pages at an address aligned to them), or one domain-selective invalidation when PSI
     /// is unsupported or the range needs too many descriptors.
-    fn iotlb_range_descs(&self, did: u16, iova: u64, len: u64) -> Vec<[u64; 2]> {
-        let domain = vec![encode::iotlb(IotlbGranularity::Domain(did))];
+    fn iotlb_range_descs(&self, did: u16, iova: u64, len: u64) -> Descs {
+        let domain = || smallvec![encode::iotlb(IotlbGranularity::Domain(did))];
         let Some(max_am) = self.psi_max_am else {
-            return domain;
+            return domain();
         };
-        let mut v = Vec::new();
+        let mut v = Descs::new();
         let (mut page, end) = (iova >> 12, (iova.saturating_add(len)) >> 12);
         while page < end {
             let align = page.trailing_zeros().min(u32::from(max_am));
@@ -556,7 +563,7 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
             }));
             page += 1 << am;
             if v.len() > MAX_PSI {
-                return domain;
+                return domain();
             }
         }
         v
@@ -674,7 +681,7 @@ impl<M: PhysMem + Send + Sync + 'static> Driver for VtdDriver<M> {
             .get_mut(&domain)
             .ok_or((0, HwError::NoDomain(domain)))?;
         let did = d.did;
-        let mut descs = Vec::new();
+        let mut descs = Descs::new();
         let mut done = 0;
         let mut failure = None;
         for m in mappings {
@@ -696,7 +703,7 @@ impl<M: PhysMem + Send + Sync + 'static> Driver for VtdDriver<M> {
         // too many page-selective ones (or one of them already fell back to it).
         let domain_wide = encode::iotlb(IotlbGranularity::Domain(did));
         if descs.len() > MAX_PSI || descs.contains(&domain_wide) {
-            descs = vec![domain_wide];
+            descs = smallvec![domain_wide];
         }
         if !descs.is_empty() {
             self.submit(c, &descs).map_err(|e| (done, e))?;

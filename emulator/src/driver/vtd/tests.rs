@@ -452,5 +452,5 @@ fn psi_covers_the_range_with_aligned_blocks() {
     // A huge unaligned range falls back to one domain-selective invalidation.
     let d = hw.iotlb_range_descs(7, 0x1000, 0x10_0000_0000);
     // Type 2, G = 10b (domain-selective), DID 7.
-    assert_eq!(d, vec![[0x22 | (7 << 16), 0]]);
+    assert_eq!(d.as_slice(), [[0x22 | (7 << 16), 0]]);
 }
