@@ -9,8 +9,17 @@ use crate::trace::{CacheId, Stage, Trace};
 /// A cache that records every lookup in the translation's trace.
 #[derive(Debug)]
 pub struct TracedCache<V: Value> {
-    id_fn: fn(&Tag) -> CacheId,
+    naming: Naming,
     cache: Cache<V>,
+}
+
+/// How a [`TracedCache`] names itself in a trace.
+#[derive(Debug, Clone, Copy)]
+enum Naming {
+    /// Always the same cache.
+    Fixed(CacheId),
+    /// A paging-structure cache: the stage and level come from the tag.
+    PagingStructure,
 }
 
 /// Why a cache could not be built.
@@ -39,15 +48,30 @@ pub fn geometry(entries: usize, ways: usize) -> Result<CacheConfig, GeometryErro
 }
 
 impl<V: Value> TracedCache<V> {
-    /// A cache of `entries` entries, `ways` ways, whose lookups are reported as `id_fn(tag)`.
-    pub fn new(
-        entries: usize,
-        ways: usize,
-        id_fn: fn(&Tag) -> CacheId,
-    ) -> Result<Self, GeometryError> {
+    /// A cache of `entries` entries, `ways` ways, whose lookups are reported as `id`.
+    pub fn new(entries: usize, ways: usize, id: CacheId) -> Result<Self, GeometryError> {
+        Self::named(entries, ways, Naming::Fixed(id))
+    }
+
+    /// A paging-structure cache of `entries` entries, `ways` ways: its lookups are reported
+    /// with the stage and level of their tags.
+    fn paging_structure(entries: usize, ways: usize) -> Result<Self, GeometryError> {
+        Self::named(entries, ways, Naming::PagingStructure)
+    }
+
+    fn named(entries: usize, ways: usize, naming: Naming) -> Result<Self, GeometryError> {
         let cfg = geometry(entries, ways)?;
         let cache = Cache::new(cfg).map_err(|_| GeometryError { entries, ways })?;
-        Ok(Self { id_fn, cache })
+        Ok(Self { naming, cache })
+    }
+
+    /// The name of the cache a lookup of `tag` is reported under.
+    #[inline]
+    fn id(&self, tag: &Tag) -> CacheId {
+        match self.naming {
+            Naming::Fixed(id) => id,
+            Naming::PagingStructure => psc_id(tag),
+        }
     }
 
     /// Takes a generation token; take it before reading the structures a later insert caches.
@@ -60,7 +84,9 @@ impl<V: Value> TracedCache<V> {
     #[inline]
     pub fn lookup(&self, tag: &Tag, trace: &mut Trace) -> Option<V> {
         let v = self.cache.lookup(tag);
-        trace.cache((self.id_fn)(tag), v.is_some());
+        if trace.is_on() {
+            trace.cache(self.id(tag), v.is_some());
+        }
         v
     }
 
@@ -69,7 +95,9 @@ impl<V: Value> TracedCache<V> {
     /// ignored: caching is an optimisation.
     #[inline]
     pub fn insert(&self, token: Token, tag: &Tag, value: &V, trace: &mut Trace) {
-        trace.fill((self.id_fn)(tag));
+        if trace.is_on() {
+            trace.fill(self.id(tag));
+        }
         match self.cache.insert(token, tag, value) {
             Ok(o) if !o.is_stored() => log::trace!("cache insert {tag:?} refused: {o:?}"),
             Ok(_) => {}
@@ -147,10 +175,10 @@ impl PagingStructureCaches {
     pub fn new(entries: usize, ways: usize) -> Result<Self, GeometryError> {
         Ok(Self {
             levels: [
-                TracedCache::new(entries, ways, psc_id)?,
-                TracedCache::new(entries, ways, psc_id)?,
-                TracedCache::new(entries, ways, psc_id)?,
-                TracedCache::new(entries, ways, psc_id)?,
+                TracedCache::paging_structure(entries, ways)?,
+                TracedCache::paging_structure(entries, ways)?,
+                TracedCache::paging_structure(entries, ways)?,
+                TracedCache::paging_structure(entries, ways)?,
             ],
         })
     }
@@ -196,7 +224,7 @@ mod tests {
 
     #[test]
     fn traced_lookups_record_hits_and_misses() {
-        let c: TracedCache<Translation> = TracedCache::new(64, 4, |_| CacheId::Iotlb).unwrap();
+        let c: TracedCache<Translation> = TracedCache::new(64, 4, CacheId::Iotlb).unwrap();
         let tag = Tag::translation(1, None, 0x10, 0);
         let mut trace = Trace::new();
         assert!(c.lookup(&tag, &mut trace).is_none());

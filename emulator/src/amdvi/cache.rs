@@ -69,12 +69,11 @@ impl AmdViCaches {
             ways: e.ways,
         };
         Ok(Self {
-            dte: TracedCache::new(cfg.dte_cache_entries, cfg.ways, |_| CacheId::Context)
+            dte: TracedCache::new(cfg.dte_cache_entries, cfg.ways, CacheId::Context)
                 .map_err(err)?,
-            gcr3: TracedCache::new(cfg.gcr3_cache_entries, cfg.ways, |_| CacheId::Pasid)
+            gcr3: TracedCache::new(cfg.gcr3_cache_entries, cfg.ways, CacheId::Pasid)
                 .map_err(err)?,
-            iotlb: TracedCache::new(cfg.iotlb_entries, cfg.ways, |_| CacheId::Iotlb)
-                .map_err(err)?,
+            iotlb: TracedCache::new(cfg.iotlb_entries, cfg.ways, CacheId::Iotlb).map_err(err)?,
             pdc: PagingStructureCaches::new(cfg.pdc_entries, cfg.ways).map_err(err)?,
             nested_cached: AtomicBool::new(false),
         })

@@ -53,9 +53,9 @@ impl VtdCaches {
     /// Caches with the geometry of `cfg`.
     pub fn new(cfg: &VtdConfig) -> Result<Self, GeometryError> {
         Ok(Self {
-            context: TracedCache::new(cfg.context_cache_entries, cfg.ways, |_| CacheId::Context)?,
-            pasid: TracedCache::new(cfg.pasid_cache_entries, cfg.ways, |_| CacheId::Pasid)?,
-            iotlb: TracedCache::new(cfg.iotlb_entries, cfg.ways, |_| CacheId::Iotlb)?,
+            context: TracedCache::new(cfg.context_cache_entries, cfg.ways, CacheId::Context)?,
+            pasid: TracedCache::new(cfg.pasid_cache_entries, cfg.ways, CacheId::Pasid)?,
+            iotlb: TracedCache::new(cfg.iotlb_entries, cfg.ways, CacheId::Iotlb)?,
             psc: PagingStructureCaches::new(cfg.pwc_entries, cfg.ways)?,
         })
     }

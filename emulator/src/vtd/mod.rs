@@ -293,6 +293,9 @@ pub struct Vtd<M: PhysMem> {
     caches: VtdCaches,
     sink: EventSink,
     stats: VtdStats,
+    /// Legacy mode's second-stage walk configuration for each context-entry AW value, made
+    /// once (a context-cache hit then builds no configuration).
+    legacy_ss: [pagewalk::VtdSsConfig; 8],
 }
 
 impl<M: PhysMem> std::fmt::Debug for Vtd<M> {
@@ -328,6 +331,9 @@ impl<M: PhysMem> Vtd<M> {
             active: AtomicU64::new(0),
             regs: Mutex::new(RegFile::new(usize::from(cfg.nfr))),
             caches,
+            legacy_ss: core::array::from_fn(|aw| {
+                translate::ss_config_for(&cfg, aw as u8, false, false)
+            }),
             cfg,
             sink,
             stats: VtdStats::default(),

@@ -16,7 +16,7 @@ use pagewalk::{
 use super::cache::CTX_LEGACY_MARK;
 use super::fault::{FaultInfo, FaultReason};
 use super::layout::RtaddrReg;
-use super::regs::{TTM_LEGACY, TTM_SCALABLE};
+use super::regs::{TTM_LEGACY, TTM_SCALABLE, VtdConfig};
 use super::structs::{
     ContextEntry, EntryError, PasidDirEntry, PasidEntry, PasidSupport, Pgtt, RootEntry,
     ScalableContextEntry, ScalableRootHalf, TranslationType, legacy_context_fpd,
@@ -232,14 +232,7 @@ impl<M: PhysMem> Vtd<M> {
     }
 
     fn ss_config(&self, aw: u8, slade: bool, slee: bool) -> VtdSsConfig {
-        let levels = VtdSsConfig::levels_for_aw(aw).unwrap_or(4);
-        let mut c = VtdSsConfig::new(levels).with_haw(self.cfg.haw);
-        c.input_width = width_for_aw(self.cfg.mgaw, aw);
-        c.slade = slade;
-        c.slee = slee;
-        c.sp_2m = self.cfg.sl_2m;
-        c.sp_1g = self.cfg.sl_1g;
-        c
+        ss_config_for(&self.cfg, aw, slade, slee)
     }
 
     // ---------------------------------------------------------------- legacy mode (§3.4.2)
@@ -328,7 +321,7 @@ impl<M: PhysMem> Vtd<M> {
             did: ce.did,
             pasid_tag: None,
             stage: Stage::Second,
-            cfg: WalkConfig::VtdSecondStage(self.ss_config(ce.aw, false, false)),
+            cfg: WalkConfig::VtdSecondStage(self.legacy_ss[usize::from(ce.aw & 7)]),
             root: ce.slptptr,
             nested: None,
             vendor: VtdCtx { fpd, legacy: true },
@@ -736,4 +729,17 @@ fn nested_ss_fault(fs_levels: u8, access: PwAccess, f: &pagewalk::Fault) -> Faul
             PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
         },
     }
+}
+
+/// The second-stage walk configuration of a context or PASID entry with address width `aw`
+/// (and, scalable mode, SLADE and SLEE) on a unit configured as `cfg`.
+pub(super) fn ss_config_for(cfg: &VtdConfig, aw: u8, slade: bool, slee: bool) -> VtdSsConfig {
+    let levels = VtdSsConfig::levels_for_aw(aw).unwrap_or(4);
+    let mut c = VtdSsConfig::new(levels).with_haw(cfg.haw);
+    c.input_width = width_for_aw(cfg.mgaw, aw);
+    c.slade = slade;
+    c.slee = slee;
+    c.sp_2m = cfg.sl_2m;
+    c.sp_1g = cfg.sl_1g;
+    c
 }
