@@ -250,8 +250,8 @@ pub struct Cache<V: Value> {
     /// (capped at 63).
     fold_shifts: [u32; 3],
     ways: usize,
-    /// Words per entry: `HEADER + V::WORDS` rounded up to whole lines.
-    entry_words: usize,
+    /// Words per set: `ways` entries of `HEADER + V::WORDS` words.
+    set_words: usize,
     replacement: Replacement,
     full_ways: u64,
     /// The entry array, `origin` words in: the first word on a 64-byte boundary, so every set
@@ -338,9 +338,9 @@ impl<V: Value> Cache<V> {
         if V::WORDS == 0 || V::WORDS > MAX_VALUE_WORDS {
             return Err(ConfigError::ValueWords(V::WORDS));
         }
-        let entry_words = HEADER + V::WORDS;
+        let set_words = ways * (HEADER + V::WORDS);
         // Seven spare words, so the array can start on a line boundary wherever it lands.
-        let words = atomics(sets * ways * entry_words + 7);
+        let words = atomics(sets * set_words + 7);
         let seed = match replacement {
             Replacement::Random { seed } => seed,
             Replacement::PseudoLru => 0,
@@ -353,7 +353,7 @@ impl<V: Value> Cache<V> {
                 [k, (2 * k).min(63), (3 * k).min(63)]
             },
             ways,
-            entry_words,
+            set_words,
             replacement,
             full_ways: if ways == 64 {
                 u64::MAX
@@ -408,7 +408,7 @@ impl<V: Value> Cache<V> {
 
     #[inline]
     fn entry(&self, set: usize, way: usize) -> Entry<'_> {
-        let start = self.origin + (set * self.ways + way) * self.entry_words;
+        let start = self.origin + set * self.set_words + way * (HEADER + V::WORDS);
         Entry(&self.words[start..start + HEADER + V::WORDS])
     }
 
