@@ -387,6 +387,8 @@ fn side_by_side_vfio_bench() {
     let rounds = env_u64("GUEST_BENCH_ROUNDS", 5).max(1) as usize;
     let env = GuestEnv::provision();
     let models = ["vtd", "amdvi"];
+    // Extra daemon arguments to compare settings (`--request-poll-us 0`), space-separated.
+    let extra = std::env::var("GUEST_BENCH_DAEMON_ARGS").unwrap_or_default();
     // rates[0] is QEMU's, rates[1 + i] the daemon's on models[i]; one entry per round.
     let mut rates = vec![Vec::new(); 1 + models.len()];
     for round in 1..=rounds {
@@ -394,7 +396,9 @@ fn side_by_side_vfio_bench() {
         let mut line = format!("BENCH round {round}: qemu {qemu:.0}");
         rates[0].push(qemu);
         for (i, model) in models.iter().enumerate() {
-            let (_dev, front, d) = start_with(&env, &["--model", model]);
+            let mut args = vec!["--model", model];
+            args.extend(extra.split_whitespace());
+            let (_dev, front, d) = start_with(&env, &args);
             let ours = scenarios::vfio_bench(&env, &front, count, 1)[0];
             let stats = d.ctl(json!({"cmd": "stats"}));
             assert!(

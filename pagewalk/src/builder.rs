@@ -168,6 +168,9 @@ pub struct TableBuilder {
     /// counted by a scan when its count is needed. Empty under [`Reclaim::Covered`].
     live: PageMap<Live>,
     reclaim: Reclaim,
+    /// The page sizes the configuration offers, as [`TableBuilder::shift_bits`] returns them:
+    /// computed once, every map asks.
+    shift_bits: u64,
 }
 
 impl TableBuilder {
@@ -200,7 +203,9 @@ impl TableBuilder {
             root,
             live,
             reclaim: Reclaim::Empty,
-        })
+            shift_bits: 0,
+        }
+        .with_shift_bits())
     }
 
     /// The same builder with reclaim policy `reclaim`. Set it before the first map: counts
@@ -228,7 +233,9 @@ impl TableBuilder {
             root: root & ADDR,
             live: PageMap::default(),
             reclaim: Reclaim::Empty,
-        })
+            shift_bits: 0,
+        }
+        .with_shift_bits())
     }
 
     /// The root table address.
@@ -315,6 +322,16 @@ impl TableBuilder {
     /// [`TableBuilder::page_shifts`] as a bit set (bit `s`: pages of `1 << s` bytes), without
     /// allocating.
     fn shift_bits(&self) -> u64 {
+        self.shift_bits
+    }
+
+    /// The builder with its page-size set computed from the configuration.
+    fn with_shift_bits(mut self) -> Self {
+        self.shift_bits = self.compute_shift_bits();
+        self
+    }
+
+    fn compute_shift_bits(&self) -> u64 {
         let mut v = 0u64;
         for level in 1..=self.levels() {
             let own = lshift(level);

@@ -21,6 +21,7 @@
 
 // As in the VT-d driver: a fast hash over our own handles and topology ids.
 use rustc_hash::FxHashMap as HashMap;
+use smallvec::{SmallVec, smallvec};
 use std::sync::{Arc, Mutex};
 
 use pagewalk::{AmdV1Config, PageSizePolicy, PhysMem, Reclaim, TableBuilder, WalkConfig};
@@ -426,7 +427,8 @@ impl<M: PhysMem + Send + Sync + 'static> Driver for AmdViDriver<M> {
             .get_mut(&domain)
             .ok_or((0, HwError::NoDomain(domain)))?;
         let did = d.did;
-        let mut cmds = Vec::new();
+        // Inline for the common few (a single-page unmap needs one command).
+        let mut cmds: SmallVec<[_; 4]> = SmallVec::new();
         let mut done = 0;
         let mut failure = None;
         for m in mappings {
@@ -447,7 +449,7 @@ impl<M: PhysMem + Send + Sync + 'static> Driver for AmdViDriver<M> {
         // One wait for the request; one invalidation of the whole domain when the ranges need
         // too many.
         if cmds.len() > MAX_RANGES {
-            cmds = vec![encode::invalidate_domain(did, None)];
+            cmds = smallvec![encode::invalidate_domain(did, None)];
         }
         if !cmds.is_empty() {
             c.queue.submit(&*self.unit, &cmds).map_err(|e| (done, e))?;
