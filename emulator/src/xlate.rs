@@ -125,6 +125,7 @@ pub struct Engine<'a, M> {
 
 /// The bytes of a request of `len` at `addr` (zero counts as one) inside its page of
 /// 2^`shift` bytes.
+#[inline]
 pub fn covered_len(addr: u64, len: u64, shift: u8) -> u64 {
     let mask = (1u64 << shift.min(63)) - 1;
     let to_end = (addr | mask) - addr + 1;
@@ -186,6 +187,7 @@ impl WalkObserver for Obs<'_> {
 }
 
 /// Input address bits a tag may carry (first-stage addresses are sign-extended).
+#[inline]
 fn tag_input(cfg: &WalkConfig, addr: u64) -> u64 {
     let w = cfg.input_width();
     if w >= 64 {

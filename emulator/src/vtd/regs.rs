@@ -516,6 +516,7 @@ impl VtdConfig {
     }
 
     /// Whether an AW / SAGAW encoding (1 = 3-level, 2 = 4-level, 3 = 5-level) is supported.
+    #[inline]
     pub fn supports_aw(&self, aw: u8) -> bool {
         (1..=3).contains(&aw) && self.sagaw & (1 << aw) != 0
     }

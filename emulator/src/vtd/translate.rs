@@ -76,6 +76,7 @@ struct VtdVendor;
 
 /// The walker access for a request. An ATS translation request asks what the page allows: it
 /// walks as a read and returns the permissions found (§4.2.3).
+#[inline]
 fn pw_access(req: &DmaRequest, legacy: bool) -> PwAccess {
     let privileged = req.privileged;
     if req.at == AddressType::TranslationRequest {
@@ -119,6 +120,7 @@ const INTERRUPT_RANGE_FIRST: u64 = 0xfee0_0000;
 const INTERRUPT_RANGE_LAST: u64 = 0xfeef_ffff;
 
 /// The address width check: the input is above 2^X - 1, X = min(MGAW, AGAW of the entry).
+#[inline]
 fn width_for_aw(mgaw: u8, aw: u8) -> u8 {
     (30 + 9 * aw).min(mgaw)
 }

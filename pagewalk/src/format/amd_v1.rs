@@ -93,6 +93,7 @@ impl AmdV1Config {
         self
     }
 
+    #[inline]
     pub(crate) const fn input_width(&self) -> u8 {
         let w = level_shift(self.mode) as u32 + 9;
         if w > 64 { 64 } else { w as u8 }

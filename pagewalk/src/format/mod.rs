@@ -122,6 +122,7 @@ impl WalkConfig {
     }
 
     /// Where a walk from `root` starts.
+    #[inline]
     pub const fn root_start(&self, root: u64) -> crate::types::WalkStart {
         crate::types::WalkStart {
             level: self.levels(),
@@ -131,6 +132,7 @@ impl WalkConfig {
     }
 
     /// Number of input-address bits the tables translate.
+    #[inline]
     pub const fn input_width(&self) -> u8 {
         match self {
             WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => c.input_width(),
@@ -140,6 +142,7 @@ impl WalkConfig {
     }
 
     /// Whether `addr` lies within the translated input range (x86 formats: canonical).
+    #[inline]
     pub const fn input_in_range(&self, addr: u64) -> bool {
         let w = self.input_width();
         match self {

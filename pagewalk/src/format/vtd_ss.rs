@@ -115,6 +115,7 @@ impl VtdSsConfig {
         self
     }
 
+    #[inline]
     pub(crate) const fn input_width(&self) -> u8 {
         self.input_width
     }

@@ -113,6 +113,7 @@ impl X86Config {
         }
     }
 
+    #[inline]
     pub(crate) const fn input_width(&self) -> u8 {
         level_shift(self.levels) + 9
     }
@@ -199,6 +200,7 @@ impl X86Config {
     /// Access rights (VT-d §3.6.1, SDM §4.6): user requests need U/S=1 at every level; writes
     /// need R/W=1 at every level (supervisor writes only with WPE); execute needs XD=0 at every
     /// level and, for supervisor requests with SMEP semantics, a supervisor page.
+    #[inline]
     pub const fn permits(&self, perms: Perms, access: Access) -> bool {
         if !self.request_allowed(access) {
             return false;
