@@ -223,7 +223,9 @@ pub struct DomainInfo {
 /// Counters kept by the core.
 #[derive(Debug, Default)]
 struct Counters {
-    translations: AtomicU64,
+    /// Per-thread shards: every DMA counts here, and a shared counter would put a written
+    /// cache line on every translation of every thread.
+    translations: iotlb::ShardedCounter,
     faults: AtomicU64,
     faults_dropped: AtomicU64,
 }
@@ -722,7 +724,7 @@ impl Core {
         req: &DmaRequest,
         trace: &mut Trace,
     ) -> Result<Translation, Fault> {
-        self.counters.translations.fetch_add(1, Ordering::Relaxed);
+        self.counters.translations.incr();
         self.unit.translate(req, trace).map_err(|f| {
             self.driver.fault_serviced(&f);
             self.counters.faults.fetch_add(1, Ordering::Relaxed);
@@ -792,7 +794,7 @@ impl Core {
         CoreStats {
             domains,
             mappings,
-            translations: self.counters.translations.load(Ordering::Relaxed),
+            translations: self.counters.translations.get(),
             faults: self.counters.faults.load(Ordering::Relaxed),
             faults_dropped: self.counters.faults_dropped.load(Ordering::Relaxed),
             unit: self.unit.stats(),
