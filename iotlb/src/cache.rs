@@ -254,8 +254,7 @@ pub struct Cache<V: Value> {
     set_words: usize,
     replacement: Replacement,
     full_ways: u64,
-    /// The entry array, `origin` words in: the first word on a 64-byte boundary, so every set
-    /// block (a multiple of 8 words) starts on a line.
+    /// The entry array, `origin` words in: its first word on a 64-byte boundary.
     words: Box<[AtomicU64]>,
     origin: usize,
     ref_bits: Box<[AtomicU64]>,
@@ -548,6 +547,11 @@ impl<V: Value> Cache<V> {
             while candidates != 0 {
                 let way = w * 8 + (candidates.trailing_zeros() / 8) as usize;
                 candidates &= candidates - 1;
+                // Bytes past the set's ways are never written, so they stay zero and never
+                // match (a hint has its top bit set); the bound is kept anyway.
+                if way >= self.ways {
+                    break;
+                }
                 if let Some(v) = self.read_way(set, way, want0, want1, mask1, global) {
                     return Some(v);
                 }
@@ -593,13 +597,15 @@ impl<V: Value> Cache<V> {
         Some(V::decode(&buf[..V::WORDS]))
     }
 
-    /// Sets way `way`'s hint byte; the caller holds the way's lock, so only this thread writes
-    /// that byte (other ways' writers change theirs in the same word, hence the atomic updates).
+    /// Sets way `way`'s hint byte. The caller holds the way's lock, so only this thread writes
+    /// that byte, and the lock's acquire makes the byte the last holder wrote visible: one XOR
+    /// turns it into `hint` and leaves the other ways' bytes, which their own writers may be
+    /// changing, as they are.
     fn set_hint(&self, set: usize, way: usize, hint: u8) {
         let word = &self.hints[set * self.hint_words + way / 8];
         let shift = (way % 8) * 8;
-        word.fetch_and(!(0xff << shift), Ordering::Relaxed);
-        word.fetch_or(u64::from(hint) << shift, Ordering::Relaxed);
+        let old = (word.load(Ordering::Relaxed) >> shift) as u8;
+        word.fetch_xor(u64::from(old ^ hint) << shift, Ordering::Relaxed);
     }
 
     /// Stores `value` under `tag`, unless an invalidation that could cover `tag` began after
