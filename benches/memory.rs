@@ -17,11 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use iommu_emulator::{
-    AmdViConfig, AmdViDriver, Core, CoreConfig, Driver, EndpointSet, MapFlags, PrivateRegion,
-    SoftDriver, VtdConfig, VtdDriver, VtdMode,
-};
-use vhost_device_iommu::private_mem::PrivateMem;
+use iommu_emulator::{Core, CoreConfig, Driver, EndpointSet, MapFlags};
+use iommu_workspace::models::driver;
+use vhost_device_iommu::config::Model;
 
 /// The system allocator, counting the bytes live on the heap.
 struct Counting;
@@ -61,8 +59,6 @@ static ALLOC: Counting = Counting;
 const MAPPINGS: u64 = 1_000_000;
 const EP: u32 = 0x08;
 const BASE_IOVA: u64 = 0x1_0000_0000;
-/// Room for the tables of a million pages (about 2,000 table pages) and the queues.
-const PRIVATE: (u64, u64) = (1 << 40, 64 << 20);
 
 type Baseline = RwLock<BTreeMap<u64, (u64, u64, u32)>>;
 
@@ -73,21 +69,6 @@ fn baseline() -> Baseline {
         m.write().unwrap().insert(iova, (iova + 0xfff, i << 12, 3));
     }
     m
-}
-
-fn driver(name: &str) -> Arc<dyn Driver> {
-    let region = PrivateRegion {
-        base: PRIVATE.0,
-        size: PRIVATE.1,
-    };
-    let mem = || PrivateMem::new(PRIVATE.0, PRIVATE.1).unwrap();
-    match name {
-        "vtd" => Arc::new(
-            VtdDriver::with_unit(mem(), VtdConfig::default(), region, VtdMode::Legacy).unwrap(),
-        ),
-        "amdvi" => Arc::new(AmdViDriver::with_unit(mem(), AmdViConfig::default(), region).unwrap()),
-        _ => Arc::new(SoftDriver::new()),
-    }
 }
 
 /// A core over `hw` with one domain holding the million mappings.
@@ -127,8 +108,13 @@ fn bench(c: &mut Criterion) {
     let (heap, m) = heap_of(baseline);
     report("baseline_rwlock_btreemap", heap, 0);
     drop(m);
-    for name in ["soft", "vtd", "amdvi"] {
-        let hw = driver(name);
+    let models = [
+        ("soft", Model::Soft),
+        ("vtd", Model::Vtd),
+        ("amdvi", Model::Amdvi),
+    ];
+    for (name, model) in models {
+        let hw = driver(model);
         let (heap, core) = heap_of(|| ours(hw.clone()));
         let tables = hw.stats().private_pages_in_use * 4096;
         report(name, heap, tables);
@@ -140,8 +126,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("baseline_rwlock_btreemap", |b| {
         b.iter(|| black_box(baseline()))
     });
-    for name in ["soft", "vtd", "amdvi"] {
-        g.bench_function(name, |b| b.iter(|| black_box(ours(driver(name)))));
+    for (name, model) in models {
+        g.bench_function(name, |b| b.iter(|| black_box(ours(driver(model)))));
     }
     g.finish();
 }

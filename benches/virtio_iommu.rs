@@ -32,18 +32,15 @@ use std::hint::black_box;
 use std::sync::{Arc, RwLock};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iommu_emulator::{
-    AccessKind, AmdViConfig, AmdViDriver, Core, CoreConfig, DmaRequest, Driver, EndpointSet,
-    MapFlags, PrivateRegion, SoftDriver, VtdConfig, VtdDriver, VtdMode,
-};
+use iommu_emulator::{AccessKind, Core, CoreConfig, DmaRequest, Driver, EndpointSet, MapFlags};
+use iommu_workspace::models::driver;
+use vhost_device_iommu::config::Model;
 use vhost_device_iommu::device::{DEVICE_FEATURES, IommuDevice};
 use vhost_device_iommu::dma::EndpointIommu;
-use vhost_device_iommu::private_mem::PrivateMem;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory};
 
 const IOVAS: u64 = 512;
 const EP: u32 = 0x08;
-const PRIVATE: (u64, u64) = (1 << 40, 64 << 20);
 
 fn iova(i: u64) -> u64 {
     ((i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24) & ((1 << 39) - 1)) & !0xfff
@@ -78,35 +75,6 @@ fn device(hw: Arc<dyn Driver>) -> IommuDevice {
     let d = IommuDevice::new(core, 512).unwrap();
     d.set_acked_features(DEVICE_FEATURES);
     d
-}
-
-fn vtd() -> Arc<dyn Driver> {
-    Arc::new(
-        VtdDriver::with_unit(
-            PrivateMem::new(PRIVATE.0, PRIVATE.1).unwrap(),
-            VtdConfig::default(),
-            PrivateRegion {
-                base: PRIVATE.0,
-                size: PRIVATE.1,
-            },
-            VtdMode::Legacy,
-        )
-        .unwrap(),
-    )
-}
-
-fn amdvi() -> Arc<dyn Driver> {
-    Arc::new(
-        AmdViDriver::with_unit(
-            PrivateMem::new(PRIVATE.0, PRIVATE.1).unwrap(),
-            AmdViConfig::default(),
-            PrivateRegion {
-                base: PRIVATE.0,
-                size: PRIVATE.1,
-            },
-        )
-        .unwrap(),
-    )
 }
 
 fn process(d: &IommuDevice, req: &[u8]) -> u8 {
@@ -182,12 +150,9 @@ fn bench(c: &mut Criterion) {
     });
 
     for (name, hw) in [
-        (
-            "device_soft",
-            Arc::new(SoftDriver::new()) as Arc<dyn Driver>,
-        ),
-        ("device_vtd", vtd()),
-        ("device_amdvi", amdvi()),
+        ("device_soft", driver(Model::Soft)),
+        ("device_vtd", driver(Model::Vtd)),
+        ("device_amdvi", driver(Model::Amdvi)),
     ] {
         let d = device(hw);
         // The measured path is the successful one.
@@ -212,7 +177,7 @@ fn bench_dma(c: &mut Criterion) {
         endpoints: EndpointSet::from_ranges([0..=0xff]),
         ..CoreConfig::default()
     };
-    let core = Arc::new(Core::new(cfg, vtd()).unwrap());
+    let core = Arc::new(Core::new(cfg, driver(Model::Vtd)).unwrap());
     core.attach(1, EP, false).unwrap();
     let base = Baseline::default();
     for i in 0..IOVAS {
