@@ -457,32 +457,23 @@ impl<V: Value> Cache<V> {
         }
     }
 
-    /// Marks a way referenced after a hit. Writes only when the way's bit is clear, that is on
-    /// the first hit after an insert into the set cleared the bits: hits on a working set that
-    /// stays cached write no shared line.
+    /// Marks a way referenced: after a hit, or (`inserted`) after an insert.
+    ///
+    /// A hit writes only when the way's bit is clear, that is on the first hit after an insert
+    /// into the set cleared the bits: hits on a working set that stays cached write no shared
+    /// line. An insert that would mark every way clears the others instead, so the set always
+    /// has a cold way for the next victim.
     #[inline]
-    fn touch(&self, set: usize, way: usize) {
+    fn touch(&self, set: usize, way: usize, inserted: bool) {
         if self.replacement != Replacement::PseudoLru {
             return;
         }
         let bit = 1u64 << way;
         let bits = &self.ref_bits[set];
-        if bits.load(Ordering::Relaxed) & bit == 0 {
-            bits.fetch_or(bit, Ordering::Relaxed);
-        }
-    }
-
-    /// Marks a freshly inserted way referenced; when that would mark every way, the others
-    /// are cleared, so the set always has a cold way for the next victim.
-    fn touch_inserted(&self, set: usize, way: usize) {
-        if self.replacement != Replacement::PseudoLru {
-            return;
-        }
-        let bit = 1u64 << way;
-        let bits = &self.ref_bits[set];
-        if (bits.load(Ordering::Relaxed) | bit) == self.full_ways {
+        let m = bits.load(Ordering::Relaxed);
+        if inserted && (m | bit) == self.full_ways {
             bits.store(bit, Ordering::Relaxed);
-        } else {
+        } else if m & bit == 0 {
             bits.fetch_or(bit, Ordering::Relaxed);
         }
     }
@@ -593,7 +584,7 @@ impl<V: Value> Cache<V> {
         {
             return None;
         }
-        self.touch(set, way);
+        self.touch(set, way, false);
         Some(V::decode(&buf[..V::WORDS]))
     }
 
@@ -688,7 +679,7 @@ impl<V: Value> Cache<V> {
                 self.stats.add(Counter::Refused, 1);
                 return Ok(InsertOutcome::Refused(Refusal::Invalidated));
             }
-            self.touch_inserted(set, way);
+            self.touch(set, way, true);
             self.stats.add(Counter::Inserts, 1);
             return Ok(if displaced == Displaced::Live {
                 InsertOutcome::StoredEvicting

@@ -149,6 +149,52 @@ pub enum Reclaim {
     Covered,
 }
 
+/// Input address bits `config`'s tables translate.
+fn in_width(config: &WalkConfig) -> u32 {
+    let w = lshift(config.levels()) + 9;
+    match config {
+        WalkConfig::VtdSecondStage(c) => w.min(u32::from(c.input_width)),
+        _ => w.min(64),
+    }
+}
+
+/// [`TableBuilder::page_shifts`] as a bit set (bit `s`: pages of `1 << s` bytes).
+fn shift_bits(config: &WalkConfig) -> u64 {
+    let in_width = in_width(config);
+    let mut v = 0u64;
+    for level in 1..=config.levels() {
+        let own = lshift(level);
+        match config {
+            WalkConfig::VtdSecondStage(c) => {
+                let ok = match level {
+                    1 => true,
+                    2 => c.sp_2m,
+                    3 => c.sp_1g,
+                    _ => false,
+                };
+                if ok {
+                    v |= 1 << own;
+                }
+            }
+            WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
+                if level <= 2 || (level == 3 && c.ps_1g) {
+                    v |= 1 << own;
+                }
+            }
+            WalkConfig::AmdV1(_) => {
+                for s in own..own + 9 {
+                    if s <= 52 && s < in_width {
+                        v |= 1 << s;
+                    }
+                }
+            }
+        }
+    }
+    // Only sizes below the input width (4 KiB always).
+    let w = in_width.max(13);
+    if w < 64 { v & ((1u64 << w) - 1) } else { v }
+}
+
 /// Present-entry count of one table (entries that [`TableBuilder::parse`] does not call
 /// empty).
 #[derive(Debug, Clone, Copy)]
@@ -168,8 +214,8 @@ pub struct TableBuilder {
     /// counted by a scan when its count is needed. Empty under [`Reclaim::Covered`].
     live: PageMap<Live>,
     reclaim: Reclaim,
-    /// The page sizes the configuration offers, as [`TableBuilder::shift_bits`] returns them:
-    /// computed once, every map asks.
+    /// The page sizes the configuration offers ([`shift_bits`]): computed once, every map
+    /// asks.
     shift_bits: u64,
 }
 
@@ -203,9 +249,8 @@ impl TableBuilder {
             root,
             live,
             reclaim: Reclaim::Empty,
-            shift_bits: 0,
-        }
-        .with_shift_bits())
+            shift_bits: shift_bits(&config),
+        })
     }
 
     /// The same builder with reclaim policy `reclaim`. Set it before the first map: counts
@@ -233,9 +278,8 @@ impl TableBuilder {
             root: root & ADDR,
             live: PageMap::default(),
             reclaim: Reclaim::Empty,
-            shift_bits: 0,
-        }
-        .with_shift_bits())
+            shift_bits: shift_bits(&config),
+        })
     }
 
     /// The root table address.
@@ -261,11 +305,7 @@ impl TableBuilder {
 
     /// Width of the translated input range.
     fn in_width(&self) -> u32 {
-        let w = lshift(self.levels()) + 9;
-        match &self.config {
-            WalkConfig::VtdSecondStage(c) => w.min(u32::from(c.input_width)),
-            _ => w.min(64),
-        }
+        in_width(&self.config)
     }
 
     fn out_width(&self) -> u32 {
@@ -315,55 +355,8 @@ impl TableBuilder {
 
     /// Page sizes (log2, ascending) this builder can map in its format.
     pub fn page_shifts(&self) -> Vec<u8> {
-        let bits = self.shift_bits();
+        let bits = self.shift_bits;
         (12..64u8).filter(|s| bits >> s & 1 != 0).collect()
-    }
-
-    /// [`TableBuilder::page_shifts`] as a bit set (bit `s`: pages of `1 << s` bytes), without
-    /// allocating.
-    fn shift_bits(&self) -> u64 {
-        self.shift_bits
-    }
-
-    /// The builder with its page-size set computed from the configuration.
-    fn with_shift_bits(mut self) -> Self {
-        self.shift_bits = self.compute_shift_bits();
-        self
-    }
-
-    fn compute_shift_bits(&self) -> u64 {
-        let mut v = 0u64;
-        for level in 1..=self.levels() {
-            let own = lshift(level);
-            match &self.config {
-                WalkConfig::VtdSecondStage(c) => {
-                    let ok = match level {
-                        1 => true,
-                        2 => c.sp_2m,
-                        3 => c.sp_1g,
-                        _ => false,
-                    };
-                    if ok {
-                        v |= 1 << own;
-                    }
-                }
-                WalkConfig::VtdFirstStage(c) | WalkConfig::AmdV2(c) => {
-                    if level <= 2 || (level == 3 && c.ps_1g) {
-                        v |= 1 << own;
-                    }
-                }
-                WalkConfig::AmdV1(_) => {
-                    for s in own..own + 9 {
-                        if s <= 52 && s < self.in_width() {
-                            v |= 1 << s;
-                        }
-                    }
-                }
-            }
-        }
-        // Only sizes below the input width (4 KiB always).
-        let w = self.in_width().max(13);
-        if w < 64 { v & ((1u64 << w) - 1) } else { v }
     }
 
     /// Level at which a page of `1 << shift` bytes sits.
@@ -430,7 +423,7 @@ impl TableBuilder {
         policy: PageSizePolicy,
     ) -> Result<(), BuildError> {
         let (start, end, perms) = self.check_map(iova, phys, len, perms, policy)?;
-        let bits = self.shift_bits();
+        let bits = self.shift_bits;
         // Refuse overlaps before writing anything. A single 4 KiB page (the DMA API's map) is
         // checked by one descent; anything else, or a page the descent cannot clear, by a
         // scan (which also reports what overlaps).
@@ -543,7 +536,7 @@ impl TableBuilder {
             return Err(BuildError::OutOfRange { iova, len });
         }
         let perms = self.effective_perms(perms)?;
-        let bits = self.shift_bits();
+        let bits = self.shift_bits;
         match policy {
             PageSizePolicy::Fixed(s) => {
                 if s >= 64 || bits >> s & 1 == 0 {
@@ -1130,7 +1123,7 @@ mod tests {
     use super::*;
     use crate::format::{AmdV1Config, VtdSsConfig, X86Config};
     use crate::mem::SparseMem;
-    use crate::types::{Access, level_index};
+    use crate::types::{Access, Fault, Translation, level_index};
     use crate::walk::walk;
 
     fn setup(config: WalkConfig) -> (SparseMem, BumpAllocator, TableBuilder) {
@@ -1153,49 +1146,47 @@ mod tests {
         table + level_index(level, iova) * 8
     }
 
-    #[test]
-    fn covered_reclaim_keeps_emptied_tables_until_an_unmap_covers_them() {
+    /// A `Covered` builder over 4-level second-stage tables with one 4 KiB page mapped at
+    /// `0x40_0000_0000` (to `0x7000`) and unmapped again: its page table is left, empty.
+    fn covered_with_an_emptied_table() -> (SparseMem, BumpAllocator, TableBuilder) {
         let (mem, mut alloc, b) = setup(ss4());
         let mut b = b.with_reclaim(Reclaim::Covered);
-        let map = |b: &mut TableBuilder, alloc: &mut BumpAllocator, iova: u64| {
-            b.map(
-                &mem,
-                alloc,
-                iova,
-                0x7000,
-                0x1000,
-                Perms::RW,
-                PageSizePolicy::Fixed(12),
-            )
-        };
-        map(&mut b, &mut alloc, 0x40_0000_0000).unwrap();
+        map_4k(&mut b, &mem, &mut alloc, 0x40_0000_0000);
         assert_eq!(alloc.in_use(), 4);
         b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x1000).unwrap();
-        // The page table the unmap emptied is still linked: the walk faults at the leaf.
         assert_eq!(alloc.in_use(), 4);
-        let f = walk(
-            &ss4(),
-            &mem,
-            b.root(),
-            0x40_0000_0000,
-            Access::READ,
-            &mut (),
-        )
-        .unwrap_err();
-        assert_eq!((f.kind, f.level), (crate::types::FaultKind::NotPresent, 1));
-        // The next map in the same 2 MiB reuses it.
-        map(&mut b, &mut alloc, 0x40_0000_5000).unwrap();
-        assert_eq!(alloc.in_use(), 4);
-        let t = walk(
-            &ss4(),
-            &mem,
-            b.root(),
-            0x40_0000_5008,
-            Access::READ,
-            &mut (),
+        (mem, alloc, b)
+    }
+
+    /// Maps the 4 KiB page at `iova` to `0x7000`, read-write.
+    fn map_4k(b: &mut TableBuilder, mem: &SparseMem, alloc: &mut BumpAllocator, iova: u64) {
+        b.map(
+            mem,
+            alloc,
+            iova,
+            0x7000,
+            0x1000,
+            Perms::RW,
+            PageSizePolicy::Fixed(12),
         )
         .unwrap();
-        assert_eq!(t.output, 0x7008);
+    }
+
+    /// A read walk of `b`'s second-stage tables.
+    fn read(b: &TableBuilder, mem: &SparseMem, iova: u64) -> Result<Translation, Fault> {
+        walk(&ss4(), mem, b.root(), iova, Access::READ, &mut ())
+    }
+
+    #[test]
+    fn covered_reclaim_keeps_emptied_tables_until_an_unmap_covers_them() {
+        let (mem, mut alloc, mut b) = covered_with_an_emptied_table();
+        // The page table the unmap emptied is still linked: the walk faults at the leaf.
+        let f = read(&b, &mem, 0x40_0000_0000).unwrap_err();
+        assert_eq!((f.kind, f.level), (crate::types::FaultKind::NotPresent, 1));
+        // The next map in the same 2 MiB reuses it.
+        map_4k(&mut b, &mem, &mut alloc, 0x40_0000_5000);
+        assert_eq!(alloc.in_use(), 4);
+        assert_eq!(read(&b, &mem, 0x40_0000_5008).unwrap().output, 0x7008);
         // An unmap covering the page table's 2 MiB frees it; one covering the 1 GiB of the
         // page directory frees that too.
         b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x20_0000)
@@ -1210,64 +1201,29 @@ mod tests {
 
     #[test]
     fn a_large_page_over_a_table_left_empty_frees_it() {
-        let (mem, mut alloc, b) = setup(ss4());
-        let mut b = b.with_reclaim(Reclaim::Covered);
-        b.map(
-            &mem,
-            &mut alloc,
-            0x40_0000_0000,
-            0x7000,
-            0x1000,
-            Perms::RW,
-            PageSizePolicy::Fixed(12),
-        )
-        .unwrap();
-        b.unmap(&mem, &mut alloc, 0x40_0000_0000, 0x1000).unwrap();
-        assert_eq!(alloc.in_use(), 4);
+        let (mem, mut alloc, mut b) = covered_with_an_emptied_table();
+        let map_2m = |b: &mut TableBuilder, alloc: &mut BumpAllocator, len: u64| {
+            b.map(
+                &mem,
+                alloc,
+                0x40_0000_0000,
+                0x4000_0000,
+                len,
+                Perms::RW,
+                PageSizePolicy::Fixed(21),
+            )
+        };
         // A failed map (the allocator cannot give the page directory of the second GiB) puts
         // the page table's entry back.
         let mut tight = BumpAllocator::new(0x300_0000, 0x300_0000);
-        let r = b.map(
-            &mem,
-            &mut tight,
-            0x40_0000_0000,
-            0x4000_0000,
-            0x4020_0000,
-            Perms::RW,
-            PageSizePolicy::Fixed(21),
-        );
+        let r = map_2m(&mut b, &mut tight, 0x4020_0000);
         assert_eq!(r, Err(BuildError::AllocatorExhausted));
         assert_eq!(alloc.in_use(), 4);
-        let f = walk(
-            &ss4(),
-            &mem,
-            b.root(),
-            0x40_0000_0000,
-            Access::READ,
-            &mut (),
-        )
-        .unwrap_err();
+        let f = read(&b, &mem, 0x40_0000_0000).unwrap_err();
         assert_eq!(f.level, 1, "the page table is linked again");
-        b.map(
-            &mem,
-            &mut alloc,
-            0x40_0000_0000,
-            0x4000_0000,
-            0x20_0000,
-            Perms::RW,
-            PageSizePolicy::Fixed(21),
-        )
-        .unwrap();
+        map_2m(&mut b, &mut alloc, 0x20_0000).unwrap();
         assert_eq!(alloc.in_use(), 3, "the replaced page table was freed");
-        let t = walk(
-            &ss4(),
-            &mem,
-            b.root(),
-            0x40_0001_2345,
-            Access::READ,
-            &mut (),
-        )
-        .unwrap();
+        let t = read(&b, &mem, 0x40_0001_2345).unwrap();
         assert_eq!((t.output, t.page_shift), (0x4001_2345, 21));
         b.destroy(&mem, &mut alloc).unwrap();
         assert_eq!(alloc.in_use(), 0);

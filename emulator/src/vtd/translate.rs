@@ -233,10 +233,6 @@ impl<M: PhysMem> Vtd<M> {
         }
     }
 
-    fn ss_config(&self, aw: u8, slade: bool, slee: bool) -> VtdSsConfig {
-        ss_config_for(&self.cfg, aw, slade, slee)
-    }
-
     // ---------------------------------------------------------------- legacy mode (§3.4.2)
 
     fn legacy_context(
@@ -531,7 +527,7 @@ impl<M: PhysMem> Vtd<M> {
                 vendor: VtdCtx { fpd, legacy: false },
             })
         };
-        let ss = || WalkConfig::VtdSecondStage(self.ss_config(pe.aw, pe.ssade, pe.ssee));
+        let ss = || WalkConfig::VtdSecondStage(ss_config_for(&self.cfg, pe.aw, pe.ssade, pe.ssee));
         match pe.pgtt {
             Pgtt::PassThrough => Ok(None),
             Pgtt::SecondStage => {
