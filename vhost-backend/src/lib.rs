@@ -52,6 +52,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod dma;
+pub mod endpoint;
 #[cfg(any(test, feature = "fuzz-support"))]
 pub mod fuzz_support;
 pub mod private_mem;
