@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use iommu_emulator::core::{CoreConfig, EndpointSet, ResvRegion};
 
+use crate::endpoint::EndpointSpec;
 use crate::viot::{EndpointRange, PciBdf, Topology};
 
 /// The VIOT topology for endpoints `ranges` (segment 0) behind the IOMMU at `iommu`: the ranges
@@ -250,6 +251,12 @@ pub struct Args {
     /// it is left out of the endpoint ranges.
     #[arg(long)]
     pub iommu_bdf: Option<String>,
+
+    /// Serve an endpoint device over vfio-user whose every DMA the IOMMU translates:
+    /// `dma@BB:DD.F,socket=PATH` (the DMA engine, at the PCI address QEMU gives it with
+    /// `vfio-user-pci`; its requester id must be one of --endpoints). Repeatable.
+    #[arg(long = "endpoint", value_name = "KIND@BDF,socket=PATH")]
+    pub endpoint_devices: Vec<String>,
 }
 
 /// The validated daemon configuration.
@@ -273,6 +280,8 @@ pub struct DaemonConfig {
     pub probe_size: u32,
     /// How long the request queue is polled after it runs dry.
     pub request_poll: std::time::Duration,
+    /// The endpoint devices served over vfio-user.
+    pub endpoint_devices: Vec<EndpointSpec>,
 }
 
 impl DaemonConfig {
@@ -297,6 +306,40 @@ fn parse_u64(s: &str) -> Result<u64, ConfigError> {
         None => t.parse(),
     };
     r.map_err(|_| ConfigError::Number(s.to_string()))
+}
+
+/// Parses the `--endpoint` options: each behind the IOMMU (among `ranges`), none at the
+/// IOMMU's own address, no address or socket twice.
+fn endpoint_devices(
+    specs: &[String],
+    ranges: &[RangeInclusive<u32>],
+    iommu_bdf: Option<&str>,
+) -> Result<Vec<EndpointSpec>, ConfigError> {
+    let iommu = iommu_bdf.map(parse_endpoint).transpose()?;
+    let mut out: Vec<EndpointSpec> = Vec::new();
+    for s in specs {
+        let e: EndpointSpec = s
+            .parse()
+            .map_err(|e: crate::endpoint::EndpointSpecError| ConfigError::Invalid(e.to_string()))?;
+        let rid = u32::from(e.bdf.rid());
+        let bad = |why: &str| Err(ConfigError::Invalid(format!("--endpoint {s}: {why}")));
+        if !ranges.iter().any(|r| r.contains(&rid)) {
+            return bad(
+                "its requester id is not among --endpoints, so no DMA of it would be translated",
+            );
+        }
+        if iommu == Some(rid) {
+            return bad("it is the virtio-iommu's own address");
+        }
+        if out.iter().any(|o| o.bdf == e.bdf) {
+            return bad("another --endpoint has that address");
+        }
+        if out.iter().any(|o| o.socket == e.socket) {
+            return bad("another --endpoint has that socket");
+        }
+        out.push(e);
+    }
+    Ok(out)
 }
 
 /// Parses an endpoint id: a number, or a PCI address of segment 0 (`BB:DD.F` as lspci prints
@@ -407,6 +450,8 @@ impl TryFrom<Args> for DaemonConfig {
             }
             _ => None,
         };
+        let endpoint_devices =
+            endpoint_devices(&a.endpoint_devices, &ranges, a.iommu_bdf.as_deref())?;
         let input_end = if a.input_bits == 64 {
             u64::MAX
         } else {
@@ -421,6 +466,7 @@ impl TryFrom<Args> for DaemonConfig {
             request_poll: std::time::Duration::from_micros(a.request_poll_us),
             private_region: (private_base, private_size),
             viot,
+            endpoint_devices,
             core: CoreConfig {
                 page_size_mask,
                 input_range: (0, input_end),
@@ -648,11 +694,57 @@ mod tests {
                 "below 2^phys-bits",
             ),
             (&["--private-mib", "0"][..], "--private-mib"),
+            (&["--endpoint", "dma@04.0"][..], "no socket"),
+            (
+                &[
+                    "--endpoints",
+                    "0-0x1f",
+                    "--endpoint",
+                    "dma@04.0,socket=/tmp/e",
+                ][..],
+                "not among --endpoints",
+            ),
+            (
+                &[
+                    "--iommu-bdf",
+                    "00:04.0",
+                    "--endpoint",
+                    "dma@04.0,socket=/tmp/e",
+                ][..],
+                "own address",
+            ),
+            (
+                &[
+                    "--endpoint",
+                    "dma@04.0,socket=/tmp/e",
+                    "--endpoint",
+                    "dma@00:04.0,socket=/tmp/f",
+                ][..],
+                "that address",
+            ),
+            (
+                &[
+                    "--endpoint",
+                    "dma@04.0,socket=/tmp/e",
+                    "--endpoint",
+                    "dma@05.0,socket=/tmp/e",
+                ][..],
+                "that socket",
+            ),
         ] {
             let e = parse(args).unwrap_err();
             assert!(e.contains(msg), "{args:?}: {e}");
         }
         assert!(parse(&["--probe-size", "8", "--no-msi-window"]).is_ok());
+        let c = parse(&[
+            "--endpoint",
+            "dma@04.0,socket=/tmp/e",
+            "--endpoint",
+            "dma@05.1,socket=/tmp/f",
+        ])
+        .unwrap();
+        let rids: Vec<u16> = c.endpoint_devices.iter().map(|e| e.bdf.rid()).collect();
+        assert_eq!(rids, [0x20, 0x29]);
         // --socket-path is optional to the parser (the `viot` subcommand needs none) but
         // required to serve.
         let args = Args::try_parse_from(["vhost-device-iommu"]).unwrap();

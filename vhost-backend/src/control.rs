@@ -19,7 +19,14 @@
 //!   "hw_domain":1,"hw_domain_id":2,"endpoints":[8],"mappings":[{"virt_start":..,"virt_end":..,
 //!   "phys_start":..,"flags":"rw"}]}]}`.
 //! - `{"cmd":"stats"}` — request counts by type and status, core counters, the unit's counters
-//!   with each cache's statistics (`hardware.caches.iotlb.hits`, ...) and the driver's.
+//!   with each cache's statistics (`hardware.caches.iotlb.hits`, ...) and the driver's, and
+//!   each endpoint device's counters (`endpoints[i].descriptors`, `bytes`, `faults`, ...).
+//! - `{"cmd":"endpoints"}` — the endpoint devices (`--endpoint`): address, requester id,
+//!   socket, counters (`connections`, `doorbells`, `descriptors`, `bytes`, `errors`,
+//!   `translations`, `faults`, `not_ram`, `interrupts`), the last error
+//!   (`{"code":3,"name":"dst_fault","iova":..}`), and `last_batch`: the translations the
+//!   IOMMU made for the last doorbell, `{"iova":..,"phys":..,"len":..,"page_shift":12,
+//!   "access":"write","pasid":null}` (`phys` null where it faulted).
 //!
 //! Bad input gets `{"ok":false,"error":"..."}`; lines longer than [`MAX_LINE`] close the
 //! connection.
@@ -38,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::device::IommuDevice;
+use crate::endpoint::server::EndpointHandle;
 
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -73,6 +81,8 @@ pub enum Command {
     Domains {},
     /// Counters.
     Stats {},
+    /// The endpoint devices, with the translations of each one's last batch.
+    Endpoints {},
 }
 
 /// The access kind of a `translate` command.
@@ -226,8 +236,49 @@ fn site_json(s: FaultSite) -> Value {
     }
 }
 
-/// Answers one request line.
+/// Answers one request line (for a daemon without endpoint devices).
 pub fn handle_line(device: &IommuDevice, line: &str) -> Value {
+    handle_line_with(device, &[], line)
+}
+
+fn endpoint_json(e: &EndpointHandle, recent: bool) -> Value {
+    let s = &e.stats;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let last_error = s
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map(|(code, addr)| json!({"code": code as u8, "name": code.name(), "iova": addr}));
+    let mut v = json!({
+        "bdf": e.spec.bdf.to_string(), "endpoint": e.spec.bdf.rid(), "kind": "dma",
+        "socket": e.spec.socket.display().to_string(),
+        "connections": n(&s.connections), "doorbells": n(&s.doorbells),
+        "descriptors": n(&s.descriptors), "bytes": n(&s.bytes), "errors": n(&s.errors),
+        "translations": n(&s.translations), "faults": n(&s.faults), "not_ram": n(&s.not_ram),
+        "interrupts": n(&s.interrupts), "last_error": last_error,
+    });
+    if recent {
+        let list: Vec<Value> = s
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|t| {
+                json!({"iova": t.iova, "phys": t.phys, "len": t.len, "page_shift": t.page_shift,
+                       "access": if t.write { "write" } else { "read" }, "pasid": t.pasid})
+            })
+            .collect();
+        v["last_batch"] = Value::Array(list);
+    }
+    v
+}
+
+/// Answers one request line, with `endpoints` the endpoint devices the daemon serves.
+pub fn handle_line_with(
+    device: &IommuDevice,
+    endpoints: &[Arc<EndpointHandle>],
+    line: &str,
+) -> Value {
     let cmd: Command = match serde_json::from_str(line) {
         Ok(c) => c,
         Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
@@ -349,12 +400,21 @@ pub fn handle_line(device: &IommuDevice, line: &str) -> Value {
                     "mode": s.driver.mode,
                 },
                 "model": core.hardware_name(),
+                "endpoints": endpoints.iter().map(|e| endpoint_json(e, false)).collect::<Vec<_>>(),
             })
+        }
+        Command::Endpoints {} => {
+            json!({"ok": true,
+                   "endpoints": endpoints.iter().map(|e| endpoint_json(e, true)).collect::<Vec<_>>()})
         }
     }
 }
 
-fn serve_connection(device: &IommuDevice, stream: UnixStream) -> std::io::Result<()> {
+fn serve_connection(
+    device: &IommuDevice,
+    endpoints: &[Arc<EndpointHandle>],
+    stream: UnixStream,
+) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
@@ -375,7 +435,7 @@ fn serve_connection(device: &IommuDevice, stream: UnixStream) -> std::io::Result
         if text.is_empty() {
             continue;
         }
-        let answer = handle_line(device, text);
+        let answer = handle_line_with(device, endpoints, text);
         writeln!(out, "{answer}")?;
     }
 }
@@ -385,6 +445,7 @@ use std::io::Read as _;
 /// Binds `path` (replacing a stale socket file) and serves connections on a background thread.
 pub fn spawn(
     device: Arc<IommuDevice>,
+    endpoints: Vec<Arc<EndpointHandle>>,
     path: &Path,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     if path.exists() {
@@ -392,6 +453,7 @@ pub fn spawn(
     }
     let listener = UnixListener::bind(path)?;
     let active = Arc::new(AtomicUsize::new(0));
+    let endpoints: Arc<[Arc<EndpointHandle>]> = endpoints.into();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -408,11 +470,12 @@ pub fn spawn(
                     continue;
                 }
                 active.fetch_add(1, Ordering::AcqRel);
-                let (device, active) = (device.clone(), active.clone());
+                let (device, active, endpoints) =
+                    (device.clone(), active.clone(), endpoints.clone());
                 let spawned = std::thread::Builder::new()
                     .name("control-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve_connection(&device, stream) {
+                        if let Err(e) = serve_connection(&device, &endpoints, stream) {
                             log::debug!("control connection: {e}");
                         }
                         active.fetch_sub(1, Ordering::AcqRel);
@@ -726,7 +789,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("viommu-ctl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ctl.sock");
-        spawn(d, &path).unwrap();
+        spawn(d, Vec::new(), &path).unwrap();
         let mut s = UnixStream::connect(&path).unwrap();
         writeln!(s, r#"{{"cmd":"stats"}}"#).unwrap();
         writeln!(s).unwrap();

@@ -1,5 +1,6 @@
 //! The daemon: builds the model, the core and the device from a [`DaemonConfig`], serves the
-//! control socket, and serves one vhost-user front end after another on the socket.
+//! control socket and the endpoint devices (vfio-user), and serves one vhost-user front end
+//! after another on the socket.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
 use crate::config::{DaemonConfig, Model, VtdModeArg};
 use crate::device::{DeviceError, IommuDevice};
+use crate::endpoint::DmaTranslator;
 use crate::private_mem::{PrivateMem, PrivateMemError, SystemMem};
 
 /// Errors that stop the daemon.
@@ -44,6 +46,9 @@ pub enum DaemonError {
     /// vhost-user failure.
     #[error("vhost-user: {0}")]
     VhostUser(vhost_user_backend::Error),
+    /// An endpoint device could not be served.
+    #[error("cannot serve --endpoint {0}: {1}")]
+    Endpoint(String, vfio_user::Error),
     /// The fault event could not be registered with the worker.
     #[error("cannot register the fault event: {0}")]
     Register(std::io::Error),
@@ -110,8 +115,21 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     // contents on each memory-table change, and the model reads guest RAM through it.
     let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let device = build_device(&cfg, &ram)?;
+    let mut endpoints = Vec::new();
+    for spec in &cfg.endpoint_devices {
+        let iommu: Arc<dyn DmaTranslator> = device.core().clone();
+        let e = crate::endpoint::server::spawn(spec.clone(), iommu).map_err(|e| {
+            DaemonError::Endpoint(format!("{} at {}", spec.bdf, spec.socket.display()), e)
+        })?;
+        log::info!(
+            "endpoint {} (DMA engine) served over vfio-user at {}",
+            spec.bdf,
+            spec.socket.display()
+        );
+        endpoints.push(e);
+    }
     if let Some(path) = &cfg.control_socket {
-        crate::control::spawn(device.clone(), path).map_err(DaemonError::Control)?;
+        crate::control::spawn(device.clone(), endpoints, path).map_err(DaemonError::Control)?;
         log::info!("control socket at {}", path.display());
     }
     let backend = Arc::new(IommuBackend::new(device.clone())?);
