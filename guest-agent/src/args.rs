@@ -8,10 +8,14 @@
 //! guest-agent vfio-map <BDF> [--iova A] [--pages N] [--hold-ms MS] [--wait-stdin] [--keep]
 //!                            [--huge]
 //! guest-agent vfio-bench <BDF> [--count N] [--iova A] [--pages N] [--huge]
+//! guest-agent dma-engine <BDF> [--iova A] [--pages N] [--count K] [--wait-stdin]
+//!                              (drive the DMA engine: copy/compare batches, faults, and K
+//!                              one-page copies timed; pages 1..=512, default 4; K default 0)
 //! guest-agent acpi-table <SIG>                          (hex dump of an ACPI table, e.g. VIOT)
 //! guest-agent virtio-iommu                              (bound virtio-iommu devices, features)
 //! ```
 
+use crate::dma_engine::UNMAPPED_OFFSET;
 use crate::report::parse_u64;
 use crate::{AgentError, Result};
 use iommu_emulator::PciBdf;
@@ -21,8 +25,13 @@ use iommu_emulator::PciBdf;
 pub const DEFAULT_IOVA: u64 = 0x10_0000;
 /// The most pages one mapping may span (4 MiB of 4 KiB pages).
 pub const MAX_PAGES: u64 = 1024;
-/// The most iterations of `vfio-bench`.
+/// The most iterations of `vfio-bench` and `dma-engine --count`.
 pub const MAX_COUNT: u64 = 100_000_000;
+/// The default `dma-engine --pages`: pages in each of its source and destination buffers.
+pub const DMA_DEFAULT_PAGES: u64 = 4;
+/// The most `dma-engine --pages`: source and destination together span at most
+/// [`MAX_PAGES`].
+pub const DMA_MAX_PAGES: u64 = MAX_PAGES / 2;
 
 /// One parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +68,23 @@ pub enum Command {
         /// Map/unmap pairs.
         count: u64,
     },
+    /// Drive the DMA engine device through VFIO.
+    DmaEngine(DmaArgs),
+}
+
+/// Arguments of `dma-engine`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmaArgs {
+    /// The device, bound to `vfio-pci`.
+    pub bdf: PciBdf,
+    /// The IOVA of the descriptor page; the source and destination buffers follow it.
+    pub iova: u64,
+    /// Pages in each of the source and destination buffers.
+    pub pages: u64,
+    /// One-page copies to time after the checks (0: none).
+    pub count: u64,
+    /// Read a line from standard input after the fault batch.
+    pub wait_stdin: bool,
 }
 
 /// Arguments shared by `vfio-map` and `vfio-bench`.
@@ -184,6 +210,38 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 Ok(Command::VfioMap(m))
             }
         }
+        "dma-engine" => {
+            let mut d = DmaArgs {
+                bdf: bdf_arg(rest.first())?,
+                iova: DEFAULT_IOVA,
+                pages: DMA_DEFAULT_PAGES,
+                count: 0,
+                wait_stdin: false,
+            };
+            let mut it = rest[1..].iter();
+            while let Some(opt) = it.next() {
+                match opt.as_str() {
+                    "--iova" => d.iova = number(opt, it.next())?,
+                    "--pages" => d.pages = number(opt, it.next())?,
+                    "--count" => d.count = number(opt, it.next())?,
+                    "--wait-stdin" => d.wait_stdin = true,
+                    _ => return Err(usage(format!("{cmd}: unknown option {opt:?}"))),
+                }
+            }
+            if d.pages == 0 || d.pages > DMA_MAX_PAGES {
+                return Err(usage(format!("--pages must be 1..={DMA_MAX_PAGES}")));
+            }
+            if d.count > MAX_COUNT {
+                return Err(usage(format!("--count must be 0..={MAX_COUNT}")));
+            }
+            if d.iova.checked_add(UNMAPPED_OFFSET).is_none() {
+                return Err(usage(format!(
+                    "--iova {:#x} leaves no room for the unmapped IOVA {UNMAPPED_OFFSET:#x} above it",
+                    d.iova
+                )));
+            }
+            Ok(Command::DmaEngine(d))
+        }
         other => Err(usage(format!("unknown command {other:?}"))),
     }
 }
@@ -247,6 +305,51 @@ mod tests {
             p("vfio-map 00:03.0 --count 5").is_err(),
             "bench-only option"
         );
+    }
+
+    #[test]
+    fn dma_engine_defaults_and_options() {
+        assert_eq!(
+            p("dma-engine 00:04.0").unwrap(),
+            Command::DmaEngine(DmaArgs {
+                bdf: "0000:00:04.0".parse().unwrap(),
+                iova: DEFAULT_IOVA,
+                pages: 4,
+                count: 0,
+                wait_stdin: false,
+            })
+        );
+        assert_eq!(
+            p("dma-engine 0000:00:05.0 --wait-stdin --count 1000 --pages 512 --iova 0x400000")
+                .unwrap(),
+            Command::DmaEngine(DmaArgs {
+                bdf: "00:05.0".parse().unwrap(),
+                iova: 0x40_0000,
+                pages: 512,
+                count: 1000,
+                wait_stdin: true,
+            })
+        );
+        assert!(matches!(
+            p("dma-engine 00:04.0 --pages 1"),
+            Ok(Command::DmaEngine(DmaArgs { pages: 1, .. }))
+        ));
+        for s in [
+            "dma-engine",
+            "dma-engine 00:04.0 --pages 0",
+            "dma-engine 00:04.0 --pages 513",
+            "dma-engine 00:04.0 --count",
+            "dma-engine 00:04.0 --count 100000001",
+            "dma-engine 00:04.0 --iova 0xfffffffff0000000",
+            "dma-engine 00:04.0 --huge",
+            "dma-engine 00:04.0 --hold-ms 5",
+            "dma-engine --pages 4",
+        ] {
+            assert!(
+                matches!(p(s), Err(AgentError::Usage(_) | AgentError::BadBdf(_))),
+                "{s:?} parsed"
+            );
+        }
     }
 
     #[test]

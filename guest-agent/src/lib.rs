@@ -1,6 +1,7 @@
 //! The guest agent: a small, statically linked program that runs inside the test guest's
 //! initramfs. It binds PCI devices to `vfio-pci`, drives the VFIO type1 container API
-//! (`MAP_DMA` / `UNMAP_DMA`), reads guest-physical addresses from `/proc/self/pagemap`, and
+//! (`MAP_DMA` / `UNMAP_DMA`) and the DMA engine device through its VFIO device file
+//! ([`dma_engine`]), reads guest-physical addresses from `/proc/self/pagemap`, and
 //! prints one machine-readable line per result (see [`report`]) on the serial console, where
 //! the host-side tests parse it.
 //!
@@ -8,6 +9,7 @@
 //! --target x86_64-unknown-linux-gnu`; it depends on `libc` only at run time.
 
 pub mod args;
+pub mod dma_engine;
 pub mod pagemap;
 pub mod report;
 #[cfg(target_os = "linux")]
@@ -44,6 +46,9 @@ pub enum AgentError {
     /// Sysfs did not hold what was expected.
     #[error("sysfs: {0}")]
     Sysfs(String),
+    /// The DMA engine device answered something the agent did not expect.
+    #[error("dma engine: {0}")]
+    Engine(String),
 }
 
 impl AgentError {

@@ -1,10 +1,18 @@
 //! Carries out one parsed command on the running system.
 
-use guest_agent::args::{Command, MapArgs};
+use guest_agent::args::{Command, DmaArgs, MapArgs};
+use guest_agent::dma_engine::{
+    self as dma, CONTROL_IE, Cap, Descriptor, ENGINE_ID, Engine, FILL_PATTERN, Layout,
+    RESULT_MISCOMPARE, RESULT_OK, Status,
+};
 use guest_agent::report::Report;
 use guest_agent::sysfs::{self, PciDevice};
-use guest_agent::vfio::{Container, DmaBuffer, Group, VFIO_TYPE1V2_IOMMU};
+use guest_agent::vfio::{
+    Container, Device, DmaBuffer, EventFd, Group, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_TYPE1V2_IOMMU, VfioIrqInfo,
+};
 use guest_agent::{AgentError, Result, pagemap, virtio};
+use iommu_emulator::PciBdf;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -98,6 +106,7 @@ pub fn run(cmd: Command) -> Result<()> {
         }
         Command::VfioMap(m) => vfio_map(root, &m)?,
         Command::VfioBench { map, count } => vfio_bench(root, &map, count)?,
+        Command::DmaEngine(d) => dma_engine(root, &d)?,
     }
     Ok(())
 }
@@ -105,7 +114,7 @@ pub fn run(cmd: Command) -> Result<()> {
 /// An open container with the device's group in it and the type1 backend set.
 struct Session {
     container: Container,
-    _group: Group,
+    vfio_group: Group,
     group: u32,
     iommu_type: u32,
     pgsizes: u64,
@@ -121,17 +130,17 @@ fn page_size() -> Result<u64> {
         .ok_or_else(|| AgentError::Vfio(format!("bad page size {p}")))
 }
 
-fn open_session(root: &Path, m: &MapArgs) -> Result<Session> {
-    let dev = sysfs::device(root, &m.bdf)?;
+fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
+    let dev = sysfs::device(root, bdf)?;
     if dev.driver.as_deref() != Some("vfio-pci") {
         return Err(AgentError::Vfio(format!(
-            "{} is bound to {:?}, not vfio-pci (run `guest-agent bind {}` first)",
-            m.bdf, dev.driver, m.bdf
+            "{bdf} is bound to {:?}, not vfio-pci (run `guest-agent bind {bdf}` first)",
+            dev.driver
         )));
     }
     let group_no = dev
         .iommu_group
-        .ok_or_else(|| AgentError::Vfio(format!("{} has no IOMMU group", m.bdf)))?;
+        .ok_or_else(|| AgentError::Vfio(format!("{bdf} has no IOMMU group")))?;
     let container = Container::open()?;
     let group = Group::open(group_no)?;
     group.set_container(&container)?;
@@ -144,15 +153,14 @@ fn open_session(root: &Path, m: &MapArgs) -> Result<Session> {
             "IOMMU page sizes {pgsizes:#x} have no page of {page_size:#x} bytes or smaller"
         )));
     }
-    if !m.iova.is_multiple_of(page_size) {
+    if !iova.is_multiple_of(page_size) {
         return Err(AgentError::Vfio(format!(
-            "IOVA {:#x} is not aligned to the {page_size:#x}-byte page",
-            m.iova
+            "IOVA {iova:#x} is not aligned to the {page_size:#x}-byte page"
         )));
     }
     Ok(Session {
         container,
-        _group: group,
+        vfio_group: group,
         group: group_no,
         iommu_type,
         pgsizes,
@@ -160,8 +168,26 @@ fn open_session(root: &Path, m: &MapArgs) -> Result<Session> {
     })
 }
 
+/// The guest-physical address of each page of `buf`, from pagemap. Call it after `MAP_DMA`:
+/// the pages are pinned then, so their frames cannot move while the mapping lives.
+fn frames(buf: &DmaBuffer, page_size: u64) -> Result<Vec<u64>> {
+    let pages = buf.len() / page_size as usize;
+    pagemap::read_self(buf.vaddr(), page_size, pages)?
+        .iter()
+        .map(|e| e.phys_addr(page_size, 0))
+        .collect()
+}
+
+/// `0x1000,0x2000,...`
+fn hex_list(v: &[u64]) -> String {
+    v.iter()
+        .map(|g| format!("{g:#x}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn vfio_map(root: &Path, m: &MapArgs) -> Result<()> {
-    let s = open_session(root, m)?;
+    let s = open_session(root, &m.bdf, m.iova)?;
     let size = m.pages * s.page_size;
     let buf = if m.huge {
         DmaBuffer::new_huge(size as usize, 0x5a)?
@@ -169,17 +195,8 @@ fn vfio_map(root: &Path, m: &MapArgs) -> Result<()> {
         DmaBuffer::new(size as usize, 0x5a)?
     };
     s.container.map_dma(buf.vaddr(), m.iova, size)?;
-    // The pages are pinned by MAP_DMA, so their frames cannot move while the mapping lives.
-    let entries = pagemap::read_self(buf.vaddr(), s.page_size, m.pages as usize)?;
-    let gpas = entries
-        .iter()
-        .map(|e| e.phys_addr(s.page_size, 0))
-        .collect::<Result<Vec<u64>>>()?;
-    let list = gpas
-        .iter()
-        .map(|g| format!("{g:#x}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let gpas = frames(&buf, s.page_size)?;
+    let list = hex_list(&gpas);
     emit(
         Report::new("vfio-map")
             .field("bdf", m.bdf)
@@ -230,7 +247,7 @@ fn vfio_map(root: &Path, m: &MapArgs) -> Result<()> {
 }
 
 fn vfio_bench(root: &Path, m: &MapArgs, count: u64) -> Result<()> {
-    let s = open_session(root, m)?;
+    let s = open_session(root, &m.bdf, m.iova)?;
     let size = m.pages * s.page_size;
     let buf = if m.huge {
         DmaBuffer::new_huge(size as usize, 0xa5)?
@@ -271,5 +288,336 @@ fn vfio_bench(root: &Path, m: &MapArgs, count: u64) -> Result<()> {
                 format!("{:.1}", if secs > 0.0 { count as f64 / secs } else { 0.0 }),
             ),
     );
+    Ok(())
+}
+
+/// How long a DMA engine batch may take to show DONE or ERROR, and its interrupt to arrive.
+const DMA_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// The engine's interrupt: an eventfd VFIO signals, on MSI or, when the function offers no
+/// MSI, on INTx.
+struct Irq {
+    efd: EventFd,
+    index: u32,
+    name: &'static str,
+    /// VFIO masks the line after each signal (INTx): unmask once the cause is cleared.
+    automasked: bool,
+}
+
+impl Irq {
+    fn setup(dev: &Device) -> Result<Self> {
+        let usable = |i: &VfioIrqInfo| i.count >= 1 && i.flags & VFIO_IRQ_INFO_EVENTFD != 0;
+        let msi = dev.irq_info(VFIO_PCI_MSI_IRQ_INDEX)?;
+        let (info, name) = if usable(&msi) {
+            (msi, "msi")
+        } else {
+            let intx = dev.irq_info(VFIO_PCI_INTX_IRQ_INDEX)?;
+            if !usable(&intx) {
+                return Err(AgentError::Engine(format!(
+                    "{} offers neither MSI ({msi:?}) nor INTx ({intx:?}) with an eventfd",
+                    dev.name
+                )));
+            }
+            (intx, "intx")
+        };
+        let efd = EventFd::new()?;
+        dev.set_irq_eventfd(info.index, &efd)?;
+        Ok(Irq {
+            efd,
+            index: info.index,
+            name,
+            automasked: info.flags & VFIO_IRQ_INFO_AUTOMASKED != 0,
+        })
+    }
+
+    /// Forgets interrupts signalled so far.
+    fn drain(&self) -> Result<()> {
+        self.efd.wait(Duration::ZERO)?;
+        Ok(())
+    }
+}
+
+/// Writes `descs` into descriptor slots 0.. of the descriptor page (RESULT words 0).
+fn write_descs(page: &mut DmaBuffer, descs: &[Descriptor]) -> Result<()> {
+    for (i, d) in descs.iter().enumerate() {
+        page.write_at(i * dma::DESC_SIZE, &d.to_bytes())?;
+    }
+    Ok(())
+}
+
+/// The RESULT words of descriptor slots 0..n.
+fn read_results(page: &DmaBuffer, n: usize) -> Result<Vec<u32>> {
+    let mut b = vec![0u8; n * dma::DESC_SIZE];
+    page.read_at(0, &mut b)?;
+    (0..n)
+        .map(|i| {
+            dma::result_at(&b, i)
+                .ok_or_else(|| AgentError::Engine(format!("descriptor slot {i} out of range")))
+        })
+        .collect()
+}
+
+/// Runs the `n` descriptors at `desc_iova` with no interrupt signalled beforehand; returns
+/// STATUS once the batch ended (or the last STATUS read at the timeout) and whether the
+/// interrupt arrived.
+fn batch(engine: &Engine<'_>, irq: &Irq, desc_iova: u64, n: u32) -> Result<(Status, bool)> {
+    irq.drain()?;
+    let status = engine.run(desc_iova, n, DMA_TIMEOUT)?;
+    let got = irq.efd.wait(DMA_TIMEOUT)?.is_some();
+    Ok((status, got))
+}
+
+/// Clears STATUS and INT_STATUS, then unmasks an automasked interrupt line.
+fn finish(engine: &Engine<'_>, dev: &Device, irq: &Irq) -> Result<()> {
+    engine.clear()?;
+    if irq.automasked {
+        dev.unmask_irq(irq.index)?;
+    }
+    Ok(())
+}
+
+/// The `dma-fault` report of a batch expected to stop on an error (read before [`finish`]).
+fn fault_report(
+    name: &str,
+    engine: &Engine<'_>,
+    page: &DmaBuffer,
+    status: Status,
+    irq: bool,
+) -> Result<Report> {
+    let code = status.error_code();
+    Ok(Report::new("dma-fault")
+        .field("name", name)
+        .hex("status", u64::from(status.0))
+        .field("code", code)
+        .field("code_name", dma::code::name(code))
+        .hex("error_addr", engine.read64(dma::REG_ERROR_ADDR)?)
+        .hex("error_info", u64::from(engine.read(dma::REG_ERROR_INFO)?))
+        .hex("result", u64::from(read_results(page, 1)?[0]))
+        .field("irq", yes(irq)))
+}
+
+fn unmap_all(s: &Session, iova: u64, size: u64) -> Result<()> {
+    let unmapped = s.container.unmap_dma(iova, size)?;
+    if unmapped != size {
+        return Err(AgentError::Vfio(format!(
+            "UNMAP_DMA at {iova:#x} unmapped {unmapped:#x} of {size:#x} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
+    let s = open_session(root, &a.bdf, a.iova)?;
+    let layout = Layout::new(a.iova, a.pages, s.page_size).ok_or_else(|| {
+        AgentError::Usage(format!(
+            "--iova {:#x} --pages {} do not fit (page size {:#x})",
+            a.iova, a.pages, s.page_size
+        ))
+    })?;
+    // At most MAX_LEN (16 MiB), by Layout::new.
+    let len32 = layout.len as u32;
+    let page = s.page_size as usize;
+    let len = layout.len as usize;
+
+    // 1. The device: BAR0, memory space and bus master (the kernel refuses BAR accesses
+    //    while memory space is off, and the engine DMAs only with bus master on), identity,
+    //    interrupt.
+    let dev = s.vfio_group.device(&a.bdf)?;
+    let engine = Engine::new(&dev)?;
+    let command = dev.enable_memory_and_bus_master()?;
+    let id = engine.read(dma::REG_ID)?;
+    if id != ENGINE_ID {
+        return Err(AgentError::Engine(format!(
+            "{} reads ID {id:#010x}, not the DMA engine's {ENGINE_ID:#010x}",
+            a.bdf
+        )));
+    }
+    let cap = Cap(engine.read(dma::REG_CAP)?);
+    let irq = Irq::setup(&dev)?;
+    emit(
+        Report::new("dma-engine-open")
+            .field("bdf", a.bdf)
+            .hex("id", u64::from(id))
+            .hex("cap", u64::from(cap.0))
+            .field("irq", irq.name)
+            .hex("region0_size", engine.region().size)
+            .hex("command", u64::from(command)),
+    );
+
+    // 2. Descriptor page, source and destination, mapped back to back.
+    let mut desc = DmaBuffer::new(page, 0)?;
+    let src = DmaBuffer::new(len, 0x11)?;
+    let mut dst = DmaBuffer::new(len, 0x22)?;
+    s.container
+        .map_dma(desc.vaddr(), layout.desc, s.page_size)?;
+    s.container.map_dma(src.vaddr(), layout.src, layout.len)?;
+    s.container.map_dma(dst.vaddr(), layout.dst, layout.len)?;
+    let desc_gpa = frames(&desc, s.page_size)?[0];
+    emit(
+        Report::new("dma-map")
+            .hex("desc_iova", layout.desc)
+            .hex("src_iova", layout.src)
+            .hex("dst_iova", layout.dst)
+            .hex("len", layout.len)
+            .hex("desc_gpa", desc_gpa)
+            .field("src_gpas", hex_list(&frames(&src, s.page_size)?))
+            .field("dst_gpas", hex_list(&frames(&dst, s.page_size)?)),
+    );
+
+    // 3. FILL src, COPY src -> dst, COMPARE src with dst, with the completion interrupt.
+    engine.clear()?;
+    engine.write(dma::REG_CONTROL, CONTROL_IE)?;
+    write_descs(
+        &mut desc,
+        &[
+            Descriptor::fill(layout.src, FILL_PATTERN, len32),
+            Descriptor::copy(layout.src, layout.dst, len32),
+            Descriptor::compare(layout.src, layout.dst, len32),
+        ],
+    )?;
+    let (status, got_irq) = batch(&engine, &irq, layout.desc, 3)?;
+    let results = read_results(&desc, 3)?;
+    let src_ok = dma::holds_pattern(&src.to_vec(), FILL_PATTERN);
+    let dst_bytes = dst.to_vec();
+    let dst_ok = dma::holds_pattern(&dst_bytes, FILL_PATTERN);
+    let status_ok = status.done() && !status.error() && status.count() == 3;
+    let total_desc = engine.read(dma::REG_TOTAL_DESC)?;
+    let total_bytes = engine.read64(dma::REG_TOTAL_BYTES)?;
+    finish(&engine, &dev, &irq)?;
+    emit(
+        Report::new("dma-batch")
+            .field("name", "copy")
+            .hex("status", u64::from(status.0))
+            .field("results", dma::results_list(&results))
+            .field("irq", yes(got_irq))
+            .field("dst_ok", yes(dst_ok))
+            .field("src_ok", yes(src_ok))
+            .field("status_ok", yes(status_ok))
+            .field("total_desc", total_desc)
+            .field("total_bytes", total_bytes)
+            .field(
+                "dst_head",
+                dma::hex_bytes(&dst_bytes[..dst_bytes.len().min(16)]),
+            ),
+    );
+    let copy_failed = (!src_ok || !dst_ok || !status_ok || results != [RESULT_OK; 3]).then(|| {
+        format!(
+            "copy batch: status {:#x}, results {}, src_ok {}, dst_ok {}",
+            status.0,
+            dma::results_list(&results),
+            yes(src_ok),
+            yes(dst_ok)
+        )
+    });
+
+    // 4. One byte of dst changed behind the engine's back: COMPARE reports a miscompare.
+    let mut byte = [0u8; 1];
+    dst.read_at(len / 2, &mut byte)?;
+    byte[0] ^= 0xff;
+    dst.write_at(len / 2, &byte)?;
+    write_descs(
+        &mut desc,
+        &[Descriptor::compare(layout.src, layout.dst, len32)],
+    )?;
+    let (status, got_irq) = batch(&engine, &irq, layout.desc, 1)?;
+    let results = read_results(&desc, 1)?;
+    finish(&engine, &dev, &irq)?;
+    emit(
+        Report::new("dma-batch")
+            .field("name", "miscompare")
+            .hex("status", u64::from(status.0))
+            .field("results", dma::results_list(&results))
+            .field("irq", yes(got_irq))
+            .field(
+                "miscompare_ok",
+                yes(status.done() && status.miscompare() && results == [RESULT_MISCOMPARE]),
+            ),
+    );
+
+    // 5. COPY to an IOVA nothing is mapped at: the destination write faults.
+    write_descs(
+        &mut desc,
+        &[Descriptor::copy(layout.src, layout.unmapped, len32)],
+    )?;
+    let (status, got_irq) = batch(&engine, &irq, layout.desc, 1)?;
+    let r = fault_report("unmapped", &engine, &desc, status, got_irq)?;
+    finish(&engine, &dev, &irq)?;
+    emit(r);
+
+    // 6. The host reads its counters meanwhile.
+    if a.wait_stdin {
+        emit(Report::new("dma-wait").field("bdf", a.bdf));
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| AgentError::io("read stdin", e))?;
+    }
+
+    // 7. K one-page copies, each rung and polled on its own, without the interrupt.
+    if a.count > 0 {
+        engine.write(dma::REG_CONTROL, 0)?;
+        write_descs(
+            &mut desc,
+            &[Descriptor::copy(layout.src, layout.dst, s.page_size as u32)],
+        )?;
+        engine.write64(dma::REG_DESC_BASE, layout.desc)?;
+        let start = Instant::now();
+        for i in 0..a.count {
+            let st = engine.ring(1, DMA_TIMEOUT)?;
+            if !st.done() || st.error() {
+                return Err(AgentError::Engine(format!(
+                    "copy {i} of {}: STATUS {:#x} (error code {})",
+                    a.count,
+                    st.0,
+                    dma::code::name(st.error_code())
+                )));
+            }
+            engine.write(dma::REG_STATUS, dma::STATUS_W1C)?;
+        }
+        let elapsed = start.elapsed();
+        engine.clear()?;
+        engine.write(dma::REG_CONTROL, CONTROL_IE)?;
+        let secs = elapsed.as_secs_f64();
+        emit(
+            Report::new("dma-bench")
+                .field("bdf", a.bdf)
+                .field("count", a.count)
+                .field("len", s.page_size)
+                .field("elapsed_ns", elapsed.as_nanos())
+                .field(
+                    "ops_per_sec",
+                    format!(
+                        "{:.1}",
+                        if secs > 0.0 {
+                            a.count as f64 / secs
+                        } else {
+                            0.0
+                        }
+                    ),
+                ),
+        );
+    }
+
+    // 8. dst unmapped: a COPY to its old IOVA faults.
+    unmap_all(&s, layout.dst, layout.len)?;
+    write_descs(
+        &mut desc,
+        &[Descriptor::copy(layout.src, layout.dst, len32)],
+    )?;
+    let (status, got_irq) = batch(&engine, &irq, layout.desc, 1)?;
+    let r = fault_report("after-unmap", &engine, &desc, status, got_irq)?;
+    finish(&engine, &dev, &irq)?;
+    emit(r);
+    unmap_all(&s, layout.desc, s.page_size)?;
+    unmap_all(&s, layout.src, layout.len)?;
+    dev.disable_irq(irq.index)?;
+    if let Some(msg) = copy_failed {
+        return Err(AgentError::Engine(msg));
+    }
+    emit(Report::new("dma-engine-done").field("bdf", a.bdf));
     Ok(())
 }
