@@ -1,0 +1,212 @@
+//! Real DMA through the model: the daemon serves a DMA engine over vfio-user beside its
+//! virtio-iommu; QEMU attaches it with `vfio-user-pci`; the guest binds it to vfio-pci, maps
+//! buffers through VFIO (so the guest's virtio_iommu sends MAP to the daemon) and programs
+//! fills, copies and compares between IOVAs. Every descriptor fetch, data access and
+//! write-back is a translation by the hardware model. The tests check the bytes in guest
+//! memory, the daemon's per-endpoint counters and the translations it made, the faults (in
+//! the engine's status and in the guest's kernel log, from the virtio-iommu event queue), and
+//! that the engine works again after a guest reboot. Run by `scripts/guest-test`.
+
+use guest_agent::report::{Report, parse_u64};
+use iommu_workspace::guest::daemon::{Daemon, ENDPOINTS};
+use iommu_workspace::guest::harness::{GuestEnv, Qemu, QemuOpts, RunDir, bind_first};
+use iommu_workspace::guest::scenarios::{Front, RAM_MB};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Where the engine sits, and its requester id (the virtio-iommu endpoint id).
+const ENGINE_ADDR: &str = "04.0";
+const ENGINE_RID: u64 = 0x20;
+/// The engine's PCI IDs.
+const ENGINE_ID: &str = "1234:1dae";
+/// Pages per buffer.
+const PAGES: u64 = 4;
+
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn dma_engine_through_vtd() {
+    dma_engine(&[]);
+}
+
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn dma_engine_through_amdvi() {
+    dma_engine(&["--model", "amdvi"]);
+}
+
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn dma_engine_through_soft() {
+    dma_engine(&["--model", "soft"]);
+}
+
+/// A daemon with the engine, and a guest (that may reboot) with the engine attached.
+/// Returns the run directories (the daemon's sockets, QEMU's boot files), which must outlive
+/// both.
+fn boot(env: &GuestEnv, model: &[&str], script: String) -> ([RunDir; 2], Daemon, Qemu) {
+    let dev = RunDir::new(env);
+    let (front, sock) = Front::vhost_user(&dev);
+    let endpoint = format!(
+        "dma@{ENGINE_ADDR},socket={}",
+        dev.host.join("ep.sock").display()
+    );
+    let mut args = vec!["--endpoint", endpoint.as_str()];
+    args.extend_from_slice(model);
+    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &args);
+    let mut opts = QemuOpts {
+        memory_mb: RAM_MB,
+        no_reboot: false,
+        timeout: Duration::from_secs(240),
+        script,
+        ..Default::default()
+    };
+    front.apply(&mut opts);
+    opts.args.extend([
+        "-device".into(),
+        json!({"driver": "vfio-user-pci",
+               "socket": {"type": "unix", "path": dev.guest.join("ep.sock")},
+               "addr": ENGINE_ADDR})
+        .to_string(),
+    ]);
+    let run = RunDir::new(env);
+    let q = Qemu::spawn(env, &run, &opts);
+    ([dev, run], d, q)
+}
+
+fn gpas(r: &Report, key: &str) -> Vec<u64> {
+    r.get(key)
+        .unwrap_or_else(|| panic!("no {key}: {r:?}"))
+        .split(',')
+        .map(|g| parse_u64(g).expect("gpa"))
+        .collect()
+}
+
+fn endpoint(d: &Daemon) -> Value {
+    let e = d.ctl(json!({"cmd": "endpoints"}));
+    let list = e["endpoints"].as_array().expect("endpoints").clone();
+    assert_eq!(list.len(), 1, "{e}");
+    assert_eq!(list[0]["endpoint"], json!(ENGINE_RID));
+    list[0].clone()
+}
+
+fn dma_engine(model: &[&str]) {
+    let env = GuestEnv::provision();
+    let bind = bind_first(ENGINE_ID);
+    let script = format!(
+        "echo AGENT ask what=next\n\
+         read -r cmd\n\
+         {bind}\
+         case \"$cmd\" in\n\
+         first) guest-agent dma-engine \"$bdf\" --pages {PAGES} --wait-stdin || exit 1\n\
+                touch /tmp/reboot ;;\n\
+         second) guest-agent dma-engine \"$bdf\" --pages {PAGES} || exit 1 ;;\n\
+         *) exit 3 ;;\n\
+         esac\n\
+         dmesg | grep -i 'fault from EP' | sed 's/^/GUEST-DMESG /'\n"
+    );
+    let (_dev, d, mut q) = boot(&env, model, script);
+
+    // First boot.
+    q.next("boot");
+    q.next("ask");
+    q.send_line("first");
+    let bound = q.next("bound");
+    assert_eq!(bound.get("driver"), Some("vfio-pci"), "{bound:?}");
+    let open = q.next("dma-engine-open");
+    assert_eq!(open.get_u64("id"), Some(0x444d_4145), "{open:?}");
+    assert_eq!(open.get("irq"), Some("msi"), "{open:?}");
+    let map = q.next("dma-map");
+    let (src_iova, dst_iova) = (
+        map.get_u64("src_iova").unwrap(),
+        map.get_u64("dst_iova").unwrap(),
+    );
+    let (src_gpas, dst_gpas) = (gpas(&map, "src_gpas"), gpas(&map, "dst_gpas"));
+    assert_eq!(src_gpas.len() as u64, PAGES);
+
+    // Fill, copy, compare: the bytes are in the guest's buffers, the MSI arrived.
+    let copy = q.next("dma-batch");
+    assert_eq!(copy.get("name"), Some("copy"));
+    assert_eq!(copy.get("results"), Some("1,1,1"), "{copy:?}");
+    assert_eq!(copy.get("src_ok"), Some("yes"), "{copy:?}");
+    assert_eq!(copy.get("dst_ok"), Some("yes"), "{copy:?}");
+    assert_eq!(copy.get("irq"), Some("yes"), "{copy:?}");
+    let mis = q.next("dma-batch");
+    assert_eq!(mis.get("name"), Some("miscompare"));
+    assert_eq!(mis.get("results"), Some("2"), "{mis:?}");
+
+    // A copy to an unmapped IOVA faults in the IOMMU.
+    let fault = q.next("dma-fault");
+    assert_eq!(fault.get("name"), Some("unmapped"));
+    assert_eq!(fault.get_u64("code"), Some(3), "DST_FAULT: {fault:?}");
+    assert_eq!(fault.get_u64("result"), Some(0x83), "{fault:?}");
+    let hole = fault.get_u64("error_addr").unwrap();
+
+    // While the guest waits: the daemon counted the engine's work and its translations
+    // reached the frames the guest's pagemap reported.
+    q.next("dma-wait");
+    let e = endpoint(&d);
+    assert!(e["descriptors"].as_u64().unwrap() >= 4, "{e}");
+    assert!(
+        e["bytes"].as_u64().unwrap() >= 2 * PAGES * 4096,
+        "fill and copy wrote both buffers: {e}"
+    );
+    assert!(e["faults"].as_u64().unwrap() >= 1, "{e}");
+    assert!(e["interrupts"].as_u64().unwrap() >= 2, "{e}");
+    assert_eq!(e["last_error"]["name"], json!("dst_fault"), "{e}");
+    assert_eq!(e["last_error"]["iova"], json!(hole), "{e}");
+    let stats = d.ctl(json!({"cmd": "stats"}));
+    assert!(stats["core"]["translations"].as_u64().unwrap() >= e["translations"].as_u64().unwrap());
+    // The copy batch is gone from `last_batch` (the fault batch replaced it); translate the
+    // buffers' IOVAs now, as the engine did, and find the pagemap's frames.
+    for (iova, gpa) in [(src_iova, src_gpas[0]), (dst_iova, dst_gpas[0])] {
+        let t = d.translate(ENGINE_RID as u16, iova, "write");
+        assert_eq!(t["translation"]["phys"], json!(gpa), "{t}");
+    }
+    let last: Vec<Value> = e["last_batch"].as_array().unwrap().clone();
+    assert!(
+        last.iter()
+            .any(|t| t["iova"] == json!(hole) && t["phys"].is_null()),
+        "the faulting translation is in the last batch: {last:?}"
+    );
+    assert!(
+        last.iter()
+            .any(|t| t["iova"] == json!(src_iova) && t["phys"] == json!(src_gpas[0])),
+        "the source read of the last batch reached the guest frame: {last:?}"
+    );
+    q.send_line("");
+
+    // After UNMAP_DMA the old IOVA faults.
+    let after = q.next("dma-fault");
+    assert_eq!(after.get("name"), Some("after-unmap"));
+    assert_eq!(after.get_u64("code"), Some(3), "{after:?}");
+    assert_eq!(after.get_u64("error_addr"), Some(dst_iova), "{after:?}");
+    q.next("dma-engine-done");
+    let done = q.next("script-done");
+    assert_eq!(done.get_u64("rc"), Some(0), "{done:?}");
+    let first_log = q.log();
+    for iova in [hole, dst_iova] {
+        let line = format!("page fault from EP {ENGINE_RID} at {iova:#x}");
+        assert!(
+            first_log
+                .lines()
+                .any(|l| l.starts_with("GUEST-DMESG") && l.contains(&line)),
+            "the guest's virtio_iommu did not log `{line}`:\n{first_log}"
+        );
+    }
+    let before = endpoint(&d);
+
+    // Second boot, after the reset: the engine works again.
+    q.next("boot");
+    q.next("ask");
+    q.send_line("second");
+    let copy = q.next("dma-batch");
+    assert_eq!(copy.get("results"), Some("1,1,1"), "after reboot: {copy:?}");
+    assert_eq!(copy.get("dst_ok"), Some("yes"), "after reboot: {copy:?}");
+    q.next("dma-engine-done");
+    q.finish();
+    let after = endpoint(&d);
+    assert!(
+        after["descriptors"].as_u64() > before["descriptors"].as_u64(),
+        "{before} -> {after}"
+    );
+}
