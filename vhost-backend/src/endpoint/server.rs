@@ -415,6 +415,7 @@ mod tests {
     use super::*;
     use crate::config::{DaemonConfig, Model};
     use crate::endpoint::engine::*;
+    use iommu_emulator::DmaRequest;
     use iommu_emulator::core::{Core, MapFlags};
     use std::io::{Read, Seek, SeekFrom};
     use std::os::fd::OwnedFd;
@@ -723,6 +724,322 @@ mod tests {
             assert_eq!(u64::from(r.rd(reg::ERROR_ADDR)), iova);
             assert_eq!(r.stats.not_ram.load(Ordering::Relaxed), n as u64 + 1);
             assert_eq!(r.result(gpa_of(IOVA)), RESULT_ERROR | 4);
+        }
+    }
+
+    #[test]
+    fn bad_doorbells_descriptors_and_bus_mastering_are_refused_with_their_codes() {
+        let core = mapped(Model::Soft);
+        let mut r = Rig::new(core.clone());
+        let code = |s: u32| (s >> 8) & 0xff;
+        let s = r.run(gpa_of(IOVA), IOVA, &[]);
+        assert_eq!(code(s), ErrorCode::BadDoorbell as u32, "a doorbell of 0");
+        r.wr(reg::DOORBELL, MAX_BATCH + 1);
+        assert_eq!(code(r.rd(reg::STATUS)), ErrorCode::BadDoorbell as u32);
+        for (d, why) in [
+            (desc(9, 0, IOVA + 0x1000, 8), "opcode"),
+            (desc(OP_FILL, 0, IOVA + 0x1000, 0), "LEN 0"),
+            (
+                desc(OP_FILL, 0, IOVA + 0x1000, MAX_LEN + 1),
+                "LEN too large",
+            ),
+            (
+                desc(OP_FILL | CTRL_PASID, 0, IOVA + 0x1000, 8),
+                "PASID not enabled",
+            ),
+            (
+                desc(OP_FILL | CTRL_PRIV, 0, IOVA + 0x1000, 8),
+                "privileged without PASID",
+            ),
+        ] {
+            let s = r.run(gpa_of(IOVA), IOVA, &[d]);
+            assert_eq!(code(s), ErrorCode::BadDescriptor as u32, "{why}");
+            assert_eq!(r.result(gpa_of(IOVA)), RESULT_ERROR | 5, "{why}");
+        }
+        assert_eq!(
+            r.peek(gpa_of(IOVA + 0x1000), 8),
+            [0; 8],
+            "nothing was written"
+        );
+        // With Bus Master Enable clear the engine issues no DMA at all.
+        r.poke(gpa_of(IOVA) + 28, &[0; 4]);
+        r.f.region_write(7, 4, &[0x02, 0]).unwrap();
+        let before = core.stats().translations;
+        let s = r.run(gpa_of(IOVA), IOVA, &[desc(OP_FILL, 1, IOVA + 0x1000, 8)]);
+        assert_eq!(code(s), ErrorCode::NoBusMaster as u32);
+        assert_eq!(r.result(gpa_of(IOVA)), 0, "not even the write-back");
+        assert_eq!(core.stats().translations, before);
+        // Register accesses outside BAR0, and regions that do not exist, are refused.
+        let mut b = [0u8; 4];
+        assert!(r.f.region_read(0, 4094, &mut b).is_err());
+        assert!(r.f.region_write(0, 4096, &b).is_err());
+        assert!(r.f.region_read(2, 0, &mut b).is_err());
+        assert!(r.f.region_read(7, 4096, &mut b).is_err());
+        // Reset: registers back, totals kept.
+        let total = r.rd(reg::TOTAL_ERRORS);
+        r.wr(reg::CONTROL, CONTROL_RESET);
+        assert_eq!((r.rd(reg::STATUS), r.rd(reg::CONTROL)), (0, 0));
+        assert_eq!(r.rd(reg::TOTAL_ERRORS), total);
+        assert_eq!(r.rd(reg::ID), ENGINE_ID);
+    }
+
+    /// Records the requests it sees and translates as identity.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<DmaRequest>>);
+
+    impl DmaTranslator for Recorder {
+        fn translate(
+            &self,
+            req: &DmaRequest,
+        ) -> Result<iommu_emulator::Translation, iommu_emulator::Fault> {
+            self.0.lock().unwrap().push(*req);
+            crate::endpoint::NoIommu.translate(req)
+        }
+    }
+
+    #[test]
+    fn pasid_descriptors_tag_their_requests_once_pasid_is_enabled() {
+        let rec = Arc::new(Recorder::default());
+        let mut r = Rig::new(rec.clone());
+        // PASID Enable and Privileged Mode Enable in the PASID capability.
+        r.f.region_write(7, 0x106, &[0x05, 0]).unwrap();
+        let mut d = desc(OP_FILL | CTRL_PASID | CTRL_PRIV, 0xaa, 0x2000, 16);
+        d[4..8].copy_from_slice(&0x1_2345u32.to_le_bytes());
+        r.wr(reg::DESC_PASID, DESC_PASID_VALID | 7);
+        let s = r.run(0x1000, 0x1000, &[d]);
+        assert_eq!(s & 3, STATUS_DONE);
+        let reqs = rec.0.lock().unwrap().clone();
+        // The fetch and write-back carry DESC_PASID, the data the descriptor's PASID.
+        assert_eq!(reqs.first().unwrap().pasid, Some(7));
+        assert!(!reqs.first().unwrap().privileged);
+        assert_eq!(reqs.last().unwrap().pasid, Some(7));
+        let data: Vec<_> = reqs.iter().filter(|q| q.addr == 0x2000).collect();
+        assert_eq!(data.len(), 1);
+        assert_eq!((data[0].pasid, data[0].privileged), (Some(0x1_2345), true));
+        assert!(data.iter().all(|q| q.source_id == EP));
+        assert_eq!(r.peek(0x2000, 2), [0xaa, 0]);
+        // A PASID wider than the capability's, or DESC_PASID once PASID is disabled.
+        let mut wide = d;
+        wide[4..8].copy_from_slice(&0xf_ffffu32.to_le_bytes());
+        r.f.region_write(7, 0x106, &[0x00, 0]).unwrap();
+        let s = r.run(0x1000, 0x1000, &[wide]);
+        assert_eq!((s >> 8) & 0xff, ErrorCode::BadDoorbell as u32);
+    }
+
+    #[test]
+    fn intx_fires_when_no_msi_is_set_and_refires_on_unmask_while_pending() {
+        let mut r = Rig::new(Arc::new(crate::endpoint::NoIommu));
+        // Drop MSI (as QEMU does when the guest disables it) and give INTx.
+        r.f.set_irqs(
+            VFIO_PCI_MSI_IRQ_INDEX,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            0,
+            vec![],
+        )
+        .unwrap();
+        let (mut intx, fd) = Line::new();
+        r.f.set_irqs(
+            VFIO_PCI_INTX_IRQ_INDEX,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            0,
+            1,
+            vec![fd],
+        )
+        .unwrap();
+        let fill = [desc(OP_FILL, 1, 0x2000, 8)];
+        r.run(0x1000, 0x1000, &fill);
+        assert_eq!(intx.take(), 0, "IE clear: no interrupt");
+        r.wr(reg::CONTROL, CONTROL_IE);
+        r.wr(reg::INT_STATUS, 1);
+        r.run(0x1000, 0x1000, &fill);
+        assert_eq!(intx.take(), 1);
+        // Automasked: a second completion does not signal until the client unmasks; the
+        // line is still asserted then, so the unmask fires it.
+        r.run(0x1000, 0x1000, &fill);
+        assert_eq!(intx.take(), 0);
+        let unmask = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK;
+        r.f.set_irqs(VFIO_PCI_INTX_IRQ_INDEX, unmask, 0, 1, vec![])
+            .unwrap();
+        assert_eq!(intx.take(), 1);
+        // Acknowledged (INT_STATUS cleared) before the unmask: nothing fires.
+        r.wr(reg::INT_STATUS, 1);
+        r.f.set_irqs(VFIO_PCI_INTX_IRQ_INDEX, unmask, 0, 1, vec![])
+            .unwrap();
+        assert_eq!(intx.take(), 0);
+        // Interrupt Disable in the Command register.
+        r.f.region_write(7, 4, &[0x06, 0x04]).unwrap();
+        r.run(0x1000, 0x1000, &fill);
+        assert_eq!(intx.take(), 0);
+        assert_eq!(r.stats.interrupts.load(Ordering::Relaxed), 2);
+        // Bad SET_IRQS requests change nothing.
+        assert!(
+            r.f.set_irqs(
+                2,
+                VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                1,
+                vec![]
+            )
+            .is_err()
+        );
+        assert!(
+            r.f.set_irqs(
+                VFIO_PCI_MSI_IRQ_INDEX,
+                VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                1,
+                vec![]
+            )
+            .is_err()
+        );
+        assert!(
+            r.f.set_irqs(
+                VFIO_PCI_MSI_IRQ_INDEX,
+                VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+                1,
+                1,
+                vec![]
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn dma_region_messages_keep_the_state_on_error() {
+        let mut r = Rig::new(Arc::new(crate::endpoint::NoIommu));
+        assert!(
+            r.f.dma_map(DmaMapFlags::READ_WRITE, 0, 0x1000, 0x1000, None)
+                .is_err(),
+            "overlaps RAM"
+        );
+        assert!(
+            r.f.dma_unmap(DmaUnmapFlags::empty(), 0, 0x1000).is_err(),
+            "splits RAM"
+        );
+        assert!(
+            r.f.dma_unmap(DmaUnmapFlags::GET_DIRTY_PAGE_INFO, 0, RAM)
+                .is_err()
+        );
+        assert_eq!(r.f.ram().list(), vec![(0, RAM, true)]);
+        let s = r.run(0x1000, 0x1000, &[desc(OP_FILL, 3, 0x2000, 8)]);
+        assert_eq!(s & 3, STATUS_DONE);
+        r.f.dma_unmap(DmaUnmapFlags::empty(), 0, RAM).unwrap();
+        let s = r.run(0x1000, 0x1000, &[desc(OP_FILL, 3, 0x2000, 8)]);
+        assert_eq!(
+            (s >> 8) & 0xff,
+            ErrorCode::NotRam as u32,
+            "RAM is gone with its region"
+        );
+    }
+
+    #[test]
+    fn the_server_serves_one_client_after_another() {
+        use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+        let core = mapped(Model::Vtd);
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let sock = dir.as_path().join("ep.sock");
+        let spec = EndpointSpec {
+            kind: crate::endpoint::EndpointKind::Dma,
+            bdf: iommu_emulator::PciBdf::from_rid(0, EP),
+            socket: sock.clone(),
+        };
+        let h = spawn(spec, core.clone()).unwrap();
+        let ram = ram_file();
+        for round in 0..2u8 {
+            let mut c = vfio_user::Client::new(&sock).unwrap();
+            let mut b = [0u8; 4];
+            c.region_read(7, 0, &mut b).unwrap();
+            assert_eq!(u32::from_le_bytes(b), 0x1dae_1234);
+            c.dma_map(0, 0, RAM, std::os::fd::AsRawFd::as_raw_fd(&ram))
+                .unwrap();
+            c.region_write(7, 4, &[0x06, 0]).unwrap();
+            let msi = EventFd::new(EFD_NONBLOCK).unwrap();
+            c.set_irqs(
+                VFIO_PCI_MSI_IRQ_INDEX,
+                VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+                0,
+                1,
+                &[std::os::fd::AsRawFd::as_raw_fd(&msi)],
+            )
+            .unwrap();
+            use std::os::unix::fs::FileExt;
+            let d = desc(OP_FILL, 0x11 * u64::from(round + 1), IOVA + 0x1000, 8);
+            ram.write_all_at(&d, gpa_of(IOVA)).unwrap();
+            c.region_write(0, reg::CONTROL, &CONTROL_IE.to_le_bytes())
+                .unwrap();
+            c.region_write(0, reg::DESC_BASE, &(IOVA as u32).to_le_bytes())
+                .unwrap();
+            c.region_write(0, reg::DOORBELL, &1u32.to_le_bytes())
+                .unwrap();
+            c.region_read(0, reg::STATUS, &mut b).unwrap();
+            assert_eq!(
+                u32::from_le_bytes(b),
+                STATUS_DONE | (1 << 16),
+                "round {round}"
+            );
+            assert_eq!(msi.read().unwrap(), 1);
+            let mut got = [0u8; 1];
+            ram.read_exact_at(&mut got, gpa_of(IOVA + 0x1000)).unwrap();
+            assert_eq!(got[0], 0x11 * (round + 1));
+            drop(c);
+            // The server notices the disconnect and resets before serving again.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while h.stats.connections.load(Ordering::Relaxed) <= u64::from(round) {
+                assert!(std::time::Instant::now() < deadline, "no disconnect seen");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        assert_eq!(h.stats.descriptors.load(Ordering::Relaxed), 2);
+    }
+
+    fn iova_strategy() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..PAGES * 4096).prop_map(|o| IOVA + o),
+            any::<u64>(),
+            (0u64..0x10_0000),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Whatever a guest programs (registers, descriptors with any opcode, address,
+        /// length, PASID flags), the engine never panics, and its writes stay inside the
+        /// pages the IOMMU maps for it: guest RAM outside them is untouched.
+        #[test]
+        fn arbitrary_programming_never_escapes_the_mapped_pages(
+            descs in proptest::collection::vec(
+                (0u32..5, proptest::prelude::any::<bool>(), iova_strategy(), iova_strategy(),
+                 proptest::prop_oneof![1u32..0x3000, proptest::prelude::any::<u32>()]),
+                1..6),
+            writes in proptest::collection::vec((0u64..0x60, proptest::prelude::any::<u32>()), 0..12),
+        ) {
+            let core = mapped(Model::Soft);
+            let mut r = Rig::new(core);
+            let raw: Vec<[u8; 32]> = descs
+                .iter()
+                .map(|&(op, pasid, src, dst, len)| {
+                    desc(op | if pasid { CTRL_PASID } else { 0 }, src, dst, len)
+                })
+                .collect();
+            r.wr(reg::CONTROL, CONTROL_IE);
+            r.run(gpa_of(IOVA), IOVA, &raw);
+            for (off, v) in writes {
+                r.wr(off & !3, v);
+            }
+            r.wr(reg::DESC_BASE, IOVA as u32);
+            r.wr(reg::DESC_BASE + 4, 0);
+            r.wr(reg::DOORBELL, raw.len() as u32);
+            let all = r.peek(0, RAM as usize);
+            let window = GPA as usize..(GPA + PAGES * 4096) as usize;
+            proptest::prop_assert!(
+                all.iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == 0 || window.contains(&i)),
+                "a write outside the mapped pages"
+            );
         }
     }
 }
