@@ -83,7 +83,8 @@ pub struct DmaArgs {
     pub pages: u64,
     /// One-page copies to time after the checks (0: none).
     pub count: u64,
-    /// Read a line from standard input after the fault batch.
+    /// Read a line from standard input after the copy batch (the host reads the translations
+    /// the IOMMU made for it).
     pub wait_stdin: bool,
 }
 

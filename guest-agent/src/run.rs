@@ -514,6 +514,15 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
         )
     });
 
+    // The host reads its counters and the translations of the copy batch meanwhile.
+    if a.wait_stdin {
+        emit(Report::new("dma-wait").field("bdf", a.bdf));
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| AgentError::io("read stdin", e))?;
+    }
+
     // 4. One byte of dst changed behind the engine's back: COMPARE reports a miscompare.
     let mut byte = [0u8; 1];
     dst.read_at(len / 2, &mut byte)?;
@@ -547,15 +556,6 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     let r = fault_report("unmapped", &engine, &desc, status, got_irq)?;
     finish(&engine, &dev, &irq)?;
     emit(r);
-
-    // 6. The host reads its counters meanwhile.
-    if a.wait_stdin {
-        emit(Report::new("dma-wait").field("bdf", a.bdf));
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| AgentError::io("read stdin", e))?;
-    }
 
     // 7. K one-page copies, each rung and polled on its own, without the interrupt.
     if a.count > 0 {
