@@ -7,20 +7,9 @@
 //! the engine's status and in the guest's kernel log, from the virtio-iommu event queue), and
 //! that the engine works again after a guest reboot. Run by `scripts/guest-test`.
 
-use guest_agent::report::{Report, parse_u64};
-use iommu_workspace::guest::daemon::{Daemon, ENDPOINTS};
-use iommu_workspace::guest::harness::{GuestEnv, Qemu, QemuOpts, RunDir, bind_first};
-use iommu_workspace::guest::scenarios::{Front, RAM_MB};
+use iommu_workspace::guest::endpoint::{ENGINE_ID, ENGINE_RID, PAGES, boot, endpoint, gpas};
+use iommu_workspace::guest::harness::{GuestEnv, bind_first};
 use serde_json::{Value, json};
-use std::time::Duration;
-
-/// Where the engine sits, and its requester id (the virtio-iommu endpoint id).
-const ENGINE_ADDR: &str = "04.0";
-const ENGINE_RID: u64 = 0x20;
-/// The engine's PCI IDs.
-const ENGINE_ID: &str = "1234:1dae";
-/// Pages per buffer.
-const PAGES: u64 = 4;
 
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
@@ -38,55 +27,6 @@ fn dma_engine_through_amdvi() {
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn dma_engine_through_soft() {
     dma_engine(&["--model", "soft"]);
-}
-
-/// A daemon with the engine, and a guest (that may reboot) with the engine attached.
-/// Returns the run directories (the daemon's sockets, QEMU's boot files), which must outlive
-/// both.
-fn boot(env: &GuestEnv, model: &[&str], script: String) -> ([RunDir; 2], Daemon, Qemu) {
-    let dev = RunDir::new(env);
-    let (front, sock) = Front::vhost_user(&dev);
-    let endpoint = format!(
-        "dma@{ENGINE_ADDR},socket={}",
-        dev.host.join("ep.sock").display()
-    );
-    let mut args = vec!["--endpoint", endpoint.as_str()];
-    args.extend_from_slice(model);
-    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &args);
-    let mut opts = QemuOpts {
-        memory_mb: RAM_MB,
-        no_reboot: false,
-        timeout: Duration::from_secs(240),
-        script,
-        ..Default::default()
-    };
-    front.apply(&mut opts);
-    opts.args.extend([
-        "-device".into(),
-        json!({"driver": "vfio-user-pci",
-               "socket": {"type": "unix", "path": dev.guest.join("ep.sock")},
-               "addr": ENGINE_ADDR})
-        .to_string(),
-    ]);
-    let run = RunDir::new(env);
-    let q = Qemu::spawn(env, &run, &opts);
-    ([dev, run], d, q)
-}
-
-fn gpas(r: &Report, key: &str) -> Vec<u64> {
-    r.get(key)
-        .unwrap_or_else(|| panic!("no {key}: {r:?}"))
-        .split(',')
-        .map(|g| parse_u64(g).expect("gpa"))
-        .collect()
-}
-
-fn endpoint(d: &Daemon) -> Value {
-    let e = d.ctl(json!({"cmd": "endpoints"}));
-    let list = e["endpoints"].as_array().expect("endpoints").clone();
-    assert_eq!(list.len(), 1, "{e}");
-    assert_eq!(list[0]["endpoint"], json!(ENGINE_RID));
-    list[0].clone()
 }
 
 fn dma_engine(model: &[&str]) {

@@ -1,0 +1,70 @@
+//! The DMA engine endpoint as the real-guest tests and the main job run it: a daemon serving
+//! it over vfio-user beside its virtio-iommu, a guest with it attached through
+//! `vfio-user-pci`, and readers of what the daemon reports about it.
+
+use super::daemon::{Daemon, ENDPOINTS};
+use super::harness::{GuestEnv, Qemu, QemuOpts, RunDir};
+use super::scenarios::{Front, RAM_MB};
+use guest_agent::report::{Report, parse_u64};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Where the engine sits.
+pub const ENGINE_ADDR: &str = "04.0";
+/// Its requester id (the virtio-iommu endpoint id).
+pub const ENGINE_RID: u64 = 0x20;
+/// The engine's PCI IDs.
+pub const ENGINE_ID: &str = "1234:1dae";
+/// Pages per buffer.
+pub const PAGES: u64 = 4;
+
+/// A daemon with the engine, and a guest (that may reboot) with the engine attached.
+/// Returns the run directories (the daemon's sockets, QEMU's boot files), which must outlive
+/// both.
+pub fn boot(env: &GuestEnv, model: &[&str], script: String) -> ([RunDir; 2], Daemon, Qemu) {
+    let dev = RunDir::new(env);
+    let (front, sock) = Front::vhost_user(&dev);
+    let endpoint = format!(
+        "dma@{ENGINE_ADDR},socket={}",
+        dev.host.join("ep.sock").display()
+    );
+    let mut args = vec!["--endpoint", endpoint.as_str()];
+    args.extend_from_slice(model);
+    let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &args);
+    let mut opts = QemuOpts {
+        memory_mb: RAM_MB,
+        no_reboot: false,
+        timeout: Duration::from_secs(240),
+        script,
+        ..Default::default()
+    };
+    front.apply(&mut opts);
+    opts.args.extend([
+        "-device".into(),
+        json!({"driver": "vfio-user-pci",
+               "socket": {"type": "unix", "path": dev.guest.join("ep.sock")},
+               "addr": ENGINE_ADDR})
+        .to_string(),
+    ]);
+    let run = RunDir::new(env);
+    let q = Qemu::spawn(env, &run, &opts);
+    ([dev, run], d, q)
+}
+
+/// The guest-physical frames listed in field `key` of an agent report.
+pub fn gpas(r: &Report, key: &str) -> Vec<u64> {
+    r.get(key)
+        .unwrap_or_else(|| panic!("no {key}: {r:?}"))
+        .split(',')
+        .map(|g| parse_u64(g).expect("gpa"))
+        .collect()
+}
+
+/// The daemon's report of its one endpoint device (`endpoints`).
+pub fn endpoint(d: &Daemon) -> Value {
+    let e = d.ctl(json!({"cmd": "endpoints"}));
+    let list = e["endpoints"].as_array().expect("endpoints").clone();
+    assert_eq!(list.len(), 1, "{e}");
+    assert_eq!(list[0]["endpoint"], json!(ENGINE_RID));
+    list[0].clone()
+}
