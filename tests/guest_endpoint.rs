@@ -7,7 +7,7 @@
 //! the engine's status and in the guest's kernel log, from the virtio-iommu event queue), and
 //! that the engine works again after a guest reboot. Run by `scripts/guest-test`.
 
-use iommu_workspace::guest::endpoint::{ENGINE_ID, ENGINE_RID, PAGES, boot, endpoint, gpas};
+use iommu_workspace::guest::endpoint::{ENGINE_ID, ENGINE_RID, PAGES, boot, endpoint, gpas, guest};
 use iommu_workspace::guest::harness::{GuestEnv, bind_first};
 use serde_json::{Value, json};
 
@@ -44,7 +44,7 @@ fn dma_engine(model: &[&str]) {
          esac\n\
          dmesg | grep -i 'fault from EP' | sed 's/^/GUEST-DMESG /'\n"
     );
-    let (_dev, d, mut q) = boot(&env, model, script);
+    let (dirs, d, mut q) = boot(&env, model, script.clone());
 
     // First boot.
     q.next("boot");
@@ -155,4 +155,16 @@ fn dma_engine(model: &[&str]) {
         after["descriptors"].as_u64() > before["descriptors"].as_u64(),
         "{before} -> {after}"
     );
+
+    // QEMU exited; the daemon still serves, and a new QEMU's guest uses the engine again.
+    let (_run, mut q) = guest(&env, &dirs[0], script);
+    q.next("ask");
+    q.send_line("second");
+    let copy = q.next("dma-batch");
+    assert_eq!(copy.get("results"), Some("1,1,1"), "new QEMU: {copy:?}");
+    assert_eq!(copy.get("dst_ok"), Some("yes"), "new QEMU: {copy:?}");
+    q.finish();
+    let again = endpoint(&d);
+    assert!(again["connections"].as_u64().unwrap() >= 1, "{again}");
+    assert!(again["descriptors"].as_u64() > after["descriptors"].as_u64());
 }

@@ -22,15 +22,30 @@ pub const PAGES: u64 = 4;
 /// Returns the run directories (the daemon's sockets, QEMU's boot files), which must outlive
 /// both.
 pub fn boot(env: &GuestEnv, model: &[&str], script: String) -> ([RunDir; 2], Daemon, Qemu) {
+    let (dev, d) = daemon(env, model);
+    let (run, q) = guest(env, &dev, script);
+    ([dev, run], d, q)
+}
+
+/// A daemon (`--model` and other options in `extra`) serving the engine, with its sockets in
+/// the returned run directory.
+pub fn daemon(env: &GuestEnv, extra: &[&str]) -> (RunDir, Daemon) {
     let dev = RunDir::new(env);
-    let (front, sock) = Front::vhost_user(&dev);
+    let sock = dev.host.join("vu.sock");
     let endpoint = format!(
         "dma@{ENGINE_ADDR},socket={}",
         dev.host.join("ep.sock").display()
     );
     let mut args = vec!["--endpoint", endpoint.as_str()];
-    args.extend_from_slice(model);
+    args.extend_from_slice(extra);
     let d = Daemon::spawn(&sock, ENDPOINTS, Duration::from_secs(600), &args);
+    (dev, d)
+}
+
+/// A guest (that may reboot) against the daemon whose sockets are in `dev`, with the engine
+/// attached through `vfio-user-pci`, running `script`. Returns its run directory and QEMU.
+pub fn guest(env: &GuestEnv, dev: &RunDir, script: String) -> (RunDir, Qemu) {
+    let (front, _) = Front::vhost_user(dev);
     let mut opts = QemuOpts {
         memory_mb: RAM_MB,
         no_reboot: false,
@@ -48,7 +63,7 @@ pub fn boot(env: &GuestEnv, model: &[&str], script: String) -> ([RunDir; 2], Dae
     ]);
     let run = RunDir::new(env);
     let q = Qemu::spawn(env, &run, &opts);
-    ([dev, run], d, q)
+    (run, q)
 }
 
 /// The guest-physical frames listed in field `key` of an agent report.

@@ -134,7 +134,7 @@ impl ConfigSpace {
         c.bytes[PCIE_CAP] = 0x10;
         c.set16(PCIE_CAP + 2, 0x0002);
         c.mask16(PCIE_CAP + 8, 0x7fff);
-        debug_assert!(PCIE_CAP + PCIE_CAP_LEN <= PASID_CAP);
+        const { assert!(PCIE_CAP + PCIE_CAP_LEN <= PASID_CAP) };
 
         // PASID: the only extended capability (next 0). Capability: privileged mode
         // supported, max width; Control: PASID and Privileged Mode Enable writable.
