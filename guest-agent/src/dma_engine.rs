@@ -1,5 +1,6 @@
 //! The DMA engine endpoint (PCI 1234:1dae, served by vhost-device-iommu over vfio-user): its
-//! BAR0 registers, its 32-byte descriptors, and the IOVA layout `guest-agent dma-engine` uses.
+//! BAR0 registers, its 32-byte descriptors, the IOVA layout `guest-agent dma-engine` uses, and
+//! the page-by-page guest-physical descriptors of `dma-engine --noiommu` ([`PageFrames`]).
 //!
 //! Register file (BAR0, little-endian; a 64-bit register is two 32-bit halves, low half first,
 //! and 64-bit accesses to it also work):
@@ -359,6 +360,130 @@ impl Layout {
     }
 }
 
+/// The page size `dma-engine --noiommu`'s page limit ([`NOIOMMU_MAX_PAGES`]) is computed for:
+/// the x86 guest's 4 KiB.
+pub const NOIOMMU_PAGE: u64 = 4096;
+/// Descriptors per buffer page in `dma-engine --noiommu`'s copy batch: a FILL, a COPY and a
+/// COMPARE.
+pub const NOIOMMU_DESCS_PER_PAGE: u64 = 3;
+
+/// The most descriptors one doorbell can run from a descriptor page of `page_size` bytes:
+/// [`MAX_BATCH`], or fewer when the page holds fewer. The engine fetches descriptor `i` at
+/// `DESC_BASE + 32 * i`; without an IOMMU those are guest-physical addresses, so a batch must
+/// lie in one physically contiguous page (the next page of the buffer is generally not the
+/// next frame).
+pub const fn descs_per_page(page_size: u64) -> u64 {
+    let fit = page_size / DESC_SIZE as u64;
+    if fit < MAX_BATCH as u64 {
+        fit
+    } else {
+        MAX_BATCH as u64
+    }
+}
+
+/// The most `dma-engine --noiommu --pages`: the copy batch takes
+/// [`NOIOMMU_DESCS_PER_PAGE`] descriptors per page, and all of them must fit one descriptor
+/// page of [`NOIOMMU_PAGE`] bytes (128 descriptors, fewer than the engine's 256): 42.
+pub const NOIOMMU_MAX_PAGES: u64 = descs_per_page(NOIOMMU_PAGE) / NOIOMMU_DESCS_PER_PAGE;
+
+/// The guest-physical frames of `dma-engine --noiommu`'s descriptor page and buffers. With no
+/// IOMMU the engine's addresses are guest-physical, and a buffer of several pages is generally
+/// not physically contiguous, so every descriptor moves one page: to, from or between the
+/// frames of the same page index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageFrames {
+    /// The descriptor page's frame: what `DESC_BASE` gets.
+    pub desc: u64,
+    /// The source buffer's frames, page by page.
+    pub src: Vec<u64>,
+    /// The destination buffer's frames, page by page.
+    pub dst: Vec<u64>,
+    /// The page size, which is also every descriptor's `LEN`.
+    pub page_size: u64,
+}
+
+impl PageFrames {
+    /// Checks the frames: `page_size` a power of two no longer than one descriptor moves,
+    /// every frame aligned to it, source and destination of the same nonzero number of pages,
+    /// and the copy batch's [`NOIOMMU_DESCS_PER_PAGE`] descriptors per page within
+    /// [`descs_per_page`].
+    pub fn new(desc: u64, src: Vec<u64>, dst: Vec<u64>, page_size: u64) -> crate::Result<Self> {
+        let bad = |m: String| crate::AgentError::Engine(m);
+        if !page_size.is_power_of_two() || page_size > u64::from(MAX_LEN) {
+            return Err(bad(format!("page size {page_size:#x} unusable")));
+        }
+        if src.is_empty() || src.len() != dst.len() {
+            return Err(bad(format!(
+                "{} source and {} destination frames; want the same nonzero number",
+                src.len(),
+                dst.len()
+            )));
+        }
+        let most = descs_per_page(page_size) / NOIOMMU_DESCS_PER_PAGE;
+        if src.len() as u64 > most {
+            return Err(bad(format!(
+                "{} pages need {} descriptors; one {page_size:#x}-byte descriptor page runs \
+                 {} ({most} pages)",
+                src.len(),
+                src.len() as u64 * NOIOMMU_DESCS_PER_PAGE,
+                descs_per_page(page_size)
+            )));
+        }
+        if let Some(f) = std::iter::once(&desc)
+            .chain(&src)
+            .chain(&dst)
+            .find(|f| !f.is_multiple_of(page_size))
+        {
+            return Err(bad(format!(
+                "frame {f:#x} is not aligned to the {page_size:#x}-byte page"
+            )));
+        }
+        Ok(PageFrames {
+            desc,
+            src,
+            dst,
+            page_size,
+        })
+    }
+
+    /// Pages in each buffer.
+    pub fn pages(&self) -> usize {
+        self.src.len()
+    }
+
+    fn len(&self) -> u32 {
+        // At most MAX_LEN, by `new`.
+        self.page_size as u32
+    }
+
+    /// The copy batch: FILL every source page with `pattern`, then COPY every source page to
+    /// its destination page, then COMPARE every pair (the type1 batch's three descriptors,
+    /// each split page by page): `3 * pages` descriptors.
+    pub fn copy_batch(&self, pattern: u64) -> Vec<Descriptor> {
+        let len = self.len();
+        let fills = self.src.iter().map(|&s| Descriptor::fill(s, pattern, len));
+        let pairs = || self.src.iter().zip(&self.dst);
+        let copies = pairs().map(|(&s, &d)| Descriptor::copy(s, d, len));
+        let compares = pairs().map(|(&s, &d)| Descriptor::compare(s, d, len));
+        fills.chain(copies).chain(compares).collect()
+    }
+
+    /// COMPARE every source page with its destination page: `pages` descriptors.
+    pub fn compare_batch(&self) -> Vec<Descriptor> {
+        let len = self.len();
+        self.src
+            .iter()
+            .zip(&self.dst)
+            .map(|(&s, &d)| Descriptor::compare(s, d, len))
+            .collect()
+    }
+
+    /// The benchmark's one-page COPY: source page 0 to destination page 0.
+    pub fn bench_copy(&self) -> Descriptor {
+        Descriptor::copy(self.src[0], self.dst[0], self.len())
+    }
+}
+
 #[cfg(target_os = "linux")]
 pub use engine::Engine;
 
@@ -599,6 +724,185 @@ mod tests {
         assert_eq!(results_list(&[1, 1, 1]), "1,1,1");
         assert_eq!(results_list(&[1, 0x83, 0]), "1,0x83,0");
         assert_eq!(results_list(&[]), "");
+    }
+
+    fn frames_3() -> PageFrames {
+        // Three pages whose frames are neither contiguous nor in order.
+        PageFrames::new(
+            0x7_7000,
+            vec![0x12_3000, 0x4_5000, 0x12_4000],
+            vec![0x9_9000, 0x1_0000_0000, 0x2000],
+            4096,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn noiommu_page_limit() {
+        assert_eq!(descs_per_page(4096), 128);
+        assert_eq!(descs_per_page(8192), 256);
+        assert_eq!(descs_per_page(64 << 10), 256, "the engine's limit caps it");
+        assert_eq!(NOIOMMU_MAX_PAGES, 42);
+        let f = |n: u64| (0..n).map(|i| (i + 1) << 12).collect::<Vec<_>>();
+        assert!(PageFrames::new(0, f(42), f(42), 4096).is_ok());
+        assert!(PageFrames::new(0, f(43), f(43), 4096).is_err());
+        // 16 KiB pages hold 256 descriptors: 85 pages.
+        let g = |n: u64| (0..n).map(|i| (i + 1) << 14).collect::<Vec<_>>();
+        assert!(PageFrames::new(0, g(85), g(85), 16384).is_ok());
+        assert!(PageFrames::new(0, g(86), g(86), 16384).is_err());
+    }
+
+    #[test]
+    fn noiommu_frames_are_checked() {
+        let ok = |d: u64, s: &[u64], t: &[u64], p: u64| {
+            PageFrames::new(d, s.to_vec(), t.to_vec(), p).is_ok()
+        };
+        assert!(ok(0x1000, &[0x2000], &[0x3000], 4096));
+        assert!(!ok(0x1000, &[], &[], 4096), "no pages");
+        assert!(
+            !ok(0x1000, &[0x2000], &[0x3000, 0x4000], 4096),
+            "lengths differ"
+        );
+        assert!(!ok(0x1800, &[0x2000], &[0x3000], 4096), "desc unaligned");
+        assert!(!ok(0x1000, &[0x2010], &[0x3000], 4096), "src unaligned");
+        assert!(!ok(0x1000, &[0x2000], &[0x3008], 4096), "dst unaligned");
+        assert!(!ok(0, &[0], &[0], 3000), "not a power of two");
+        assert!(
+            !ok(0, &[0], &[0], 32 << 20),
+            "longer than a descriptor moves"
+        );
+    }
+
+    #[test]
+    fn noiommu_copy_batch_goes_page_by_page() {
+        let f = frames_3();
+        assert_eq!(f.pages(), 3);
+        let p = FILL_PATTERN;
+        let want = vec![
+            Descriptor {
+                ctrl: 2,
+                pasid: 0,
+                src: p,
+                dst: 0x12_3000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 2,
+                pasid: 0,
+                src: p,
+                dst: 0x4_5000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 2,
+                pasid: 0,
+                src: p,
+                dst: 0x12_4000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 1,
+                pasid: 0,
+                src: 0x12_3000,
+                dst: 0x9_9000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 1,
+                pasid: 0,
+                src: 0x4_5000,
+                dst: 0x1_0000_0000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 1,
+                pasid: 0,
+                src: 0x12_4000,
+                dst: 0x2000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 3,
+                pasid: 0,
+                src: 0x12_3000,
+                dst: 0x9_9000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 3,
+                pasid: 0,
+                src: 0x4_5000,
+                dst: 0x1_0000_0000,
+                len: 4096,
+                result: 0,
+            },
+            Descriptor {
+                ctrl: 3,
+                pasid: 0,
+                src: 0x12_4000,
+                dst: 0x2000,
+                len: 4096,
+                result: 0,
+            },
+        ];
+        assert_eq!(f.copy_batch(FILL_PATTERN), want);
+        assert_eq!(f.compare_batch(), want[6..].to_vec());
+        assert_eq!(
+            f.bench_copy(),
+            Descriptor {
+                ctrl: 1,
+                pasid: 0,
+                src: 0x12_3000,
+                dst: 0x9_9000,
+                len: 4096,
+                result: 0
+            }
+        );
+        // The bytes of one of them, as the engine fetches them.
+        #[rustfmt::skip]
+        let copy_1: [u8; 32] = [
+            0x01, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00,
+            0x00, 0x50, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00,
+            0x00, 0x10, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(f.copy_batch(FILL_PATTERN)[4].to_bytes(), copy_1);
+    }
+
+    #[test]
+    fn noiommu_largest_batch_fits_the_descriptor_page() {
+        let n = NOIOMMU_MAX_PAGES;
+        let src: Vec<u64> = (0..n).map(|i| (2 * i + 10) << 12).collect();
+        let dst: Vec<u64> = (0..n).map(|i| (2 * i + 11) << 12).collect();
+        let f = PageFrames::new(0x1000, src.clone(), dst.clone(), 4096).unwrap();
+        let b = f.copy_batch(0);
+        assert_eq!(b.len() as u64, 3 * n);
+        assert!(b.len() * DESC_SIZE <= 4096 && b.len() <= MAX_BATCH as usize);
+        let n = n as usize;
+        for i in 0..n {
+            assert_eq!((b[i].ctrl, b[i].dst), (Opcode::Fill as u32, src[i]));
+            assert_eq!(
+                (b[n + i].ctrl, b[n + i].src, b[n + i].dst),
+                (Opcode::Copy as u32, src[i], dst[i])
+            );
+            assert_eq!(
+                (b[2 * n + i].ctrl, b[2 * n + i].src, b[2 * n + i].dst),
+                (Opcode::Compare as u32, src[i], dst[i])
+            );
+        }
+        assert!(
+            b.iter()
+                .all(|d| d.len == 4096 && d.pasid == 0 && d.result == 0)
+        );
     }
 
     #[test]

@@ -2,14 +2,15 @@
 
 use guest_agent::args::{Command, DmaArgs, MapArgs};
 use guest_agent::dma_engine::{
-    self as dma, CONTROL_IE, Cap, Descriptor, ENGINE_ID, Engine, FILL_PATTERN, Layout,
+    self as dma, CONTROL_IE, Cap, Descriptor, ENGINE_ID, Engine, FILL_PATTERN, Layout, PageFrames,
     RESULT_MISCOMPARE, RESULT_OK, Status,
 };
 use guest_agent::report::Report;
 use guest_agent::sysfs::{self, PciDevice};
 use guest_agent::vfio::{
     Container, Device, DmaBuffer, EventFd, Group, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_TYPE1V2_IOMMU, VfioIrqInfo,
+    VFIO_NOIOMMU_IOMMU, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_TYPE1V2_IOMMU,
+    VfioIrqInfo,
 };
 use guest_agent::{AgentError, Result, pagemap, virtio};
 use iommu_emulator::PciBdf;
@@ -111,7 +112,8 @@ pub fn run(cmd: Command) -> Result<()> {
     Ok(())
 }
 
-/// An open container with the device's group in it and the type1 backend set.
+/// An open container with the device's group in it and the type1 backend set (or, from
+/// [`open_noiommu_session`], the no-IOMMU one: `pgsizes` 0, nothing to map).
 struct Session {
     container: Container,
     vfio_group: Group,
@@ -130,7 +132,8 @@ fn page_size() -> Result<u64> {
         .ok_or_else(|| AgentError::Vfio(format!("bad page size {p}")))
 }
 
-fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
+/// The IOMMU group of `bdf`, checked to be bound to `vfio-pci`.
+fn vfio_pci_group(root: &Path, bdf: &PciBdf) -> Result<u32> {
     let dev = sysfs::device(root, bdf)?;
     if dev.driver.as_deref() != Some("vfio-pci") {
         return Err(AgentError::Vfio(format!(
@@ -138,9 +141,12 @@ fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
             dev.driver
         )));
     }
-    let group_no = dev
-        .iommu_group
-        .ok_or_else(|| AgentError::Vfio(format!("{bdf} has no IOMMU group")))?;
+    dev.iommu_group
+        .ok_or_else(|| AgentError::Vfio(format!("{bdf} has no IOMMU group")))
+}
+
+fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
+    let group_no = vfio_pci_group(root, bdf)?;
     let container = Container::open()?;
     let group = Group::open(group_no)?;
     group.set_container(&container)?;
@@ -168,8 +174,39 @@ fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
     })
 }
 
-/// The guest-physical address of each page of `buf`, from pagemap. Call it after `MAP_DMA`:
-/// the pages are pinned then, so their frames cannot move while the mapping lives.
+/// A session on the no-IOMMU group VFIO made up for `bdf` (`/dev/vfio/noiommu-G`, G its
+/// `iommu_group` in sysfs) with the [`VFIO_NOIOMMU_IOMMU`] backend set.
+fn open_noiommu_session(root: &Path, bdf: &PciBdf) -> Result<Session> {
+    let group_no = vfio_pci_group(root, bdf)?;
+    let container = Container::open()?;
+    let group = Group::open_noiommu(group_no).map_err(|e| match e {
+        AgentError::Os { what, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            AgentError::Os {
+                what: format!(
+                    "{what} (group {group_no} of {bdf} is no no-IOMMU group: \
+                     /sys/module/vfio/parameters/enable_unsafe_noiommu_mode must be Y when \
+                     vfio-pci binds a device behind no IOMMU)"
+                ),
+                source,
+            }
+        }
+        e => e,
+    })?;
+    group.set_container(&container)?;
+    container.set_noiommu()?;
+    Ok(Session {
+        container,
+        vfio_group: group,
+        group: group_no,
+        iommu_type: VFIO_NOIOMMU_IOMMU,
+        pgsizes: 0,
+        page_size: page_size()?,
+    })
+}
+
+/// The guest-physical address of each page of `buf`, from pagemap. Call it after `MAP_DMA`
+/// (type1) or [`DmaBuffer::lock`] (no IOMMU): the pages are pinned or locked then, so their
+/// frames stay while the mapping lives.
 fn frames(buf: &DmaBuffer, page_size: u64) -> Result<Vec<u64>> {
     let pages = buf.len() / page_size as usize;
     pagemap::read_self(buf.vaddr(), page_size, pages)?
@@ -410,18 +447,61 @@ fn unmap_all(s: &Session, iova: u64, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Where the engine finds the descriptor page and the buffers.
+enum Plan {
+    /// Type1: mapped back to back at IOVAs; one descriptor moves a whole buffer.
+    Type1(Layout),
+    /// No IOMMU: at their guest-physical frames, read once the buffers are locked; one
+    /// descriptor moves one page.
+    NoIommu(PageFrames),
+}
+
+impl Plan {
+    /// What `DESC_BASE` gets.
+    fn desc_base(&self) -> u64 {
+        match self {
+            Plan::Type1(l) => l.desc,
+            Plan::NoIommu(f) => f.desc,
+        }
+    }
+}
+
+/// `dma-engine`. In type1 mode (the default) its reports, in order: `dma-engine-open`,
+/// `dma-map`, `dma-batch name=copy`, (`dma-wait`), `dma-batch name=miscompare`,
+/// `dma-fault name=unmapped`, (`dma-bench`), `dma-fault name=after-unmap`,
+/// `dma-engine-done`. With `--noiommu` the same without the two `dma-fault`s; `dma-map`'s
+/// `desc_iova`, `src_iova` and `dst_iova` are then the first guest-physical frame of each
+/// (`desc_gpa`, the first of `src_gpas`, the first of `dst_gpas`), since nothing translates
+/// the engine's addresses, and the batches hold one descriptor per page
+/// (`results=1,1,...` of 3 × pages for the copy batch, pages for the miscompare one).
 fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
-    let s = open_session(root, &a.bdf, a.iova)?;
-    let layout = Layout::new(a.iova, a.pages, s.page_size).ok_or_else(|| {
-        AgentError::Usage(format!(
-            "--iova {:#x} --pages {} do not fit (page size {:#x})",
-            a.iova, a.pages, s.page_size
-        ))
-    })?;
-    // At most MAX_LEN (16 MiB), by Layout::new.
-    let len32 = layout.len as u32;
+    let s = if a.noiommu {
+        open_noiommu_session(root, &a.bdf)?
+    } else {
+        open_session(root, &a.bdf, a.iova)?
+    };
     let page = s.page_size as usize;
-    let len = layout.len as usize;
+    let layout = if a.noiommu {
+        // By the argument check with 4 KiB pages; checked again on the frames.
+        let most = dma::descs_per_page(s.page_size) / dma::NOIOMMU_DESCS_PER_PAGE;
+        if a.pages > most {
+            return Err(AgentError::Usage(format!(
+                "--pages {} does not fit: with --noiommu one {:#x}-byte descriptor page holds \
+                 the copy batch of {} pages at most",
+                a.pages, s.page_size, most
+            )));
+        }
+        None
+    } else {
+        Some(Layout::new(a.iova, a.pages, s.page_size).ok_or_else(|| {
+            AgentError::Usage(format!(
+                "--iova {:#x} --pages {} do not fit (page size {:#x})",
+                a.iova, a.pages, s.page_size
+            ))
+        })?)
+    };
+    // At most DMA_MAX_PAGES (512) pages, by the argument check.
+    let len = a.pages as usize * page;
 
     // 1. The device: BAR0, memory space and bus master (the kernel refuses BAR accesses
     //    while memory space is off, and the engine DMAs only with bus master on), identity,
@@ -444,47 +524,74 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
             .hex("id", u64::from(id))
             .hex("cap", u64::from(cap.0))
             .field("irq", irq.name)
+            .field("iommu", if a.noiommu { "noiommu" } else { "type1" })
             .hex("region0_size", engine.region().size)
             .hex("command", u64::from(command)),
     );
 
-    // 2. Descriptor page, source and destination, mapped back to back.
+    // 2. Descriptor page, source and destination: mapped back to back (type1), or locked
+    //    and found by their frames (no IOMMU).
     let mut desc = DmaBuffer::new(page, 0)?;
     let src = DmaBuffer::new(len, 0x11)?;
     let mut dst = DmaBuffer::new(len, 0x22)?;
-    s.container
-        .map_dma(desc.vaddr(), layout.desc, s.page_size)?;
-    s.container.map_dma(src.vaddr(), layout.src, layout.len)?;
-    s.container.map_dma(dst.vaddr(), layout.dst, layout.len)?;
+    let plan = match layout {
+        Some(layout) => {
+            s.container
+                .map_dma(desc.vaddr(), layout.desc, s.page_size)?;
+            s.container.map_dma(src.vaddr(), layout.src, layout.len)?;
+            s.container.map_dma(dst.vaddr(), layout.dst, layout.len)?;
+            Plan::Type1(layout)
+        }
+        None => {
+            for b in [&desc, &src, &dst] {
+                b.lock()?;
+            }
+            Plan::NoIommu(PageFrames::new(
+                frames(&desc, s.page_size)?[0],
+                frames(&src, s.page_size)?,
+                frames(&dst, s.page_size)?,
+                s.page_size,
+            )?)
+        }
+    };
     let desc_gpa = frames(&desc, s.page_size)?[0];
+    let (src_gpas, dst_gpas) = (frames(&src, s.page_size)?, frames(&dst, s.page_size)?);
+    let (desc_iova, src_iova, dst_iova) = match &plan {
+        Plan::Type1(l) => (l.desc, l.src, l.dst),
+        Plan::NoIommu(f) => (f.desc, f.src[0], f.dst[0]),
+    };
     emit(
         Report::new("dma-map")
-            .hex("desc_iova", layout.desc)
-            .hex("src_iova", layout.src)
-            .hex("dst_iova", layout.dst)
-            .hex("len", layout.len)
+            .hex("desc_iova", desc_iova)
+            .hex("src_iova", src_iova)
+            .hex("dst_iova", dst_iova)
+            .hex("len", len as u64)
             .hex("desc_gpa", desc_gpa)
-            .field("src_gpas", hex_list(&frames(&src, s.page_size)?))
-            .field("dst_gpas", hex_list(&frames(&dst, s.page_size)?)),
+            .field("src_gpas", hex_list(&src_gpas))
+            .field("dst_gpas", hex_list(&dst_gpas)),
     );
 
     // 3. FILL src, COPY src -> dst, COMPARE src with dst, with the completion interrupt.
     engine.clear()?;
     engine.write(dma::REG_CONTROL, CONTROL_IE)?;
-    write_descs(
-        &mut desc,
-        &[
-            Descriptor::fill(layout.src, FILL_PATTERN, len32),
-            Descriptor::copy(layout.src, layout.dst, len32),
-            Descriptor::compare(layout.src, layout.dst, len32),
+    let descs = match &plan {
+        // At most MAX_LEN (16 MiB), by Layout::new.
+        Plan::Type1(l) => vec![
+            Descriptor::fill(l.src, FILL_PATTERN, l.len as u32),
+            Descriptor::copy(l.src, l.dst, l.len as u32),
+            Descriptor::compare(l.src, l.dst, l.len as u32),
         ],
-    )?;
-    let (status, got_irq) = batch(&engine, &irq, layout.desc, 3)?;
-    let results = read_results(&desc, 3)?;
+        Plan::NoIommu(f) => f.copy_batch(FILL_PATTERN),
+    };
+    let n = descs.len();
+    write_descs(&mut desc, &descs)?;
+    // At most 3 * NOIOMMU_MAX_PAGES descriptors.
+    let (status, got_irq) = batch(&engine, &irq, plan.desc_base(), n as u32)?;
+    let results = read_results(&desc, n)?;
     let src_ok = dma::holds_pattern(&src.to_vec(), FILL_PATTERN);
     let dst_bytes = dst.to_vec();
     let dst_ok = dma::holds_pattern(&dst_bytes, FILL_PATTERN);
-    let status_ok = status.done() && !status.error() && status.count() == 3;
+    let status_ok = status.done() && !status.error() && usize::from(status.count()) == n;
     let total_desc = engine.read(dma::REG_TOTAL_DESC)?;
     let total_bytes = engine.read64(dma::REG_TOTAL_BYTES)?;
     finish(&engine, &dev, &irq)?;
@@ -504,15 +611,16 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
                 dma::hex_bytes(&dst_bytes[..dst_bytes.len().min(16)]),
             ),
     );
-    let copy_failed = (!src_ok || !dst_ok || !status_ok || results != [RESULT_OK; 3]).then(|| {
-        format!(
-            "copy batch: status {:#x}, results {}, src_ok {}, dst_ok {}",
-            status.0,
-            dma::results_list(&results),
-            yes(src_ok),
-            yes(dst_ok)
-        )
-    });
+    let copy_failed =
+        (!src_ok || !dst_ok || !status_ok || results != vec![RESULT_OK; n]).then(|| {
+            format!(
+                "copy batch: status {:#x}, results {}, src_ok {}, dst_ok {}",
+                status.0,
+                dma::results_list(&results),
+                yes(src_ok),
+                yes(dst_ok)
+            )
+        });
 
     // The host reads its counters and the translations of the copy batch meanwhile.
     if a.wait_stdin {
@@ -523,17 +631,26 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
             .map_err(|e| AgentError::io("read stdin", e))?;
     }
 
-    // 4. One byte of dst changed behind the engine's back: COMPARE reports a miscompare.
+    // 4. One byte of dst changed behind the engine's back: COMPARE reports a miscompare (in
+    //    the descriptor of the page holding it, without an IOMMU).
     let mut byte = [0u8; 1];
     dst.read_at(len / 2, &mut byte)?;
     byte[0] ^= 0xff;
     dst.write_at(len / 2, &byte)?;
-    write_descs(
-        &mut desc,
-        &[Descriptor::compare(layout.src, layout.dst, len32)],
-    )?;
-    let (status, got_irq) = batch(&engine, &irq, layout.desc, 1)?;
-    let results = read_results(&desc, 1)?;
+    let (descs, want) = match &plan {
+        Plan::Type1(l) => (
+            vec![Descriptor::compare(l.src, l.dst, l.len as u32)],
+            vec![RESULT_MISCOMPARE],
+        ),
+        Plan::NoIommu(f) => {
+            let mut want = vec![RESULT_OK; f.pages()];
+            want[len / 2 / page] = RESULT_MISCOMPARE;
+            (f.compare_batch(), want)
+        }
+    };
+    write_descs(&mut desc, &descs)?;
+    let (status, got_irq) = batch(&engine, &irq, plan.desc_base(), descs.len() as u32)?;
+    let results = read_results(&desc, descs.len())?;
     finish(&engine, &dev, &irq)?;
     emit(
         Report::new("dma-batch")
@@ -543,28 +660,33 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
             .field("irq", yes(got_irq))
             .field(
                 "miscompare_ok",
-                yes(status.done() && status.miscompare() && results == [RESULT_MISCOMPARE]),
+                yes(status.done() && status.miscompare() && results == want),
             ),
     );
 
-    // 5. COPY to an IOVA nothing is mapped at: the destination write faults.
-    write_descs(
-        &mut desc,
-        &[Descriptor::copy(layout.src, layout.unmapped, len32)],
-    )?;
-    let (status, got_irq) = batch(&engine, &irq, layout.desc, 1)?;
-    let r = fault_report("unmapped", &engine, &desc, status, got_irq)?;
-    finish(&engine, &dev, &irq)?;
-    emit(r);
-
-    // 7. K one-page copies, each rung and polled on its own, without the interrupt.
-    if a.count > 0 {
-        engine.write(dma::REG_CONTROL, 0)?;
+    // 5. COPY to an IOVA nothing is mapped at: the destination write faults. (Without an
+    //    IOMMU nothing can fault: skipped.)
+    if let Plan::Type1(l) = &plan {
         write_descs(
             &mut desc,
-            &[Descriptor::copy(layout.src, layout.dst, s.page_size as u32)],
+            &[Descriptor::copy(l.src, l.unmapped, l.len as u32)],
         )?;
-        engine.write64(dma::REG_DESC_BASE, layout.desc)?;
+        let (status, got_irq) = batch(&engine, &irq, l.desc, 1)?;
+        let r = fault_report("unmapped", &engine, &desc, status, got_irq)?;
+        finish(&engine, &dev, &irq)?;
+        emit(r);
+    }
+
+    // 7. K one-page copies (source page 0 to destination page 0), each rung and polled on its
+    //    own, without the interrupt.
+    if a.count > 0 {
+        engine.write(dma::REG_CONTROL, 0)?;
+        let d = match &plan {
+            Plan::Type1(l) => Descriptor::copy(l.src, l.dst, s.page_size as u32),
+            Plan::NoIommu(f) => f.bench_copy(),
+        };
+        write_descs(&mut desc, &[d])?;
+        engine.write64(dma::REG_DESC_BASE, plan.desc_base())?;
         let start = Instant::now();
         for i in 0..a.count {
             let st = engine.ring(1, DMA_TIMEOUT)?;
@@ -602,18 +724,34 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
         );
     }
 
-    // 8. dst unmapped: a COPY to its old IOVA faults.
-    unmap_all(&s, layout.dst, layout.len)?;
-    write_descs(
-        &mut desc,
-        &[Descriptor::copy(layout.src, layout.dst, len32)],
-    )?;
-    let (status, got_irq) = batch(&engine, &irq, layout.desc, 1)?;
-    let r = fault_report("after-unmap", &engine, &desc, status, got_irq)?;
-    finish(&engine, &dev, &irq)?;
-    emit(r);
-    unmap_all(&s, layout.desc, s.page_size)?;
-    unmap_all(&s, layout.src, layout.len)?;
+    match &plan {
+        // 8. dst unmapped: a COPY to its old IOVA faults.
+        Plan::Type1(l) => {
+            unmap_all(&s, l.dst, l.len)?;
+            write_descs(&mut desc, &[Descriptor::copy(l.src, l.dst, l.len as u32)])?;
+            let (status, got_irq) = batch(&engine, &irq, l.desc, 1)?;
+            let r = fault_report("after-unmap", &engine, &desc, status, got_irq)?;
+            finish(&engine, &dev, &irq)?;
+            emit(r);
+            unmap_all(&s, l.desc, s.page_size)?;
+            unmap_all(&s, l.src, l.len)?;
+        }
+        // 8. Nothing to unmap; the locked pages kept their frames, else the engine wrote
+        //    memory that was no longer the buffers'.
+        Plan::NoIommu(f) => {
+            let now = PageFrames::new(
+                frames(&desc, s.page_size)?[0],
+                frames(&src, s.page_size)?,
+                frames(&dst, s.page_size)?,
+                s.page_size,
+            )?;
+            if now != *f {
+                return Err(AgentError::Engine(format!(
+                    "the locked buffers moved during the run: {f:?} -> {now:?}"
+                )));
+            }
+        }
+    }
     dev.disable_irq(irq.index)?;
     if let Some(msg) = copy_failed {
         return Err(AgentError::Engine(msg));
