@@ -71,6 +71,10 @@ fn the_dma_engine_seeds_complete_and_fail_batches() {
     // VT-d model, which faults it (legacy mode translates no PASID).
     let s = seed("seed_config_bme_pasid");
     assert_eq!(s.errors.load(Ordering::Relaxed), 2);
-    assert_eq!(s.faults.load(Ordering::Relaxed), 1, "the PASID fill faulted");
+    assert_eq!(
+        s.faults.load(Ordering::Relaxed),
+        1,
+        "the PASID fill faulted"
+    );
     assert_eq!(s.descriptors.load(Ordering::Relaxed), 0);
 }

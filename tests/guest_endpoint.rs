@@ -7,7 +7,9 @@
 //! the engine's status and in the guest's kernel log, from the virtio-iommu event queue), and
 //! that the engine works again after a guest reboot. Run by `scripts/guest-test`.
 
-use iommu_workspace::guest::endpoint::{ENGINE_ID, ENGINE_RID, PAGES, boot, endpoint, gpas, guest};
+use iommu_workspace::guest::endpoint::{
+    ENGINE_ID, ENGINE_RID, PAGES, boot, daemon_with, endpoint, gpas, guest,
+};
 use iommu_workspace::guest::harness::{GuestEnv, bind_first};
 use serde_json::{Value, json};
 
@@ -167,4 +169,86 @@ fn dma_engine(model: &[&str]) {
     let again = endpoint(&d);
     assert!(again["connections"].as_u64().unwrap() >= 1, "{again}");
     assert!(again["descriptors"].as_u64() > after["descriptors"].as_u64());
+}
+
+/// The guest benchmark of real DMA: one-page COPY doorbells per second, issued by the guest
+/// through its VFIO and polled to completion, with the engine's DMA translated by the VT-d and
+/// AMD-Vi models against the daemon in bypass (`iommu=bypass`: the same engine, its DMA not
+/// crossing the IOMMU). The guest does the same work in every setting: it maps its buffers
+/// through VFIO (so through the virtio-iommu) at IOVAs equal to their guest-physical
+/// addresses (`dma-engine --identity`), so the descriptors are right whether or not the daemon
+/// translates them. `GUEST_BENCH_ROUNDS` (3) paired rounds of `GUEST_BENCH_DMA_COUNT` (5000)
+/// doorbells; every run is printed, then each model's median and the median per-round ratio
+/// to bypass. No timing assertion.
+#[test]
+#[ignore = "boots three guests per round: run by scripts/guest-test"]
+fn dma_engine_guest_bench() {
+    let env_u64 = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let count = env_u64("GUEST_BENCH_DMA_COUNT", 5000);
+    let rounds = env_u64("GUEST_BENCH_ROUNDS", 3).max(1) as usize;
+    let env = GuestEnv::provision();
+    let script = format!(
+        "{}guest-agent dma-engine \"$bdf\" --identity --pages 1 --count {count} || exit 1\n",
+        bind_first(ENGINE_ID)
+    );
+    let run = |extra: &[&str], engine_opts: &str| -> f64 {
+        let (dev, d) = daemon_with(&env, extra, engine_opts);
+        let (_run, mut q) = guest(&env, &dev, script.clone());
+        let open = q.next("dma-engine-open");
+        let copy = q.next("dma-batch");
+        let bench = q.next("dma-bench");
+        q.finish();
+        assert_eq!(open.get("mode"), Some("identity"), "{open:?}");
+        assert_eq!(copy.get("dst_ok"), Some("yes"), "{copy:?}");
+        assert_eq!(bench.get_u64("count"), Some(count), "{bench:?}");
+        let e = endpoint(&d);
+        assert!(e["descriptors"].as_u64().unwrap() >= count, "{e}");
+        assert_eq!(e["faults"], json!(0), "{e}");
+        let crossed = d.ctl(json!({"cmd": "stats"}))["core"]["translations"]
+            .as_u64()
+            .unwrap();
+        if engine_opts.is_empty() {
+            assert!(
+                crossed >= count,
+                "the doorbells' DMA crossed the model: {crossed}"
+            );
+        } else {
+            assert_eq!(e["iommu"], json!("bypass"), "{e}");
+        }
+        bench.get_f64("ops_per_sec").expect("ops_per_sec")
+    };
+    let settings: [(&str, &[&str], &str); 3] = [
+        ("bypass", &[], ",iommu=bypass"),
+        ("vtd", &[], ""),
+        ("amdvi", &["--model", "amdvi"], ""),
+    ];
+    let mut rates = vec![Vec::new(); settings.len()];
+    for round in 1..=rounds {
+        let mut line = format!("BENCH dma round {round}:");
+        for (i, (name, extra, opts)) in settings.iter().enumerate() {
+            let r = run(extra, opts);
+            line += &format!(" {name} {r:.0}");
+            rates[i].push(r);
+        }
+        println!("{line} ops/s");
+    }
+    let median = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    for (i, (name, _, _)) in settings.iter().enumerate().skip(1) {
+        let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(m, b)| m / b).collect();
+        println!(
+            "BENCH dma {name}: median {:.0} ops/s, bypass {:.0} ops/s, median per-round ratio {:.3}",
+            median(&rates[i]),
+            median(&rates[0]),
+            median(&ratios)
+        );
+    }
 }

@@ -254,8 +254,9 @@ pub struct Args {
 
     /// Serve an endpoint device over vfio-user whose every DMA the IOMMU translates:
     /// `dma@BB:DD.F,socket=PATH` (the DMA engine, at the PCI address QEMU gives it with
-    /// `vfio-user-pci`; its requester id must be one of --endpoints). Repeatable.
-    #[arg(long = "endpoint", value_name = "KIND@BDF,socket=PATH")]
+    /// `vfio-user-pci`; its requester id must be one of --endpoints). `,iommu=bypass` makes its
+    /// DMA bypass the IOMMU (guest-physical addresses; a benchmark baseline). Repeatable.
+    #[arg(long = "endpoint", value_name = "KIND@BDF,socket=PATH[,iommu=bypass]")]
     pub endpoint_devices: Vec<String>,
 }
 

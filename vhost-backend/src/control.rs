@@ -251,6 +251,7 @@ fn endpoint_json(e: &EndpointHandle, recent: bool) -> Value {
         .map(|(code, addr)| json!({"code": code as u8, "name": code.name(), "iova": addr}));
     let mut v = json!({
         "bdf": e.spec.bdf.to_string(), "endpoint": e.spec.bdf.rid(), "kind": "dma",
+        "iommu": if e.spec.bypass_iommu { "bypass" } else { "translate" },
         "socket": e.spec.socket.display().to_string(),
         "connections": n(&s.connections), "doorbells": n(&s.doorbells),
         "descriptors": n(&s.descriptors), "bytes": n(&s.bytes), "errors": n(&s.errors),

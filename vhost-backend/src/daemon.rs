@@ -117,14 +117,23 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let device = build_device(&cfg, &ram)?;
     let mut endpoints = Vec::new();
     for spec in &cfg.endpoint_devices {
-        let iommu: Arc<dyn DmaTranslator> = device.core().clone();
+        let iommu: Arc<dyn DmaTranslator> = if spec.bypass_iommu {
+            Arc::new(crate::endpoint::NoIommu)
+        } else {
+            device.core().clone()
+        };
         let e = crate::endpoint::server::spawn(spec.clone(), iommu).map_err(|e| {
             DaemonError::Endpoint(format!("{} at {}", spec.bdf, spec.socket.display()), e)
         })?;
         log::info!(
-            "endpoint {} (DMA engine) served over vfio-user at {}",
+            "endpoint {} (DMA engine) served over vfio-user at {}{}",
             spec.bdf,
-            spec.socket.display()
+            spec.socket.display(),
+            if spec.bypass_iommu {
+                ", its DMA bypassing the IOMMU"
+            } else {
+                ""
+            }
         );
         endpoints.push(e);
     }

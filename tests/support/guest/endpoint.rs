@@ -30,10 +30,16 @@ pub fn boot(env: &GuestEnv, model: &[&str], script: String) -> ([RunDir; 2], Dae
 /// A daemon (`--model` and other options in `extra`) serving the engine, with its sockets in
 /// the returned run directory.
 pub fn daemon(env: &GuestEnv, extra: &[&str]) -> (RunDir, Daemon) {
+    daemon_with(env, extra, "")
+}
+
+/// [`daemon`], with `engine_opts` appended to the engine's `--endpoint` option (such as
+/// `,iommu=bypass`).
+pub fn daemon_with(env: &GuestEnv, extra: &[&str], engine_opts: &str) -> (RunDir, Daemon) {
     let dev = RunDir::new(env);
     let sock = dev.host.join("vu.sock");
     let endpoint = format!(
-        "dma@{ENGINE_ADDR},socket={}",
+        "dma@{ENGINE_ADDR},socket={}{engine_opts}",
         dev.host.join("ep.sock").display()
     );
     let mut args = vec!["--endpoint", endpoint.as_str()];

@@ -91,7 +91,7 @@ pub enum EndpointKind {
     Dma,
 }
 
-/// One `--endpoint KIND@BDF,socket=PATH` option.
+/// One `--endpoint KIND@BDF,socket=PATH[,iommu=bypass]` option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
     /// What the function is.
@@ -100,11 +100,15 @@ pub struct EndpointSpec {
     pub bdf: PciBdf,
     /// The vfio-user socket the daemon listens on.
     pub socket: PathBuf,
+    /// `iommu=bypass`: the function's DMA does not cross the IOMMU at all ([`NoIommu`]); its
+    /// addresses are guest-physical. A baseline for benchmarks (a guest that maps its buffers
+    /// at IOVAs equal to their guest-physical addresses does the same work either way).
+    pub bypass_iommu: bool,
 }
 
 /// Why an `--endpoint` option was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad --endpoint {spec:?}: {why} (expected dma@BB:DD.F,socket=PATH)")]
+#[error("bad --endpoint {spec:?}: {why} (expected dma@BB:DD.F,socket=PATH[,iommu=bypass])")]
 pub struct EndpointSpecError {
     /// The option's value.
     pub spec: String,
@@ -137,19 +141,28 @@ impl FromStr for EndpointSpec {
             return Err(err("only segment 0 is served"));
         }
         let mut socket = None;
+        let mut bypass_iommu = None;
         for opt in opts.split(',') {
             match opt.split_once('=') {
                 Some(("socket", p)) if !p.is_empty() && socket.is_none() => {
                     socket = Some(PathBuf::from(p))
                 }
                 Some(("socket", _)) => return Err(err("socket given twice or empty")),
-                _ => return Err(err(&format!("unknown option {opt:?}"))),
+                Some(("iommu", v)) if bypass_iommu.is_none() => {
+                    bypass_iommu = Some(match v {
+                        "bypass" => true,
+                        "translate" => false,
+                        _ => return Err(err("iommu= takes translate or bypass")),
+                    })
+                }
+                _ => return Err(err(&format!("unknown or repeated option {opt:?}"))),
             }
         }
         Ok(EndpointSpec {
             kind,
             bdf,
             socket: socket.ok_or_else(|| err("no socket"))?,
+            bypass_iommu: bypass_iommu.unwrap_or(false),
         })
     }
 }
@@ -164,8 +177,10 @@ mod tests {
         assert_eq!(e.kind, EndpointKind::Dma);
         assert_eq!(e.bdf.rid(), 0x20);
         assert_eq!(e.socket, PathBuf::from("/tmp/ep.sock"));
-        let e: EndpointSpec = "dma@01:1f.7,socket=s".parse().unwrap();
+        assert!(!e.bypass_iommu);
+        let e: EndpointSpec = "dma@01:1f.7,socket=s,iommu=bypass".parse().unwrap();
         assert_eq!(e.bdf.rid(), 0x1ff);
+        assert!(e.bypass_iommu);
         for bad in [
             "dma@04.0",
             "nic@04.0,socket=s",
@@ -175,6 +190,8 @@ mod tests {
             "dma@04.0,socket=a,socket=b",
             "dma@04.0,sock=a",
             "04.0,socket=a",
+            "dma@04.0,socket=a,iommu=off",
+            "dma@04.0,socket=a,iommu=bypass,iommu=bypass",
         ] {
             let e = bad.parse::<EndpointSpec>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");

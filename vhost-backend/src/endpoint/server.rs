@@ -943,6 +943,7 @@ mod tests {
             kind: crate::endpoint::EndpointKind::Dma,
             bdf: iommu_emulator::PciBdf::from_rid(0, EP),
             socket: sock.clone(),
+            bypass_iommu: false,
         };
         let h = spawn(spec, core.clone()).unwrap();
         let ram = ram_file();
