@@ -87,10 +87,14 @@ pub mod reg {
     pub const INT_STATUS: u64 = 0x010;
     /// `ERROR_ADDR` (64 bits).
     pub const ERROR_ADDR: u64 = 0x018;
+    /// The upper half of `ERROR_ADDR`.
+    pub const ERROR_ADDR_HI: u64 = ERROR_ADDR + 4;
     /// `ERROR_INFO`.
     pub const ERROR_INFO: u64 = 0x020;
     /// `DESC_BASE` (64 bits).
     pub const DESC_BASE: u64 = 0x028;
+    /// The upper half of `DESC_BASE`.
+    pub const DESC_BASE_HI: u64 = DESC_BASE + 4;
     /// `DOORBELL`.
     pub const DOORBELL: u64 = 0x030;
     /// `DESC_PASID`.
@@ -99,6 +103,8 @@ pub mod reg {
     pub const TOTAL_DESC: u64 = 0x038;
     /// `TOTAL_BYTES` (64 bits).
     pub const TOTAL_BYTES: u64 = 0x040;
+    /// The upper half of `TOTAL_BYTES`.
+    pub const TOTAL_BYTES_HI: u64 = TOTAL_BYTES + 4;
     /// `TOTAL_ERRORS`.
     pub const TOTAL_ERRORS: u64 = 0x048;
 }
@@ -337,19 +343,21 @@ impl DmaEngine {
         let hi = |v: u64| (v >> 32) as u32;
         match off {
             reg::ID => ENGINE_ID,
-            reg::CAP => 1 | (1 << 8) | (MAX_LEN.trailing_zeros() << 16) | (8 << 24),
+            reg::CAP => {
+                1 | (1 << 8) | (MAX_LEN.trailing_zeros() << 16) | (MAX_BATCH.trailing_zeros() << 24)
+            }
             reg::CONTROL => r.control,
             reg::STATUS => r.status,
             reg::INT_STATUS => r.int_status,
             reg::ERROR_ADDR => lo(r.error_addr),
-            0x01c => hi(r.error_addr),
+            reg::ERROR_ADDR_HI => hi(r.error_addr),
             reg::ERROR_INFO => r.error_info,
             reg::DESC_BASE => lo(r.desc_base),
-            0x02c => hi(r.desc_base),
+            reg::DESC_BASE_HI => hi(r.desc_base),
             reg::DESC_PASID => r.desc_pasid,
             reg::TOTAL_DESC => s.descriptors.load(Ordering::Relaxed) as u32,
             reg::TOTAL_BYTES => lo(s.bytes.load(Ordering::Relaxed)),
-            0x044 => hi(s.bytes.load(Ordering::Relaxed)),
+            reg::TOTAL_BYTES_HI => hi(s.bytes.load(Ordering::Relaxed)),
             reg::TOTAL_ERRORS => s.errors.load(Ordering::Relaxed) as u32,
             _ => 0,
         }
@@ -408,7 +416,7 @@ impl DmaEngine {
             }
             reg::INT_STATUS => r.int_status &= !(v & 1),
             reg::DESC_BASE => r.desc_base = (r.desc_base & !0xffff_ffff) | u64::from(v & !0x1f),
-            0x02c => r.desc_base = (r.desc_base & 0xffff_ffff) | (u64::from(v) << 32),
+            reg::DESC_BASE_HI => r.desc_base = (r.desc_base & 0xffff_ffff) | (u64::from(v) << 32),
             reg::DESC_PASID => r.desc_pasid = v & (DESC_PASID_VALID | 0xf_ffff),
             reg::DOORBELL => return self.doorbell(v, bus),
             _ => {}
