@@ -11,16 +11,16 @@
 //! guest-agent dma-engine <BDF> [--iova A] [--pages N] [--count K] [--wait-stdin]
 //!                              (drive the DMA engine: copy/compare batches, faults, and K
 //!                              one-page copies timed; pages 1..=512, default 4; K default 0)
-//! guest-agent dma-engine <BDF> --noiommu [--pages N] [--count K] [--wait-stdin]
-//!                              (the same with VFIO in no-IOMMU mode, /dev/vfio/noiommu-G:
-//!                              mlocked buffers, guest-physical descriptors one page each,
-//!                              no fault steps; pages 1..=42; dma-map's *_iova are the
-//!                              first frames)
+//! guest-agent dma-engine <BDF> --identity [--pages N] [--count K] [--wait-stdin]
+//!                              (the same with identity IOVAs: mlocked buffers, every page
+//!                              mapped through VFIO type1 at its own guest-physical address,
+//!                              descriptors one page each, no fault steps; pages 1..=42;
+//!                              dma-map's *_iova are the first frames)
 //! guest-agent acpi-table <SIG>                          (hex dump of an ACPI table, e.g. VIOT)
 //! guest-agent virtio-iommu                              (bound virtio-iommu devices, features)
 //! ```
 
-use crate::dma_engine::{NOIOMMU_DESCS_PER_PAGE, NOIOMMU_MAX_PAGES, UNMAPPED_OFFSET};
+use crate::dma_engine::{IDENTITY_DESCS_PER_PAGE, IDENTITY_MAX_PAGES, UNMAPPED_OFFSET};
 use crate::report::parse_u64;
 use crate::{AgentError, Result};
 use iommu_emulator::PciBdf;
@@ -91,11 +91,11 @@ pub struct DmaArgs {
     /// Read a line from standard input after the copy batch (the host reads the translations
     /// the IOMMU made for it).
     pub wait_stdin: bool,
-    /// VFIO's no-IOMMU mode (`--noiommu`): the device is behind no IOMMU, its group is
-    /// `/dev/vfio/noiommu-G`, nothing is mapped, the buffers are `mlock`ed and the descriptors
-    /// carry their guest-physical frames, one page each; the fault steps are skipped. `iova`
+    /// Identity IOVAs (`--identity`): the buffers are `mlock`ed, every page of them is mapped
+    /// through VFIO type1 on its own at an IOVA equal to its guest-physical address, and the
+    /// descriptors carry those addresses, one page each; the fault steps are skipped. `iova`
     /// is unused (and `--iova` refused).
-    pub noiommu: bool,
+    pub identity: bool,
 }
 
 /// Arguments shared by `vfio-map` and `vfio-bench`.
@@ -228,7 +228,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 pages: DMA_DEFAULT_PAGES,
                 count: 0,
                 wait_stdin: false,
-                noiommu: false,
+                identity: false,
             };
             let mut iova_given = false;
             let mut it = rest[1..].iter();
@@ -241,22 +241,22 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     "--pages" => d.pages = number(opt, it.next())?,
                     "--count" => d.count = number(opt, it.next())?,
                     "--wait-stdin" => d.wait_stdin = true,
-                    "--noiommu" => d.noiommu = true,
+                    "--identity" => d.identity = true,
                     _ => return Err(usage(format!("{cmd}: unknown option {opt:?}"))),
                 }
             }
-            if d.noiommu {
+            if d.identity {
                 if iova_given {
                     return Err(usage(
-                        "--iova has no meaning with --noiommu: the descriptors carry the \
-                         buffers' guest-physical addresses",
+                        "--iova has no meaning with --identity: every page is mapped at an \
+                         IOVA equal to its guest-physical address",
                     ));
                 }
-                if d.pages == 0 || d.pages > NOIOMMU_MAX_PAGES {
+                if d.pages == 0 || d.pages > IDENTITY_MAX_PAGES {
                     return Err(usage(format!(
-                        "--pages must be 1..={NOIOMMU_MAX_PAGES} with --noiommu: the copy \
-                         batch takes {NOIOMMU_DESCS_PER_PAGE} descriptors per 4 KiB page, and \
-                         they must all fit one 4 KiB descriptor page (128 descriptors)"
+                        "--pages must be 1..={IDENTITY_MAX_PAGES} with --identity: the copy \
+                         batch takes {IDENTITY_DESCS_PER_PAGE} descriptors per 4 KiB page, \
+                         and they must all fit one 4 KiB descriptor page (128 descriptors)"
                     )));
                 }
             } else if d.pages == 0 || d.pages > DMA_MAX_PAGES {
@@ -348,7 +348,7 @@ mod tests {
                 pages: 4,
                 count: 0,
                 wait_stdin: false,
-                noiommu: false,
+                identity: false,
             })
         );
         assert_eq!(
@@ -360,7 +360,7 @@ mod tests {
                 pages: 512,
                 count: 1000,
                 wait_stdin: true,
-                noiommu: false,
+                identity: false,
             })
         );
         assert!(matches!(
@@ -386,67 +386,70 @@ mod tests {
     }
 
     #[test]
-    fn dma_engine_noiommu() {
+    fn dma_engine_identity() {
         assert_eq!(
-            p("dma-engine 00:04.0 --noiommu").unwrap(),
+            p("dma-engine 00:04.0 --identity").unwrap(),
             Command::DmaEngine(DmaArgs {
                 bdf: "0000:00:04.0".parse().unwrap(),
                 iova: DEFAULT_IOVA,
                 pages: 4,
                 count: 0,
                 wait_stdin: false,
-                noiommu: true,
+                identity: true,
             })
         );
         assert_eq!(
-            p("dma-engine 00:04.0 --count 500 --noiommu --pages 42 --wait-stdin").unwrap(),
+            p("dma-engine 00:04.0 --count 500 --identity --pages 42 --wait-stdin").unwrap(),
             Command::DmaEngine(DmaArgs {
                 bdf: "0000:00:04.0".parse().unwrap(),
                 iova: DEFAULT_IOVA,
                 pages: 42,
                 count: 500,
                 wait_stdin: true,
-                noiommu: true,
+                identity: true,
             })
         );
         assert!(matches!(
-            p("dma-engine 00:04.0 --pages 1 --noiommu"),
+            p("dma-engine 00:04.0 --pages 1 --identity"),
             Ok(Command::DmaEngine(DmaArgs {
                 pages: 1,
-                noiommu: true,
+                identity: true,
                 ..
             }))
         ));
-        // Type1 allows more pages than one descriptor page of per-page descriptors holds.
+        // The IOVA mode allows more pages than one descriptor page of per-page descriptors
+        // holds.
         assert!(matches!(
             p("dma-engine 00:04.0 --pages 43"),
             Ok(Command::DmaEngine(DmaArgs {
                 pages: 43,
-                noiommu: false,
+                identity: false,
                 ..
             }))
         ));
         for s in [
-            "dma-engine 00:04.0 --noiommu --pages 0",
-            "dma-engine 00:04.0 --noiommu --pages 43",
-            "dma-engine 00:04.0 --pages 85 --noiommu",
-            "dma-engine 00:04.0 --noiommu --pages 512",
-            "dma-engine 00:04.0 --noiommu --iova 0x100000",
-            "dma-engine 00:04.0 --iova 0x200000 --noiommu",
-            "dma-engine 00:04.0 --noiommu --count 100000001",
-            "dma-engine 00:04.0 --noiommu=1",
-            "vfio-map 00:04.0 --noiommu",
-            "dma-engine --noiommu",
+            "dma-engine 00:04.0 --identity --pages 0",
+            "dma-engine 00:04.0 --identity --pages 43",
+            "dma-engine 00:04.0 --pages 85 --identity",
+            "dma-engine 00:04.0 --identity --pages 512",
+            "dma-engine 00:04.0 --identity --iova 0x100000",
+            "dma-engine 00:04.0 --iova 0x200000 --identity",
+            "dma-engine 00:04.0 --identity --count 100000001",
+            "dma-engine 00:04.0 --identity=1",
+            "vfio-map 00:04.0 --identity",
+            "dma-engine --identity",
+            // The no-IOMMU mode is gone (the guest kernel has no CONFIG_VFIO_NOIOMMU).
+            "dma-engine 00:04.0 --noiommu",
         ] {
             assert!(
                 matches!(p(s), Err(AgentError::Usage(_) | AgentError::BadBdf(_))),
                 "{s:?} parsed"
             );
         }
-        let Err(AgentError::Usage(m)) = p("dma-engine 00:04.0 --noiommu --pages 43") else {
+        let Err(AgentError::Usage(m)) = p("dma-engine 00:04.0 --identity --pages 43") else {
             panic!("parsed")
         };
-        assert!(m.contains("1..=42") && m.contains("--noiommu"), "{m}");
+        assert!(m.contains("1..=42") && m.contains("--identity"), "{m}");
     }
 
     #[test]

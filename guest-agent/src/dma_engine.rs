@@ -1,6 +1,6 @@
 //! The DMA engine endpoint (PCI 1234:1dae, served by vhost-device-iommu over vfio-user): its
 //! BAR0 registers, its 32-byte descriptors, the IOVA layout `guest-agent dma-engine` uses, and
-//! the page-by-page guest-physical descriptors of `dma-engine --noiommu` ([`PageFrames`]).
+//! the page-by-page identity-mapped descriptors of `dma-engine --identity` ([`PageFrames`]).
 //!
 //! Register file (BAR0, little-endian; a 64-bit register is two 32-bit halves, low half first,
 //! and 64-bit accesses to it also work):
@@ -360,18 +360,29 @@ impl Layout {
     }
 }
 
-/// The page size `dma-engine --noiommu`'s page limit ([`NOIOMMU_MAX_PAGES`]) is computed for:
-/// the x86 guest's 4 KiB.
-pub const NOIOMMU_PAGE: u64 = 4096;
-/// Descriptors per buffer page in `dma-engine --noiommu`'s copy batch: a FILL, a COPY and a
+/// The page size `dma-engine --identity`'s page limit ([`IDENTITY_MAX_PAGES`]) is computed
+/// for: the x86 guest's 4 KiB.
+pub const IDENTITY_PAGE: u64 = 4096;
+/// Descriptors per buffer page in `dma-engine --identity`'s copy batch: a FILL, a COPY and a
 /// COMPARE.
-pub const NOIOMMU_DESCS_PER_PAGE: u64 = 3;
+pub const IDENTITY_DESCS_PER_PAGE: u64 = 3;
+
+/// The x86 MSI window, `0xfee00000..=0xfeefffff`: a DMA write there is an interrupt message,
+/// and the IOMMU reserves it (virtio-iommu reports it as a reserved region, and VFIO refuses
+/// to map IOVAs in it). No page can be mapped at an IOVA equal to a guest-physical address in
+/// it.
+pub const MSI_WINDOW: std::ops::Range<u64> = 0xfee0_0000..0xfef0_0000;
+
+/// Whether the page of `page_size` bytes at `addr` overlaps [`MSI_WINDOW`].
+pub fn overlaps_msi_window(addr: u64, page_size: u64) -> bool {
+    addr < MSI_WINDOW.end && addr.saturating_add(page_size) > MSI_WINDOW.start
+}
 
 /// The most descriptors one doorbell can run from a descriptor page of `page_size` bytes:
 /// [`MAX_BATCH`], or fewer when the page holds fewer. The engine fetches descriptor `i` at
-/// `DESC_BASE + 32 * i`; without an IOMMU those are guest-physical addresses, so a batch must
-/// lie in one physically contiguous page (the next page of the buffer is generally not the
-/// next frame).
+/// `DESC_BASE + 32 * i`; with identity IOVAs only the descriptor page's own frame is mapped at
+/// its guest-physical address (the next page of a buffer is generally not the next frame, and
+/// the next frame is generally not mapped), so a batch must lie in that one page.
 pub const fn descs_per_page(page_size: u64) -> u64 {
     let fit = page_size / DESC_SIZE as u64;
     if fit < MAX_BATCH as u64 {
@@ -381,14 +392,15 @@ pub const fn descs_per_page(page_size: u64) -> u64 {
     }
 }
 
-/// The most `dma-engine --noiommu --pages`: the copy batch takes
-/// [`NOIOMMU_DESCS_PER_PAGE`] descriptors per page, and all of them must fit one descriptor
-/// page of [`NOIOMMU_PAGE`] bytes (128 descriptors, fewer than the engine's 256): 42.
-pub const NOIOMMU_MAX_PAGES: u64 = descs_per_page(NOIOMMU_PAGE) / NOIOMMU_DESCS_PER_PAGE;
+/// The most `dma-engine --identity --pages`: the copy batch takes
+/// [`IDENTITY_DESCS_PER_PAGE`] descriptors per page, and all of them must fit one descriptor
+/// page of [`IDENTITY_PAGE`] bytes (128 descriptors, fewer than the engine's 256): 42.
+pub const IDENTITY_MAX_PAGES: u64 = descs_per_page(IDENTITY_PAGE) / IDENTITY_DESCS_PER_PAGE;
 
-/// The guest-physical frames of `dma-engine --noiommu`'s descriptor page and buffers. With no
-/// IOMMU the engine's addresses are guest-physical, and a buffer of several pages is generally
-/// not physically contiguous, so every descriptor moves one page: to, from or between the
+/// The guest-physical frames of `dma-engine --identity`'s descriptor page and buffers, which
+/// are also their IOVAs: every page is mapped through VFIO at an IOVA equal to its own
+/// guest-physical address. A buffer of several pages is generally not physically contiguous,
+/// so its IOVAs are not either, and every descriptor moves one page: to, from or between the
 /// frames of the same page index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageFrames {
@@ -404,9 +416,10 @@ pub struct PageFrames {
 
 impl PageFrames {
     /// Checks the frames: `page_size` a power of two no longer than one descriptor moves,
-    /// every frame aligned to it, source and destination of the same nonzero number of pages,
-    /// and the copy batch's [`NOIOMMU_DESCS_PER_PAGE`] descriptors per page within
-    /// [`descs_per_page`].
+    /// source and destination of the same nonzero number of pages, the copy batch's
+    /// [`IDENTITY_DESCS_PER_PAGE`] descriptors per page within [`descs_per_page`], and every
+    /// frame aligned to the page, outside [`MSI_WINDOW`] and distinct from the others (each is
+    /// one identity mapping).
     pub fn new(desc: u64, src: Vec<u64>, dst: Vec<u64>, page_size: u64) -> crate::Result<Self> {
         let bad = |m: String| crate::AgentError::Engine(m);
         if !page_size.is_power_of_two() || page_size > u64::from(MAX_LEN) {
@@ -419,31 +432,80 @@ impl PageFrames {
                 dst.len()
             )));
         }
-        let most = descs_per_page(page_size) / NOIOMMU_DESCS_PER_PAGE;
+        let most = descs_per_page(page_size) / IDENTITY_DESCS_PER_PAGE;
         if src.len() as u64 > most {
             return Err(bad(format!(
                 "{} pages need {} descriptors; one {page_size:#x}-byte descriptor page runs \
                  {} ({most} pages)",
                 src.len(),
-                src.len() as u64 * NOIOMMU_DESCS_PER_PAGE,
+                src.len() as u64 * IDENTITY_DESCS_PER_PAGE,
                 descs_per_page(page_size)
             )));
         }
-        if let Some(f) = std::iter::once(&desc)
-            .chain(&src)
-            .chain(&dst)
-            .find(|f| !f.is_multiple_of(page_size))
-        {
-            return Err(bad(format!(
-                "frame {f:#x} is not aligned to the {page_size:#x}-byte page"
-            )));
-        }
-        Ok(PageFrames {
+        let f = PageFrames {
             desc,
             src,
             dst,
             page_size,
-        })
+        };
+        let pages = f.pages_by_name();
+        if let Some((name, a)) = pages.iter().find(|(_, a)| !a.is_multiple_of(page_size)) {
+            return Err(bad(format!(
+                "the {name}'s frame {a:#x} is not aligned to the {page_size:#x}-byte page"
+            )));
+        }
+        if let Some((name, a)) = pages
+            .iter()
+            .find(|(_, a)| overlaps_msi_window(*a, page_size))
+        {
+            return Err(bad(format!(
+                "the {name} lies at guest-physical {a:#x}, in the x86 MSI window \
+                 {:#x}..={:#x}, which the IOMMU reserves: it cannot be mapped at an identity \
+                 IOVA",
+                MSI_WINDOW.start,
+                MSI_WINDOW.end - 1
+            )));
+        }
+        let mut sorted: Vec<&(String, u64)> = pages.iter().collect();
+        sorted.sort_by_key(|(_, a)| *a);
+        if let Some(w) = sorted.windows(2).find(|w| w[0].1 == w[1].1) {
+            return Err(bad(format!(
+                "the {} and the {} share the frame {:#x}",
+                w[0].0, w[1].0, w[0].1
+            )));
+        }
+        Ok(f)
+    }
+
+    /// Every page with its frame, in the order they are mapped: the descriptor page, the
+    /// source pages, the destination pages; named for messages (`descriptor page`,
+    /// `source page 0`, ..., `destination page 0`, ...).
+    pub fn pages_by_name(&self) -> Vec<(String, u64)> {
+        std::iter::once(("descriptor page".to_string(), self.desc))
+            .chain(
+                self.src
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| (format!("source page {i}"), a)),
+            )
+            .chain(
+                self.dst
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| (format!("destination page {i}"), a)),
+            )
+            .collect()
+    }
+
+    /// The pages whose frame differs in `now` (the same buffers read again), with the frame
+    /// before and after, compared page by page (a page only one of them has is not listed).
+    pub fn moved(&self, now: &PageFrames) -> Vec<(String, u64, u64)> {
+        let (a, b) = (self.pages_by_name(), now.pages_by_name());
+        a.into_iter()
+            .zip(b)
+            .filter(|((_, f), (_, g))| f != g)
+            .map(|((n, f), (_, g))| (n, f, g))
+            .collect()
     }
 
     /// Pages in each buffer.
@@ -457,7 +519,7 @@ impl PageFrames {
     }
 
     /// The copy batch: FILL every source page with `pattern`, then COPY every source page to
-    /// its destination page, then COMPARE every pair (the type1 batch's three descriptors,
+    /// its destination page, then COMPARE every pair (the IOVA mode's three descriptors,
     /// each split page by page): `3 * pages` descriptors.
     pub fn copy_batch(&self, pattern: u64) -> Vec<Descriptor> {
         let len = self.len();
@@ -738,22 +800,27 @@ mod tests {
     }
 
     #[test]
-    fn noiommu_page_limit() {
+    fn identity_page_limit() {
         assert_eq!(descs_per_page(4096), 128);
         assert_eq!(descs_per_page(8192), 256);
         assert_eq!(descs_per_page(64 << 10), 256, "the engine's limit caps it");
-        assert_eq!(NOIOMMU_MAX_PAGES, 42);
-        let f = |n: u64| (0..n).map(|i| (i + 1) << 12).collect::<Vec<_>>();
-        assert!(PageFrames::new(0, f(42), f(42), 4096).is_ok());
-        assert!(PageFrames::new(0, f(43), f(43), 4096).is_err());
+        assert_eq!(IDENTITY_MAX_PAGES, 42);
+        // Source frames from 1, destination frames from 1000 pages up: all distinct.
+        let f = |n: u64, base: u64| (0..n).map(|i| (base + i) << 12).collect::<Vec<_>>();
+        assert!(PageFrames::new(0, f(42, 1), f(42, 1000), 4096).is_ok());
+        let Err(crate::AgentError::Engine(m)) = PageFrames::new(0, f(43, 1), f(43, 1000), 4096)
+        else {
+            panic!("43 pages accepted")
+        };
+        assert!(m.contains("129 descriptors"), "{m}");
         // 16 KiB pages hold 256 descriptors: 85 pages.
-        let g = |n: u64| (0..n).map(|i| (i + 1) << 14).collect::<Vec<_>>();
-        assert!(PageFrames::new(0, g(85), g(85), 16384).is_ok());
-        assert!(PageFrames::new(0, g(86), g(86), 16384).is_err());
+        let g = |n: u64, base: u64| (0..n).map(|i| (base + i) << 14).collect::<Vec<_>>();
+        assert!(PageFrames::new(0, g(85, 1), g(85, 1000), 16384).is_ok());
+        assert!(PageFrames::new(0, g(86, 1), g(86, 1000), 16384).is_err());
     }
 
     #[test]
-    fn noiommu_frames_are_checked() {
+    fn identity_frames_are_checked() {
         let ok = |d: u64, s: &[u64], t: &[u64], p: u64| {
             PageFrames::new(d, s.to_vec(), t.to_vec(), p).is_ok()
         };
@@ -771,10 +838,94 @@ mod tests {
             !ok(0, &[0], &[0], 32 << 20),
             "longer than a descriptor moves"
         );
+        // Each frame is one identity mapping: no two pages may share one.
+        assert!(!ok(0x1000, &[0x1000], &[0x3000], 4096), "desc = src");
+        assert!(
+            !ok(0x1000, &[0x2000, 0x5000], &[0x3000, 0x2000], 4096),
+            "src = dst"
+        );
+        assert!(!ok(0x1000, &[0x2000, 0x2000], &[0x3000, 0x4000], 4096));
+        // Frames just outside the MSI window are fine; any page inside it is not.
+        assert!(ok(0xfedf_f000, &[0xfef0_0000], &[0x1_0000_0000], 4096));
+        for f in [0xfee0_0000, 0xfee0_1000, 0xfeef_f000] {
+            assert!(!ok(f, &[0x2000], &[0x3000], 4096), "desc {f:#x}");
+            assert!(!ok(0x1000, &[f], &[0x3000], 4096), "src {f:#x}");
+            assert!(
+                !ok(0x1000, &[0x2000, 0x4000], &[0x3000, f], 4096),
+                "dst {f:#x}"
+            );
+        }
+        // A larger page starting below the window reaches into it, or ends at its start.
+        let (s16, d16) = (&[0x1_0000_0000], &[0x2_0000_0000]);
+        assert!(!ok(0xfe00_0000, s16, d16, 16 << 20));
+        assert!(ok(0xfedf_0000, &[0x1_0000], &[0x2_0000], 0x1_0000));
+        let Err(crate::AgentError::Engine(m)) = PageFrames::new(
+            0x1000,
+            vec![0x2000, 0xfee0_0000],
+            vec![0x3000, 0x4000],
+            4096,
+        ) else {
+            panic!("accepted")
+        };
+        assert!(
+            m.contains("source page 1") && m.contains("0xfee00000") && m.contains("MSI"),
+            "{m}"
+        );
+        let Err(crate::AgentError::Engine(m)) =
+            PageFrames::new(0x1000, vec![0x2000], vec![0x1000], 4096)
+        else {
+            panic!("accepted")
+        };
+        assert!(
+            m.contains("descriptor page") && m.contains("destination page 0"),
+            "{m}"
+        );
     }
 
     #[test]
-    fn noiommu_copy_batch_goes_page_by_page() {
+    fn msi_window_overlap() {
+        assert_eq!(MSI_WINDOW, 0xfee0_0000..0xfef0_0000);
+        assert!(!overlaps_msi_window(0xfedf_f000, 4096));
+        assert!(overlaps_msi_window(0xfedf_f001, 4096));
+        assert!(overlaps_msi_window(0xfee0_0000, 4096));
+        assert!(overlaps_msi_window(0xfeef_f000, 4096));
+        assert!(!overlaps_msi_window(0xfef0_0000, 4096));
+        assert!(!overlaps_msi_window(0, 4096));
+        assert!(!overlaps_msi_window(u64::MAX - 4095, 4096));
+        assert!(overlaps_msi_window(0, 1 << 40), "a page spanning it");
+    }
+
+    #[test]
+    fn identity_pages_are_named_in_map_order_and_moves_found() {
+        let f = frames_3();
+        let names: Vec<(String, u64)> = [
+            ("descriptor page", 0x7_7000),
+            ("source page 0", 0x12_3000),
+            ("source page 1", 0x4_5000),
+            ("source page 2", 0x12_4000),
+            ("destination page 0", 0x9_9000),
+            ("destination page 1", 0x1_0000_0000),
+            ("destination page 2", 0x2000),
+        ]
+        .iter()
+        .map(|&(n, a)| (n.to_string(), a))
+        .collect();
+        assert_eq!(f.pages_by_name(), names);
+        assert!(f.moved(&f.clone()).is_empty());
+        let mut g = f.clone();
+        g.src[1] = 0x55_5000;
+        g.desc = 0x66_6000;
+        assert_eq!(
+            f.moved(&g),
+            vec![
+                ("descriptor page".to_string(), 0x7_7000, 0x66_6000),
+                ("source page 1".to_string(), 0x4_5000, 0x55_5000),
+            ]
+        );
+    }
+
+    #[test]
+    fn identity_copy_batch_goes_page_by_page() {
         let f = frames_3();
         assert_eq!(f.pages(), 3);
         let p = FILL_PATTERN;
@@ -879,8 +1030,8 @@ mod tests {
     }
 
     #[test]
-    fn noiommu_largest_batch_fits_the_descriptor_page() {
-        let n = NOIOMMU_MAX_PAGES;
+    fn identity_largest_batch_fits_the_descriptor_page() {
+        let n = IDENTITY_MAX_PAGES;
         let src: Vec<u64> = (0..n).map(|i| (2 * i + 10) << 12).collect();
         let dst: Vec<u64> = (0..n).map(|i| (2 * i + 11) << 12).collect();
         let f = PageFrames::new(0x1000, src.clone(), dst.clone(), 4096).unwrap();

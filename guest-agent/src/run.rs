@@ -9,8 +9,7 @@ use guest_agent::report::Report;
 use guest_agent::sysfs::{self, PciDevice};
 use guest_agent::vfio::{
     Container, Device, DmaBuffer, EventFd, Group, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_NOIOMMU_IOMMU, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_TYPE1V2_IOMMU,
-    VfioIrqInfo,
+    VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_TYPE1V2_IOMMU, VfioIrqInfo,
 };
 use guest_agent::{AgentError, Result, pagemap, virtio};
 use iommu_emulator::PciBdf;
@@ -112,8 +111,7 @@ pub fn run(cmd: Command) -> Result<()> {
     Ok(())
 }
 
-/// An open container with the device's group in it and the type1 backend set (or, from
-/// [`open_noiommu_session`], the no-IOMMU one: `pgsizes` 0, nothing to map).
+/// An open container with the device's group in it and the type1 backend set.
 struct Session {
     container: Container,
     vfio_group: Group,
@@ -174,39 +172,10 @@ fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
     })
 }
 
-/// A session on the no-IOMMU group VFIO made up for `bdf` (`/dev/vfio/noiommu-G`, G its
-/// `iommu_group` in sysfs) with the [`VFIO_NOIOMMU_IOMMU`] backend set.
-fn open_noiommu_session(root: &Path, bdf: &PciBdf) -> Result<Session> {
-    let group_no = vfio_pci_group(root, bdf)?;
-    let container = Container::open()?;
-    let group = Group::open_noiommu(group_no).map_err(|e| match e {
-        AgentError::Os { what, source } if source.kind() == std::io::ErrorKind::NotFound => {
-            AgentError::Os {
-                what: format!(
-                    "{what} (group {group_no} of {bdf} is no no-IOMMU group: \
-                     /sys/module/vfio/parameters/enable_unsafe_noiommu_mode must be Y when \
-                     vfio-pci binds a device behind no IOMMU)"
-                ),
-                source,
-            }
-        }
-        e => e,
-    })?;
-    group.set_container(&container)?;
-    container.set_noiommu()?;
-    Ok(Session {
-        container,
-        vfio_group: group,
-        group: group_no,
-        iommu_type: VFIO_NOIOMMU_IOMMU,
-        pgsizes: 0,
-        page_size: page_size()?,
-    })
-}
-
-/// The guest-physical address of each page of `buf`, from pagemap. Call it after `MAP_DMA`
-/// (type1) or [`DmaBuffer::lock`] (no IOMMU): the pages are pinned or locked then, so their
-/// frames stay while the mapping lives.
+/// The guest-physical address of each page of `buf`, from pagemap. After `MAP_DMA` the pages
+/// are pinned, so their frames cannot move while the mapping lives; before it (as
+/// `dma-engine --identity` reads them, to map each page at its own address) they may still
+/// move, even [`DmaBuffer::lock`]ed, so read them again once mapped.
 fn frames(buf: &DmaBuffer, page_size: u64) -> Result<Vec<u64>> {
     let pages = buf.len() / page_size as usize;
     pagemap::read_self(buf.vaddr(), page_size, pages)?
@@ -449,44 +418,110 @@ fn unmap_all(s: &Session, iova: u64, size: u64) -> Result<()> {
 
 /// Where the engine finds the descriptor page and the buffers.
 enum Plan {
-    /// Type1: mapped back to back at IOVAs; one descriptor moves a whole buffer.
-    Type1(Layout),
-    /// No IOMMU: at their guest-physical frames, read once the buffers are locked; one
+    /// The default: mapped back to back at IOVAs from `--iova`; one descriptor moves a whole
+    /// buffer.
+    Iova(Layout),
+    /// `--identity`: every page mapped at an IOVA equal to its guest-physical frame; one
     /// descriptor moves one page.
-    NoIommu(PageFrames),
+    Identity(PageFrames),
 }
 
 impl Plan {
     /// What `DESC_BASE` gets.
     fn desc_base(&self) -> u64 {
         match self {
-            Plan::Type1(l) => l.desc,
-            Plan::NoIommu(f) => f.desc,
+            Plan::Iova(l) => l.desc,
+            Plan::Identity(f) => f.desc,
         }
     }
 }
 
-/// `dma-engine`. In type1 mode (the default) its reports, in order: `dma-engine-open`,
-/// `dma-map`, `dma-batch name=copy`, (`dma-wait`), `dma-batch name=miscompare`,
-/// `dma-fault name=unmapped`, (`dma-bench`), `dma-fault name=after-unmap`,
-/// `dma-engine-done`. With `--noiommu` the same without the two `dma-fault`s; `dma-map`'s
-/// `desc_iova`, `src_iova` and `dst_iova` are then the first guest-physical frame of each
-/// (`desc_gpa`, the first of `src_gpas`, the first of `dst_gpas`), since nothing translates
-/// the engine's addresses, and the batches hold one descriptor per page
-/// (`results=1,1,...` of 3 × pages for the copy batch, pages for the miscompare one).
+/// The process address of every page of the descriptor page, the source and the destination,
+/// in the order of [`PageFrames::pages_by_name`].
+fn page_vaddrs(desc: &DmaBuffer, src: &DmaBuffer, dst: &DmaBuffer, page_size: u64) -> Vec<u64> {
+    [desc, src, dst]
+        .iter()
+        .flat_map(|b| {
+            let pages = b.len() as u64 / page_size;
+            (0..pages).map(move |i| b.vaddr() + i * page_size)
+        })
+        .collect()
+}
+
+/// `--identity`: maps every page of `f` on its own (one `MAP_DMA` of one page each) at an
+/// IOVA equal to its guest-physical frame; `vaddrs` are the pages' process addresses, in the
+/// same order.
+fn map_identity(s: &Session, f: &PageFrames, vaddrs: &[u64]) -> Result<()> {
+    let pages = f.pages_by_name();
+    if pages.len() != vaddrs.len() {
+        return Err(AgentError::Engine(format!(
+            "{} frames for {} pages",
+            pages.len(),
+            vaddrs.len()
+        )));
+    }
+    for ((name, gpa), &vaddr) in pages.iter().zip(vaddrs) {
+        s.container
+            .map_dma(vaddr, *gpa, s.page_size)
+            .map_err(|e| match e {
+                AgentError::Os { what, source } => AgentError::Os {
+                    what: format!(
+                        "{what} of the {name} (vaddr {vaddr:#x}) at the identity IOVA {gpa:#x}, \
+                         its guest-physical address: VFIO refused it (an IOVA outside the \
+                         IOMMU's input range or in one of its reserved regions, or already \
+                         mapped?)"
+                    ),
+                    source,
+                },
+                e => e,
+            })?;
+    }
+    Ok(())
+}
+
+/// `--identity`: fails if a page's frame now (`now`, read after `MAP_DMA`) is not the one it
+/// was mapped at (`f`). `MAP_DMA` pins the pages, but a long-term pin may first migrate a page
+/// (out of a movable zone or CMA), and then its IOVA no longer equals its address.
+fn check_unmoved(f: &PageFrames, now: &PageFrames) -> Result<()> {
+    if now == f {
+        return Ok(());
+    }
+    let moved: Vec<String> = f
+        .moved(now)
+        .iter()
+        .map(|(name, was, is)| format!("{name} {was:#x} -> {is:#x}"))
+        .collect();
+    Err(AgentError::Engine(format!(
+        "pages moved to other frames while MAP_DMA pinned them, so their identity IOVAs no \
+         longer equal their guest-physical addresses: {}",
+        if moved.is_empty() {
+            format!("{f:?} -> {now:?}")
+        } else {
+            moved.join(", ")
+        }
+    )))
+}
+
+/// `dma-engine`, through VFIO type1 in both modes. In the default (IOVA) mode its reports,
+/// in order: `dma-engine-open`, `dma-map`, `dma-batch name=copy`, (`dma-wait`),
+/// `dma-batch name=miscompare`, `dma-fault name=unmapped`, (`dma-bench`),
+/// `dma-fault name=after-unmap`, `dma-engine-done`. With `--identity` the same without the
+/// two `dma-fault`s; every page is then mapped on its own at an IOVA equal to its
+/// guest-physical frame, so `dma-map`'s `desc_iova`, `src_iova` and `dst_iova` are the first
+/// frame of each (`desc_gpa`, the first of `src_gpas`, the first of `dst_gpas`), and the
+/// batches hold one descriptor per page (`results=1,1,...` of 3 × pages for the copy batch,
+/// pages for the miscompare one). `dma-engine-open` says `iommu=type1` and
+/// `mode=iova|identity`.
 fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
-    let s = if a.noiommu {
-        open_noiommu_session(root, &a.bdf)?
-    } else {
-        open_session(root, &a.bdf, a.iova)?
-    };
+    // With --identity `a.iova` is the unused default: aligned.
+    let s = open_session(root, &a.bdf, a.iova)?;
     let page = s.page_size as usize;
-    let layout = if a.noiommu {
+    let layout = if a.identity {
         // By the argument check with 4 KiB pages; checked again on the frames.
-        let most = dma::descs_per_page(s.page_size) / dma::NOIOMMU_DESCS_PER_PAGE;
+        let most = dma::descs_per_page(s.page_size) / dma::IDENTITY_DESCS_PER_PAGE;
         if a.pages > most {
             return Err(AgentError::Usage(format!(
-                "--pages {} does not fit: with --noiommu one {:#x}-byte descriptor page holds \
+                "--pages {} does not fit: with --identity one {:#x}-byte descriptor page holds \
                  the copy batch of {} pages at most",
                 a.pages, s.page_size, most
             )));
@@ -524,13 +559,14 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
             .hex("id", u64::from(id))
             .hex("cap", u64::from(cap.0))
             .field("irq", irq.name)
-            .field("iommu", if a.noiommu { "noiommu" } else { "type1" })
+            .field("iommu", "type1")
+            .field("mode", if a.identity { "identity" } else { "iova" })
             .hex("region0_size", engine.region().size)
             .hex("command", u64::from(command)),
     );
 
-    // 2. Descriptor page, source and destination: mapped back to back (type1), or locked
-    //    and found by their frames (no IOMMU).
+    // 2. Descriptor page, source and destination: mapped back to back at IOVAs, or (identity)
+    //    locked, found by their frames and mapped page by page at those.
     let mut desc = DmaBuffer::new(page, 0)?;
     let src = DmaBuffer::new(len, 0x11)?;
     let mut dst = DmaBuffer::new(len, 0x22)?;
@@ -540,25 +576,36 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
                 .map_dma(desc.vaddr(), layout.desc, s.page_size)?;
             s.container.map_dma(src.vaddr(), layout.src, layout.len)?;
             s.container.map_dma(dst.vaddr(), layout.dst, layout.len)?;
-            Plan::Type1(layout)
+            Plan::Iova(layout)
         }
         None => {
             for b in [&desc, &src, &dst] {
                 b.lock()?;
             }
-            Plan::NoIommu(PageFrames::new(
+            let f = PageFrames::new(
                 frames(&desc, s.page_size)?[0],
                 frames(&src, s.page_size)?,
                 frames(&dst, s.page_size)?,
                 s.page_size,
-            )?)
+            )?;
+            map_identity(&s, &f, &page_vaddrs(&desc, &src, &dst, s.page_size))?;
+            Plan::Identity(f)
         }
     };
     let desc_gpa = frames(&desc, s.page_size)?[0];
     let (src_gpas, dst_gpas) = (frames(&src, s.page_size)?, frames(&dst, s.page_size)?);
+    if let Plan::Identity(f) = &plan {
+        let now = PageFrames {
+            desc: desc_gpa,
+            src: src_gpas.clone(),
+            dst: dst_gpas.clone(),
+            page_size: s.page_size,
+        };
+        check_unmoved(f, &now)?;
+    }
     let (desc_iova, src_iova, dst_iova) = match &plan {
-        Plan::Type1(l) => (l.desc, l.src, l.dst),
-        Plan::NoIommu(f) => (f.desc, f.src[0], f.dst[0]),
+        Plan::Iova(l) => (l.desc, l.src, l.dst),
+        Plan::Identity(f) => (f.desc, f.src[0], f.dst[0]),
     };
     emit(
         Report::new("dma-map")
@@ -576,16 +623,16 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     engine.write(dma::REG_CONTROL, CONTROL_IE)?;
     let descs = match &plan {
         // At most MAX_LEN (16 MiB), by Layout::new.
-        Plan::Type1(l) => vec![
+        Plan::Iova(l) => vec![
             Descriptor::fill(l.src, FILL_PATTERN, l.len as u32),
             Descriptor::copy(l.src, l.dst, l.len as u32),
             Descriptor::compare(l.src, l.dst, l.len as u32),
         ],
-        Plan::NoIommu(f) => f.copy_batch(FILL_PATTERN),
+        Plan::Identity(f) => f.copy_batch(FILL_PATTERN),
     };
     let n = descs.len();
     write_descs(&mut desc, &descs)?;
-    // At most 3 * NOIOMMU_MAX_PAGES descriptors.
+    // At most 3 * IDENTITY_MAX_PAGES descriptors.
     let (status, got_irq) = batch(&engine, &irq, plan.desc_base(), n as u32)?;
     let results = read_results(&desc, n)?;
     let src_ok = dma::holds_pattern(&src.to_vec(), FILL_PATTERN);
@@ -632,17 +679,17 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     }
 
     // 4. One byte of dst changed behind the engine's back: COMPARE reports a miscompare (in
-    //    the descriptor of the page holding it, without an IOMMU).
+    //    the descriptor of the page holding it, with identity IOVAs).
     let mut byte = [0u8; 1];
     dst.read_at(len / 2, &mut byte)?;
     byte[0] ^= 0xff;
     dst.write_at(len / 2, &byte)?;
     let (descs, want) = match &plan {
-        Plan::Type1(l) => (
+        Plan::Iova(l) => (
             vec![Descriptor::compare(l.src, l.dst, l.len as u32)],
             vec![RESULT_MISCOMPARE],
         ),
-        Plan::NoIommu(f) => {
+        Plan::Identity(f) => {
             let mut want = vec![RESULT_OK; f.pages()];
             want[len / 2 / page] = RESULT_MISCOMPARE;
             (f.compare_batch(), want)
@@ -664,9 +711,10 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
             ),
     );
 
-    // 5. COPY to an IOVA nothing is mapped at: the destination write faults. (Without an
-    //    IOMMU nothing can fault: skipped.)
-    if let Plan::Type1(l) = &plan {
+    // 5. COPY to an IOVA nothing is mapped at: the destination write faults. (Skipped with
+    //    identity IOVAs: the daemon may pass that DMA through untranslated, and then an
+    //    unmapped IOVA does not fault but writes whatever guest memory lies at that address.)
+    if let Plan::Iova(l) = &plan {
         write_descs(
             &mut desc,
             &[Descriptor::copy(l.src, l.unmapped, l.len as u32)],
@@ -682,8 +730,8 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     if a.count > 0 {
         engine.write(dma::REG_CONTROL, 0)?;
         let d = match &plan {
-            Plan::Type1(l) => Descriptor::copy(l.src, l.dst, s.page_size as u32),
-            Plan::NoIommu(f) => f.bench_copy(),
+            Plan::Iova(l) => Descriptor::copy(l.src, l.dst, s.page_size as u32),
+            Plan::Identity(f) => f.bench_copy(),
         };
         write_descs(&mut desc, &[d])?;
         engine.write64(dma::REG_DESC_BASE, plan.desc_base())?;
@@ -726,7 +774,7 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
 
     match &plan {
         // 8. dst unmapped: a COPY to its old IOVA faults.
-        Plan::Type1(l) => {
+        Plan::Iova(l) => {
             unmap_all(&s, l.dst, l.len)?;
             write_descs(&mut desc, &[Descriptor::copy(l.src, l.dst, l.len as u32)])?;
             let (status, got_irq) = batch(&engine, &irq, l.desc, 1)?;
@@ -736,19 +784,10 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
             unmap_all(&s, l.desc, s.page_size)?;
             unmap_all(&s, l.src, l.len)?;
         }
-        // 8. Nothing to unmap; the locked pages kept their frames, else the engine wrote
-        //    memory that was no longer the buffers'.
-        Plan::NoIommu(f) => {
-            let now = PageFrames::new(
-                frames(&desc, s.page_size)?[0],
-                frames(&src, s.page_size)?,
-                frames(&dst, s.page_size)?,
-                s.page_size,
-            )?;
-            if now != *f {
-                return Err(AgentError::Engine(format!(
-                    "the locked buffers moved during the run: {f:?} -> {now:?}"
-                )));
+        // 8. Every page unmapped, one by one as mapped (no fault step: see 5).
+        Plan::Identity(f) => {
+            for (_, gpa) in f.pages_by_name() {
+                unmap_all(&s, gpa, s.page_size)?;
             }
         }
     }

@@ -1,6 +1,5 @@
-//! The VFIO container/group API, type1 IOMMU backend (and the no-IOMMU one, which translates
-//! nothing), and the device API of `vfio-pci` (regions read and written with
-//! `pread`/`pwrite`, interrupts signalled through eventfds).
+//! The VFIO container/group API, type1 IOMMU backend, and the device API of `vfio-pci`
+//! (regions read and written with `pread`/`pwrite`, interrupts signalled through eventfds).
 //!
 //! Numbers and layouts from the kernel UAPI header `include/uapi/linux/vfio.h`: every ioctl is
 //! `_IO(VFIO_TYPE, VFIO_BASE + n)` with `VFIO_TYPE = ';'` and `VFIO_BASE = 100` (no size is
@@ -57,12 +56,6 @@ pub const VFIO_API_VERSION: i32 = 0;
 pub const VFIO_TYPE1_IOMMU: u32 = 1;
 /// `VFIO_TYPE1v2_IOMMU` extension / IOMMU type.
 pub const VFIO_TYPE1V2_IOMMU: u32 = 3;
-/// `VFIO_NOIOMMU_IOMMU` extension / IOMMU type: no translation and no isolation; the backend
-/// answers `VFIO_CHECK_EXTENSION` and nothing else (no `GET_INFO`, `MAP_DMA` or
-/// `UNMAP_DMA`). Offered only when the kernel's `vfio.enable_unsafe_noiommu_mode` is set, and
-/// only to a container holding no-IOMMU groups (`/dev/vfio/noiommu-N`); setting it needs
-/// `CAP_SYS_RAWIO`.
-pub const VFIO_NOIOMMU_IOMMU: u32 = 8;
 
 /// `VFIO_GROUP_FLAGS_VIABLE`: every device of the group is bound to a VFIO driver (or none).
 pub const VFIO_GROUP_FLAGS_VIABLE: u32 = 1 << 0;
@@ -332,27 +325,6 @@ impl Container {
         Ok(kind)
     }
 
-    /// Picks the no-IOMMU backend ([`VFIO_NOIOMMU_IOMMU`]) once a no-IOMMU group is in the
-    /// container. Devices of the container then DMA to guest-physical addresses: there is
-    /// nothing to map.
-    pub fn set_noiommu(&self) -> Result<()> {
-        if !self.check_extension(VFIO_NOIOMMU_IOMMU)? {
-            return Err(AgentError::Vfio(
-                "the container offers no VFIO_NOIOMMU_IOMMU backend (is \
-                 /sys/module/vfio/parameters/enable_unsafe_noiommu_mode Y, and the group a \
-                 noiommu one?)"
-                    .into(),
-            ));
-        }
-        ioctl_val(
-            &self.fd,
-            VFIO_SET_IOMMU,
-            libc::c_ulong::from(VFIO_NOIOMMU_IOMMU),
-            "VFIO_SET_IOMMU (noiommu)",
-        )?;
-        Ok(())
-    }
-
     /// `VFIO_IOMMU_GET_INFO`: the supported IOVA page sizes.
     pub fn iova_pgsizes(&self) -> Result<u64> {
         let mut info = VfioIommuType1Info {
@@ -403,45 +375,20 @@ impl Container {
     }
 }
 
-/// The device node of VFIO group `number`: `/dev/vfio/<number>`, or for a group VFIO made up
-/// for a device behind no IOMMU (no-IOMMU mode) `/dev/vfio/noiommu-<number>`. The number is
-/// the device's `iommu_group` in sysfs either way: in no-IOMMU mode VFIO allocates an IOMMU
-/// group for the device when `vfio-pci` binds it.
-pub fn group_path(number: u32, noiommu: bool) -> String {
-    if noiommu {
-        format!("/dev/vfio/noiommu-{number}")
-    } else {
-        format!("/dev/vfio/{number}")
-    }
-}
-
-/// A VFIO group (`/dev/vfio/N`, or `/dev/vfio/noiommu-N`).
+/// A VFIO group (`/dev/vfio/N`).
 #[derive(Debug)]
 pub struct Group {
     fd: OwnedFd,
     /// The IOMMU group number.
     pub number: u32,
-    /// Whether it is a no-IOMMU group.
-    pub noiommu: bool,
 }
 
 impl Group {
     /// Opens `/dev/vfio/<number>`.
     pub fn open(number: u32) -> Result<Self> {
-        Self::open_at(number, false)
-    }
-
-    /// Opens the no-IOMMU group `/dev/vfio/noiommu-<number>` (opening it needs
-    /// `CAP_SYS_RAWIO`).
-    pub fn open_noiommu(number: u32) -> Result<Self> {
-        Self::open_at(number, true)
-    }
-
-    fn open_at(number: u32, noiommu: bool) -> Result<Self> {
         Ok(Group {
-            fd: open_rw(&group_path(number, noiommu))?,
+            fd: open_rw(&format!("/dev/vfio/{number}"))?,
             number,
-            noiommu,
         })
     }
 
@@ -891,9 +838,10 @@ impl DmaBuffer {
     }
 
     /// Locks the buffer's pages in memory (`mlock(2)`): they are backed already (every byte
-    /// was written), and locked they stay resident, so the frames pagemap gives for them stay
-    /// theirs while the buffer lives. This is the only pinning a buffer gets when no IOMMU
-    /// maps it (no `MAP_DMA`); `munmap` in [`Drop`] unlocks it.
+    /// was written), and locked they stay resident (not swapped out) while the buffer lives.
+    /// `mlock` does not stop the kernel from migrating a page to another frame (compaction,
+    /// or a long-term pin such as `MAP_DMA`'s moving it out of a movable zone); only a pin
+    /// fixes the frame. `munmap` in [`Drop`] unlocks it.
     pub fn lock(&self) -> Result<()> {
         // SAFETY: [addr, addr + len) lies inside the live mapping `self` owns; mlock only
         // changes whether the kernel may evict those pages and reads or writes no memory of
@@ -1227,24 +1175,7 @@ mod tests {
         // No host in CI has VFIO group 4294967295.
         let e = Group::open(u32::MAX).unwrap_err();
         assert!(matches!(e, AgentError::Os { .. }), "{e}");
-        let e = Group::open_noiommu(u32::MAX).unwrap_err();
-        assert!(matches!(e, AgentError::Os { .. }), "{e}");
-        assert!(
-            e.to_string().contains("/dev/vfio/noiommu-4294967295"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn group_paths() {
-        assert_eq!(group_path(3, false), "/dev/vfio/3");
-        assert_eq!(group_path(3, true), "/dev/vfio/noiommu-3");
-        assert_eq!(group_path(0, true), "/dev/vfio/noiommu-0");
-        // include/uapi/linux/vfio.h
-        assert_eq!(
-            (VFIO_TYPE1_IOMMU, VFIO_TYPE1V2_IOMMU, VFIO_NOIOMMU_IOMMU),
-            (1, 3, 8)
-        );
+        assert!(e.to_string().contains("/dev/vfio/4294967295"), "{e}");
     }
 
     #[test]

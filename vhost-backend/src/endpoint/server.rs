@@ -21,9 +21,9 @@ use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_NORESIZE, VFIO_IRQ_SET_ACTION_MASK, VFIO_IRQ_SET_ACTION_TRIGGER,
     VFIO_IRQ_SET_ACTION_TYPE_MASK, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
     VFIO_IRQ_SET_DATA_NONE, VFIO_IRQ_SET_DATA_TYPE_MASK, VFIO_PCI_BAR0_REGION_INDEX,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
-    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE, vfio_region_info,
+    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
+    VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_PCI_REQ_IRQ_INDEX,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE, vfio_region_info,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, Server, ServerBackend, ServerRegion};
 
@@ -43,6 +43,10 @@ struct Irqs {
     /// INTx was signalled and not yet unmasked (vfio INTx is automasked).
     intx_masked: bool,
     msi: Option<File>,
+    /// The error (AER) and device-request notifiers: accepted, as a PCIe function's are, and
+    /// never signalled (the function reports no errors and never asks to be unplugged).
+    err: Option<File>,
+    req: Option<File>,
 }
 
 /// One endpoint function: what a connection talks to.
@@ -129,10 +133,16 @@ impl EndpointFunction {
             .collect()
     }
 
-    /// The interrupts a client sees: INTx (maskable, automasked) and one MSI vector.
+    /// The interrupts a client sees: INTx (maskable, automasked), one MSI vector, and the
+    /// error and request notifiers.
     pub fn irqs() -> Vec<IrqInfo> {
         (0..VFIO_PCI_NUM_IRQS)
             .map(|index| match index {
+                VFIO_PCI_ERR_IRQ_INDEX | VFIO_PCI_REQ_IRQ_INDEX => IrqInfo {
+                    index,
+                    flags: VFIO_IRQ_INFO_EVENTFD,
+                    count: 1,
+                },
                 VFIO_PCI_INTX_IRQ_INDEX => IrqInfo {
                     index,
                     flags: VFIO_IRQ_INFO_EVENTFD
@@ -298,7 +308,14 @@ impl ServerBackend for EndpointFunction {
         count: u32,
         mut fds: Vec<File>,
     ) -> std::io::Result<()> {
-        if index != VFIO_PCI_INTX_IRQ_INDEX && index != VFIO_PCI_MSI_IRQ_INDEX {
+        if ![
+            VFIO_PCI_INTX_IRQ_INDEX,
+            VFIO_PCI_MSI_IRQ_INDEX,
+            VFIO_PCI_ERR_IRQ_INDEX,
+            VFIO_PCI_REQ_IRQ_INDEX,
+        ]
+        .contains(&index)
+        {
             return if count == 0 {
                 Ok(())
             } else {
@@ -313,10 +330,11 @@ impl ServerBackend for EndpointFunction {
         let data = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
         match flags & VFIO_IRQ_SET_ACTION_TYPE_MASK {
             VFIO_IRQ_SET_ACTION_TRIGGER => {
-                let slot = if index == VFIO_PCI_MSI_IRQ_INDEX {
-                    &mut self.irqs.msi
-                } else {
-                    &mut self.irqs.intx
+                let slot = match index {
+                    VFIO_PCI_MSI_IRQ_INDEX => &mut self.irqs.msi,
+                    VFIO_PCI_ERR_IRQ_INDEX => &mut self.irqs.err,
+                    VFIO_PCI_REQ_IRQ_INDEX => &mut self.irqs.req,
+                    _ => &mut self.irqs.intx,
                 };
                 match (data, count) {
                     (VFIO_IRQ_SET_DATA_EVENTFD, 1) if fds.len() == 1 => *slot = fds.pop(),
