@@ -50,7 +50,12 @@ pub fn daemon_with(env: &GuestEnv, extra: &[&str], engine_opts: &str) -> (RunDir
 
 /// A guest (that may reboot) against the daemon whose sockets are in `dev`, with the engine
 /// attached through `vfio-user-pci`, running `script`. Returns its run directory and QEMU.
+///
+/// The script runs with the console's log level at 1: the engine's faults make the guest's
+/// virtio_iommu print errors, which would otherwise land in the middle of the agent's report
+/// lines on the same serial console (the kernel log keeps them; scripts read it with `dmesg`).
 pub fn guest(env: &GuestEnv, dev: &RunDir, script: String) -> (RunDir, Qemu) {
+    let script = format!("dmesg -n 1\n{script}");
     let (front, _) = Front::vhost_user(dev);
     let mut opts = QemuOpts {
         memory_mb: RAM_MB,
