@@ -6,7 +6,7 @@
 //! --test-threads=1`.
 
 use iommu_workspace::guest::daemon::{ok_count, rid_of, start_with};
-use iommu_workspace::guest::harness::GuestEnv;
+use iommu_workspace::guest::harness::{GuestEnv, env_u64, median};
 use iommu_workspace::guest::scenarios::{Front, PROBE_IOVA};
 use iommu_workspace::guest::{daemon, harness, scenarios};
 use serde_json::{Value, json};
@@ -377,12 +377,6 @@ fn reboot_with_mapping_held(model: &[&str]) {
 #[test]
 #[ignore = "boots three guests per round: run by scripts/guest-test"]
 fn side_by_side_vfio_bench() {
-    let env_u64 = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(default)
-    };
     let count = env_u64("GUEST_BENCH_COUNT", 5000);
     let rounds = env_u64("GUEST_BENCH_ROUNDS", 5).max(1) as usize;
     let env = GuestEnv::provision();
@@ -410,11 +404,6 @@ fn side_by_side_vfio_bench() {
         }
         eprintln!("{line}");
     }
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let mut line = format!(
         "BENCH vfio map+unmap pairs/s, median of {rounds} paired rounds x {count}: \
          qemu virtio-iommu-pci {:.0}",

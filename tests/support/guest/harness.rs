@@ -411,3 +411,19 @@ pub fn bind_first(id: &str) -> String {
          guest-agent bind \"$bdf\" || exit 1\n"
     )
 }
+
+/// The number in environment variable `name`, or `default` when it is unset or not a number
+/// (the benchmarks' knobs: `GUEST_BENCH_ROUNDS`, ...).
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of `v` (the upper one of an even count); `v` must not be empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
