@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use iommu_emulator::core::{CoreConfig, EndpointSet, ResvRegion};
 
 use crate::endpoint::EndpointSpec;
+use crate::register_front::RegisterFrontSpec;
 use crate::viot::{EndpointRange, PciBdf, Topology};
 
 /// The VIOT topology for endpoints `ranges` (segment 0) behind the IOMMU at `iommu`: the ranges
@@ -258,13 +259,26 @@ pub struct Args {
     /// DMA bypass the IOMMU (guest-physical addresses; a benchmark baseline). Repeatable.
     #[arg(long = "endpoint", value_name = "KIND@BDF,socket=PATH[,iommu=bypass]")]
     pub endpoint_devices: Vec<String>,
+
+    /// Serve the VT-d unit's register file over vfio-user instead of a virtio-iommu, for the
+    /// guest's own intel_iommu driver: `vtd,socket=PATH,addr=BB:DD.F,base=ADDR` (the PCI
+    /// address QEMU gives the function and the address the guest's firmware gives its BAR,
+    /// which the DMAR names). Replaces --socket-path; the --endpoint devices translate
+    /// through the unit.
+    #[arg(long, value_name = "vtd,socket=PATH,addr=BDF,base=ADDR")]
+    pub register_front: Option<String>,
+
+    /// Write the ACPI DMAR table of the register front (its base, the --endpoint devices in
+    /// its scope) to this file, for QEMU's `-acpitable file=`. Needs --register-front.
+    #[arg(long, requires = "register_front")]
+    pub dmar_out: Option<PathBuf>,
 }
 
 /// The validated daemon configuration.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// vhost-user socket path.
-    pub socket_path: PathBuf,
+    /// vhost-user socket path (none under the register front).
+    pub socket_path: Option<PathBuf>,
     /// Control socket path.
     pub control_socket: Option<PathBuf>,
     /// Hardware model.
@@ -283,6 +297,8 @@ pub struct DaemonConfig {
     pub request_poll: std::time::Duration,
     /// The endpoint devices served over vfio-user.
     pub endpoint_devices: Vec<EndpointSpec>,
+    /// The register front, which replaces the virtio-iommu, and where to write its DMAR.
+    pub register_front: Option<(RegisterFrontSpec, Option<PathBuf>)>,
 }
 
 impl DaemonConfig {
@@ -386,11 +402,37 @@ impl TryFrom<Args> for DaemonConfig {
 
     fn try_from(a: Args) -> Result<Self, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        let socket_path = match a.socket_path {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            Some(_) => return invalid("--socket-path must not be empty".into()),
-            None => return invalid("--socket-path is required to serve the device".into()),
+        let register_front = match &a.register_front {
+            Some(s) => Some((
+                s.parse::<RegisterFrontSpec>()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                a.dmar_out.clone(),
+            )),
+            None => None,
         };
+        let socket_path = match (a.socket_path, &register_front) {
+            (Some(_), Some(_)) => {
+                return invalid(
+                    "--register-front replaces the virtio-iommu: give no --socket-path".into(),
+                );
+            }
+            (Some(p), None) if !p.as_os_str().is_empty() => Some(p),
+            (Some(_), None) => return invalid("--socket-path must not be empty".into()),
+            (None, Some(_)) => None,
+            (None, None) => {
+                return invalid("--socket-path is required to serve the device".into());
+            }
+        };
+        if register_front.is_some() {
+            if a.model != Model::Vtd {
+                return invalid("--register-front serves the VT-d unit: give --model vtd".into());
+            }
+            if a.viot_out.is_some() {
+                return invalid(
+                    "--register-front has no virtio-iommu to describe: use --dmar-out".into(),
+                );
+            }
+        }
         let page_size_mask = parse_u64(&a.page_size_mask)?;
         if page_size_mask == 0 {
             return invalid("--page-size-mask must have at least one bit set".into());
@@ -453,6 +495,14 @@ impl TryFrom<Args> for DaemonConfig {
         };
         let endpoint_devices =
             endpoint_devices(&a.endpoint_devices, &ranges, a.iommu_bdf.as_deref())?;
+        if let Some((front, _)) = &register_front
+            && endpoint_devices.iter().any(|e| e.bdf == front.bdf)
+        {
+            return invalid(format!(
+                "--register-front at {} and an --endpoint share the address",
+                front.bdf
+            ));
+        }
         let input_end = if a.input_bits == 64 {
             u64::MAX
         } else {
@@ -468,6 +518,7 @@ impl TryFrom<Args> for DaemonConfig {
             private_region: (private_base, private_size),
             viot,
             endpoint_devices,
+            register_front,
             core: CoreConfig {
                 page_size_mask,
                 input_range: (0, input_end),
@@ -525,7 +576,7 @@ mod tests {
     #[test]
     fn an_embedders_config_is_the_command_lines_defaults() {
         let c = DaemonConfig::new("/tmp/e.sock").unwrap();
-        assert_eq!(c.socket_path, PathBuf::from("/tmp/e.sock"));
+        assert_eq!(c.socket_path, Some(PathBuf::from("/tmp/e.sock")));
         assert_eq!(c.control_socket, None);
         let p = parse(&[]).unwrap();
         assert_eq!((c.model, c.vtd_mode), (p.model, p.vtd_mode));
@@ -588,7 +639,7 @@ mod tests {
         let cli = Cli::try_parse_from(["vhost-device-iommu", "--socket-path", "/tmp/s"]).unwrap();
         assert!(cli.command.is_none());
         let c = DaemonConfig::try_from(cli.serve).unwrap();
-        assert_eq!(c.socket_path, PathBuf::from("/tmp/s"));
+        assert_eq!(c.socket_path, Some(PathBuf::from("/tmp/s")));
         // Serving needs a socket.
         let cli = Cli::try_parse_from(["vhost-device-iommu"]).unwrap();
         let err = DaemonConfig::try_from(cli.serve).unwrap_err().to_string();
@@ -746,6 +797,47 @@ mod tests {
         .unwrap();
         let rids: Vec<u16> = c.endpoint_devices.iter().map(|e| e.bdf.rid()).collect();
         assert_eq!(rids, [0x20, 0x29]);
+        // The register front replaces the virtio-iommu's socket.
+        let front = |extra: &[&str]| {
+            let mut argv = vec![
+                "vhost-device-iommu",
+                "--register-front",
+                "vtd,socket=/tmp/r,addr=05.0,base=0xfebfe000",
+            ];
+            argv.extend_from_slice(extra);
+            DaemonConfig::try_from(Args::try_parse_from(argv).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())
+        };
+        let c = front(&[
+            "--dmar-out",
+            "/tmp/d",
+            "--endpoint",
+            "dma@04.0,socket=/tmp/e",
+        ])
+        .unwrap();
+        assert_eq!(c.socket_path, None);
+        let (spec, dmar) = c.register_front.unwrap();
+        assert_eq!((spec.bdf.rid(), spec.base), (0x28, 0xfebf_e000));
+        assert_eq!(dmar, Some(PathBuf::from("/tmp/d")));
+        for (extra, msg) in [
+            (&["--socket-path", "/tmp/s"][..], "give no --socket-path"),
+            (&["--model", "amdvi"][..], "--model vtd"),
+            (
+                &["--viot-out", "/tmp/v", "--iommu-bdf", "00:03.0"][..],
+                "--dmar-out",
+            ),
+            (
+                &["--endpoint", "dma@05.0,socket=/tmp/e"][..],
+                "share the address",
+            ),
+        ] {
+            let e = front(extra).unwrap_err();
+            assert!(e.contains(msg), "{extra:?}: {e}");
+        }
+        assert!(
+            parse(&["--dmar-out", "/tmp/d"]).is_err(),
+            "--dmar-out needs the front"
+        );
         // --socket-path is optional to the parser (the `viot` subcommand needs none) but
         // required to serve.
         let args = Args::try_parse_from(["vhost-device-iommu"]).unwrap();

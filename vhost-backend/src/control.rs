@@ -46,6 +46,8 @@ use serde_json::{Value, json};
 
 use crate::device::IommuDevice;
 use crate::endpoint::server::EndpointHandle;
+use crate::register_front::FrontStats;
+use iommu_emulator::Unit;
 
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -411,8 +413,73 @@ pub fn handle_line_with(
     }
 }
 
+/// What the control socket answers for.
+enum Target {
+    /// The virtio-iommu: its core and device.
+    Virtio(Arc<IommuDevice>),
+    /// The register front: the unit the guest's driver programs, and the front's counters.
+    Registers(Arc<dyn Unit>, Arc<FrontStats>),
+}
+
+fn unit_stats_json(u: &iommu_emulator::UnitStats) -> Value {
+    let caches: serde_json::Map<String, Value> = u
+        .caches
+        .iter()
+        .map(|(k, c)| {
+            (
+                k.name(),
+                json!({"lookups": c.lookups, "hits": c.hits, "misses": c.misses,
+                       "fills": c.inserts, "refused": c.refused,
+                       "evictions": c.evictions, "invalidated": c.invalidated,
+                       "invalidations": c.invalidations}),
+            )
+        })
+        .collect();
+    json!({"translations": u.translations, "faults": u.faults,
+           "faults_recorded": u.faults_recorded, "commands": u.commands, "caches": caches})
+}
+
+/// Answers one request line under the register front: `endpoints`, and `stats` with the
+/// unit's counters (`hardware`), the front's (`register_front`: register `reads`, `writes`,
+/// the `bar0` the firmware programmed, unit `events`) and the endpoints'. The virtio-iommu's
+/// commands (`translate`, `domains`) are refused: the guest's driver owns the unit.
+pub fn handle_register_front_line(
+    unit: &dyn Unit,
+    front: &FrontStats,
+    endpoints: &[Arc<EndpointHandle>],
+    line: &str,
+) -> Value {
+    let cmd: Command = match serde_json::from_str(line) {
+        Ok(c) => c,
+        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    match cmd {
+        Command::Endpoints {} => json!({"ok": true,
+            "endpoints": endpoints.iter().map(|e| endpoint_json(e, true)).collect::<Vec<_>>()}),
+        Command::Stats {} => {
+            let bar0 = n(&front.bar0);
+            json!({"ok": true, "model": unit.name(), "hardware": unit_stats_json(&unit.stats()),
+                   "register_front": {"reads": n(&front.reads), "writes": n(&front.writes),
+                                      "bar0": (bar0 != u64::MAX).then_some(bar0),
+                                      "events": n(&front.events)},
+                   "endpoints": endpoints.iter().map(|e| endpoint_json(e, false)).collect::<Vec<_>>()})
+        }
+        Command::Translate { .. } | Command::Domains {} => json!({"ok": false,
+            "error": "the daemon serves the register front: the guest's own driver programs \
+                      the unit, and there is no virtio-iommu core to ask"}),
+    }
+}
+
+fn answer(target: &Target, endpoints: &[Arc<EndpointHandle>], line: &str) -> Value {
+    match target {
+        Target::Virtio(d) => handle_line_with(d, endpoints, line),
+        Target::Registers(u, f) => handle_register_front_line(&**u, f, endpoints, line),
+    }
+}
+
 fn serve_connection(
-    device: &IommuDevice,
+    target: &Target,
     endpoints: &[Arc<EndpointHandle>],
     stream: UnixStream,
 ) -> std::io::Result<()> {
@@ -436,7 +503,7 @@ fn serve_connection(
         if text.is_empty() {
             continue;
         }
-        let answer = handle_line_with(device, endpoints, text);
+        let answer = answer(target, endpoints, text);
         writeln!(out, "{answer}")?;
     }
 }
@@ -449,6 +516,25 @@ pub fn spawn(
     endpoints: Vec<Arc<EndpointHandle>>,
     path: &Path,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    spawn_target(Target::Virtio(device), endpoints, path)
+}
+
+/// [`spawn`] for the register front.
+pub fn spawn_register_front(
+    unit: Arc<dyn Unit>,
+    front: Arc<FrontStats>,
+    endpoints: Vec<Arc<EndpointHandle>>,
+    path: &Path,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    spawn_target(Target::Registers(unit, front), endpoints, path)
+}
+
+fn spawn_target(
+    target: Target,
+    endpoints: Vec<Arc<EndpointHandle>>,
+    path: &Path,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let target = Arc::new(target);
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -471,12 +557,12 @@ pub fn spawn(
                     continue;
                 }
                 active.fetch_add(1, Ordering::AcqRel);
-                let (device, active, endpoints) =
-                    (device.clone(), active.clone(), endpoints.clone());
+                let (target, active, endpoints) =
+                    (target.clone(), active.clone(), endpoints.clone());
                 let spawned = std::thread::Builder::new()
                     .name("control-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve_connection(&device, &endpoints, stream) {
+                        if let Err(e) = serve_connection(&target, &endpoints, stream) {
                             log::debug!("control connection: {e}");
                         }
                         active.fetch_sub(1, Ordering::AcqRel);

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use iommu_emulator::core::CoreError;
 use iommu_emulator::{
-    AmdViConfig, AmdViDriver, Core, Driver, HwError, PrivateRegion, SoftDriver, VtdConfig,
-    VtdDriver, VtdMode,
+    AmdViConfig, AmdViDriver, Core, Driver, HwError, PrivateRegion, SoftDriver, Unit, Vtd,
+    VtdConfig, VtdDriver, VtdMode,
 };
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -16,8 +16,14 @@ use vmm_sys_util::epoll::EventSet;
 use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
 use crate::config::{DaemonConfig, Model, VtdModeArg};
 use crate::device::{DeviceError, IommuDevice};
-use crate::endpoint::DmaTranslator;
+use crate::dmar::DmarTopology;
+use crate::endpoint::server::EndpointHandle;
+use crate::endpoint::{DmaTranslator, UnitTranslator};
+use crate::private_mem::GuestRam;
 use crate::private_mem::{PrivateMem, PrivateMemError, SystemMem};
+use crate::register_front::{FrontStats, RegisterFrontSpec, UnitRegisters};
+use crate::vfio::function::PciFunction;
+use crate::vfio::regions::DmaRegions;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,9 @@ pub enum DaemonError {
     /// An endpoint device could not be served.
     #[error("cannot serve --endpoint {0}: {1}")]
     Endpoint(String, vfio_user::Error),
+    /// The DMAR table could not be written.
+    #[error("cannot write the DMAR table: {0}")]
+    Dmar(std::io::Error),
     /// The fault event could not be registered with the worker.
     #[error("cannot register the fault event: {0}")]
     Register(std::io::Error),
@@ -105,24 +114,19 @@ pub fn build_device(
     Ok(Arc::new(IommuDevice::new(core, cfg.probe_size)?))
 }
 
-/// Runs the daemon until a vhost-user connection fails with an error other than a disconnect.
-pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
-    if let Some((path, topo)) = &cfg.viot {
-        crate::viot::write_viot(path, topo).map_err(DaemonError::Viot)?;
-        log::info!("VIOT table written to {}", path.display());
-    }
-    // One guest-memory handle for every connection: the vhost-user handler replaces its
-    // contents on each memory-table change, and the model reads guest RAM through it.
-    let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let device = build_device(&cfg, &ram)?;
+/// Serves the `--endpoint` devices, each translated by `iommu` unless it bypasses the IOMMU.
+fn spawn_endpoints(
+    cfg: &DaemonConfig,
+    iommu: &Arc<dyn DmaTranslator>,
+) -> Result<Vec<Arc<EndpointHandle>>, DaemonError> {
     let mut endpoints = Vec::new();
     for spec in &cfg.endpoint_devices {
-        let iommu: Arc<dyn DmaTranslator> = if spec.bypass_iommu {
+        let translator: Arc<dyn DmaTranslator> = if spec.bypass_iommu {
             Arc::new(crate::endpoint::NoIommu)
         } else {
-            device.core().clone()
+            iommu.clone()
         };
-        let e = crate::endpoint::server::spawn(spec.clone(), iommu).map_err(|e| {
+        let e = crate::endpoint::server::spawn(spec.clone(), translator).map_err(|e| {
             DaemonError::Endpoint(format!("{} at {}", spec.bdf, spec.socket.display()), e)
         })?;
         log::info!(
@@ -137,6 +141,30 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         );
         endpoints.push(e);
     }
+    Ok(endpoints)
+}
+
+/// Runs the daemon until a vhost-user connection fails with an error other than a disconnect
+/// (under the register front, until it is stopped).
+pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
+    if let Some((front, dmar)) = &cfg.register_front {
+        return run_register_front(&cfg, front, dmar.as_deref());
+    }
+    let Some(socket_path) = cfg.socket_path.clone() else {
+        return Err(DaemonError::Control(std::io::Error::other(
+            "no --socket-path to serve the virtio-iommu on",
+        )));
+    };
+    if let Some((path, topo)) = &cfg.viot {
+        crate::viot::write_viot(path, topo).map_err(DaemonError::Viot)?;
+        log::info!("VIOT table written to {}", path.display());
+    }
+    // One guest-memory handle for every connection: the vhost-user handler replaces its
+    // contents on each memory-table change, and the model reads guest RAM through it.
+    let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let device = build_device(&cfg, &ram)?;
+    let core: Arc<dyn DmaTranslator> = device.core().clone();
+    let endpoints = spawn_endpoints(&cfg, &core)?;
     if let Some(path) = &cfg.control_socket {
         crate::control::spawn(device.clone(), endpoints, path).map_err(DaemonError::Control)?;
         log::info!("control socket at {}", path.display());
@@ -156,10 +184,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
                 .register_listener(backend.fault_fd(), EventSet::IN, u64::from(FAULT_EVENT))
                 .map_err(DaemonError::Register)?;
         }
-        log::info!("waiting for a front end on {}", cfg.socket_path.display());
-        daemon
-            .serve(&cfg.socket_path)
-            .map_err(DaemonError::VhostUser)?;
+        log::info!("waiting for a front end on {}", socket_path.display());
+        daemon.serve(&socket_path).map_err(DaemonError::VhostUser)?;
         log::info!("front end disconnected; resetting the device");
         if let Err(e) = backend.front_end_gone() {
             log::error!("reset after disconnect: {e}");
@@ -168,5 +194,85 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
         ram.lock()
             .unwrap_or_else(|e| e.into_inner())
             .replace(GuestMemoryMmap::new());
+    }
+}
+
+/// The register front: the VT-d unit, reading guest RAM through the DMA regions QEMU gives
+/// the front's function, its register file served over vfio-user for the guest's own
+/// `intel_iommu`; the endpoint devices translate straight through it. Serves until stopped.
+fn run_register_front(
+    cfg: &DaemonConfig,
+    front: &RegisterFrontSpec,
+    dmar: Option<&std::path::Path>,
+) -> Result<(), DaemonError> {
+    let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let vtd_cfg = VtdConfig {
+        haw: u8::try_from(cfg.core.phys_addr_bits.clamp(32, 52)).unwrap_or(48),
+        ..VtdConfig::default()
+    };
+    let stats = Arc::new(FrontStats::default());
+    let events = stats.clone();
+    let unit: Arc<dyn Unit> = Arc::new(
+        Vtd::new(
+            GuestRam::new(ram.clone()),
+            vtd_cfg.clone(),
+            Box::new(move |e| {
+                events
+                    .events
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::info!("VT-d event (its MSI write is not delivered): {e:?}");
+            }),
+        )
+        .map_err(|e| DaemonError::Hardware(HwError::from(e)))?,
+    );
+    if let Some(path) = dmar {
+        let topo = DmarTopology {
+            haw: vtd_cfg.haw,
+            register_base: front.base,
+            endpoints: cfg.endpoint_devices.iter().map(|e| e.bdf).collect(),
+        };
+        crate::dmar::write_dmar(path, &topo).map_err(DaemonError::Dmar)?;
+        log::info!("DMAR table written to {}", path.display());
+    }
+    let registers = UnitRegisters::new(
+        unit.clone(),
+        4096,
+        front.base,
+        stats.clone(),
+        |expected, programmed| {
+            let msg = format!(
+                "the guest's firmware put the register front's BAR at {programmed:#x}, but the \
+                 DMAR names {expected:#x}: give --register-front ...,base={programmed:#x}"
+            );
+            log::error!("{msg}");
+            eprintln!("vhost-device-iommu: {msg}");
+            std::process::exit(1);
+        },
+    );
+    let function = PciFunction::new(registers, DmaRegions::with_sink(ram));
+    crate::vfio::serve(
+        format!("register front {}", front.bdf),
+        &front.socket,
+        function,
+        || {},
+    )
+    .map_err(|e| {
+        DaemonError::Endpoint(format!("register front at {}", front.socket.display()), e)
+    })?;
+    log::info!(
+        "VT-d register front at {} (BAR0 expected at {:#x}) served over vfio-user at {}",
+        front.bdf,
+        front.base,
+        front.socket.display()
+    );
+    let translator: Arc<dyn DmaTranslator> = Arc::new(UnitTranslator(unit.clone()));
+    let endpoints = spawn_endpoints(cfg, &translator)?;
+    if let Some(path) = &cfg.control_socket {
+        crate::control::spawn_register_front(unit, stats, endpoints, path)
+            .map_err(DaemonError::Control)?;
+        log::info!("control socket at {}", path.display());
+    }
+    loop {
+        std::thread::park();
     }
 }

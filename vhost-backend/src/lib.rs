@@ -57,6 +57,11 @@ pub mod endpoint;
 pub mod fuzz_support;
 pub mod private_mem;
 pub mod protocol;
+pub mod register_front;
+
+/// The ACPI DMAR table of the register front.
+pub mod dmar;
+pub mod vfio;
 
 /// The ACPI VIOT table that tells x86 guests which endpoints sit behind the virtio-iommu.
 pub mod viot;

@@ -132,6 +132,41 @@ impl AtomicAccess for SystemMem {
 
 impl_phys_mem_via_atomics!(SystemMem);
 
+/// Guest RAM alone, as a unit under the register front reads it: the guest's own driver
+/// builds every structure in guest RAM, and the RAM is what the vfio-user client's DMA
+/// regions currently give ([`crate::vfio::regions::DmaRegions::with_sink`] keeps it
+/// current).
+#[derive(Debug, Clone)]
+pub struct GuestRam {
+    ram: GuestMemoryAtomic<GuestMemoryMmap>,
+}
+
+impl GuestRam {
+    /// Guest RAM as `ram` holds it at each access.
+    pub fn new(ram: GuestMemoryAtomic<GuestMemoryMmap>) -> Self {
+        Self { ram }
+    }
+}
+
+impl AtomicAccess for GuestRam {
+    fn with_atomic<A: AtomicInteger, R>(
+        &self,
+        addr: u64,
+        f: impl FnOnce(&A) -> R,
+    ) -> Result<R, MemError> {
+        if !addr.is_multiple_of(std::mem::size_of::<A>() as u64) {
+            return Err(MemError::Unaligned(addr));
+        }
+        let ram = self.ram.memory();
+        let (region, off) = ram
+            .to_region_addr(GuestAddress(addr))
+            .ok_or(MemError::Unmapped(addr))?;
+        region_atomic(region, off, addr, f)
+    }
+}
+
+impl_phys_mem_via_atomics!(GuestRam);
+
 #[cfg(test)]
 mod tests {
     use super::*;

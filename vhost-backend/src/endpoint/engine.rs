@@ -52,8 +52,8 @@ use iommu_emulator::request::Fault;
 use iommu_emulator::{AccessKind, DmaRequest};
 
 use super::DmaTranslator;
-use super::pci::FunctionId;
-use super::regions::DmaRegions;
+use crate::vfio::pci::FunctionId;
+use crate::vfio::regions::DmaRegions;
 
 /// PCI vendor ID of the function (QEMU's, as `edu` uses).
 pub const VENDOR_ID: u16 = 0x1234;

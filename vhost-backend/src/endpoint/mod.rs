@@ -3,16 +3,13 @@
 //!
 //! - [`engine`]: the DMA engine (descriptor-based copy, fill and compare), its registers and
 //!   descriptor format;
-//! - [`pci`]: the function's configuration space;
-//! - [`regions`]: guest RAM as the vfio-user DMA regions give it;
-//! - [`server`]: the vfio-user server that serves one function, one connection after another.
+//! - [`server`]: the engine as a vfio-user PCI function ([`crate::vfio`]), and the thread
+//!   that serves it.
 //!
 //! Every DMA an endpoint performs goes through a [`DmaTranslator`]: the core (behind the
 //! virtio-iommu front), or a unit that a guest's own driver programs (the register front).
 
 pub mod engine;
-pub mod pci;
-pub mod regions;
 pub mod server;
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
-//! The configuration space of an endpoint function: a type 0 header with one 32-bit memory
-//! BAR, an MSI capability, a PCI Express capability and, in extended space, a PASID
-//! capability. Offsets and bit layouts follow the PCI Local Bus spec 3.0 §6.1-6.2 (header),
+//! The configuration space of a function the daemon serves: a type 0 header with one 32-bit
+//! memory BAR, an MSI capability, a PCI Express capability and, in extended space, an
+//! optional PASID capability. Offsets and bit layouts follow the PCI Local Bus spec 3.0 §6.1-6.2 (header),
 //! §6.8.1 (MSI) and PCI Express Base spec 5.0 §7.5.3 (PCI Express capability) and §7.8.8
 //! (PASID extended capability).
 //!
@@ -65,6 +65,7 @@ pub struct ConfigSpace {
     bytes: Box<[u8; CONFIG_SIZE]>,
     writable: Box<[u8; CONFIG_SIZE]>,
     power_on: Box<[u8; CONFIG_SIZE]>,
+    /// The PASID capability's width, 0 without one.
     pasid_width: u8,
 }
 
@@ -92,14 +93,14 @@ pub struct ConfigAccessError {
 impl ConfigSpace {
     /// The power-on configuration of a function `id` with a 32-bit non-prefetchable memory
     /// BAR0 of `bar0_size` bytes (a power of two, at least 4 KiB), INTA, MSI with one vector,
-    /// and a PASID capability of `pasid_width` bits (1..=20).
-    pub fn new(id: FunctionId, bar0_size: u32, pasid_width: u8) -> Self {
+    /// and, given `pasid_width` (1..=20 bits), a PASID capability.
+    pub fn new(id: FunctionId, bar0_size: u32, pasid_width: Option<u8>) -> Self {
         debug_assert!(bar0_size.is_power_of_two() && bar0_size >= 4096);
         let mut c = ConfigSpace {
             bytes: Box::new([0; CONFIG_SIZE]),
             writable: Box::new([0; CONFIG_SIZE]),
             power_on: Box::new([0; CONFIG_SIZE]),
-            pasid_width: pasid_width.clamp(1, 20),
+            pasid_width: pasid_width.map_or(0, |w| w.clamp(1, 20)),
         };
         c.set16(0x00, id.vendor);
         c.set16(0x02, id.device);
@@ -137,10 +138,13 @@ impl ConfigSpace {
         const { assert!(PCIE_CAP + PCIE_CAP_LEN <= PASID_CAP) };
 
         // PASID: the only extended capability (next 0). Capability: privileged mode
-        // supported, max width; Control: PASID and Privileged Mode Enable writable.
-        c.set32(PASID_CAP, 0x001b | (1 << 16));
-        c.set16(PASID_CAP + 4, (1 << 2) | (u16::from(c.pasid_width) << 8));
-        c.mask16(PASID_CAP + 6, PASID_ENABLE | PASID_PRIV_ENABLE);
+        // supported, max width; Control: PASID and Privileged Mode Enable writable. Without
+        // it, extended space starts with a zero header: no extended capabilities.
+        if c.pasid_width > 0 {
+            c.set32(PASID_CAP, 0x001b | (1 << 16));
+            c.set16(PASID_CAP + 4, (1 << 2) | (u16::from(c.pasid_width) << 8));
+            c.mask16(PASID_CAP + 6, PASID_ENABLE | PASID_PRIV_ENABLE);
+        }
         *c.power_on = *c.bytes;
         c
     }
@@ -236,7 +240,7 @@ impl ConfigSpace {
         self.u16_at(PASID_CAP + 6) & PASID_PRIV_ENABLE != 0
     }
 
-    /// The largest PASID the function may send.
+    /// The largest PASID the function may send (0 without a PASID capability).
     pub fn max_pasid(&self) -> u32 {
         (1u32 << self.pasid_width) - 1
     }
@@ -260,7 +264,7 @@ mod tests {
                 class: 0x08_80_00,
             },
             4096,
-            20,
+            Some(20),
         )
     }
 
@@ -331,6 +335,26 @@ mod tests {
         assert!(c.pasid_enabled() && c.pasid_privileged_enabled());
         assert_eq!(rd32(&c, 0x104) >> 16, 0x0005);
         assert_eq!(c.max_pasid(), 0xf_ffff);
+    }
+
+    #[test]
+    fn without_pasid_there_are_no_extended_capabilities() {
+        let mut c = ConfigSpace::new(
+            FunctionId {
+                vendor: 0x1234,
+                device: 1,
+                revision: 0,
+                class: 0x08_06_00,
+            },
+            16384,
+            None,
+        );
+        assert_eq!(rd32(&c, 0x100), 0);
+        c.write(0x106, &[0xff, 0xff]).unwrap();
+        assert!(!c.pasid_enabled());
+        assert_eq!(c.max_pasid(), 0);
+        c.write(0x10, &u32::MAX.to_le_bytes()).unwrap();
+        assert_eq!(rd32(&c, 0x10), 0xffff_c000, "a 16 KiB BAR");
     }
 
     #[test]

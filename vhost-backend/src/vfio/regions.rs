@@ -11,7 +11,8 @@ use vm_memory::bitmap::BitmapSlice;
 use vm_memory::mmap::MmapRegion;
 use vm_memory::volatile_memory::VolatileSlice;
 use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
+    FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
 };
 
 /// Most regions one connection may map (QEMU maps a handful: RAM below and above 4 GiB,
@@ -83,6 +84,9 @@ impl Region {
 #[derive(Debug, Default)]
 pub struct DmaRegions {
     regions: Vec<Region>,
+    /// Where the reachable regions are published after every change, for readers on other
+    /// threads (a unit behind the register front walks the guest's tables in them).
+    sink: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
 }
 
 /// Why an access to guest RAM failed: the guest-physical address that could not be reached.
@@ -99,6 +103,31 @@ impl DmaRegions {
     /// No regions.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No regions; every change is published to `sink` as the guest memory of the regions
+    /// that have a descriptor (their permissions are this type's to enforce, not the sink's:
+    /// a unit reads and updates its structures in guest RAM as the hardware does).
+    pub fn with_sink(sink: GuestMemoryAtomic<GuestMemoryMmap>) -> Self {
+        let r = DmaRegions {
+            regions: Vec::new(),
+            sink: Some(sink),
+        };
+        r.publish();
+        r
+    }
+
+    fn publish(&self) {
+        let Some(sink) = &self.sink else { return };
+        let maps: Vec<Arc<GuestRegionMmap>> =
+            self.regions.iter().filter_map(|r| r.map.clone()).collect();
+        // Sorted and disjoint by construction, so the collection always builds.
+        let mem = if maps.is_empty() {
+            GuestMemoryMmap::new()
+        } else {
+            GuestMemoryMmap::from_arc_regions(maps).unwrap_or_default()
+        };
+        sink.lock().unwrap_or_else(|e| e.into_inner()).replace(mem);
     }
 
     /// Maps `size` bytes of `fd` from `offset` at guest-physical `address`, or records a
@@ -153,6 +182,7 @@ impl DmaRegions {
                 map,
             },
         );
+        self.publish();
         Ok(())
     }
 
@@ -171,12 +201,14 @@ impl DmaRegions {
             return Err(RegionError::Unmap { address, size });
         }
         self.regions.drain(first..last);
+        self.publish();
         Ok(last - first)
     }
 
     /// Forgets every region (the connection is gone).
     pub fn clear(&mut self) {
         self.regions.clear();
+        self.publish();
     }
 
     /// The regions, as (guest-physical start, size, reachable).
@@ -318,6 +350,29 @@ mod tests {
         );
         assert!(r.read(0, &mut b).is_err());
         assert!(r.read(u64::MAX - 3, &mut b).is_err());
+    }
+
+    #[test]
+    fn every_change_is_published_to_the_sink() {
+        use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryBackend};
+        let sink = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut r = DmaRegions::with_sink(sink.clone());
+        let f = backing(0x2000);
+        r.map(0x1000, 0x2000, 0, RW, Some(f.try_clone().unwrap()))
+            .unwrap();
+        r.map(0x8000, 0x1000, 0, RW, None).unwrap();
+        // The region without a descriptor is not guest memory a reader can reach.
+        assert_eq!(sink.memory().num_regions(), 1);
+        r.write(0x1ff8, &7u64.to_le_bytes()).unwrap();
+        assert_eq!(
+            sink.memory().read_obj::<u64>(GuestAddress(0x1ff8)).unwrap(),
+            7
+        );
+        r.unmap(0x1000, 0x2000).unwrap();
+        assert!(sink.memory().read_obj::<u64>(GuestAddress(0x1ff8)).is_err());
+        r.map(0x1000, 0x1000, 0, RW, Some(f)).unwrap();
+        r.clear();
+        assert_eq!(sink.memory().num_regions(), 0);
     }
 
     #[test]
