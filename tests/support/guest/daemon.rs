@@ -55,19 +55,28 @@ impl Daemon {
     /// `timeout`. Waits until both sockets exist.
     pub fn spawn(socket: &Path, endpoints: &str, timeout: Duration, extra: &[&str]) -> Daemon {
         let dir = socket.parent().expect("socket dir");
+        let mut args = vec![
+            "--socket-path".to_string(),
+            socket.display().to_string(),
+            "--endpoints".to_string(),
+            endpoints.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_in(dir, &args, &[socket], timeout)
+    }
+
+    /// The daemon with `args` (and its control socket in `dir`), bounded by `timeout`. Waits
+    /// until the control socket and every path of `wait_for` exist.
+    pub fn spawn_in(dir: &Path, args: &[String], wait_for: &[&Path], timeout: Duration) -> Daemon {
         let control = dir.join("control.sock");
         let log = dir.join("daemon.log");
         let out = std::fs::File::create(&log).expect("daemon log");
         let child = Command::new("timeout")
             .args(["-k", "5", &timeout.as_secs().max(1).to_string()])
             .arg(daemon_bin())
-            .arg("--socket-path")
-            .arg(socket)
             .arg("--control-socket")
             .arg(&control)
-            .arg("--endpoints")
-            .arg(endpoints)
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log fd"))
@@ -81,7 +90,7 @@ impl Daemon {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !(socket.exists() && d.control.exists()) {
+        while !(wait_for.iter().all(|p| p.exists()) && d.control.exists()) {
             if let Ok(Some(s)) = d.child.try_wait() {
                 panic!("daemon exited with {s} before listening:\n{}", d.log());
             }
