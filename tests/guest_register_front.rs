@@ -25,8 +25,9 @@ fn vfio_user(path: &std::path::Path, addr: &str) -> String {
         .to_string()
 }
 
-/// The daemon serving the front and the engine, and a guest with both attached.
-fn boot(env: &GuestEnv, script: String) -> ([RunDir; 2], Daemon, Qemu) {
+/// The daemon serving the front and the engine, and a guest with both attached, booted with
+/// `intel_iommu` (`intel_iommu=on` plus `iommu_opts`) and `intremap=off`.
+fn boot(env: &GuestEnv, iommu_opts: &str, script: String) -> ([RunDir; 2], Daemon, Qemu) {
     let dev = RunDir::new(env);
     let (front, ep, dmar) = (
         dev.host.join("front.sock"),
@@ -54,7 +55,7 @@ fn boot(env: &GuestEnv, script: String) -> ([RunDir; 2], Daemon, Qemu) {
     let mut opts = QemuOpts {
         memory_mb: RAM_MB,
         machine: "q35,memory-backend=mem".into(),
-        append: vec!["intel_iommu=on".into(), "intremap=off".into()],
+        append: vec![format!("intel_iommu=on{iommu_opts}"), "intremap=off".into()],
         timeout: Duration::from_secs(240),
         script: format!("dmesg -n 1\n{script}"),
         ..Default::default()
@@ -78,16 +79,29 @@ fn field<'a>(r: &'a Report, k: &str) -> &'a str {
     r.get(k).unwrap_or_else(|| panic!("no {k}: {r:?}"))
 }
 
+/// Scalable mode, the kernel's default: PASID-table entries (RID_PASID) and first-stage
+/// tables for the DMA domains.
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
-fn intel_iommu_programs_the_vtd_unit_and_the_engine_dmas_through_it() {
+fn intel_iommu_in_scalable_mode_programs_the_vtd_unit_and_the_engine_dmas_through_it() {
+    intel_iommu_programs_the_unit("", true);
+}
+
+/// Legacy mode (`intel_iommu=on,sm_off`): context entries and second-stage tables.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn intel_iommu_in_legacy_mode_programs_the_vtd_unit_and_the_engine_dmas_through_it() {
+    intel_iommu_programs_the_unit(",sm_off", false);
+}
+
+fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
     let env = GuestEnv::provision();
     let script = format!(
         "{}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin || exit 1\n\
          dmesg | grep -E 'DMAR' | sed 's/^/GUEST-DMESG /'\n",
         bind_first(ENGINE_ID)
     );
-    let (_dirs, d, mut q) = boot(&env, script);
+    let (_dirs, d, mut q) = boot(&env, iommu_opts, script);
     q.next("boot");
     let iommu = q.next("iommu");
     assert!(field(&iommu, "name").starts_with("dmar"), "{iommu:?}");
