@@ -116,10 +116,23 @@ impl<M: PhysMem> CommandQueue<Vtd<M>> for InvalidationQueue {
             return Ok(());
         }
         let fsts = unit.mmio_read(FSTS_REG, 4);
-        // Recover as a driver does: clear IQE and resynchronise the tail with IQH.
-        unit.mmio_write(FSTS_REG, 4, u64::from(FSTS_IQE));
-        self.tail = unit.mmio_read(IQH_REG, 8) & (PAGE - 1);
-        unit.mmio_write(IQT_REG, 8, self.tail);
+        if fsts & u64::from(FSTS_IQE) != 0 {
+            // Recover as Linux's qi_check_fault() does: the unit stopped at IQH on the bad
+            // descriptor (§6.5.2.10), and the tail register ignores writes while IQE is set.
+            // Overwrite that descriptor with a harmless wait (no status write, no
+            // interrupt), then clear IQE: the unit resumes at IQH and runs the rest of the
+            // queue, our wait included, so the queue is in step for the next submission.
+            let at = self.base + (unit.mmio_read(IQH_REG, 8) & (PAGE - 1));
+            let nop = encode::wait(false, false, false, 0, 0);
+            let mem = unit.mem();
+            mem.write_u64(at, nop[0])?;
+            mem.write_u64(at + 8, nop[1])?;
+            for q in 2..self.desc_size / 8 {
+                mem.write_u64(at + 8 * q, 0)?;
+            }
+            unit.mmio_write(FSTS_REG, 4, u64::from(FSTS_IQE));
+        }
+        // Whatever went wrong, this submission failed: a descriptor of it was not run.
         Err(HwError::QueueWait { status: fsts })
     }
 }

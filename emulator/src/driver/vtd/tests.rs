@@ -454,3 +454,35 @@ fn psi_covers_the_range_with_aligned_blocks() {
     // Type 2, G = 10b (domain-selective), DID 7.
     assert_eq!(d.as_slice(), [[0x22 | (7 << 16), 0]]);
 }
+
+/// An invalidation-queue error (a descriptor of a reserved type) fails that submission, and
+/// the recovery leaves the queue in step: the next submission runs and reports success, and
+/// IQE is clear (review finding 3: clearing IQE before dealing with the bad descriptor made
+/// the unit stop on it again, and the next submission was reported failed although it ran).
+#[test]
+fn a_queue_error_fails_its_submission_and_the_next_one_succeeds() {
+    for mode in [VtdMode::Legacy, VtdMode::Scalable] {
+        let hw = hw_mode(64, mode);
+        let mut c = hw.ctl.lock().unwrap();
+        let bad = [0x0f, 0];
+        let e = hw.submit(&mut c, &[bad]).unwrap_err();
+        assert!(
+            matches!(e, HwError::QueueWait { status } if status & u64::from(FSTS_IQE) != 0),
+            "{mode:?}: {e:?}"
+        );
+        assert_eq!(
+            hw.vtd().mmio_read(FSTS_REG, 4) & u64::from(FSTS_IQE),
+            0,
+            "{mode:?}"
+        );
+        let good =
+            crate::vtd::qi::encode::context_cache(crate::vtd::qi::ContextGranularity::Global);
+        hw.submit(&mut c, &[good, good]).unwrap();
+        assert_eq!(
+            hw.vtd().mmio_read(IQH_REG, 8),
+            hw.vtd().mmio_read(IQT_REG, 8),
+            "{mode:?}: the unit caught up with the tail"
+        );
+        assert_eq!(hw.vtd().mmio_read(FSTS_REG, 4), 0, "{mode:?}");
+    }
+}
