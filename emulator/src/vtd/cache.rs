@@ -39,6 +39,14 @@ pub type PasidWords = [u64; 4];
 /// The caches of one unit.
 #[derive(Debug)]
 pub struct VtdCaches {
+    /// One bit per DID: set before a first-stage or nested walk of the domain may cache a
+    /// translation, cleared by the invalidations that drop them. A page-selective IOTLB
+    /// invalidation must drop every first-stage and nested translation of its DID whatever
+    /// its address (§6.5.2.3: they are cached by first-stage input address, the
+    /// invalidation's address is second-stage input), so a DID with the bit set has all its
+    /// entries dropped; one without loses only the range. Read-only once set, so hits write
+    /// nothing.
+    first_stage_dids: Box<[std::sync::atomic::AtomicU64]>,
     /// Context cache.
     pub context: TracedCache<CtxWords>,
     /// PASID cache.
@@ -53,6 +61,9 @@ impl VtdCaches {
     /// Caches with the geometry of `cfg`.
     pub fn new(cfg: &VtdConfig) -> Result<Self, GeometryError> {
         Ok(Self {
+            first_stage_dids: (0..1024)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             context: TracedCache::new(cfg.context_cache_entries, cfg.ways, CacheId::Context)?,
             pasid: TracedCache::new(cfg.pasid_cache_entries, cfg.ways, CacheId::Pasid)?,
             iotlb: TracedCache::new(cfg.iotlb_entries, cfg.ways, CacheId::Iotlb)?,
@@ -75,16 +86,49 @@ impl VtdCaches {
         self.context.invalidate(&inv);
     }
 
+    /// Records, before a first-stage or nested walk of `did`, that the walk may cache
+    /// translations a page-selective invalidation of the DID must drop.
+    #[inline]
+    pub fn note_first_stage(&self, did: u16) {
+        use std::sync::atomic::Ordering;
+        let (w, bit) = (usize::from(did >> 6), 1u64 << (did & 63));
+        if self.first_stage_dids[w].load(Ordering::Acquire) & bit == 0 {
+            self.first_stage_dids[w].fetch_or(bit, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears `did`'s bit; returns whether it was set.
+    fn take_first_stage(&self, did: u16) -> bool {
+        use std::sync::atomic::Ordering;
+        let (w, bit) = (usize::from(did >> 6), 1u64 << (did & 63));
+        self.first_stage_dids[w].fetch_and(!bit, Ordering::SeqCst) & bit != 0
+    }
+
     /// IOTLB invalidation (§6.5.2.3 / IOTLB_REG): leaf entries and, unless the invalidation hint
-    /// says only leaves changed, paging-structure entries, of every PASID of the domain.
+    /// says only leaves changed, paging-structure entries, of every PASID of the domain. A
+    /// page-selective one drops the second-stage (and pass-through) entries of its range and
+    /// every first-stage and nested entry of the domain.
     pub fn invalidate_iotlb(&self, g: IotlbGranularity) {
         let inv = match g {
-            IotlbGranularity::Global => Invalidation::Global,
-            IotlbGranularity::Domain(d) => Invalidation::Domain(d),
+            IotlbGranularity::Global => {
+                for w in self.first_stage_dids.iter() {
+                    w.store(0, std::sync::atomic::Ordering::SeqCst);
+                }
+                Invalidation::Global
+            }
+            IotlbGranularity::Domain(d) => {
+                self.take_first_stage(d);
+                Invalidation::Domain(d)
+            }
             IotlbGranularity::Page { did, addr, am, ih } => {
-                match PageRange::vtd(did, PasidMatch::Any, addr, am, ih) {
-                    Ok(r) => Invalidation::Range(r),
-                    Err(_) => Invalidation::Domain(did),
+                if self.take_first_stage(did) {
+                    // More than the second-stage range: the spec lets hardware drop more.
+                    Invalidation::Domain(did)
+                } else {
+                    match PageRange::vtd(did, PasidMatch::Any, addr, am, ih) {
+                        Ok(r) => Invalidation::Range(r),
+                        Err(_) => Invalidation::Domain(did),
+                    }
                 }
             }
         };

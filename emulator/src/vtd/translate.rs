@@ -336,6 +336,9 @@ impl<M: PhysMem> Vtd<M> {
         trace: &mut Trace,
     ) -> Result<Translation, Fail> {
         let access = pw_access(req, walk.vendor.legacy);
+        if walk.stage == Stage::First || walk.nested.is_some() {
+            self.caches.note_first_stage(walk.did);
+        }
         self.engine()
             .translate(&VtdVendor, walk, req, access, tokens.engine, trace)
     }

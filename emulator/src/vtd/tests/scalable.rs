@@ -552,3 +552,74 @@ fn no_stale_translation_after_a_concurrent_invalidation_completes() {
         }
     });
 }
+
+/// A page-selective IOTLB invalidation (type 2) names a second-stage input address (a GPA),
+/// but a nested translation is cached by its first-stage input address: it must still be
+/// dropped, as every first-stage and nested translation of the DID is (§6.5.2.3; Linux's
+/// flush of a nesting parent depends on it). Review finding 1: the old translation kept being
+/// served after the second stage moved the page.
+#[test]
+fn page_selective_invalidation_drops_the_nested_translations_of_the_domain() {
+    let mut d = scalable();
+    let dev = sid(0, 8, 0);
+    let mut ss = d.ss_domain(2);
+    let gpa_base = 0x4000_0000u64;
+    d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
+    let (view, mut galloc, mut fs) = guest_first_stage(&d, &ss, 4);
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_0000,
+        0x30_0000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let dir = d.sm_context(dev, 0, true, 0);
+    d.pasid_entry(dir, 4, [ss.root() | (3 << 6) | (2 << 2) | 1, 2, fs.root()]);
+    let req = DmaRequest::new(dev, 0x7000_0044, 4, AccessKind::Read).with_pasid(4);
+    assert_eq!(d.translate(req).unwrap().addr, gpa_base + 0x30_0044);
+    // The host moves the GPA page under the guest's first stage and flushes that GPA.
+    d.unmap(&mut ss, 0x30_0000, 0x1000);
+    d.map(&mut ss, 0x30_0000, 0x6000_0000, 0x1000, RW);
+    d.submit_and_wait(&[crate::vtd::qi::encode::iotlb(IotlbGranularity::Page {
+        did: 2,
+        addr: 0x30_0000,
+        am: 0,
+        ih: false,
+    })]);
+    assert_eq!(d.translate(req).unwrap().addr, 0x6000_0044);
+    // A second-stage-only domain still loses only the range it names.
+    let other = sid(0, 9, 0);
+    let mut ss3 = d.ss_domain(2);
+    d.map(&mut ss3, 0, 0x5000_0000, 0x2000, RW);
+    let dir3 = d.sm_context(other, 0, true, 0);
+    d.pasid_entry(dir3, 0, [ss3.root() | (2 << 6) | (2 << 2) | 1, 3, 0]);
+    for iova in [0x10, 0x1010] {
+        d.translate(DmaRequest::new(other, iova, 4, AccessKind::Read))
+            .unwrap();
+    }
+    d.submit_and_wait(&[crate::vtd::qi::encode::iotlb(IotlbGranularity::Page {
+        did: 3,
+        addr: 0x1000,
+        am: 0,
+        ih: false,
+    })]);
+    let (_, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(other, 0x10, 4, AccessKind::Read));
+    assert_eq!(
+        trace.lookup(CacheId::Iotlb),
+        Some(true),
+        "page 0 kept its entry"
+    );
+    let (_, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(other, 0x1010, 4, AccessKind::Read));
+    assert_eq!(
+        trace.lookup(CacheId::Iotlb),
+        Some(false),
+        "page 1 lost its entry"
+    );
+}
