@@ -155,6 +155,12 @@ impl FaultReason {
         )
     }
 
+    /// Whether the fault says the page refuses a write (or, in legacy mode, where a missing
+    /// entry reports the same reason, is not there): a read walk may still find it readable.
+    pub fn write_refusal(self) -> bool {
+        matches!(self, FaultReason::WriteDenied | FaultReason::SmWriteDenied)
+    }
+
     /// Whether the reason is a page-level condition (the page is not present or does not grant
     /// the access), as opposed to a problem with the structures or the request: an ATS
     /// translation request meeting one gets an R = W = 0 completion instead of a fault.

@@ -74,14 +74,14 @@ pub(crate) struct VtdCtx {
 /// VT-d's side of the translation engine: its fault reasons and its output check.
 struct VtdVendor;
 
-/// The walker access for a request. An ATS translation request asks what the page allows: it
-/// walks as a read and returns the permissions found (§4.2.3).
+/// The walker access for a request. An ATS translation request asks what the page allows; it
+/// walks as a write first ([`Vtd::walk`] retries a page that refuses writes as a read).
 #[inline]
 fn pw_access(req: &DmaRequest, legacy: bool) -> PwAccess {
     let privileged = req.privileged;
     if req.at == AddressType::TranslationRequest {
         return PwAccess {
-            kind: PwKind::Read,
+            kind: PwKind::Write,
             privileged,
         };
     }
@@ -339,8 +339,24 @@ impl<M: PhysMem> Vtd<M> {
         if walk.stage == Stage::First || walk.nested.is_some() {
             self.caches.note_first_stage(walk.did);
         }
-        self.engine()
-            .translate(&VtdVendor, walk, req, access, tokens.engine, trace)
+        let r = self
+            .engine()
+            .translate(&VtdVendor, walk, req, access, tokens.engine, trace);
+        // ECAP.NWFS = 0: hardware ignores a translation request's No-Write flag and behaves
+        // as if it were 0, so the request seeks write permission: it walks for write, which
+        // sets D where the page allows writes, so W is never granted on a clean page. A page
+        // that refuses writes is walked again as a read, and its completion carries W = 0.
+        match r {
+            Err(f) if req.at == AddressType::TranslationRequest && f.reason.write_refusal() => {
+                let read = PwAccess {
+                    kind: PwKind::Read,
+                    ..access
+                };
+                self.engine()
+                    .translate(&VtdVendor, walk, req, read, tokens.engine, trace)
+            }
+            r => r,
+        }
     }
 
     // ------------------------------------------------------------ scalable mode (§3.4.3)

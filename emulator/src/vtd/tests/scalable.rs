@@ -623,3 +623,49 @@ fn page_selective_invalidation_drops_the_nested_translations_of_the_domain() {
         "page 1 lost its entry"
     );
 }
+
+/// ECAP.NWFS = 0: a translation request is treated as seeking write permission, so it walks
+/// for write where the page allows it and sets D (and A) before W is granted; a read-only page
+/// answers W = 0 without a fault or a D update (review finding 2: W was granted on a clean
+/// page and D was never set, so a device writing through its device-TLB left no dirty mark).
+#[test]
+fn translation_requests_set_dirty_before_granting_write() {
+    let mut d = scalable();
+    let dev = sid(0, 4, 0);
+    let mut t = d.fs_domain();
+    d.map(
+        &mut t,
+        0x1000,
+        0x6100_0000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+    );
+    d.map(&mut t, 0x2000, 0x6200_0000, 0x1000, PwPerms::R | PwPerms::U);
+    let dir = d.sm_context(dev, 0, true, 0);
+    // Device-TLB Enable in the scalable context entry (qword 0 bit 2).
+    let at = d.sm_context_table(dev) + u64::from(dev & 0x7f) * 32;
+    let q0 = d.mem.read_u64(at).unwrap();
+    d.mem.write_u64(at, q0 | 4).unwrap();
+    d.pasid_entry(dir, 1, fs_pasid(&t, 4, true, false));
+    let mut ats = DmaRequest::new(dev, 0x1000, 4, AccessKind::Read).with_pasid(1);
+    ats.at = AddressType::TranslationRequest;
+    let tr = d.translate(ats).unwrap();
+    assert_eq!(tr.addr, 0x6100_0000);
+    assert!(tr.perms.read() && tr.perms.write(), "{:?}", tr.perms);
+    let (_, leaf) = entry_at(d.mem, t.root(), 0x1000, 1);
+    assert_eq!(leaf & 0x60, 0x60, "A and D set before W is granted");
+    let ro = DmaRequest {
+        addr: 0x2000,
+        ..ats
+    };
+    let tr = d.translate(ro).unwrap();
+    assert_eq!(tr.addr, 0x6200_0000);
+    assert!(tr.perms.read() && !tr.perms.write(), "{:?}", tr.perms);
+    let (_, leaf) = entry_at(d.mem, t.root(), 0x2000, 1);
+    assert_eq!(
+        leaf & 0x60,
+        0x20,
+        "A but no D on a page that refuses writes"
+    );
+    assert_eq!(d.frcd(0)[1] >> 63, 0, "nothing recorded");
+}
