@@ -96,8 +96,14 @@ fn intel_iommu_in_legacy_mode_programs_the_vtd_unit_and_the_engine_dmas_through_
 
 fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
     let env = GuestEnv::provision();
+    // No driver binds the front's function, so nothing sets its Bus Master Enable, without
+    // which QEMU drops the unit's interrupt writes (as it drops a device's MSIs): set it
+    // through sysfs, as a platform's firmware would for an IOMMU function.
     let script = format!(
-        "{}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin || exit 1\n\
+        "printf '\\006' | dd of=/sys/bus/pci/devices/0000:00:{FRONT_ADDR}/config bs=1 seek=4 \
+         count=1 conv=notrunc 2>/dev/null || exit 1\n\
+         {}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin || exit 1\n\
+         sleep 1\n\
          dmesg | grep -E 'DMAR' | sed 's/^/GUEST-DMESG /'\n",
         bind_first(ENGINE_ID)
     );
@@ -132,6 +138,9 @@ fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
         hw["commands"].as_u64().unwrap() > 0,
         "no invalidation descriptor ran: {stats}"
     );
+    // The mode the driver chose: only scalable mode looks PASID-table entries up.
+    let pasid_lookups = hw["caches"]["pasid"]["lookups"].as_u64().unwrap();
+    assert_eq!(pasid_lookups > 0, scalable, "{stats}");
     // The engine's source reads reached the guest's frames through the unit's walk of the
     // tables the guest's intel_iommu built.
     let last: Vec<Value> = e["last_batch"].as_array().unwrap().clone();
@@ -160,16 +169,44 @@ fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
         eprintln!("{l}");
     }
     eprintln!("register front: {}", stats["register_front"]);
-    // The copy to an unmapped IOVA faulted in the unit, which recorded it in its fault log
-    // (the fault event's MSI is not delivered, so the guest's driver does not report it).
+    // The copy to an unmapped IOVA faulted in the unit, which recorded it in its fault
+    // registers and sent the fault event's MSI; the guest's driver read the record and logged
+    // it with the address the engine used.
     let after = d.ctl(json!({"cmd": "stats"}));
-    assert!(
-        after["hardware"]["faults"].as_u64().unwrap() >= 1,
-        "{after}"
-    );
     assert!(
         after["hardware"]["faults_recorded"].as_u64().unwrap() >= 1,
         "{after}"
+    );
+    assert!(
+        after["register_front"]["interrupts"].as_u64().unwrap() >= 1,
+        "{after}"
+    );
+    let hole = fault.get_u64("error_addr").unwrap();
+    eprintln!("registers after the fault: {}", after["registers"]);
+    eprintln!(
+        "register front after the fault: {}",
+        after["register_front"]
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("DMAR: [DMA Write") && l.contains(&format!("fault addr {hole:#x}")))
+        .unwrap_or_else(|| panic!("the guest logged no DMAR fault at {hole:#x}:\n{log}"));
+    assert!(line.contains("[0000:00:04.0]"), "{line}");
+    // The reason the guest read from the fault record is the one the unit recorded, which
+    // the engine also reports (ERROR_INFO bits 15:0).
+    let code = fault.get_u64("error_info").unwrap() & 0xffff;
+    assert!(
+        line.contains(&format!("[fault reason {code:#04x}]")),
+        "the unit recorded reason {code:#x}: {line}"
+    );
+    assert!(
+        after["register_front"]["interrupts"].as_u64().unwrap() >= 1,
+        "{after}"
+    );
+    eprintln!("guest fault line: {line}");
+    eprintln!(
+        "register front after the fault: {}",
+        after["register_front"]
     );
     let _ = ENGINE_RID;
 }

@@ -374,34 +374,17 @@ pub fn handle_line_with(
         }
         Command::Stats {} => {
             let s = core.stats();
-            let caches: serde_json::Map<String, Value> = s
-                .unit
-                .caches
-                .iter()
-                .map(|(k, c)| {
-                    (
-                        k.name(),
-                        json!({"lookups": c.lookups, "hits": c.hits, "misses": c.misses,
-                               "fills": c.inserts, "refused": c.refused,
-                               "evictions": c.evictions, "invalidated": c.invalidated,
-                               "invalidations": c.invalidations}),
-                    )
-                })
-                .collect();
+            let mut hardware = unit_stats_json(&s.unit);
+            hardware["domains"] = json!(s.driver.domains);
+            hardware["private_pages_in_use"] = json!(s.driver.private_pages_in_use);
+            hardware["mode"] = json!(s.driver.mode);
             json!({
                 "ok": true,
                 "requests": device.request_counts(),
                 "core": {"domains": s.domains, "mappings": s.mappings,
                          "translations": s.translations, "faults": s.faults,
                          "faults_dropped": s.faults_dropped},
-                "hardware": {
-                    "translations": s.unit.translations, "faults": s.unit.faults,
-                    "faults_recorded": s.unit.faults_recorded, "commands": s.unit.commands,
-                    "caches": caches,
-                    "domains": s.driver.domains,
-                    "private_pages_in_use": s.driver.private_pages_in_use,
-                    "mode": s.driver.mode,
-                },
+                "hardware": hardware,
                 "model": core.hardware_name(),
                 "endpoints": endpoints.iter().map(|e| endpoint_json(e, false)).collect::<Vec<_>>(),
             })
@@ -459,10 +442,34 @@ pub fn handle_register_front_line(
             "endpoints": endpoints.iter().map(|e| endpoint_json(e, true)).collect::<Vec<_>>()}),
         Command::Stats {} => {
             let bar0 = n(&front.bar0);
+            // The registers the guest's driver programs, as it last left them (VT-d §10.4).
+            let registers: serde_json::Map<String, Value> = [
+                ("gsts", 0x1c, 4),
+                ("rtaddr", 0x20, 8),
+                ("fsts", 0x34, 4),
+                ("fectl", 0x38, 4),
+                ("fedata", 0x3c, 4),
+                ("feaddr", 0x40, 4),
+                ("iqh", 0x80, 8),
+                ("iqt", 0x88, 8),
+                ("iqa", 0x90, 8),
+                ("ics", 0x9c, 4),
+                ("iectl", 0xa0, 4),
+                ("frcd0_lo", 0x220, 8),
+                ("frcd0_hi", 0x228, 8),
+                ("frcd1_hi", 0x238, 8),
+            ]
+            .into_iter()
+            .filter(|_| unit.name() == "vtd")
+            .map(|(name, off, size)| (name.to_string(), json!(unit.mmio_read(off, size))))
+            .collect();
             json!({"ok": true, "model": unit.name(), "hardware": unit_stats_json(&unit.stats()),
+                   "registers": registers,
                    "register_front": {"reads": n(&front.reads), "writes": n(&front.writes),
                                       "bar0": (bar0 != u64::MAX).then_some(bar0),
-                                      "events": n(&front.events)},
+                                      "events": n(&front.events),
+                                      "interrupts": n(&front.interrupts),
+                                      "command": n(&front.command)},
                    "endpoints": endpoints.iter().map(|e| endpoint_json(e, false)).collect::<Vec<_>>()})
         }
         Command::Translate { .. } | Command::Domains {} => json!({"ok": false,
@@ -898,5 +905,40 @@ mod tests {
         l.clear();
         assert_eq!(r.read_line(&mut l).unwrap(), 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn under_the_register_front_stats_and_endpoints_answer_and_core_commands_are_refused() {
+        let unit: Arc<dyn Unit> = Arc::new(
+            iommu_emulator::Vtd::new(
+                pagewalk::FlatMem::new(0, 0x1_0000),
+                iommu_emulator::VtdConfig::default(),
+                Box::new(|_| {}),
+            )
+            .unwrap(),
+        );
+        let front = FrontStats::default();
+        front.writes.store(3, Ordering::Relaxed);
+        front.bar0.store(u64::MAX, Ordering::Relaxed);
+        let s = handle_register_front_line(&*unit, &front, &[], r#"{"cmd":"stats"}"#);
+        assert_eq!(s["ok"], json!(true), "{s}");
+        assert_eq!(s["model"], json!("vtd"));
+        assert_eq!(s["register_front"]["writes"], json!(3));
+        assert_eq!(
+            s["register_front"]["bar0"],
+            Value::Null,
+            "not programmed yet"
+        );
+        assert!(s["hardware"]["caches"]["iotlb"]["lookups"].is_u64(), "{s}");
+        let e = handle_register_front_line(&*unit, &front, &[], r#"{"cmd":"endpoints"}"#);
+        assert_eq!(e["endpoints"], json!([]));
+        for line in [
+            r#"{"cmd":"domains"}"#,
+            r#"{"cmd":"translate","endpoint":8,"iova":0,"access":"read"}"#,
+            "not json",
+        ] {
+            let v = handle_register_front_line(&*unit, &front, &[], line);
+            assert_eq!(v["ok"], json!(false), "{line}: {v}");
+        }
     }
 }

@@ -211,16 +211,32 @@ fn run_register_front(
         ..VtdConfig::default()
     };
     let stats = Arc::new(FrontStats::default());
-    let events = stats.clone();
+    // The front's current vfio-user connection: the unit's interrupt messages (§5.1.6 fault
+    // events, §6.5.2.8 invalidation-completion events) are DMA writes of the function to the
+    // address and data the driver programmed, which QEMU delivers as MSIs.
+    let link: Arc<std::sync::Mutex<Option<Arc<crate::vfio::Connection>>>> = Arc::default();
+    let (events, to_guest) = (stats.clone(), link.clone());
     let unit: Arc<dyn Unit> = Arc::new(
         Vtd::new(
             GuestRam::new(ram.clone()),
             vtd_cfg.clone(),
             Box::new(move |e| {
+                use iommu_emulator::vtd::VtdEvent;
                 events
                     .events
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                log::info!("VT-d event (its MSI write is not delivered): {e:?}");
+                let (VtdEvent::Fault { addr, data }
+                | VtdEvent::InvalidationComplete { addr, data }) = e;
+                let conn = to_guest.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match conn.map(|c| c.dma_write(addr, &data.to_le_bytes())) {
+                    Some(Ok(())) => {
+                        events
+                            .interrupts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(Err(err)) => log::warn!("VT-d event {e:?} not delivered: {err}"),
+                    None => log::info!("VT-d event {e:?} with no client connected"),
+                }
             }),
         )
         .map_err(|e| DaemonError::Hardware(HwError::from(e)))?,
@@ -254,6 +270,7 @@ fn run_register_front(
         format!("register front {}", front.bdf),
         &front.socket,
         function,
+        move |c| *link.lock().unwrap_or_else(|p| p.into_inner()) = c,
         || {},
     )
     .map_err(|e| {

@@ -12,11 +12,11 @@
 //! enables memory decoding, against the table's, and reports a mismatch (the daemon then
 //! stops with the address the table should have named).
 //!
-//! Not here yet: the unit's fault and invalidation-completion events are MSI writes to the
-//! FEADDR/FEDATA and IEADDR/IEDATA the driver programmed, which need a server-initiated
-//! vfio-user DMA write the `vfio_user` crate cannot send; the events are counted and logged,
-//! and the guest's driver, which polls the invalidation wait status and the fault status
-//! register, works without them.
+//! The unit's fault and invalidation-completion events are MSI writes to the FEADDR/FEDATA
+//! and IEADDR/IEDATA the driver programmed: the daemon sends each as a vfio-user DMA write of
+//! this function ([`crate::vfio::Connection::dma_write`]), which QEMU performs as the
+//! function's bus-master write, an MSI to the guest. QEMU drops it unless the function's Bus
+//! Master Enable is set, and no guest driver binds the function to set it: the guest must.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -131,6 +131,11 @@ pub struct FrontStats {
     pub bar0: AtomicU64,
     /// Fault and invalidation-completion events the unit raised.
     pub events: AtomicU64,
+    /// Their MSI writes sent to the client.
+    pub interrupts: AtomicU64,
+    /// The function's Command register as software last wrote it (QEMU performs the unit's
+    /// interrupt writes only with Bus Master Enable set).
+    pub command: AtomicU64,
 }
 
 /// A unit's register file behind BAR0.
@@ -232,6 +237,9 @@ impl Device for UnitRegisters {
     }
 
     fn config_written(&mut self, config: &ConfigSpace) {
+        self.stats
+            .command
+            .store(u64::from(config.command()), Ordering::Relaxed);
         if self.checked || config.command() & COMMAND_MEMORY == 0 {
             return;
         }

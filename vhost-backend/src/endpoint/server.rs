@@ -113,6 +113,7 @@ pub fn spawn(
         format!("endpoint {}", handle.spec.bdf),
         &handle.spec.socket,
         function,
+        |_| {},
         move || {
             stats.connections.fetch_add(1, Ordering::Relaxed);
         },
