@@ -476,4 +476,150 @@ mod tests {
         assert_eq!(Header::parse(&h.bytes()), h);
         assert_eq!(h.bytes()[..4], [0x34, 0x12, 10, 0]);
     }
+
+    fn header(command: u16, size: usize) -> [u8; HEADER] {
+        Header {
+            id: 3,
+            command,
+            size: size as u32,
+            flags: 0,
+            error: 0,
+        }
+        .bytes()
+    }
+
+    /// A function with 16 bytes of BAR0 that records what reached it.
+    #[derive(Default)]
+    struct Probe {
+        writes: Vec<(u32, u64, Vec<u8>)>,
+    }
+
+    impl ServerBackend for Probe {
+        fn region_read(&mut self, _: u32, _: u64, data: &mut [u8]) -> std::io::Result<()> {
+            data.fill(0xab);
+            Ok(())
+        }
+        fn region_write(&mut self, r: u32, o: u64, data: &[u8]) -> std::io::Result<()> {
+            self.writes.push((r, o, data.to_vec()));
+            Ok(())
+        }
+        fn dma_map(
+            &mut self,
+            _: DmaMapFlags,
+            _: u64,
+            _: u64,
+            _: u64,
+            _: Option<File>,
+        ) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn dma_unmap(&mut self, _: DmaUnmapFlags, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn reset(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn set_irqs(
+            &mut self,
+            _: u32,
+            _: u32,
+            _: u32,
+            _: u32,
+            _: Vec<File>,
+        ) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn regions() -> Vec<ServerRegion> {
+        vec![ServerRegion {
+            region_info: vfio_bindings::bindings::vfio::vfio_region_info {
+                size: 16,
+                ..Default::default()
+            },
+            sparse_areas: Vec::new(),
+            mmap_fd: None,
+        }]
+    }
+
+    /// Runs the server on one end of a socket pair; returns the client's end and the thread.
+    fn start() -> (
+        UnixStream,
+        std::thread::JoinHandle<(Probe, Result<(), ConnectionEnd>)>,
+    ) {
+        let (server, client) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let conn = Connection {
+                writer: Mutex::new(server.try_clone().unwrap()),
+                next_id: AtomicU16::new(0),
+            };
+            let mut probe = Probe::default();
+            let regions = regions();
+            let r = serve_connection(
+                &server,
+                &conn,
+                &mut Served {
+                    backend: &mut probe,
+                    regions: &regions,
+                    irqs: &[],
+                },
+            );
+            (probe, r)
+        });
+        (client, t)
+    }
+
+    #[test]
+    fn bad_commands_get_error_replies_and_the_connection_stays_in_step() {
+        let (mut c, t) = start();
+        // A read larger than the region: refused, nothing allocated for it.
+        let mut m = header(cmd::REGION_READ, HEADER + 16).to_vec();
+        m.extend_from_slice(&0u64.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes());
+        m.extend_from_slice(&u32::MAX.to_le_bytes());
+        c.write_all(&m).unwrap();
+        let (command, flags, _) = read_message(&mut c).unwrap();
+        assert_eq!(
+            (command, flags),
+            (cmd::REGION_READ, FLAG_REPLY | FLAG_ERROR)
+        );
+        // An unknown command, a region that does not exist, a truncated body: errors.
+        for (command, body) in [
+            (99u16, vec![]),
+            (cmd::REGION_WRITE, vec![0u8; 16 + 4]),
+            (cmd::DMA_MAP, vec![0u8; 8]),
+        ] {
+            let mut body = body;
+            if command == cmd::REGION_WRITE {
+                body[8..12].copy_from_slice(&7u32.to_le_bytes());
+                body[12..16].copy_from_slice(&4u32.to_le_bytes());
+            }
+            let mut m = header(command, HEADER + body.len()).to_vec();
+            m.extend_from_slice(&body);
+            c.write_all(&m).unwrap();
+            let (got, flags, _) = read_message(&mut c).unwrap();
+            assert_eq!(
+                (got, flags & FLAG_ERROR),
+                (command, FLAG_ERROR),
+                "{command}"
+            );
+        }
+        // A good write still goes through, and a reply from the client is ignored.
+        let mut m = header(cmd::REGION_WRITE, HEADER + 16 + 2).to_vec();
+        m.extend_from_slice(&4u64.to_le_bytes());
+        m.extend_from_slice(&0u32.to_le_bytes());
+        m.extend_from_slice(&2u32.to_le_bytes());
+        m.extend_from_slice(&[1, 2]);
+        let mut reply = header(cmd::DMA_WRITE, HEADER).to_vec();
+        reply[8] = FLAG_REPLY as u8 | FLAG_ERROR as u8;
+        c.write_all(&reply).unwrap();
+        c.write_all(&m).unwrap();
+        let (got, flags, _) = read_message(&mut c).unwrap();
+        assert_eq!((got, flags), (cmd::REGION_WRITE, FLAG_REPLY));
+        // A size below the header cannot be followed: the connection ends.
+        c.write_all(&header(cmd::REGION_READ, 4)).unwrap();
+        let (probe, r) = t.join().unwrap();
+        assert!(matches!(r, Err(ConnectionEnd::Malformed(_))), "{r:?}");
+        assert_eq!(probe.writes, vec![(0, 4, vec![1, 2])]);
+    }
 }
