@@ -542,11 +542,11 @@ mod tests {
         }]
     }
 
+    /// What the server thread of [`start`] ends with.
+    type ServerThread = std::thread::JoinHandle<(Probe, Result<(), ConnectionEnd>)>;
+
     /// Runs the server on one end of a socket pair; returns the client's end and the thread.
-    fn start() -> (
-        UnixStream,
-        std::thread::JoinHandle<(Probe, Result<(), ConnectionEnd>)>,
-    ) {
+    fn start() -> (UnixStream, ServerThread) {
         let (server, client) = UnixStream::pair().unwrap();
         let t = std::thread::spawn(move || {
             let conn = Connection {
