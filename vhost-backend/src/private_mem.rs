@@ -75,13 +75,16 @@ impl PrivateMem {
 #[derive(Debug)]
 pub struct SystemMem {
     private: PrivateMem,
-    ram: GuestMemoryAtomic<GuestMemoryMmap>,
+    ram: GuestRam,
 }
 
 impl SystemMem {
     /// `private` plus whatever `ram` holds now and later.
     pub fn new(private: PrivateMem, ram: GuestMemoryAtomic<GuestMemoryMmap>) -> Self {
-        Self { private, ram }
+        Self {
+            private,
+            ram: GuestRam::new(ram),
+        }
     }
 
     /// The private region.
@@ -119,14 +122,7 @@ impl AtomicAccess for SystemMem {
         if self.private.contains(addr) {
             return self.private.with_atomic(addr, f);
         }
-        if !addr.is_multiple_of(std::mem::size_of::<A>() as u64) {
-            return Err(MemError::Unaligned(addr));
-        }
-        let ram = self.ram.memory();
-        let (region, off) = ram
-            .to_region_addr(GuestAddress(addr))
-            .ok_or(MemError::Unmapped(addr))?;
-        region_atomic(region, off, addr, f)
+        self.ram.with_atomic(addr, f)
     }
 }
 

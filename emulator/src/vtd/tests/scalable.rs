@@ -182,16 +182,26 @@ fn scalable_pass_through_and_structure_faults() {
     assert_eq!((hi >> FRCD_PV_SHIFT) & 0xfffff, 64);
 }
 
-#[test]
-fn scalable_nested_translation() {
-    let mut d = scalable();
-    let dev = sid(0, 8, 0);
-    // Second stage: GPA 0..16 MiB -> SPA 0x4000_0000.., guest first-stage tables live in GPA.
+/// Where the second stage of [`nested_at_pasid_4`] puts guest-physical 0.
+const NESTED_SPA: u64 = 0x4000_0000;
+
+/// A nested PASID entry and its tables.
+struct Nested {
+    ss: TableBuilder,
+    /// The PASID directory.
+    dir: u64,
+    view: pagewalk::SecondStageView<'static, SparseMem>,
+    galloc: BumpAllocator,
+    fs: TableBuilder,
+}
+
+/// `dev`'s PASID 4 in domain 2, nested: a second stage mapping GPA 0..16 MiB to
+/// [`NESTED_SPA`].., and guest first-stage tables, built in that guest-physical space, mapping
+/// GVA 0x7000_0000 to GPA 0x30_0000.
+fn nested_at_pasid_4(d: &mut Driver, dev: u16) -> Nested {
     let mut ss = d.ss_domain(2);
-    let gpa_base = 0x4000_0000u64;
-    d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
-    // Build the first-stage tables in guest memory through the second stage.
-    let (view, mut galloc, mut fs) = guest_first_stage(&d, &ss, 4);
+    d.map(&mut ss, 0, NESTED_SPA, 0x100_0000, RW);
+    let (view, mut galloc, mut fs) = guest_first_stage(d, &ss, 4);
     fs.map(
         &view,
         &mut galloc,
@@ -204,6 +214,27 @@ fn scalable_nested_translation() {
     .unwrap();
     let dir = d.sm_context(dev, 0, true, 0);
     d.pasid_entry(dir, 4, [ss.root() | (3 << 6) | (2 << 2) | 1, 2, fs.root()]);
+    Nested {
+        ss,
+        dir,
+        view,
+        galloc,
+        fs,
+    }
+}
+
+#[test]
+fn scalable_nested_translation() {
+    let mut d = scalable();
+    let dev = sid(0, 8, 0);
+    let gpa_base = NESTED_SPA;
+    let Nested {
+        dir,
+        view,
+        mut galloc,
+        mut fs,
+        ..
+    } = nested_at_pasid_4(&mut d, dev);
     let (r, trace) = d
         .vtd
         .translate(&DmaRequest::new(dev, 0x7000_0044, 4, AccessKind::Write).with_pasid(4));
@@ -562,22 +593,8 @@ fn no_stale_translation_after_a_concurrent_invalidation_completes() {
 fn page_selective_invalidation_drops_the_nested_translations_of_the_domain() {
     let mut d = scalable();
     let dev = sid(0, 8, 0);
-    let mut ss = d.ss_domain(2);
-    let gpa_base = 0x4000_0000u64;
-    d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
-    let (view, mut galloc, mut fs) = guest_first_stage(&d, &ss, 4);
-    fs.map(
-        &view,
-        &mut galloc,
-        0x7000_0000,
-        0x30_0000,
-        0x1000,
-        PwPerms::RW | PwPerms::U,
-        PageSizePolicy::Fixed(12),
-    )
-    .unwrap();
-    let dir = d.sm_context(dev, 0, true, 0);
-    d.pasid_entry(dir, 4, [ss.root() | (3 << 6) | (2 << 2) | 1, 2, fs.root()]);
+    let gpa_base = NESTED_SPA;
+    let Nested { mut ss, .. } = nested_at_pasid_4(&mut d, dev);
     let req = DmaRequest::new(dev, 0x7000_0044, 4, AccessKind::Read).with_pasid(4);
     assert_eq!(d.translate(req).unwrap().addr, gpa_base + 0x30_0044);
     // The host moves the GPA page under the guest's first stage and flushes that GPA.
