@@ -148,8 +148,15 @@ impl<M: PhysMem> Vtd<M> {
             Ok(t) => Ok(t),
             // A translation request that finds no (or no permitted) page is not a fault: the
             // completion reports R = W = 0 and nothing is recorded (§4.2.3).
+            // CAP.MGAW: a translation request beyond the address width the second stage
+            // translates gets the same null completion.
             Err(fail)
-                if req.at == AddressType::TranslationRequest && fail.reason.page_condition() =>
+                if req.at == AddressType::TranslationRequest
+                    && (fail.reason.page_condition()
+                        || matches!(
+                            fail.reason,
+                            FaultReason::AddressBeyondAw | FaultReason::SmAddressBeyondAw
+                        )) =>
             {
                 Ok(Translation {
                     addr: 0,

@@ -115,6 +115,12 @@ fn legacy_pass_through_and_translation_types() {
     let none = d.translate(ats).unwrap();
     assert!(!none.perms.read() && !none.perms.write());
     assert_eq!(d.r32(FSTS_REG), fsts, "nothing recorded");
+    // Beyond the 48-bit AGAW a translation request gets a null completion too (CAP.MGAW:
+    // R = W = 0), where an untranslated request faults with reason 0x4 (review finding 7).
+    ats.addr = 1 << 48;
+    let beyond = d.translate(ats).unwrap();
+    assert!(!beyond.perms.read() && !beyond.perms.write());
+    assert_eq!(d.r32(FSTS_REG), fsts, "nothing recorded");
 }
 
 #[test]
