@@ -507,6 +507,9 @@ impl VtdConfig {
             .with_srs(sm && self.srs)
             .with_ers(sm && self.ers)
             .with_ssads(sm && self.ss_ad)
+            // The model's memory is coherent: its walks of tables reached through PASID-table
+            // entries see what software wrote without a flush (SMPWCS; SSADS requires it).
+            .with_smpwcs(sm)
             .into_bits()
     }
 
@@ -542,6 +545,9 @@ mod tests {
         assert_eq!(((ecap >> ECAP_IRO_SHIFT) & 0x3ff) * 16, 0xf0);
         assert_ne!(ecap & ECAP_QI, 0);
         assert_ne!(ecap & ECAP_SMTS, 0);
+        // Scalable-mode page walks are coherent, as SSADS needs (review finding 11).
+        let e = crate::vtd::layout::EcapReg::from_bits(ecap);
+        assert!(e.smpwcs(), "{ecap:#x}");
         assert_eq!((ecap >> ECAP_PSS_SHIFT) & 0x1f, 19);
         assert_ne!(ecap & ECAP_NEST, 0);
         assert!(c.supports_aw(2));
