@@ -276,15 +276,26 @@ fn endpoint_json(e: &EndpointHandle, recent: bool) -> Value {
     v
 }
 
+/// Every endpoint device's report (with its last batch's translations when `recent`).
+fn endpoints_json(endpoints: &[Arc<EndpointHandle>], recent: bool) -> Vec<Value> {
+    endpoints.iter().map(|e| endpoint_json(e, recent)).collect()
+}
+
+/// A request line, or the answer that refuses it.
+fn parse_command(line: &str) -> Result<Command, Value> {
+    serde_json::from_str(line)
+        .map_err(|e| json!({"ok": false, "error": format!("bad request: {e}")}))
+}
+
 /// Answers one request line, with `endpoints` the endpoint devices the daemon serves.
 pub fn handle_line_with(
     device: &IommuDevice,
     endpoints: &[Arc<EndpointHandle>],
     line: &str,
 ) -> Value {
-    let cmd: Command = match serde_json::from_str(line) {
+    let cmd = match parse_command(line) {
         Ok(c) => c,
-        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+        Err(answer) => return answer,
     };
     let core = device.core();
     match cmd {
@@ -386,12 +397,12 @@ pub fn handle_line_with(
                          "faults_dropped": s.faults_dropped},
                 "hardware": hardware,
                 "model": core.hardware_name(),
-                "endpoints": endpoints.iter().map(|e| endpoint_json(e, false)).collect::<Vec<_>>(),
+                "endpoints": endpoints_json(endpoints, false),
             })
         }
         Command::Endpoints {} => {
             json!({"ok": true,
-                   "endpoints": endpoints.iter().map(|e| endpoint_json(e, true)).collect::<Vec<_>>()})
+                   "endpoints": endpoints_json(endpoints, true)})
         }
     }
 }
@@ -432,14 +443,14 @@ pub fn handle_register_front_line(
     endpoints: &[Arc<EndpointHandle>],
     line: &str,
 ) -> Value {
-    let cmd: Command = match serde_json::from_str(line) {
+    let cmd = match parse_command(line) {
         Ok(c) => c,
-        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+        Err(answer) => return answer,
     };
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     match cmd {
         Command::Endpoints {} => json!({"ok": true,
-            "endpoints": endpoints.iter().map(|e| endpoint_json(e, true)).collect::<Vec<_>>()}),
+            "endpoints": endpoints_json(endpoints, true)}),
         Command::Stats {} => {
             let bar0 = n(&front.bar0);
             // The registers the guest's driver programs, as it last left them (VT-d §10.4).
@@ -470,7 +481,7 @@ pub fn handle_register_front_line(
                                       "events": n(&front.events),
                                       "interrupts": n(&front.interrupts),
                                       "command": n(&front.command)},
-                   "endpoints": endpoints.iter().map(|e| endpoint_json(e, false)).collect::<Vec<_>>()})
+                   "endpoints": endpoints_json(endpoints, false)})
         }
         Command::Translate { .. } | Command::Domains {} => json!({"ok": false,
             "error": "the daemon serves the register front: the guest's own driver programs \

@@ -88,16 +88,7 @@ impl FromStr for RegisterFrontSpec {
                     socket = Some(PathBuf::from(p))
                 }
                 Some(("addr", a)) if bdf.is_none() => {
-                    let a = if a.contains(':') {
-                        a.to_string()
-                    } else {
-                        format!("00:{a}")
-                    };
-                    let b: PciBdf = a.parse().map_err(|e| err(&format!("{e}")))?;
-                    if b.segment != 0 {
-                        return Err(err("only segment 0 is served"));
-                    }
-                    bdf = Some(b);
+                    bdf = Some(crate::endpoint::segment0_bdf(a).map_err(|why| err(&why))?);
                 }
                 Some(("base", v)) if base.is_none() => {
                     let t = v.trim_start_matches("0x");

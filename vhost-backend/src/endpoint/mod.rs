@@ -81,6 +81,21 @@ impl DmaTranslator for NoIommu {
     }
 }
 
+/// The PCI address of a function the daemon serves: `BB:DD.F` (or `DD.F`, short for
+/// `00:DD.F`) on segment 0, the only segment served.
+pub fn segment0_bdf(addr: &str) -> Result<PciBdf, String> {
+    let full = if addr.contains(':') {
+        addr.to_string()
+    } else {
+        format!("00:{addr}")
+    };
+    let bdf: PciBdf = full.parse().map_err(|e| format!("{e}"))?;
+    if bdf.segment != 0 {
+        return Err("only segment 0 is served".into());
+    }
+    Ok(bdf)
+}
+
 /// The kinds of endpoint the daemon can serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndpointKind {
@@ -127,16 +142,7 @@ impl FromStr for EndpointSpec {
             "dma" => EndpointKind::Dma,
             _ => return Err(err(&format!("unknown kind {kind:?} (known: dma)"))),
         };
-        // `DD.F` is short for `00:DD.F`.
-        let addr = if addr.matches(':').count() == 0 {
-            format!("00:{addr}")
-        } else {
-            addr.to_string()
-        };
-        let bdf: PciBdf = addr.parse().map_err(|e| err(&format!("{e}")))?;
-        if bdf.segment != 0 {
-            return Err(err("only segment 0 is served"));
-        }
+        let bdf = segment0_bdf(addr).map_err(|why| err(&why))?;
         let mut socket = None;
         let mut bypass_iommu = None;
         for opt in opts.split(',') {
