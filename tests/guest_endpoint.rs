@@ -8,7 +8,7 @@
 //! that the engine works again after a guest reboot. Run by `scripts/guest-test`.
 
 use iommu_workspace::guest::endpoint::{
-    ENGINE_ID, ENGINE_RID, PAGES, boot, daemon_with, endpoint, gpas, guest,
+    ENGINE_ID, ENGINE_RID, PAGES, batch_reaches, boot, daemon_with, endpoint, gpas, guest,
 };
 use iommu_workspace::guest::harness::{GuestEnv, bind_first, env_u64, median};
 use serde_json::{Value, json};
@@ -94,18 +94,8 @@ fn dma_engine(model: &[&str]) {
             // one that covers it (the guest's VFIO maps physically contiguous pages in one
             // MAP, which AMD-Vi realises as one larger page).
             for access in ["read", "write"] {
-                let covers = |t: &Value| {
-                    let (Some(start), Some(len), Some(phys)) =
-                        (t["iova"].as_u64(), t["len"].as_u64(), t["phys"].as_u64())
-                    else {
-                        return false;
-                    };
-                    t["access"] == json!(access)
-                        && (start..start + len).contains(&iova)
-                        && phys + (iova - start) == *gpa
-                };
                 assert!(
-                    last.iter().any(covers),
+                    batch_reaches(&last, iova, *gpa, Some(access)),
                     "no {access} of IOVA {iova:#x} reaching frame {gpa:#x}: {last:?}"
                 );
             }

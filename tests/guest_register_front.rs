@@ -7,7 +7,9 @@
 
 use guest_agent::report::Report;
 use iommu_workspace::guest::daemon::Daemon;
-use iommu_workspace::guest::endpoint::{ENGINE_ADDR, ENGINE_ID, ENGINE_RID, endpoint, gpas};
+use iommu_workspace::guest::endpoint::{
+    ENGINE_ADDR, ENGINE_ID, batch_reaches, endpoint, gpas, vfio_user_device,
+};
 use iommu_workspace::guest::harness::{GuestEnv, Qemu, QemuOpts, RunDir, bind_first};
 use iommu_workspace::guest::scenarios::RAM_MB;
 use serde_json::{Value, json};
@@ -19,11 +21,6 @@ const FRONT_ADDR: &str = "05.0";
 /// engine's 4 KiB BAR beside it): the address the DMAR names. The daemon stops with the
 /// address the firmware chose if it differs.
 const FRONT_BASE: u64 = 0xfebf_e000;
-
-fn vfio_user(path: &std::path::Path, addr: &str) -> String {
-    json!({"driver": "vfio-user-pci", "socket": {"type": "unix", "path": path}, "addr": addr})
-        .to_string()
-}
 
 /// The daemon serving the front and the engine, and a guest with both attached, booted with
 /// `intel_iommu` (`intel_iommu=on` plus `iommu_opts`) and `intremap=off`.
@@ -66,9 +63,9 @@ fn boot(env: &GuestEnv, iommu_opts: &str, script: String) -> ([RunDir; 2], Daemo
         "-acpitable".into(),
         format!("file={}", dev.guest.join("dmar.bin").display()),
         "-device".into(),
-        vfio_user(&dev.guest.join("ep.sock"), ENGINE_ADDR),
+        vfio_user_device(&dev.guest.join("ep.sock"), ENGINE_ADDR),
         "-device".into(),
-        vfio_user(&dev.guest.join("front.sock"), FRONT_ADDR),
+        vfio_user_device(&dev.guest.join("front.sock"), FRONT_ADDR),
     ]);
     let run = RunDir::new(env);
     let q = Qemu::spawn(env, &run, &opts);
@@ -147,14 +144,7 @@ fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
     for (i, gpa) in src_gpas.iter().enumerate() {
         let iova = src_iova + i as u64 * 4096;
         assert!(
-            last.iter().any(|t| {
-                let (Some(s), Some(n), Some(p)) =
-                    (t["iova"].as_u64(), t["len"].as_u64(), t["phys"].as_u64())
-                else {
-                    return false;
-                };
-                (s..s + n).contains(&iova) && p + (iova - s) == *gpa
-            }),
+            batch_reaches(&last, iova, *gpa, None),
             "IOVA {iova:#x} did not reach frame {gpa:#x}: {last:?}"
         );
     }
@@ -208,5 +198,4 @@ fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
         "register front after the fault: {}",
         after["register_front"]
     );
-    let _ = ENGINE_RID;
 }

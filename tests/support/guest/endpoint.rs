@@ -67,14 +67,34 @@ pub fn guest(env: &GuestEnv, dev: &RunDir, script: String) -> (RunDir, Qemu) {
     front.apply(&mut opts);
     opts.args.extend([
         "-device".into(),
-        json!({"driver": "vfio-user-pci",
-               "socket": {"type": "unix", "path": dev.guest.join("ep.sock")},
-               "addr": ENGINE_ADDR})
-        .to_string(),
+        vfio_user_device(&dev.guest.join("ep.sock"), ENGINE_ADDR),
     ]);
     let run = RunDir::new(env);
     let q = Qemu::spawn(env, &run, &opts);
     (run, q)
+}
+
+/// QEMU's `-device` value for a vfio-user PCI function served on `socket` (a path inside the
+/// root), placed at `addr` (`DD.F`); `vfio-user-pci` takes only the JSON form.
+pub fn vfio_user_device(socket: &std::path::Path, addr: &str) -> String {
+    json!({"driver": "vfio-user-pci", "socket": {"type": "unix", "path": socket}, "addr": addr})
+        .to_string()
+}
+
+/// Whether some translation of `batch` (the daemon's `last_batch`) covers `iova` and reaches
+/// guest-physical `gpa` there, for `access` (`"read"`, `"write"`, or any with `None`): a
+/// translation of the page itself, or of a larger page around it.
+pub fn batch_reaches(batch: &[Value], iova: u64, gpa: u64, access: Option<&str>) -> bool {
+    batch.iter().any(|t| {
+        let (Some(start), Some(len), Some(phys)) =
+            (t["iova"].as_u64(), t["len"].as_u64(), t["phys"].as_u64())
+        else {
+            return false;
+        };
+        access.is_none_or(|a| t["access"] == json!(a))
+            && (start..start + len).contains(&iova)
+            && phys + (iova - start) == gpa
+    })
 }
 
 /// The guest-physical frames listed in field `key` of an agent report.
