@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use iommu_emulator::core::{CoreConfig, EndpointSet, ResvRegion};
 
 use crate::endpoint::EndpointSpec;
-use crate::register_front::RegisterFrontSpec;
+use crate::register_front::{FrontKind, RegisterFrontSpec};
 use crate::viot::{EndpointRange, PciBdf, Topology};
 
 /// The VIOT topology for endpoints `ranges` (segment 0) behind the IOMMU at `iommu`: the ranges
@@ -260,18 +260,25 @@ pub struct Args {
     #[arg(long = "endpoint", value_name = "KIND@BDF,socket=PATH[,iommu=bypass]")]
     pub endpoint_devices: Vec<String>,
 
-    /// Serve the VT-d unit's register file over vfio-user instead of a virtio-iommu, for the
-    /// guest's own intel_iommu driver: `vtd,socket=PATH,addr=BB:DD.F,base=ADDR` (the PCI
-    /// address QEMU gives the function and the address the guest's firmware gives its BAR,
-    /// which the DMAR names). Replaces --socket-path; the --endpoint devices translate
-    /// through the unit.
-    #[arg(long, value_name = "vtd,socket=PATH,addr=BDF,base=ADDR")]
+    /// Serve a unit's register file over vfio-user instead of a virtio-iommu, for the
+    /// guest's own intel_iommu or amd_iommu driver: `vtd|amdvi,socket=PATH,addr=BB:DD.F,
+    /// base=ADDR` (the PCI address QEMU gives the function and the address the guest's
+    /// firmware gives its BAR, which the DMAR or IVRS names). The unit is --model's (give
+    /// `--model amdvi` for an amdvi front). Replaces --socket-path; the --endpoint devices
+    /// translate through the unit.
+    #[arg(long, value_name = "vtd|amdvi,socket=PATH,addr=BDF,base=ADDR")]
     pub register_front: Option<String>,
 
-    /// Write the ACPI DMAR table of the register front (its base, the --endpoint devices in
-    /// its scope) to this file, for QEMU's `-acpitable file=`. Needs --register-front.
-    #[arg(long, requires = "register_front")]
+    /// Write the ACPI DMAR table of a VT-d register front (its base, the --endpoint devices
+    /// in its scope) to this file, for QEMU's `-acpitable file=`.
+    #[arg(long, requires = "register_front", conflicts_with = "ivrs_out")]
     pub dmar_out: Option<PathBuf>,
+
+    /// Write the ACPI IVRS table of an AMD-Vi register front (an IVHD naming its function,
+    /// capability offset and base, the --endpoint devices as its device entries) to this
+    /// file, for QEMU's `-acpitable file=`.
+    #[arg(long, requires = "register_front")]
+    pub ivrs_out: Option<PathBuf>,
 }
 
 /// The validated daemon configuration.
@@ -297,7 +304,8 @@ pub struct DaemonConfig {
     pub request_poll: std::time::Duration,
     /// The endpoint devices served over vfio-user.
     pub endpoint_devices: Vec<EndpointSpec>,
-    /// The register front, which replaces the virtio-iommu, and where to write its DMAR.
+    /// The register front, which replaces the virtio-iommu, and where to write its ACPI table
+    /// (a DMAR for VT-d, an IVRS for AMD-Vi).
     pub register_front: Option<(RegisterFrontSpec, Option<PathBuf>)>,
 }
 
@@ -403,11 +411,27 @@ impl TryFrom<Args> for DaemonConfig {
     fn try_from(a: Args) -> Result<Self, ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let register_front = match &a.register_front {
-            Some(s) => Some((
-                s.parse::<RegisterFrontSpec>()
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-                a.dmar_out.clone(),
-            )),
+            Some(s) => {
+                let spec = s
+                    .parse::<RegisterFrontSpec>()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                let table = match (spec.kind, &a.dmar_out, &a.ivrs_out) {
+                    (FrontKind::Vtd, _, Some(_)) => {
+                        return invalid(
+                            "a vtd register front is described by a DMAR: use --dmar-out".into(),
+                        );
+                    }
+                    (FrontKind::Amdvi, Some(_), _) => {
+                        return invalid(
+                            "an amdvi register front is described by an IVRS: use --ivrs-out"
+                                .into(),
+                        );
+                    }
+                    (FrontKind::Vtd, d, None) => d.clone(),
+                    (FrontKind::Amdvi, None, i) => i.clone(),
+                };
+                Some((spec, table))
+            }
             None => None,
         };
         let socket_path = match (a.socket_path, &register_front) {
@@ -423,13 +447,22 @@ impl TryFrom<Args> for DaemonConfig {
                 return invalid("--socket-path is required to serve the device".into());
             }
         };
-        if register_front.is_some() {
-            if a.model != Model::Vtd {
-                return invalid("--register-front serves the VT-d unit: give --model vtd".into());
+        if let Some((front, _)) = &register_front {
+            let model = match front.kind {
+                FrontKind::Vtd => Model::Vtd,
+                FrontKind::Amdvi => Model::Amdvi,
+            };
+            if a.model != model {
+                return invalid(format!(
+                    "a {0} register front serves the {0} unit: give --model {0}",
+                    front.kind.name()
+                ));
             }
             if a.viot_out.is_some() {
                 return invalid(
-                    "--register-front has no virtio-iommu to describe: use --dmar-out".into(),
+                    "--register-front has no virtio-iommu to describe: use --dmar-out or \
+                     --ivrs-out"
+                        .into(),
                 );
             }
         }
@@ -838,6 +871,36 @@ mod tests {
             parse(&["--dmar-out", "/tmp/d"]).is_err(),
             "--dmar-out needs the front"
         );
+        assert!(
+            parse(&["--ivrs-out", "/tmp/i"]).is_err(),
+            "--ivrs-out needs the front"
+        );
+        // An AMD-Vi front: the IVRS, and the AMD-Vi model.
+        let amd = |extra: &[&str]| {
+            let mut argv = vec![
+                "vhost-device-iommu",
+                "--register-front",
+                "amdvi,socket=/tmp/r,addr=05.0,base=0xfebf8000",
+            ];
+            argv.extend_from_slice(extra);
+            DaemonConfig::try_from(Args::try_parse_from(argv).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())
+        };
+        let c = amd(&["--model", "amdvi", "--ivrs-out", "/tmp/i"]).unwrap();
+        let (spec, ivrs) = c.register_front.unwrap();
+        assert_eq!((spec.kind, ivrs), (FrontKind::Amdvi, Some("/tmp/i".into())));
+        for (extra, msg) in [
+            (&["--ivrs-out", "/tmp/i"][..], "--model amdvi"),
+            (
+                &["--model", "amdvi", "--dmar-out", "/tmp/d"][..],
+                "--ivrs-out",
+            ),
+        ] {
+            let e = amd(extra).unwrap_err();
+            assert!(e.contains(msg), "{extra:?}: {e}");
+        }
+        let e = front(&["--ivrs-out", "/tmp/i"]).unwrap_err();
+        assert!(e.contains("use --dmar-out"), "{e}");
         // --socket-path is optional to the parser (the `viot` subcommand needs none) but
         // required to serve.
         let args = Args::try_parse_from(["vhost-device-iommu"]).unwrap();

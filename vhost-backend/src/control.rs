@@ -453,8 +453,9 @@ pub fn handle_register_front_line(
             "endpoints": endpoints_json(endpoints, true)}),
         Command::Stats {} => {
             let bar0 = n(&front.bar0);
-            // The registers the guest's driver programs, as it last left them (VT-d §10.4).
-            let registers: serde_json::Map<String, Value> = [
+            // The registers the guest's driver programs, as it last left them (VT-d §10.4;
+            // AMD-Vi §3.4).
+            const VTD: &[(&str, u64, u32)] = &[
                 ("gsts", 0x1c, 4),
                 ("rtaddr", 0x20, 8),
                 ("fsts", 0x34, 4),
@@ -469,11 +470,28 @@ pub fn handle_register_front_line(
                 ("frcd0_lo", 0x220, 8),
                 ("frcd0_hi", 0x228, 8),
                 ("frcd1_hi", 0x238, 8),
-            ]
-            .into_iter()
-            .filter(|_| unit.name() == "vtd")
-            .map(|(name, off, size)| (name.to_string(), json!(unit.mmio_read(off, size))))
-            .collect();
+            ];
+            const AMDVI: &[(&str, u64, u32)] = &[
+                ("dev_tab_base", 0x00, 8),
+                ("cmd_buf_base", 0x08, 8),
+                ("event_log_base", 0x10, 8),
+                ("control", 0x18, 8),
+                ("efr", 0x30, 8),
+                ("cmd_buf_head", 0x2000, 8),
+                ("cmd_buf_tail", 0x2008, 8),
+                ("event_log_head", 0x2010, 8),
+                ("event_log_tail", 0x2018, 8),
+                ("status", 0x2020, 8),
+            ];
+            let list = match unit.name() {
+                "vtd" => VTD,
+                "amdvi" => AMDVI,
+                _ => &[],
+            };
+            let registers: serde_json::Map<String, Value> = list
+                .iter()
+                .map(|&(name, off, size)| (name.to_string(), json!(unit.mmio_read(off, size))))
+                .collect();
             json!({"ok": true, "model": unit.name(), "hardware": unit_stats_json(&unit.stats()),
                    "registers": registers,
                    "register_front": {"reads": n(&front.reads), "writes": n(&front.writes),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use iommu_emulator::core::CoreError;
 use iommu_emulator::{
-    AmdViConfig, AmdViDriver, Core, Driver, HwError, PrivateRegion, SoftDriver, Unit, Vtd,
+    AmdVi, AmdViConfig, AmdViDriver, Core, Driver, HwError, PrivateRegion, SoftDriver, Unit, Vtd,
     VtdConfig, VtdDriver, VtdMode,
 };
 use vhost_user_backend::VhostUserDaemon;
@@ -19,10 +19,14 @@ use crate::device::{DeviceError, IommuDevice};
 use crate::dmar::DmarTopology;
 use crate::endpoint::server::EndpointHandle;
 use crate::endpoint::{DmaTranslator, UnitTranslator};
+use crate::ivrs::IvrsTopology;
 use crate::private_mem::GuestRam;
 use crate::private_mem::{PrivateMem, PrivateMemError, SystemMem};
-use crate::register_front::{FrontStats, RegisterFrontSpec, UnitRegisters};
-use crate::vfio::function::PciFunction;
+use crate::register_front::{
+    AMD_CAP_OFFSET, AMD_FUNCTION, FrontKind, FrontStats, RegisterFrontSpec, UnitRegisters,
+    amd_iommu_capability, amdvi_interrupts,
+};
+use crate::vfio::function::{MsiLine, PciFunction};
 use crate::vfio::regions::DmaRegions;
 
 /// Errors that stop the daemon.
@@ -55,9 +59,9 @@ pub enum DaemonError {
     /// An endpoint device could not be served.
     #[error("cannot serve --endpoint {0}: {1}")]
     Endpoint(String, vfio_user::Error),
-    /// The DMAR table could not be written.
-    #[error("cannot write the DMAR table: {0}")]
-    Dmar(std::io::Error),
+    /// The register front's ACPI table (DMAR or IVRS) could not be written.
+    #[error("cannot write the {0} table: {1}")]
+    AcpiTable(&'static str, std::io::Error),
     /// The fault event could not be registered with the worker.
     #[error("cannot register the fault event: {0}")]
     Register(std::io::Error),
@@ -144,11 +148,26 @@ fn spawn_endpoints(
     Ok(endpoints)
 }
 
+/// What the front does when the guest's firmware put BAR0 elsewhere than the ACPI `table`
+/// names: the guest's driver would program registers at an address nothing serves, so the
+/// daemon stops with the address to give instead.
+fn mismatch(table: &'static str) -> impl Fn(u64, u64) + Send + 'static {
+    move |expected, programmed| {
+        let msg = format!(
+            "the guest's firmware put the register front's BAR at {programmed:#x}, but the \
+             {table} names {expected:#x}: give --register-front ...,base={programmed:#x}"
+        );
+        log::error!("{msg}");
+        eprintln!("vhost-device-iommu: {msg}");
+        std::process::exit(1);
+    }
+}
+
 /// Runs the daemon until a vhost-user connection fails with an error other than a disconnect
 /// (under the register front, until it is stopped).
 pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
-    if let Some((front, dmar)) = &cfg.register_front {
-        return run_register_front(&cfg, front, dmar.as_deref());
+    if let Some((front, table)) = &cfg.register_front {
+        return run_register_front(&cfg, front, table.as_deref());
     }
     let Some(socket_path) = cfg.socket_path.clone() else {
         return Err(DaemonError::Control(std::io::Error::other(
@@ -197,75 +216,116 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     }
 }
 
-/// The register front: the VT-d unit, reading guest RAM through the DMA regions QEMU gives
-/// the front's function, its register file served over vfio-user for the guest's own
-/// `intel_iommu`; the endpoint devices translate straight through it. Serves until stopped.
+/// The register front: the VT-d or AMD-Vi unit, reading guest RAM through the DMA regions
+/// QEMU gives the front's function, its register file served over vfio-user for the guest's
+/// own `intel_iommu` or `amd_iommu`; the endpoint devices translate straight through it.
+/// Serves until stopped.
 fn run_register_front(
     cfg: &DaemonConfig,
     front: &RegisterFrontSpec,
-    dmar: Option<&std::path::Path>,
+    table: Option<&std::path::Path>,
 ) -> Result<(), DaemonError> {
     let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-    let vtd_cfg = VtdConfig {
-        haw: u8::try_from(cfg.core.phys_addr_bits.clamp(32, 52)).unwrap_or(48),
-        ..VtdConfig::default()
-    };
     let stats = Arc::new(FrontStats::default());
-    // The front's current vfio-user connection: the unit's interrupt messages (§5.1.6 fault
-    // events, §6.5.2.8 invalidation-completion events) are DMA writes of the function to the
+    let endpoint_bdfs: Vec<_> = cfg.endpoint_devices.iter().map(|e| e.bdf).collect();
+    let phys_bits = u8::try_from(cfg.core.phys_addr_bits.clamp(32, 52)).unwrap_or(48);
+    // The front's current vfio-user connection, for VT-d's interrupt messages (§5.1.6 fault
+    // events, §6.5.2.8 invalidation-completion events): DMA writes of the function to the
     // address and data the driver programmed, which QEMU delivers as MSIs.
     let link: Arc<std::sync::Mutex<Option<Arc<crate::vfio::Connection>>>> = Arc::default();
-    let (events, to_guest) = (stats.clone(), link.clone());
-    let unit: Arc<dyn Unit> = Arc::new(
-        Vtd::new(
-            GuestRam::new(ram.clone()),
-            vtd_cfg.clone(),
-            Box::new(move |e| {
-                use iommu_emulator::vtd::VtdEvent;
-                events
-                    .events
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (VtdEvent::Fault { addr, data }
-                | VtdEvent::InvalidationComplete { addr, data }) = e;
-                let conn = to_guest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                match conn.map(|c| c.dma_write(addr, &data.to_le_bytes())) {
-                    Some(Ok(())) => {
-                        events
-                            .interrupts
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Some(Err(err)) => log::warn!("VT-d event {e:?} not delivered: {err}"),
-                    None => log::info!("VT-d event {e:?} with no client connected"),
-                }
-            }),
-        )
-        .map_err(|e| DaemonError::Hardware(HwError::from(e)))?,
-    );
-    if let Some(path) = dmar {
-        let topo = DmarTopology {
-            haw: vtd_cfg.haw,
-            register_base: front.base,
-            endpoints: cfg.endpoint_devices.iter().map(|e| e.bdf).collect(),
-        };
-        crate::dmar::write_dmar(path, &topo).map_err(DaemonError::Dmar)?;
-        log::info!("DMAR table written to {}", path.display());
-    }
-    let registers = UnitRegisters::new(
-        unit.clone(),
-        4096,
-        front.base,
-        stats.clone(),
-        |expected, programmed| {
-            let msg = format!(
-                "the guest's firmware put the register front's BAR at {programmed:#x}, but the \
-                 DMAR names {expected:#x}: give --register-front ...,base={programmed:#x}"
+    // The function's MSI vector, for AMD-Vi's interrupts (set once the function exists).
+    let msi: Arc<std::sync::OnceLock<MsiLine>> = Arc::default();
+    let count = |c: &std::sync::atomic::AtomicU64| {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (unit, registers): (Arc<dyn Unit>, _) = match front.kind {
+        FrontKind::Vtd => {
+            let vtd_cfg = VtdConfig {
+                haw: phys_bits,
+                ..VtdConfig::default()
+            };
+            let (events, to_guest) = (stats.clone(), link.clone());
+            let unit: Arc<dyn Unit> = Arc::new(
+                Vtd::new(
+                    GuestRam::new(ram.clone()),
+                    vtd_cfg.clone(),
+                    Box::new(move |e| {
+                        use iommu_emulator::vtd::VtdEvent;
+                        count(&events.events);
+                        let (VtdEvent::Fault { addr, data }
+                        | VtdEvent::InvalidationComplete { addr, data }) = e;
+                        let conn = to_guest.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        match conn.map(|c| c.dma_write(addr, &data.to_le_bytes())) {
+                            Some(Ok(())) => count(&events.interrupts),
+                            Some(Err(err)) => log::warn!("VT-d event {e:?} not delivered: {err}"),
+                            None => log::info!("VT-d event {e:?} with no client connected"),
+                        }
+                    }),
+                )
+                .map_err(|e| DaemonError::Hardware(HwError::from(e)))?,
             );
-            log::error!("{msg}");
-            eprintln!("vhost-device-iommu: {msg}");
-            std::process::exit(1);
-        },
-    );
+            if let Some(path) = table {
+                let topo = DmarTopology {
+                    haw: vtd_cfg.haw,
+                    register_base: front.base,
+                    endpoints: endpoint_bdfs,
+                };
+                crate::dmar::write_dmar(path, &topo)
+                    .map_err(|e| DaemonError::AcpiTable("DMAR", e))?;
+                log::info!("DMAR table written to {}", path.display());
+            }
+            (
+                unit.clone(),
+                UnitRegisters::new(
+                    unit,
+                    front.kind.bar0_size(),
+                    front.base,
+                    stats.clone(),
+                    mismatch("DMAR"),
+                ),
+            )
+        }
+        FrontKind::Amdvi => {
+            let amd_cfg = AmdViConfig {
+                phys_addr_bits: phys_bits,
+                ..AmdViConfig::default()
+            };
+            let unit: Arc<dyn Unit> = Arc::new(
+                AmdVi::new(
+                    GuestRam::new(ram.clone()),
+                    amd_cfg,
+                    amdvi_interrupts(stats.clone(), msi.clone()),
+                )
+                .map_err(|e| DaemonError::Hardware(HwError::from(e)))?,
+            );
+            if let Some(path) = table {
+                let topo = IvrsTopology {
+                    phys_bits,
+                    iommu: front.bdf,
+                    cap_offset: AMD_CAP_OFFSET,
+                    base: front.base,
+                    endpoints: endpoint_bdfs,
+                };
+                crate::ivrs::write_ivrs(path, &topo)
+                    .map_err(|e| DaemonError::AcpiTable("IVRS", e))?;
+                log::info!("IVRS table written to {}", path.display());
+            }
+            let registers = UnitRegisters::new(
+                unit.clone(),
+                front.kind.bar0_size(),
+                front.base,
+                stats.clone(),
+                mismatch("IVRS"),
+            )
+            .with_identity(
+                AMD_FUNCTION,
+                Some(amd_iommu_capability(front.base, phys_bits)),
+            );
+            (unit, registers)
+        }
+    };
     let function = PciFunction::new(registers, DmaRegions::with_sink(ram));
+    let _ = msi.set(function.msi_line());
     crate::vfio::serve(
         format!("register front {}", front.bdf),
         &front.socket,
@@ -277,7 +337,8 @@ fn run_register_front(
         DaemonError::Endpoint(format!("register front at {}", front.socket.display()), e)
     })?;
     log::info!(
-        "VT-d register front at {} (BAR0 expected at {:#x}) served over vfio-user at {}",
+        "{} register front at {} (BAR0 expected at {:#x}) served over vfio-user at {}",
+        front.kind.name(),
         front.bdf,
         front.base,
         front.socket.display()

@@ -59,8 +59,10 @@ pub mod private_mem;
 pub mod protocol;
 pub mod register_front;
 
-/// The ACPI DMAR table of the register front.
+/// The ACPI DMAR table of the VT-d register front.
 pub mod dmar;
+/// The ACPI IVRS table of the AMD-Vi register front.
+pub mod ivrs;
 pub mod vfio;
 
 /// The ACPI VIOT table that tells x86 guests which endpoints sit behind the virtio-iommu.

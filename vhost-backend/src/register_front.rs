@@ -1,10 +1,13 @@
 //! The register front: a unit's register file served as BAR0 of a vfio-user PCI function, so
-//! that a guest's own `intel_iommu` driver programs the VT-d model exactly as it programs
-//! silicon: through MMIO to the register file, and through the root, context and page tables
-//! and the invalidation queue it builds in guest RAM. The unit reads guest RAM through the
-//! DMA regions QEMU gives this function; the endpoint devices the daemon serves translate
-//! their DMA straight through the unit ([`crate::endpoint::UnitTranslator`]). The ACPI DMAR
-//! table ([`crate::dmar`]) tells the guest where the register file is.
+//! that a guest's own `intel_iommu` or `amd_iommu` driver programs the VT-d or AMD-Vi model
+//! exactly as it programs silicon: through MMIO to the register file, and through the tables
+//! and queues it builds in guest RAM (root, context, PASID and page tables and the
+//! invalidation queue; the device table, command buffer and event log). The unit reads guest
+//! RAM through the DMA regions QEMU gives this function; the endpoint devices the daemon
+//! serves translate their DMA straight through the unit
+//! ([`crate::endpoint::UnitTranslator`]). An ACPI table tells the guest where the register
+//! file is: a DMAR ([`crate::dmar`]) or an IVRS ([`crate::ivrs`]), whose IVHD also names this
+//! function and the offset of its IOMMU capability block ([`amd_iommu_capability`]).
 //!
 //! The register base is whatever the guest's firmware assigns to BAR0, and the DMAR must
 //! name it before the guest boots. The firmware's assignment is predictable for a fixed set
@@ -12,24 +15,28 @@
 //! enables memory decoding, against the table's, and reports a mismatch (the daemon then
 //! stops with the address the table should have named).
 //!
-//! The unit's fault and invalidation-completion events are MSI writes to the FEADDR/FEDATA
-//! and IEADDR/IEDATA the driver programmed: the daemon sends each as a vfio-user DMA write of
+//! VT-d's fault and invalidation-completion events are MSI writes to the FEADDR/FEDATA and
+//! IEADDR/IEDATA the driver programmed: the daemon sends each as a vfio-user DMA write of
 //! this function ([`crate::vfio::Connection::dma_write`]), which QEMU performs as the
-//! function's bus-master write, an MSI to the guest. QEMU drops it unless the function's Bus
-//! Master Enable is set, and no guest driver binds the function to set it: the guest must.
+//! function's bus-master write, an MSI to the guest. AMD-Vi's event-log and completion-wait
+//! interrupts are the function's own MSI (AMD IOMMU spec §3.2.2: the IOMMU's MSI capability),
+//! which Linux enables with `pci_enable_msi`. Either way QEMU drops the message unless the
+//! function's Bus Master Enable is set, and neither driver sets it (no driver binds the
+//! function): the guest must.
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use iommu_emulator::{PciBdf, Unit};
 
-use crate::vfio::function::{Context, Device, Layout};
-use crate::vfio::pci::{COMMAND_MEMORY, ConfigSpace, FunctionId};
+use crate::vfio::function::{Context, Device, Layout, MsiLine};
+use crate::vfio::pci::{COMMAND_MEMORY, ConfigSpace, DEVICE_CAP, DeviceCapability, FunctionId};
 
-/// PCI identity of the register front function: QEMU's vendor ID, class 08 06 00 (system
-/// peripheral, IOMMU). No guest driver binds it; `intel_iommu` finds the unit through DMAR.
+/// PCI identity of the VT-d register front function: QEMU's vendor ID, class 08 06 00
+/// (system peripheral, IOMMU). No guest driver binds it; `intel_iommu` finds the unit
+/// through DMAR.
 pub const FUNCTION: FunctionId = FunctionId {
     vendor: 0x1234,
     device: 0x1d7d,
@@ -37,14 +44,91 @@ pub const FUNCTION: FunctionId = FunctionId {
     class: 0x08_06_00,
 };
 
+/// PCI identity of the AMD-Vi register front function (class 08 06 00, as AMD's IOMMU
+/// functions report). `amd_iommu` finds it through the IVRS's IVHD device id.
+pub const AMD_FUNCTION: FunctionId = FunctionId {
+    vendor: 0x1234,
+    device: 0x1d7e,
+    revision: 1,
+    class: 0x08_06_00,
+};
+
+/// Where the AMD IOMMU capability block sits in the AMD-Vi front's configuration space: the
+/// IVHD's Capability Offset.
+pub const AMD_CAP_OFFSET: u16 = DEVICE_CAP as u16;
+
 /// Which unit a register front serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrontKind {
     /// The VT-d unit (DMAR).
     Vtd,
+    /// The AMD-Vi unit (IVRS).
+    Amdvi,
 }
 
-/// One `--register-front vtd,socket=PATH,addr=BB:DD.F,base=ADDR` option.
+impl FrontKind {
+    /// The unit's name, as `--register-front` and `--model` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FrontKind::Vtd => "vtd",
+            FrontKind::Amdvi => "amdvi",
+        }
+    }
+
+    /// Bytes of BAR0: VT-d's register file is one 4 KiB page (the DMAR's DRHD Size 0);
+    /// AMD-Vi's is 16 KiB (§3.4: the registers up to 0x2040 without performance counters;
+    /// Linux maps 16 KiB when the IVHD reports no counters).
+    pub fn bar0_size(self) -> u32 {
+        match self {
+            FrontKind::Vtd => 4096,
+            FrontKind::Amdvi => 16384,
+        }
+    }
+}
+
+/// The AMD IOMMU capability block (AMD IOMMU spec #48882 §3.2.1, "IOMMU Capability
+/// Block Registers") of the front's function, at [`AMD_CAP_OFFSET`], all read-only:
+/// - Capability Header: ID 0Fh (Secure Device), CapType 011b, CapRev 00001b; IotlbSup 0
+///   (the unit has no remote IOTLB support), HtTunnel 0, NpCache 0 (the unit caches no
+///   not-present entries, so software need not flush after mapping), EFRSup 1 (software reads
+///   the Extended Feature Register at MMIO 0x30), CapExt 0;
+/// - Base Address Low/High: the MMIO base (`base`, 16 KiB aligned) with Enable set, as the
+///   firmware leaves it;
+/// - Range: RngValid 0 (the IVHD describes the devices);
+/// - Misc Information 0: MsiNum 0 (the function's one MSI vector), GVAsize 010b (48 bits),
+///   PAsize `phys_bits`, VAsize 64;
+/// - Misc Information 1: MsiNumGA 0.
+pub fn amd_iommu_capability(base: u64, phys_bits: u8) -> DeviceCapability {
+    let header_hi: u16 = 0b011 | (0b00001 << 3) | (1 << 11);
+    let base_lo = (base as u32 & 0xffff_c000) | 1;
+    let base_hi = (base >> 32) as u32;
+    let misc0 = (0b010 << 5) | (u32::from(phys_bits & 0x7f) << 8) | (64 << 15);
+    let mut body = header_hi.to_le_bytes().to_vec();
+    for dw in [base_lo, base_hi, 0, misc0, 0] {
+        body.extend_from_slice(&dw.to_le_bytes());
+    }
+    DeviceCapability { id: 0x0f, body }
+}
+
+/// The AMD-Vi unit's interrupt callback under the register front: each event-log or
+/// completion-wait interrupt the unit raises (§2.5.1, §2.4.5 with the Control register's
+/// EventIntEn, ComWaitIntEn) signals the function's MSI vector, once the function exists
+/// and has set `msi`; `stats` counts the events and the interrupts delivered.
+pub fn amdvi_interrupts(
+    stats: Arc<FrontStats>,
+    msi: Arc<OnceLock<MsiLine>>,
+) -> iommu_emulator::amdvi::EventSink {
+    Box::new(move |e| {
+        stats.events.fetch_add(1, Ordering::Relaxed);
+        if msi.get().is_some_and(MsiLine::signal) {
+            stats.interrupts.fetch_add(1, Ordering::Relaxed);
+        } else {
+            log::info!("AMD-Vi interrupt {e:?} not delivered: the client set up no MSI");
+        }
+    })
+}
+
+/// One `--register-front vtd|amdvi,socket=PATH,addr=BB:DD.F,base=ADDR` option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterFrontSpec {
     /// The unit.
@@ -59,7 +143,9 @@ pub struct RegisterFrontSpec {
 
 /// Why a `--register-front` option was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("bad --register-front {spec:?}: {why} (expected vtd,socket=PATH,addr=BB:DD.F,base=ADDR)")]
+#[error(
+    "bad --register-front {spec:?}: {why} (expected vtd|amdvi,socket=PATH,addr=BB:DD.F,base=ADDR)"
+)]
 pub struct RegisterFrontSpecError {
     /// The option's value.
     pub spec: String,
@@ -78,7 +164,8 @@ impl FromStr for RegisterFrontSpec {
         let mut parts = s.split(',');
         let kind = match parts.next() {
             Some("vtd") => FrontKind::Vtd,
-            Some(k) => return Err(err(&format!("unknown unit {k:?} (known: vtd)"))),
+            Some("amdvi") => FrontKind::Amdvi,
+            Some(k) => return Err(err(&format!("unknown unit {k:?} (known: vtd, amdvi)"))),
             None => return Err(err("empty")),
         };
         let (mut socket, mut bdf, mut base) = (None, None, None);
@@ -93,19 +180,26 @@ impl FromStr for RegisterFrontSpec {
                 Some(("base", v)) if base.is_none() => {
                     let t = v.trim_start_matches("0x");
                     let n = u64::from_str_radix(t, 16).map_err(|_| err("base= takes hex"))?;
-                    if n & 0xfff != 0 || n > u64::from(u32::MAX) {
-                        return Err(err("base= must be a 4 KiB-aligned 32-bit address"));
-                    }
                     base = Some(n);
                 }
                 _ => return Err(err(&format!("unknown or repeated option {opt:?}"))),
             }
         }
+        let base = base.ok_or_else(|| err("no base"))?;
+        // BAR0 is a 32-bit BAR, naturally aligned to its size.
+        let size = u64::from(kind.bar0_size());
+        if !base.is_multiple_of(size) || base > u64::from(u32::MAX) {
+            return Err(err(&format!(
+                "base= must be a {} KiB-aligned 32-bit address (the {} register file's BAR)",
+                size / 1024,
+                kind.name()
+            )));
+        }
         Ok(RegisterFrontSpec {
             kind,
             socket: socket.ok_or_else(|| err("no socket"))?,
             bdf: bdf.ok_or_else(|| err("no addr"))?,
-            base: base.ok_or_else(|| err("no base"))?,
+            base,
         })
     }
 }
@@ -132,7 +226,9 @@ pub struct FrontStats {
 /// A unit's register file behind BAR0.
 pub struct UnitRegisters {
     unit: Arc<dyn Unit>,
+    id: FunctionId,
     bar0_size: u32,
+    device_cap: Option<DeviceCapability>,
     expected_base: u64,
     stats: Arc<FrontStats>,
     on_mismatch: Box<dyn Fn(u64, u64) + Send>,
@@ -151,6 +247,8 @@ impl std::fmt::Debug for UnitRegisters {
 impl UnitRegisters {
     /// `unit`'s registers in a BAR0 of `bar0_size` bytes, expected at `expected_base`;
     /// `on_mismatch(expected, programmed)` runs when the firmware programs another address.
+    /// The function is the VT-d front's ([`FUNCTION`]) until [`UnitRegisters::with_identity`]
+    /// says otherwise.
     pub fn new(
         unit: Arc<dyn Unit>,
         bar0_size: u32,
@@ -161,7 +259,9 @@ impl UnitRegisters {
         stats.bar0.store(u64::MAX, Ordering::Relaxed);
         UnitRegisters {
             unit,
+            id: FUNCTION,
             bar0_size,
+            device_cap: None,
             expected_base,
             stats,
             on_mismatch: Box::new(on_mismatch),
@@ -170,12 +270,23 @@ impl UnitRegisters {
     }
 }
 
+impl UnitRegisters {
+    /// The function's PCI identity and the capability its configuration space carries
+    /// besides MSI and PCI Express (the AMD IOMMU capability block).
+    pub fn with_identity(mut self, id: FunctionId, cap: Option<DeviceCapability>) -> Self {
+        self.id = id;
+        self.device_cap = cap;
+        self
+    }
+}
+
 impl Device for UnitRegisters {
     fn layout(&self) -> Layout {
         Layout {
-            id: FUNCTION,
+            id: self.id,
             bar0_size: self.bar0_size,
             pasid_width: None,
+            device_cap: self.device_cap.clone(),
         }
     }
 
@@ -260,8 +371,13 @@ mod tests {
             (s.kind, s.bdf.rid(), s.base),
             (FrontKind::Vtd, 0x28, 0xfebf_e000)
         );
+        let a: RegisterFrontSpec = "amdvi,socket=/tmp/r.sock,addr=05.0,base=0xfebf8000"
+            .parse()
+            .unwrap();
+        assert_eq!((a.kind, a.base), (FrontKind::Amdvi, 0xfebf_8000));
         for bad in [
-            "amdvi,socket=s,addr=05.0,base=0x1000",
+            "intel,socket=s,addr=05.0,base=0x1000",
+            "amdvi,socket=s,addr=05.0,base=0xfebfe000",
             "vtd,addr=05.0,base=0x1000",
             "vtd,socket=s,base=0x1000",
             "vtd,socket=s,addr=05.0",
@@ -273,6 +389,28 @@ mod tests {
             let e = bad.parse::<RegisterFrontSpec>().unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn the_amd_capability_block_has_the_spec_layout() {
+        let c = amd_iommu_capability(0x1_febf_8000, 48);
+        assert_eq!(c.id, 0x0f);
+        let dw = |i: usize| {
+            let mut b = [0u8; 4];
+            // The body starts at byte 2 of the block.
+            let full: Vec<u8> = [vec![c.id, 0], c.body.clone()].concat();
+            b.copy_from_slice(&full[i * 4..i * 4 + 4]);
+            u32::from_le_bytes(b)
+        };
+        // Header: CapType 3 (bits 18:16), CapRev 1 (23:19), EFRSup (27); no IotlbSup (24),
+        // HtTunnel (25), NpCache (26).
+        assert_eq!(dw(0) & 0xffff_00ff, 0x080b_000f);
+        assert_eq!(dw(1), 0xfebf_8001, "base low, Enable");
+        assert_eq!(dw(2), 1, "base high");
+        assert_eq!(dw(3), 0, "no range");
+        // GVAsize 010b (7:5), PAsize 48 (14:8), VAsize 64 (21:15).
+        assert_eq!(dw(4), (2 << 5) | (48 << 8) | (64 << 15));
+        assert_eq!(c.body.len(), 22);
     }
 
     fn vtd_unit() -> Arc<dyn Unit> {
@@ -330,5 +468,111 @@ mod tests {
             .unwrap();
         f.region_write(7, 4, &[0x06, 0]).unwrap();
         assert_eq!(*seen.lock().unwrap(), None);
+    }
+
+    #[test]
+    fn the_amd_front_carries_the_capability_and_its_interrupts_reach_the_msi_vector() {
+        use iommu_emulator::amdvi::command::encode;
+        use iommu_emulator::amdvi::layout::Control;
+        use iommu_emulator::amdvi::reg;
+        use pagewalk::PhysMem;
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+        use vfio_bindings::bindings::vfio::{
+            VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_PCI_MSI_IRQ_INDEX,
+        };
+
+        let mem: &'static pagewalk::FlatMem =
+            Box::leak(Box::new(pagewalk::FlatMem::new(0, 0x10_0000)));
+        let stats = Arc::new(FrontStats::default());
+        let msi = Arc::new(OnceLock::new());
+        let unit: Arc<dyn Unit> = Arc::new(
+            iommu_emulator::AmdVi::new(
+                mem,
+                iommu_emulator::AmdViConfig::default(),
+                amdvi_interrupts(stats.clone(), msi.clone()),
+            )
+            .unwrap(),
+        );
+        let regs = UnitRegisters::new(
+            unit.clone(),
+            FrontKind::Amdvi.bar0_size(),
+            0xfebf_8000,
+            stats.clone(),
+            |_, _| {},
+        )
+        .with_identity(AMD_FUNCTION, Some(amd_iommu_capability(0xfebf_8000, 48)));
+        let mut f = PciFunction::new(regs, DmaRegions::new());
+        msi.set(f.msi_line()).unwrap();
+        let rd32 = |f: &mut PciFunction<UnitRegisters>, region: u32, off: u64| {
+            let mut b = [0u8; 4];
+            f.region_read(region, off, &mut b).unwrap();
+            u32::from_le_bytes(b)
+        };
+        // Identity, a 16 KiB BAR, and the capability block where the IVHD says.
+        assert_eq!(rd32(&mut f, 7, 0), 0x1d7e_1234);
+        f.region_write(7, 0x10, &u32::MAX.to_le_bytes()).unwrap();
+        assert_eq!(rd32(&mut f, 7, 0x10), 0xffff_c000);
+        let cap = u64::from(AMD_CAP_OFFSET);
+        assert_eq!(rd32(&mut f, 7, cap) & 0xff, 0x0f);
+        assert_eq!(rd32(&mut f, 7, cap + 4), 0xfebf_8001);
+        // The register file answers at its offsets: EFR as the unit has it.
+        let mut q = [0u8; 8];
+        f.region_read(0, reg::EFR, &mut q).unwrap();
+        assert_eq!(u64::from_le_bytes(q), unit.mmio_read(reg::EFR, 8));
+        assert!(f.region_read(0, 0x4000, &mut q).is_err());
+
+        // Before the client sets the vector up, an interrupt is counted and not delivered.
+        let wait = |f: &mut PciFunction<UnitRegisters>, slot: u64| {
+            let [c0, c1] = encode::completion_wait(0x9000, 7, true, false);
+            mem.write_u64(0x2000 + slot * 16, c0).unwrap();
+            mem.write_u64(0x2008 + slot * 16, c1).unwrap();
+            f.region_write(0, reg::CMD_BUF_TAIL, &((slot + 1) * 16).to_le_bytes())
+                .unwrap();
+        };
+        // A 256-entry command buffer at 0x2000, then the unit on with completion-wait
+        // interrupts.
+        f.region_write(0, reg::CMD_BUF_BASE, &(0x2000u64 | (8 << 56)).to_le_bytes())
+            .unwrap();
+        let on = Control::new()
+            .with_iommu_en(true)
+            .with_cmd_buf_en(true)
+            .with_com_wait_int_en(true);
+        f.region_write(0, reg::CONTROL, &on.into_bits().to_le_bytes())
+            .unwrap();
+        wait(&mut f, 0);
+        assert_eq!(stats.events.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.interrupts.load(Ordering::Relaxed), 0);
+        // With the vector set, the next one is the eventfd's.
+        // The vector's "eventfd": the test reads the function's 8-byte signals from the other
+        // end of a socket pair.
+        let (theirs, mut ours) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let signals = |ours: &mut UnixStream| {
+            let mut b = [0u8; 64];
+            ours.read(&mut b).map_or(0, |n| n / 8)
+        };
+        f.set_irqs(
+            VFIO_PCI_MSI_IRQ_INDEX,
+            VFIO_IRQ_SET_ACTION_TRIGGER | VFIO_IRQ_SET_DATA_EVENTFD,
+            0,
+            1,
+            vec![std::fs::File::from(std::os::fd::OwnedFd::from(theirs))],
+        )
+        .unwrap();
+        // Clear ComWaitInt (Status bit 2, write-one-to-clear) so the next wait raises it.
+        f.region_write(0, reg::STATUS, &4u64.to_le_bytes()).unwrap();
+        wait(&mut f, 1);
+        assert_eq!(mem.read_u64(0x9000).unwrap(), 7, "the wait stored its data");
+        assert_eq!(signals(&mut ours), 1, "one MSI");
+        assert_eq!(stats.interrupts.load(Ordering::Relaxed), 1);
+        // A disconnect takes the vector with it.
+        f.disconnected();
+        f.region_write(0, reg::CMD_BUF_BASE, &(0x2000u64 | (8 << 56)).to_le_bytes())
+            .unwrap();
+        f.region_write(0, reg::CONTROL, &on.into_bits().to_le_bytes())
+            .unwrap();
+        wait(&mut f, 0);
+        assert_eq!(signals(&mut ours), 0, "no MSI after the disconnect");
     }
 }

@@ -40,6 +40,7 @@ impl Device for DmaEngineDevice {
             id: engine::FUNCTION,
             bar0_size: engine::BAR0_SIZE,
             pasid_width: Some(engine::PASID_WIDTH),
+            device_cap: None,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
@@ -18,7 +19,7 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
 
-use super::pci::{CONFIG_SIZE, ConfigSpace, FunctionId};
+use super::pci::{CONFIG_SIZE, ConfigSpace, DeviceCapability, FunctionId};
 use super::regions::{DmaRegions, RegionPerms};
 
 fn invalid(msg: impl Into<String>) -> std::io::Error {
@@ -26,7 +27,7 @@ fn invalid(msg: impl Into<String>) -> std::io::Error {
 }
 
 /// What a function's configuration space declares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// Vendor, device, revision, class.
     pub id: FunctionId,
@@ -34,6 +35,8 @@ pub struct Layout {
     pub bar0_size: u32,
     /// The PASID capability's width, or none for a function without one.
     pub pasid_width: Option<u8>,
+    /// A capability the device defines (the AMD IOMMU's capability block), if any.
+    pub device_cap: Option<DeviceCapability>,
 }
 
 /// What BAR0 reaches, and the function's state around it.
@@ -63,13 +66,41 @@ pub trait Device: Send + 'static {
     fn config_written(&mut self, _config: &ConfigSpace) {}
 }
 
+/// The function's MSI vector, as a handle any thread may signal: a unit behind the register
+/// front raises its interrupts from the threads that program it or translate through it, not
+/// from the connection's. It holds the eventfd the client set for the vector, if any.
+#[derive(Debug, Clone, Default)]
+pub struct MsiLine(Arc<Mutex<Option<File>>>);
+
+impl MsiLine {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<File>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Signals the vector; whether the client had set it up (and the signal was written).
+    /// The client (QEMU) delivers it as the message software programmed in the MSI
+    /// capability, and only while the function's Bus Master Enable is set.
+    pub fn signal(&self) -> bool {
+        self.slot().as_mut().is_some_and(signal)
+    }
+
+    /// Whether the client set the vector up.
+    pub fn is_set(&self) -> bool {
+        self.slot().is_some()
+    }
+
+    fn set(&self, fd: Option<File>) {
+        *self.slot() = fd;
+    }
+}
+
 /// The eventfds the client gave for the function's interrupts.
 #[derive(Debug, Default)]
 struct Irqs {
     intx: Option<File>,
     /// INTx was signalled and not yet unmasked (vfio INTx is automasked).
     intx_masked: bool,
-    msi: Option<File>,
+    msi: MsiLine,
     /// The error (AER) and device-request notifiers: accepted, as a PCIe function's are, and
     /// never signalled (the function reports no errors and never asks to be unplugged).
     err: Option<File>,
@@ -79,6 +110,8 @@ struct Irqs {
 /// One PCI function: what a vfio-user connection talks to.
 pub struct PciFunction<D: Device> {
     config: ConfigSpace,
+    /// BAR0's size, from the device's layout.
+    bar0_size: u32,
     ram: DmaRegions,
     irqs: Irqs,
     device: D,
@@ -109,7 +142,13 @@ impl<D: Device> PciFunction<D> {
     pub fn new(device: D, ram: DmaRegions) -> Self {
         let l = device.layout();
         PciFunction {
-            config: ConfigSpace::new(l.id, l.bar0_size, l.pasid_width),
+            bar0_size: l.bar0_size,
+            config: ConfigSpace::with_device_capability(
+                l.id,
+                l.bar0_size,
+                l.pasid_width,
+                l.device_cap.as_ref(),
+            ),
             ram,
             irqs: Irqs::default(),
             device,
@@ -118,7 +157,7 @@ impl<D: Device> PciFunction<D> {
 
     /// The regions a client sees: config space and BAR0; the others are absent.
     pub fn regions(&self) -> Vec<ServerRegion> {
-        let bar0 = u64::from(self.device.layout().bar0_size);
+        let bar0 = u64::from(self.bar0_size);
         (0..VFIO_PCI_NUM_REGIONS)
             .map(|index| {
                 let size = match index {
@@ -199,18 +238,27 @@ impl<D: Device> PciFunction<D> {
         self.irqs.intx_masked = false;
     }
 
+    /// The function's MSI vector, for a device that signals it from other threads.
+    pub fn msi_line(&self) -> MsiLine {
+        self.irqs.msi.clone()
+    }
+
     /// The connection is gone: its memory and eventfds with it.
     pub fn disconnected(&mut self) {
         self.reset_function();
         self.ram.clear();
-        self.irqs = Irqs::default();
+        self.irqs.msi.set(None);
+        self.irqs = Irqs {
+            msi: self.irqs.msi.clone(),
+            ..Irqs::default()
+        };
     }
 
     /// Signals the function's interrupt: MSI when the client set it up, else INTx unless the
     /// Command register disables it or it is masked.
     fn interrupt(&mut self) {
-        let sent = if let Some(fd) = self.irqs.msi.as_mut() {
-            signal(fd)
+        let sent = if self.irqs.msi.is_set() {
+            self.irqs.msi.signal()
         } else if let Some(fd) = self.irqs.intx.as_mut() {
             if self.config.intx_disabled() || self.irqs.intx_masked {
                 false
@@ -227,7 +275,7 @@ impl<D: Device> PciFunction<D> {
     }
 
     fn check_bar(&self, offset: u64, len: usize) -> std::io::Result<()> {
-        let size = u64::from(self.device.layout().bar0_size);
+        let size = u64::from(self.bar0_size);
         match offset.checked_add(len as u64) {
             Some(end) if end <= size && (1..=8).contains(&len) => Ok(()),
             _ => Err(invalid(format!(
@@ -355,8 +403,20 @@ impl<D: Device> ServerBackend for PciFunction<D> {
         let data = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
         match flags & VFIO_IRQ_SET_ACTION_TYPE_MASK {
             VFIO_IRQ_SET_ACTION_TRIGGER => {
+                if index == VFIO_PCI_MSI_IRQ_INDEX {
+                    let msi = &self.irqs.msi;
+                    match (data, count) {
+                        (VFIO_IRQ_SET_DATA_EVENTFD, 1) if fds.len() == 1 => msi.set(fds.pop()),
+                        (VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_DATA_NONE, 0) => msi.set(None),
+                        // Triggers the vector (a test of the path).
+                        (VFIO_IRQ_SET_DATA_NONE, 1) => {
+                            msi.signal();
+                        }
+                        _ => return Err(invalid("bad SET_IRQS trigger")),
+                    }
+                    return Ok(());
+                }
                 let slot = match index {
-                    VFIO_PCI_MSI_IRQ_INDEX => &mut self.irqs.msi,
                     VFIO_PCI_ERR_IRQ_INDEX => &mut self.irqs.err,
                     VFIO_PCI_REQ_IRQ_INDEX => &mut self.irqs.req,
                     _ => &mut self.irqs.intx,

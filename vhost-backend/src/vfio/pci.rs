@@ -1,6 +1,7 @@
 //! The configuration space of a function the daemon serves: a type 0 header with one 32-bit
-//! memory BAR, an MSI capability, a PCI Express capability and, in extended space, an
-//! optional PASID capability. Offsets and bit layouts follow the PCI Local Bus spec 3.0 §6.1-6.2 (header),
+//! memory BAR, an MSI capability, a PCI Express capability, optionally a capability the
+//! device defines (the AMD IOMMU's capability block) and, in extended space, an optional PASID
+//! capability. Offsets and bit layouts follow the PCI Local Bus spec 3.0 §6.1-6.2 (header),
 //! §6.8.1 (MSI) and PCI Express Base spec 5.0 §7.5.3 (PCI Express capability) and §7.8.8
 //! (PASID extended capability).
 //!
@@ -39,6 +40,11 @@ pub const MSI_CAP: usize = 0x40;
 /// Where the PCI Express capability sits (PCIe 5.0 §7.5.3, version 2: 0x3c bytes).
 pub const PCIE_CAP: usize = 0x50;
 const PCIE_CAP_LEN: usize = 0x3c;
+/// Where a device-defined capability sits when the function has one (after the PCI Express
+/// capability), and the most bytes it may take.
+pub const DEVICE_CAP: usize = 0x90;
+/// The most bytes a device-defined capability takes (its header included).
+pub const DEVICE_CAP_MAX: usize = 0x40;
 /// Where the PASID extended capability sits (PCIe 5.0 §7.8.8).
 pub const PASID_CAP: usize = 0x100;
 /// PASID Control: PASID Enable.
@@ -57,6 +63,18 @@ pub struct FunctionId {
     pub revision: u8,
     /// Class code (base class, subclass, programming interface).
     pub class: u32,
+}
+
+/// A capability the device defines, placed at [`DEVICE_CAP`] as the last of the list: its
+/// Capability ID and the read-only bytes after the two-byte header (the next pointer is the
+/// list's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCapability {
+    /// Capability ID (PCI 3.0 Appendix H; 0Fh is the Secure Device capability an AMD IOMMU
+    /// uses).
+    pub id: u8,
+    /// Bytes 2.. of the capability (at most [`DEVICE_CAP_MAX`] - 2).
+    pub body: Vec<u8>,
 }
 
 /// A function's configuration space.
@@ -93,8 +111,20 @@ pub struct ConfigAccessError {
 impl ConfigSpace {
     /// The power-on configuration of a function `id` with a 32-bit non-prefetchable memory
     /// BAR0 of `bar0_size` bytes (a power of two, at least 4 KiB), INTA, MSI with one vector,
-    /// and, given `pasid_width` (1..=20 bits), a PASID capability.
+    /// and, given `pasid_width` (1..=20 bits), a PASID capability; without one, the
+    /// [`ConfigSpace::with_device_capability`] of the same.
     pub fn new(id: FunctionId, bar0_size: u32, pasid_width: Option<u8>) -> Self {
+        Self::with_device_capability(id, bar0_size, pasid_width, None)
+    }
+
+    /// [`ConfigSpace::new`], with `device_cap` (when given) at [`DEVICE_CAP`], after the PCI
+    /// Express capability. A body longer than [`DEVICE_CAP_MAX`] - 2 bytes is cut there.
+    pub fn with_device_capability(
+        id: FunctionId,
+        bar0_size: u32,
+        pasid_width: Option<u8>,
+        device_cap: Option<&DeviceCapability>,
+    ) -> Self {
         debug_assert!(bar0_size.is_power_of_two() && bar0_size >= 4096);
         let mut c = ConfigSpace {
             bytes: Box::new([0; CONFIG_SIZE]),
@@ -135,7 +165,14 @@ impl ConfigSpace {
         c.bytes[PCIE_CAP] = 0x10;
         c.set16(PCIE_CAP + 2, 0x0002);
         c.mask16(PCIE_CAP + 8, 0x7fff);
-        const { assert!(PCIE_CAP + PCIE_CAP_LEN <= PASID_CAP) };
+        const { assert!(PCIE_CAP + PCIE_CAP_LEN <= DEVICE_CAP) };
+        const { assert!(DEVICE_CAP + DEVICE_CAP_MAX <= 0x100) };
+        if let Some(cap) = device_cap {
+            c.bytes[PCIE_CAP + 1] = DEVICE_CAP as u8;
+            c.bytes[DEVICE_CAP] = cap.id;
+            let n = cap.body.len().min(DEVICE_CAP_MAX - 2);
+            c.bytes[DEVICE_CAP + 2..DEVICE_CAP + 2 + n].copy_from_slice(&cap.body[..n]);
+        }
 
         // PASID: the only extended capability (next 0). Capability: privileged mode
         // supported, max width; Control: PASID and Privileged Mode Enable writable. Without
@@ -355,6 +392,36 @@ mod tests {
         assert_eq!(c.max_pasid(), 0);
         c.write(0x10, &u32::MAX.to_le_bytes()).unwrap();
         assert_eq!(rd32(&c, 0x10), 0xffff_c000, "a 16 KiB BAR");
+    }
+
+    #[test]
+    fn a_device_capability_ends_the_list_and_is_read_only() {
+        let cap = DeviceCapability {
+            id: 0x0f,
+            body: vec![0x03, 0x08, 0x11, 0x22, 0x33, 0x44],
+        };
+        let mut c = ConfigSpace::with_device_capability(
+            FunctionId {
+                vendor: 0x1234,
+                device: 0x1d7e,
+                revision: 1,
+                class: 0x08_06_00,
+            },
+            16384,
+            None,
+            Some(&cap),
+        );
+        // MSI -> PCI Express -> the device's capability -> end.
+        assert_eq!(rd32(&c, 0x40) & 0xffff, 0x5005);
+        assert_eq!(rd32(&c, 0x50) & 0xffff, 0x9010);
+        assert_eq!(rd32(&c, 0x90), 0x0803_000f);
+        assert_eq!(rd32(&c, 0x94), 0x4433_2211);
+        assert_eq!(rd32(&c, 0x98), 0);
+        c.write(0x90, &[0xff; 8]).unwrap();
+        assert_eq!(rd32(&c, 0x90), 0x0803_000f);
+        assert_eq!(rd32(&c, 0x94), 0x4433_2211);
+        // Without one, PCI Express ends the list.
+        assert_eq!(rd32(&space(), 0x50) & 0xffff, 0x0010);
     }
 
     #[test]
