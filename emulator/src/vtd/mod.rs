@@ -730,9 +730,14 @@ impl<M: PhysMem> Vtd<M> {
         r.iotlb = (v & !IOTLB_IVT & !(3 << IOTLB_IAIG_SHIFT)) | (iaig << IOTLB_IAIG_SHIFT);
     }
 
+    /// The translation table mode latched by the last SRTP command (RTADDR.TTM, §10.4.6).
+    fn active_ttm(&self) -> u64 {
+        u64::from(RtaddrReg::from_bits(self.active.load(Ordering::Acquire)).ttm())
+    }
+
     /// Whether the latched root table is in scalable mode.
     fn scalable_active(&self) -> bool {
-        u64::from(RtaddrReg::from_bits(self.active.load(Ordering::Acquire)).ttm()) == TTM_SCALABLE
+        self.active_ttm() == TTM_SCALABLE
     }
 
     fn iq_error(&self, r: &mut RegFile, iqei: qi::Iqei, out: &mut Vec<VtdEvent>) {
@@ -762,8 +767,17 @@ impl<M: PhysMem> Vtd<M> {
         if wide && r.iqt & 0x10 != 0 {
             return self.iq_error(r, qi::Iqei::TailMisaligned, out);
         }
+        // Which descriptor types are valid depends on the translation table mode (§6.5.2);
+        // with a latched TTM the unit does not support, no descriptor can be checked (IQEI 7,
+        // §10.4.30).
+        let scalable = match self.active_ttm() {
+            TTM_LEGACY => false,
+            TTM_SCALABLE if self.cfg.scalable_mode => true,
+            _ if r.iqh == r.iqt => return,
+            _ => return self.iq_error(r, qi::Iqei::InvalidTtm, out),
+        };
         let ctx = DecodeCtx {
-            scalable: self.scalable_active(),
+            scalable,
             device_tlb: self.cfg.device_tlb,
             pasid: self.cfg.scalable_mode,
         };

@@ -25,7 +25,8 @@ pub enum Iqei {
     Reserved,
     /// IQT is not 256-bit aligned in a queue of 256-bit descriptors.
     TailMisaligned,
-    /// The descriptor type is invalid for the root table's translation mode.
+    /// The translation table mode latched from RTADDR_REG is invalid (reserved, or a mode the
+    /// unit does not support), so no descriptor can be checked against it.
     InvalidTtm,
 }
 
@@ -534,8 +535,10 @@ pub fn decode(qw: &[u64], ctx: DecodeCtx) -> Result<Descriptor, Iqei> {
             })
         }
         TYPE_PASID_IOTLB | TYPE_PASID_CACHE | TYPE_PASID_DEVICE_TLB if ctx.pasid => {
+            // §6.5.2 lists the descriptor types valid in each translation table mode: the
+            // PASID-based ones are not types of legacy mode, an invalid type (IQEI 3).
             if !ctx.scalable {
-                return Err(Iqei::InvalidTtm);
+                return Err(Iqei::InvalidType);
             }
             match ty {
                 TYPE_PASID_IOTLB => decode_pasid_iotlb(PasidDesc::from_bits(w)),
@@ -853,7 +856,9 @@ mod tests {
                 }
             })
         );
-        assert_eq!(decode(&[piotlb, 0], LEGACY), Err(Iqei::InvalidTtm));
+        // Not a descriptor type of legacy mode (§6.5.2's table of types per mode): IQEI 3.
+        assert_eq!(decode(&[piotlb, 0], LEGACY), Err(Iqei::InvalidType));
+        assert_eq!(decode(&[0x17, 0], LEGACY), Err(Iqei::InvalidType));
         assert_eq!(decode(&[0x06, 0], SM), Err(Iqei::Reserved));
         let pc = 0x17 | (5 << 16) | (0x42 << 32);
         assert_eq!(

@@ -153,7 +153,8 @@ pub const IQEI_NONE: u64 = 0;
 pub const IQEI_TAIL_BEYOND_QUEUE: u64 = 1;
 /// IQEI: error fetching a descriptor.
 pub const IQEI_FETCH_ERROR: u64 = 2;
-/// IQEI: invalid (or unsupported) descriptor type.
+/// IQEI: invalid (or unsupported) descriptor type, including a type the translation table
+/// mode does not have (§6.5.2).
 pub const IQEI_INVALID_TYPE: u64 = 3;
 /// IQEI: reserved field set in a descriptor.
 pub const IQEI_RESERVED: u64 = 4;
@@ -163,7 +164,8 @@ pub const IQEI_RESERVED: u64 = 4;
 pub const IQEI_INVALID_WIDTH: u64 = 5;
 /// IQEI: IQT not aligned to 256 bits in a 256-bit queue.
 pub const IQEI_TAIL_MISALIGNED: u64 = 6;
-/// IQEI: descriptor type invalid for the translation table mode.
+/// IQEI: an invalid value in the TTM field of RTADDR_REG (§10.4.30). A descriptor type the
+/// translation table mode does not have is an invalid type (IQEI 3), not this.
 pub const IQEI_INVALID_TTM: u64 = 7;
 
 // FRCD (§10.4.14): two 64-bit halves per fault recording register.

@@ -87,11 +87,47 @@ fn queue_tail_errors() {
     f.gcmd(GCMD_QIE, true, true);
     f.w64(IQT_REG, 0x10);
     assert_eq!(f.r64(IQERCD_REG) & 0xf, IQEI_FETCH_ERROR);
-    // PASID-based descriptors in legacy mode (IQEI 7).
+    // PASID-based descriptors in legacy mode: a type invalid for the mode (§6.5.2, the table of
+    // descriptor types per translation table mode), IQEI 3.
     let mut p = Driver::legacy();
     p.enable_qi(false);
     p.submit(&[piotlb_pasid(1, 1)]);
-    assert_eq!(p.r64(IQERCD_REG) & 0xf, IQEI_INVALID_TTM);
+    assert_eq!(p.r64(IQERCD_REG) & 0xf, IQEI_INVALID_TYPE);
+}
+
+/// IQEI 7 names an invalid TTM in RTADDR_REG (§10.4.30): with a reserved translation table mode
+/// latched, no descriptor can be checked against the mode, and the queue stops at the first one
+/// (review finding 13: 7 was reported for a PASID descriptor in legacy mode instead).
+#[test]
+fn reserved_translation_table_mode_stops_the_queue_with_iqei_7() {
+    for ttm in [2, TTM_ABORT_DMA] {
+        let mut d = Driver::new(VtdConfig::default());
+        d.root = d.frame();
+        d.w64(RTADDR_REG, d.root | (ttm << RTADDR_TTM_SHIFT));
+        d.gcmd(GCMD_SRTP, false, true);
+        d.enable_qi(false);
+        let st = d.status;
+        d.submit(&[wait_desc(false, true, 0x99, st)]);
+        assert_ne!(d.r32(FSTS_REG) & FSTS_IQE, 0, "TTM {ttm}");
+        assert_eq!(d.r64(IQERCD_REG) & 0xf, IQEI_INVALID_TTM, "TTM {ttm}");
+        assert_eq!(d.r64(IQH_REG), 0);
+        assert_eq!(d.mem.read_u32(st).unwrap(), 0);
+    }
+    // Scalable mode on a unit without ECAP.SMTS is no valid mode either.
+    let mut d = Driver::new(VtdConfig {
+        scalable_mode: false,
+        first_stage: false,
+        nested: false,
+        ..VtdConfig::default()
+    });
+    d.set_root(true);
+    d.enable_qi(false);
+    d.submit(&[iotlb_global()]);
+    assert_eq!(d.r64(IQERCD_REG) & 0xf, IQEI_INVALID_TTM);
+    // Legacy mode, the reset value, is valid before any SRTP.
+    let mut d = Driver::new(VtdConfig::default());
+    d.enable_qi(false);
+    d.submit_and_wait(&[iotlb_global()]);
 }
 
 /// Remaps `iova` to a new page behind the caches' back, checks the new translation appears after
