@@ -1,44 +1,85 @@
-//! The register front in a real guest: the daemon serves the VT-d unit's register file over
-//! vfio-user and writes the DMAR that names it; the guest's own `intel_iommu` finds the unit
-//! through the DMAR, programs it (root and context tables, the invalidation queue, its page
-//! tables, all in guest RAM), and puts the daemon's DMA engine behind it. The guest then binds
-//! the engine to vfio-pci and has it copy between IOVAs its VFIO mapped: every access is
-//! translated by the unit the guest's driver programmed. Run by `scripts/guest-test`.
+//! The register front in a real guest: the daemon serves the VT-d (or AMD-Vi) unit's register
+//! file over vfio-user and writes the DMAR (or IVRS) that names it; the guest's own
+//! `intel_iommu` (or `amd_iommu`) finds the unit through the table, programs it (root and
+//! context tables, the invalidation queue; the device table, command buffer and event log;
+//! its page tables, all in guest RAM), and puts the daemon's DMA engine behind it. The guest
+//! then binds the engine to vfio-pci and has it copy between IOVAs its VFIO mapped: every
+//! access is translated by the unit the guest's driver programmed. Run by
+//! `scripts/guest-test`.
 
 use guest_agent::report::Report;
 use iommu_workspace::guest::daemon::Daemon;
 use iommu_workspace::guest::endpoint::{
     ENGINE_ADDR, ENGINE_ID, batch_reaches, endpoint, gpas, vfio_user_device,
 };
-use iommu_workspace::guest::harness::{GuestEnv, Qemu, QemuOpts, RunDir, bind_first};
+use iommu_workspace::guest::harness::{GuestEnv, Kernel, Qemu, QemuOpts, RunDir, bind_first};
 use iommu_workspace::guest::scenarios::RAM_MB;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 /// Where the register front's function sits.
 const FRONT_ADDR: &str = "05.0";
-/// Where the guest's firmware (SeaBIOS) puts the front's 4 KiB BAR with this device set (the
-/// engine's 4 KiB BAR beside it): the address the DMAR names. The daemon stops with the
-/// address the firmware chose if it differs.
-const FRONT_BASE: u64 = 0xfebf_e000;
+
+/// The unit a guest's own driver programs, and how that guest boots.
+#[derive(Debug, Clone, Copy)]
+enum Vendor {
+    /// VT-d, `intel_iommu=on` plus these options.
+    Vtd(&'static str),
+    /// AMD-Vi, on the generic kernel (the cloud one has no `amd_iommu`).
+    Amdvi,
+}
+
+impl Vendor {
+    /// Where the guest's firmware (SeaBIOS) puts the front's BAR with this device set (the
+    /// engine's 4 KiB BAR beside it): the address the ACPI table names. The daemon stops
+    /// with the address the firmware chose if it differs.
+    fn base(self) -> u64 {
+        match self {
+            // A 4 KiB register file.
+            Vendor::Vtd(_) => 0xfebf_e000,
+            // 16 KiB, placed first (SeaBIOS packs the largest BARs first).
+            Vendor::Amdvi => 0xfebf_8000,
+        }
+    }
+}
 
 /// The daemon serving the front and the engine, and a guest with both attached, booted with
-/// `intel_iommu` (`intel_iommu=on` plus `iommu_opts`) and `intremap=off`.
-fn boot(env: &GuestEnv, iommu_opts: &str, script: String) -> ([RunDir; 2], Daemon, Qemu) {
+/// the vendor's driver and `intremap=off`.
+fn boot(env: &GuestEnv, vendor: Vendor, script: String) -> ([RunDir; 2], Daemon, Qemu) {
     let dev = RunDir::new(env);
-    let (front, ep, dmar) = (
+    let (front, ep, table) = (
         dev.host.join("front.sock"),
         dev.host.join("ep.sock"),
-        dev.host.join("dmar.bin"),
+        dev.host.join("acpi.bin"),
     );
-    let args: Vec<String> = [
-        "--register-front".to_string(),
-        format!(
-            "vtd,socket={},addr={FRONT_ADDR},base={FRONT_BASE:#x}",
-            front.display()
+    let (kind, table_opt, model, kernel, append) = match vendor {
+        Vendor::Vtd(opts) => (
+            "vtd",
+            "--dmar-out",
+            "vtd",
+            Kernel::Cloud,
+            format!("intel_iommu=on{opts}"),
         ),
-        "--dmar-out".into(),
-        dmar.display().to_string(),
+        // amd_iommu is on whenever an IVRS names a unit (it has no "on" option).
+        Vendor::Amdvi => (
+            "amdvi",
+            "--ivrs-out",
+            "amdvi",
+            Kernel::Generic,
+            String::new(),
+        ),
+    };
+    let args: Vec<String> = [
+        "--model".to_string(),
+        model.into(),
+        "--register-front".into(),
+        format!(
+            "{kind},socket={},addr={FRONT_ADDR},base={:#x}",
+            front.display(),
+            vendor.base()
+        ),
+        table_opt.into(),
+        table.display().to_string(),
         "--endpoint".into(),
         format!("dma@{ENGINE_ADDR},socket={}", ep.display()),
     ]
@@ -46,13 +87,16 @@ fn boot(env: &GuestEnv, iommu_opts: &str, script: String) -> ([RunDir; 2], Daemo
     let d = Daemon::spawn_in(
         &dev.host,
         &args,
-        &[&front, &ep, &dmar],
+        &[&front, &ep, &table],
         Duration::from_secs(600),
     );
     let mut opts = QemuOpts {
         memory_mb: RAM_MB,
         machine: "q35,memory-backend=mem".into(),
-        append: vec![format!("intel_iommu=on{iommu_opts}"), "intremap=off".into()],
+        append: [append, "intremap=off".into()]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect(),
         timeout: Duration::from_secs(240),
         script: format!("dmesg -n 1\n{script}"),
         ..Default::default()
@@ -61,13 +105,13 @@ fn boot(env: &GuestEnv, iommu_opts: &str, script: String) -> ([RunDir; 2], Daemo
         "-object".into(),
         format!("memory-backend-memfd,id=mem,size={RAM_MB}M,share=on"),
         "-acpitable".into(),
-        format!("file={}", dev.guest.join("dmar.bin").display()),
+        format!("file={}", dev.guest.join("acpi.bin").display()),
         "-device".into(),
         vfio_user_device(&dev.guest.join("ep.sock"), ENGINE_ADDR),
         "-device".into(),
         vfio_user_device(&dev.guest.join("front.sock"), FRONT_ADDR),
     ]);
-    let run = RunDir::new(env);
+    let run = RunDir::booting(env, kernel);
     let q = Qemu::spawn(env, &run, &opts);
     ([dev, run], d, q)
 }
@@ -81,33 +125,45 @@ fn field<'a>(r: &'a Report, k: &str) -> &'a str {
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn intel_iommu_in_scalable_mode_programs_the_vtd_unit_and_the_engine_dmas_through_it() {
-    intel_iommu_programs_the_unit("", true);
+    driver_programs_the_unit(Vendor::Vtd(""));
 }
 
 /// Legacy mode (`intel_iommu=on,sm_off`): context entries and second-stage tables.
 #[test]
 #[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
 fn intel_iommu_in_legacy_mode_programs_the_vtd_unit_and_the_engine_dmas_through_it() {
-    intel_iommu_programs_the_unit(",sm_off", false);
+    driver_programs_the_unit(Vendor::Vtd(",sm_off"));
 }
 
-fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
+/// AMD-Vi: the generic kernel's `amd_iommu` programs the device table, command buffer, event
+/// log and its page tables.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn amd_iommu_programs_the_amdvi_unit_and_the_engine_dmas_through_it() {
+    driver_programs_the_unit(Vendor::Amdvi);
+}
+
+fn driver_programs_the_unit(vendor: Vendor) {
     let env = GuestEnv::provision();
     // No driver binds the front's function, so nothing sets its Bus Master Enable, without
-    // which QEMU drops the unit's interrupt writes (as it drops a device's MSIs): set it
+    // which QEMU drops the unit's interrupt messages (as it drops a device's MSIs): set it
     // through sysfs, as a platform's firmware would for an IOMMU function.
     let script = format!(
         "printf '\\006' | dd of=/sys/bus/pci/devices/0000:00:{FRONT_ADDR}/config bs=1 seek=4 \
          count=1 conv=notrunc 2>/dev/null || exit 1\n\
          {}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin || exit 1\n\
          sleep 1\n\
-         dmesg | grep -E 'DMAR' | sed 's/^/GUEST-DMESG /'\n",
+         dmesg | grep -E 'DMAR|AMD-Vi|iommu' | sed 's/^/GUEST-DMESG /'\n",
         bind_first(ENGINE_ID)
     );
-    let (_dirs, d, mut q) = boot(&env, iommu_opts, script);
+    let (_dirs, d, mut q) = boot(&env, vendor, script);
     q.next("boot");
     let iommu = q.next("iommu");
-    assert!(field(&iommu, "name").starts_with("dmar"), "{iommu:?}");
+    let sysfs_name = match vendor {
+        Vendor::Vtd(_) => "dmar",
+        Vendor::Amdvi => "ivhd",
+    };
+    assert!(field(&iommu, "name").starts_with(sysfs_name), "{iommu:?}");
     let bound = q.next("bound");
     assert_eq!(bound.get("driver"), Some("vfio-pci"), "{bound:?}");
     let map = q.next("dma-map");
@@ -125,21 +181,23 @@ fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
     let log = q.finish().log;
 
     // The guest's driver programmed the unit: registers were written, translation is on,
-    // and the firmware put the BAR where the DMAR said.
+    // and the firmware put the BAR where the table said.
     let front = &stats["register_front"];
-    assert_eq!(front["bar0"], json!(FRONT_BASE), "{stats}");
+    assert_eq!(front["bar0"], json!(vendor.base()), "{stats}");
     assert!(front["writes"].as_u64().unwrap() > 10, "{stats}");
     let hw = &stats["hardware"];
     assert!(hw["translations"].as_u64().unwrap() >= e["translations"].as_u64().unwrap());
     assert!(
         hw["commands"].as_u64().unwrap() > 0,
-        "no invalidation descriptor ran: {stats}"
+        "no invalidation descriptor or command ran: {stats}"
     );
     // The mode the driver chose: only scalable mode looks PASID-table entries up.
-    let pasid_lookups = hw["caches"]["pasid"]["lookups"].as_u64().unwrap();
-    assert_eq!(pasid_lookups > 0, scalable, "{stats}");
+    if let Vendor::Vtd(opts) = vendor {
+        let pasid_lookups = hw["caches"]["pasid"]["lookups"].as_u64().unwrap();
+        assert_eq!(pasid_lookups > 0, !opts.contains("sm_off"), "{stats}");
+    }
     // The engine's source reads reached the guest's frames through the unit's walk of the
-    // tables the guest's intel_iommu built.
+    // tables the guest's driver built.
     let last: Vec<Value> = e["last_batch"].as_array().unwrap().clone();
     for (i, gpa) in src_gpas.iter().enumerate() {
         let iova = src_iova + i as u64 * 4096;
@@ -148,20 +206,17 @@ fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
             "IOVA {iova:#x} did not reach frame {gpa:#x}: {last:?}"
         );
     }
-    assert!(
-        log.contains("DMAR"),
-        "the guest did not take the DMAR:\n{log}"
-    );
     for l in log
         .lines()
         .filter(|l| l.starts_with("GUEST-DMESG") || l.starts_with("AGENT endpoint"))
     {
         eprintln!("{l}");
     }
+    eprintln!("hardware: {}", stats["hardware"]);
     eprintln!("register front: {}", stats["register_front"]);
-    // The copy to an unmapped IOVA faulted in the unit, which recorded it in its fault
-    // registers and sent the fault event's MSI; the guest's driver read the record and logged
-    // it with the address the engine used.
+    // The copy to an unmapped IOVA faulted in the unit, which recorded it (VT-d: in its
+    // fault registers; AMD-Vi: in the event log) and raised its interrupt; the guest's
+    // driver read the record and logged it with the address the engine used.
     let after = d.ctl(json!({"cmd": "stats"}));
     assert!(
         after["hardware"]["faults_recorded"].as_u64().unwrap() >= 1,
@@ -171,31 +226,46 @@ fn intel_iommu_programs_the_unit(iommu_opts: &str, scalable: bool) {
         after["register_front"]["interrupts"].as_u64().unwrap() >= 1,
         "{after}"
     );
-    let hole = fault.get_u64("error_addr").unwrap();
     eprintln!("registers after the fault: {}", after["registers"]);
     eprintln!(
         "register front after the fault: {}",
         after["register_front"]
     );
-    let line = log
-        .lines()
-        .find(|l| l.contains("DMAR: [DMA Write") && l.contains(&format!("fault addr {hole:#x}")))
-        .unwrap_or_else(|| panic!("the guest logged no DMAR fault at {hole:#x}:\n{log}"));
-    assert!(line.contains("[0000:00:04.0]"), "{line}");
-    // The reason the guest read from the fault record is the one the unit recorded, which
-    // the engine also reports (ERROR_INFO bits 15:0).
+    let hole = fault.get_u64("error_addr").unwrap();
+    // The unit's fault code, which the engine reports (ERROR_INFO bits 15:0): a VT-d fault
+    // reason, an AMD-Vi event code.
     let code = fault.get_u64("error_info").unwrap() & 0xffff;
-    assert!(
-        line.contains(&format!("[fault reason {code:#04x}]")),
-        "the unit recorded reason {code:#x}: {line}"
-    );
-    assert!(
-        after["register_front"]["interrupts"].as_u64().unwrap() >= 1,
-        "{after}"
-    );
+    let line = match vendor {
+        Vendor::Vtd(_) => {
+            let line = log
+                .lines()
+                .find(|l| {
+                    l.contains("DMAR: [DMA Write") && l.contains(&format!("fault addr {hole:#x}"))
+                })
+                .unwrap_or_else(|| panic!("the guest logged no DMAR fault at {hole:#x}:\n{log}"));
+            assert!(line.contains("[0000:00:04.0]"), "{line}");
+            // The reason the guest read from the fault record is the one the unit recorded.
+            assert!(
+                line.contains(&format!("[fault reason {code:#04x}]")),
+                "the unit recorded reason {code:#x}: {line}"
+            );
+            line
+        }
+        Vendor::Amdvi => {
+            // Event code 2 (§2.5.3): IO_PAGE_FAULT; the guest decodes the record's type.
+            assert_eq!(
+                code, 2,
+                "the unit logged event code {code}, not IO_PAGE_FAULT"
+            );
+            let line = log
+                .lines()
+                .find(|l| l.contains("IO_PAGE_FAULT") && l.contains(&format!("address={hole:#x}")))
+                .unwrap_or_else(|| {
+                    panic!("the guest logged no IO_PAGE_FAULT at {hole:#x}:\n{log}")
+                });
+            assert!(line.contains("0000:00:04.0"), "{line}");
+            line
+        }
+    };
     eprintln!("guest fault line: {line}");
-    eprintln!(
-        "register front after the fault: {}",
-        after["register_front"]
-    );
 }

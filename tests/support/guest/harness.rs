@@ -24,10 +24,22 @@ pub struct GuestEnv {
     pub dir: PathBuf,
     /// The trixie root that holds QEMU.
     pub root: PathBuf,
-    /// The guest kernel.
+    /// The guest kernel (Debian's cloud flavour).
     pub kernel: PathBuf,
     /// The initramfs with busybox, the modules and the agent.
     pub initramfs: PathBuf,
+    /// Debian's generic kernel flavour, which has `CONFIG_AMD_IOMMU` (the cloud one does
+    /// not), and its initramfs (the same contents, its modules).
+    pub generic: (PathBuf, PathBuf),
+}
+
+/// Which of the provisioned kernels a guest boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// The cloud flavour: every guest but the AMD-Vi register front's.
+    Cloud,
+    /// The generic flavour, for `amd_iommu`.
+    Generic,
 }
 
 impl GuestEnv {
@@ -54,6 +66,7 @@ impl GuestEnv {
             root: get("GUEST_ROOT"),
             kernel: get("GUEST_KERNEL"),
             initramfs: get("GUEST_INITRAMFS"),
+            generic: (get("GUEST_KERNEL_GENERIC"), get("GUEST_INITRAMFS_GENERIC")),
         }
     }
 }
@@ -70,8 +83,13 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// A fresh directory holding links to the kernel and the initramfs.
+    /// A fresh directory holding links to the (cloud) kernel and its initramfs.
     pub fn new(env: &GuestEnv) -> RunDir {
+        RunDir::booting(env, Kernel::Cloud)
+    }
+
+    /// A fresh directory holding links to `kernel` and its initramfs.
+    pub fn booting(env: &GuestEnv, kernel: Kernel) -> RunDir {
         let name = format!(
             "guest-run-{}-{}",
             std::process::id(),
@@ -81,7 +99,11 @@ impl RunDir {
         let host = env.root.join("tmp").join(&name);
         let _ = std::fs::remove_dir_all(&host);
         std::fs::create_dir_all(&host).expect("create run dir");
-        for (src, dst) in [(&env.kernel, "vmlinuz"), (&env.initramfs, "initramfs.gz")] {
+        let (vmlinuz, initramfs) = match kernel {
+            Kernel::Cloud => (&env.kernel, &env.initramfs),
+            Kernel::Generic => (&env.generic.0, &env.generic.1),
+        };
+        for (src, dst) in [(vmlinuz, "vmlinuz"), (initramfs, "initramfs.gz")] {
             if std::fs::hard_link(src, host.join(dst)).is_err() {
                 std::fs::copy(src, host.join(dst)).expect("copy boot file");
             }
