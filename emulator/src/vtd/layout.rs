@@ -212,7 +212,7 @@ pub struct IqaReg {
     pub qs: u8,
     /// Bits 10:3.
     pub rsvd: u8,
-    /// DW: 256-bit descriptors (scalable mode only; reserved otherwise).
+    /// DW: 256-bit descriptors (needed in scalable mode; an error without ECAP.SMTS, IQEI 5).
     pub dw: bool,
     /// IQA: the queue's page number.
     #[bits(52)]

@@ -537,12 +537,12 @@ impl<M: PhysMem> Vtd<M> {
                 }
             }
             IQA_REG => {
-                // DW (256-bit descriptors) exists only with scalable mode (ECAP.SMTS); without
-                // it the bit is reserved and the queue holds 128-bit descriptors (§10.4.24).
+                // DW is kept as written: a width the unit cannot use is an invalidation queue
+                // error when descriptors are fetched (IQEI 5, §10.4.24), not a silent change.
                 let w = IqaReg::from_bits(v);
                 r.iqa = IqaReg::new()
                     .with_qs(w.qs())
-                    .with_dw(self.cfg.scalable_mode && w.dw())
+                    .with_dw(w.dw())
                     .with_iqa_page(w.iqa_page())
                     .into_bits()
             }
@@ -767,14 +767,12 @@ impl<M: PhysMem> Vtd<M> {
         if wide && r.iqt & 0x10 != 0 {
             return self.iq_error(r, qi::Iqei::TailMisaligned, out);
         }
-        // Which descriptor types are valid depends on the translation table mode (§6.5.2);
-        // with a latched TTM the unit does not support, no descriptor can be checked (IQEI 7,
-        // §10.4.30).
-        let scalable = match self.active_ttm() {
-            TTM_LEGACY => false,
-            TTM_SCALABLE if self.cfg.scalable_mode => true,
-            _ if r.iqh == r.iqt => return,
-            _ => return self.iq_error(r, qi::Iqei::InvalidTtm, out),
+        if r.iqh == r.iqt {
+            return;
+        }
+        let scalable = match self.queue_mode(wide) {
+            Ok(scalable) => scalable,
+            Err(iqei) => return self.iq_error(r, iqei, out),
         };
         let ctx = DecodeCtx {
             scalable,
@@ -811,6 +809,23 @@ impl<M: PhysMem> Vtd<M> {
             self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
             r.iqh = (r.iqh + dsize) % qbytes;
         }
+    }
+
+    /// Whether the queue's descriptors are checked against scalable mode, or why none can be
+    /// fetched: which types are valid depends on the translation table mode (§6.5.2), and a
+    /// latched TTM the unit does not support leaves none valid (IQEI 7); scalable mode needs
+    /// 256-bit descriptors, and 256-bit descriptors need ECAP.SMTS (or ADMS, not offered)
+    /// (IQEI 5; IQA_REG.DW, §10.4.24).
+    fn queue_mode(&self, wide: bool) -> Result<bool, qi::Iqei> {
+        let scalable = match self.active_ttm() {
+            TTM_LEGACY => false,
+            TTM_SCALABLE if self.cfg.scalable_mode => true,
+            _ => return Err(qi::Iqei::InvalidTtm),
+        };
+        if (scalable && !wide) || (wide && !self.cfg.scalable_mode) {
+            return Err(qi::Iqei::InvalidWidth);
+        }
+        Ok(scalable)
     }
 
     fn execute(&self, r: &mut RegFile, desc: Descriptor, out: &mut Vec<VtdEvent>) {

@@ -5,8 +5,8 @@
 //! reserved for all the descriptor types modelled here.
 
 use super::regs::{
-    IQEI_FETCH_ERROR, IQEI_INVALID_TTM, IQEI_INVALID_TYPE, IQEI_RESERVED, IQEI_TAIL_BEYOND_QUEUE,
-    IQEI_TAIL_MISALIGNED,
+    IQEI_FETCH_ERROR, IQEI_INVALID_TTM, IQEI_INVALID_TYPE, IQEI_INVALID_WIDTH, IQEI_RESERVED,
+    IQEI_TAIL_BEYOND_QUEUE, IQEI_TAIL_MISALIGNED,
 };
 use bitfield_struct::bitfield;
 
@@ -23,6 +23,9 @@ pub enum Iqei {
     InvalidType,
     /// A reserved field of a descriptor is set.
     Reserved,
+    /// IQA.DW names a width the mode cannot use: 128-bit descriptors in scalable mode, or
+    /// 256-bit ones without ECAP.SMTS.
+    InvalidWidth,
     /// IQT is not 256-bit aligned in a queue of 256-bit descriptors.
     TailMisaligned,
     /// The translation table mode latched from RTADDR_REG is invalid (reserved, or a mode the
@@ -38,6 +41,7 @@ impl Iqei {
             Iqei::FetchError => IQEI_FETCH_ERROR,
             Iqei::InvalidType => IQEI_INVALID_TYPE,
             Iqei::Reserved => IQEI_RESERVED,
+            Iqei::InvalidWidth => IQEI_INVALID_WIDTH,
             Iqei::TailMisaligned => IQEI_TAIL_MISALIGNED,
             Iqei::InvalidTtm => IQEI_INVALID_TTM,
         }
@@ -637,6 +641,7 @@ mod tests {
             (Iqei::FetchError, 2),
             (Iqei::InvalidType, 3),
             (Iqei::Reserved, 4),
+            (Iqei::InvalidWidth, 5),
             (Iqei::TailMisaligned, 6),
             (Iqei::InvalidTtm, 7),
         ];

@@ -158,9 +158,9 @@ pub const IQEI_FETCH_ERROR: u64 = 2;
 pub const IQEI_INVALID_TYPE: u64 = 3;
 /// IQEI: reserved field set in a descriptor.
 pub const IQEI_RESERVED: u64 = 4;
-/// IQEI: an invalid descriptor width programmed in IQA_REG. Not reported by the model: without
-/// scalable mode IQA.DW is reserved and reads zero (QEMU and Intel's non-SMTS register maps
-/// agree; VirtualBox instead reports this error when DW = 1 is written there).
+/// IQEI: an invalid descriptor width programmed in IQA_REG (§10.4.24, §10.4.30): 128-bit
+/// descriptors (DW = 0) while the root table is in scalable mode (TTM = 01b), or 256-bit ones
+/// (DW = 1) on a unit reporting neither ECAP.SMTS nor ECAP.ADMS.
 pub const IQEI_INVALID_WIDTH: u64 = 5;
 /// IQEI: IQT not aligned to 256 bits in a 256-bit queue.
 pub const IQEI_TAIL_MISALIGNED: u64 = 6;

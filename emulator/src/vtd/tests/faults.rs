@@ -123,10 +123,26 @@ fn first_stage_user_supervisor_from_a_cached_directory() {
     );
 }
 
-/// IQA.DW is reserved on a unit without scalable mode (ECAP.SMTS = 0): it reads back clear and
-/// the queue keeps 128-bit descriptors (§10.4.24; QEMU honours DW only with ECAP.SMTS too).
+/// IQEI 5 (§10.4.30, IQA.DW §10.4.24): a queue of 128-bit descriptors while the root table is
+/// in scalable mode, or of 256-bit descriptors on a unit without scalable mode (ECAP.SMTS and
+/// ECAP.ADMS clear), is an invalid descriptor width; the queue stops before its first
+/// descriptor. Review finding 6: the first ran, and DW was silently cleared on the second.
 #[test]
-fn descriptor_width_is_reserved_without_scalable_mode() {
+fn invalid_descriptor_widths_stop_the_queue_with_iqei_5() {
+    let stopped = |d: &mut Driver| {
+        let st = d.status;
+        d.submit(&[iotlb_global(), wait_desc(false, true, 0x55, st)]);
+        assert_ne!(d.r32(FSTS_REG) & FSTS_IQE, 0);
+        assert_eq!(d.r64(IQERCD_REG) & 0xf, IQEI_INVALID_WIDTH);
+        assert_eq!(d.r64(IQH_REG), 0, "IQH stays at the first descriptor");
+        assert_eq!(d.mem.read_u32(st).unwrap(), 0, "nothing ran");
+    };
+    // Scalable mode with DW = 0.
+    let mut s = Driver::new(VtdConfig::default());
+    s.set_root(true);
+    s.enable_qi(false);
+    stopped(&mut s);
+    // No scalable mode: DW = 1 is kept as written, and is an error.
     let mut d = Driver::new(VtdConfig {
         scalable_mode: false,
         first_stage: false,
@@ -134,23 +150,21 @@ fn descriptor_width_is_reserved_without_scalable_mode() {
         ..VtdConfig::default()
     });
     d.set_root(false);
+    d.enable_qi(true);
+    assert_ne!(d.r64(IQA_REG) & IQA_DW, 0);
+    stopped(&mut d);
+    // Software reprograms the width and clears IQE: the queue runs from IQH.
+    d.gcmd(GCMD_QIE, true, false);
+    d.w32(FSTS_REG, FSTS_IQE);
     d.enable_qi(false);
-    let iq = d.r64(IQA_REG);
-    d.w32(GCMD_REG, d.gcmd & !GCMD_QIE);
-    d.w64(IQA_REG, iq | IQA_DW);
-    assert_eq!(d.r64(IQA_REG) & IQA_DW, 0);
-    d.w32(GCMD_REG, d.gcmd);
-    // Two 128-bit descriptors at offsets 0 and 0x10 both run: a 256-bit queue would have read
-    // them as one descriptor with a non-zero upper half (a reserved-field error).
-    let st = d.status;
-    d.submit(&[iotlb_global(), wait_desc(false, true, 0x55, st)]);
-    assert_eq!(d.r32(FSTS_REG) & FSTS_IQE, 0);
-    assert_eq!(d.mem.read_u32(st).unwrap(), 0x55);
-    assert_eq!(d.r64(IQH_REG), 0x20);
-    // With scalable mode offered, DW is kept.
-    let mut s = Driver::new(VtdConfig::default());
-    s.enable_qi(true);
-    assert_ne!(s.r64(IQA_REG) & IQA_DW, 0);
+    d.submit_and_wait(&[iotlb_global()]);
+    // A unit with scalable mode in legacy mode takes either width (Linux uses DW = 1).
+    for wide in [false, true] {
+        let mut l = Driver::new(VtdConfig::default());
+        l.set_root(false);
+        l.enable_qi(wide);
+        l.submit_and_wait(&[iotlb_global()]);
+    }
 }
 
 /// Requests whose translation lands in the interrupt address range 0xFEEx_xxxx are blocked:

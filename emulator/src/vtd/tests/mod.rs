@@ -365,10 +365,12 @@ fn legacy_with_domain() -> (Driver, TableBuilder, u16) {
     (d, t, dev)
 }
 
+/// A unit in scalable mode, with its queue of 256-bit descriptors as scalable mode requires
+/// (IQA.DW = 1, §10.4.24; Linux sets it whenever ECAP.SMTS is reported).
 fn scalable() -> Driver {
     let mut d = Driver::new(VtdConfig::default());
     d.set_root(true);
-    d.enable_qi(false);
+    d.enable_qi(true);
     d.enable_translation();
     d
 }

@@ -322,7 +322,7 @@ fn five_level_first_stage_and_second_stage_dirty_tracking() {
         ..VtdConfig::default()
     });
     d.set_root(true);
-    d.enable_qi(false);
+    d.enable_qi(true);
     d.enable_translation();
     let dev = sid(0, 9, 0);
     let mut c = X86Config::vtd_first_stage(5);

@@ -17,7 +17,7 @@ fn the_worst_case_nested_walk_fits_the_trace() {
         ..VtdConfig::default()
     });
     d.set_root(true);
-    d.enable_qi(false);
+    d.enable_qi(true);
     d.enable_translation();
     let dev = sid(0, 10, 0);
     // Second stage, 5-level (AW = 3) with A/D tracking: GPA 0..16 MiB -> SPA 0x4000_0000.
