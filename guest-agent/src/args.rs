@@ -9,13 +9,19 @@
 //!                            [--huge]
 //! guest-agent vfio-bench <BDF> [--count N] [--iova A] [--pages N] [--huge]
 //! guest-agent dma-engine <BDF> [--iova A] [--pages N] [--count K] [--wait-stdin]
+//!                              [--move-container]
 //!                              (drive the DMA engine: copy/compare batches, faults, and K
-//!                              one-page copies timed; pages 1..=512, default 4; K default 0)
+//!                              one-page copies timed; pages 1..=512, default 4; K default 0;
+//!                              --move-container: then move the device's group to a new
+//!                              container, run the copy batch again there at IOVAs 1 GiB up
+//!                              (or the lowest that fit its IOVA ranges), and check that the
+//!                              first container's IOVA faults: see `dma_move`)
 //! guest-agent dma-engine <BDF> --identity [--pages N] [--count K] [--wait-stdin]
 //!                              (the same with identity IOVAs: mlocked buffers, every page
 //!                              mapped through VFIO type1 at its own guest-physical address,
 //!                              descriptors one page each, no fault steps; pages 1..=42;
-//!                              dma-map's *_iova are the first frames)
+//!                              dma-map's *_iova are the first frames; no
+//!                              --move-container)
 //! guest-agent acpi-table <SIG>                          (hex dump of an ACPI table, e.g. VIOT)
 //! guest-agent virtio-iommu                              (bound virtio-iommu devices, features)
 //! ```
@@ -96,6 +102,11 @@ pub struct DmaArgs {
     /// descriptors carry those addresses, one page each; the fault steps are skipped. `iova`
     /// is unused (and `--iova` refused).
     pub identity: bool,
+    /// `--move-container`: after the other steps, move the device's group to a new
+    /// container, run the copy batch there at other IOVAs, and check that a read at the
+    /// first container's IOVA faults ([`crate::dma_move`]). Not with `identity`, whose
+    /// unmapped IOVAs need not fault.
+    pub move_container: bool,
 }
 
 /// Arguments shared by `vfio-map` and `vfio-bench`.
@@ -229,6 +240,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
                 count: 0,
                 wait_stdin: false,
                 identity: false,
+                move_container: false,
             };
             let mut iova_given = false;
             let mut it = rest[1..].iter();
@@ -242,10 +254,19 @@ pub fn parse(args: &[String]) -> Result<Command> {
                     "--count" => d.count = number(opt, it.next())?,
                     "--wait-stdin" => d.wait_stdin = true,
                     "--identity" => d.identity = true,
+                    "--move-container" => d.move_container = true,
                     _ => return Err(usage(format!("{cmd}: unknown option {opt:?}"))),
                 }
             }
             if d.identity {
+                if d.move_container {
+                    return Err(usage(
+                        "--move-container has no meaning with --identity: its check, that \
+                         the first container's IOVA faults in the new one, needs IOVAs that \
+                         are not guest-physical addresses (see the fault steps --identity \
+                         skips)",
+                    ));
+                }
                 if iova_given {
                     return Err(usage(
                         "--iova has no meaning with --identity: every page is mapped at an \
@@ -349,6 +370,7 @@ mod tests {
                 count: 0,
                 wait_stdin: false,
                 identity: false,
+                move_container: false,
             })
         );
         assert_eq!(
@@ -361,6 +383,7 @@ mod tests {
                 count: 1000,
                 wait_stdin: true,
                 identity: false,
+                move_container: false,
             })
         );
         assert!(matches!(
@@ -396,6 +419,7 @@ mod tests {
                 count: 0,
                 wait_stdin: false,
                 identity: true,
+                move_container: false,
             })
         );
         assert_eq!(
@@ -407,6 +431,7 @@ mod tests {
                 count: 500,
                 wait_stdin: true,
                 identity: true,
+                move_container: false,
             })
         );
         assert!(matches!(
@@ -450,6 +475,60 @@ mod tests {
             panic!("parsed")
         };
         assert!(m.contains("1..=42") && m.contains("--identity"), "{m}");
+    }
+
+    #[test]
+    fn dma_engine_move_container() {
+        assert_eq!(
+            p("dma-engine 00:04.0 --move-container").unwrap(),
+            Command::DmaEngine(DmaArgs {
+                bdf: "0000:00:04.0".parse().unwrap(),
+                iova: DEFAULT_IOVA,
+                pages: 4,
+                count: 0,
+                wait_stdin: false,
+                identity: false,
+                move_container: true,
+            })
+        );
+        assert_eq!(
+            p(
+                "dma-engine 00:04.0 --wait-stdin --move-container --iova 0x200000 --pages 8 \
+               --count 10"
+            )
+            .unwrap(),
+            Command::DmaEngine(DmaArgs {
+                bdf: "0000:00:04.0".parse().unwrap(),
+                iova: 0x20_0000,
+                pages: 8,
+                count: 10,
+                wait_stdin: true,
+                identity: false,
+                move_container: true,
+            })
+        );
+        for s in [
+            "dma-engine 00:04.0 --move-container --identity",
+            "dma-engine 00:04.0 --identity --move-container",
+            "dma-engine 00:04.0 --move-container=1",
+            "dma-engine 00:04.0 --move-container 1",
+            "dma-engine 00:04.0 --move",
+            "dma-engine --move-container",
+            "vfio-map 00:04.0 --move-container",
+            "vfio-bench 00:04.0 --move-container",
+        ] {
+            assert!(
+                matches!(p(s), Err(AgentError::Usage(_) | AgentError::BadBdf(_))),
+                "{s:?} parsed"
+            );
+        }
+        let Err(AgentError::Usage(m)) = p("dma-engine 00:04.0 --identity --move-container") else {
+            panic!("parsed")
+        };
+        assert!(
+            m.contains("--move-container") && m.contains("--identity"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -358,6 +358,70 @@ impl Layout {
             unmapped,
         })
     }
+
+    /// The IOVAs the layout maps: from the descriptor page to the end of the destination.
+    pub fn span(&self) -> std::ops::Range<u64> {
+        // No overflow: `new` checked `dst + len` (and `at` too).
+        self.desc..self.dst + self.len
+    }
+
+    /// The same layout moved so that its descriptor page lies at `desc`, or `None` if an
+    /// address of it, or the end of its span, overflows.
+    pub fn at(&self, desc: u64) -> Option<Self> {
+        let moved = |a: u64| a.checked_sub(self.desc)?.checked_add(desc);
+        let l = Layout {
+            desc,
+            src: moved(self.src)?,
+            dst: moved(self.dst)?,
+            len: self.len,
+            unmapped: moved(self.unmapped)?,
+        };
+        l.dst.checked_add(l.len)?;
+        Some(l)
+    }
+}
+
+/// What a copy batch (FILL the source, COPY it to the destination, COMPARE the two) left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyCheck {
+    /// `STATUS` once the batch ended.
+    pub status: Status,
+    /// The descriptors' RESULT words, in order.
+    pub results: Vec<u32>,
+    /// Whether the completion interrupt arrived.
+    pub irq: bool,
+    /// Whether the source holds [`FILL_PATTERN`].
+    pub src_ok: bool,
+    /// Whether the destination holds it.
+    pub dst_ok: bool,
+}
+
+impl CopyCheck {
+    /// Whether `STATUS` shows the batch ran to its end: DONE, no ERROR, and as many
+    /// descriptors completed as there are results.
+    pub fn status_ok(&self) -> bool {
+        let s = self.status;
+        s.done() && !s.error() && usize::from(s.count()) == self.results.len()
+    }
+
+    /// Why the batch failed, named `what`, or `None` if source and destination hold the
+    /// pattern, `STATUS` is [`CopyCheck::status_ok`] and every RESULT is [`RESULT_OK`]. (The
+    /// interrupt is reported, not required.)
+    pub fn failure(&self, what: &str) -> Option<String> {
+        let ok = self.src_ok
+            && self.dst_ok
+            && self.status_ok()
+            && self.results.iter().all(|&r| r == RESULT_OK);
+        (!ok).then(|| {
+            format!(
+                "{what}: status {:#x}, results {}, src_ok {}, dst_ok {}",
+                self.status.0,
+                results_list(&self.results),
+                crate::report::yes(self.src_ok),
+                crate::report::yes(self.dst_ok)
+            )
+        })
+    }
 }
 
 /// The page size `dma-engine --identity`'s page limit ([`IDENTITY_MAX_PAGES`]) is computed
@@ -1057,6 +1121,39 @@ mod tests {
     }
 
     #[test]
+    fn copy_check_wants_everything_right_but_the_interrupt() {
+        let good = CopyCheck {
+            // COUNT 3, DONE
+            status: Status(0x0003_0001),
+            results: vec![RESULT_OK; 3],
+            irq: false,
+            src_ok: true,
+            dst_ok: true,
+        };
+        assert!(good.status_ok());
+        assert_eq!(good.failure("copy batch"), None);
+        let bad = |f: fn(&mut CopyCheck)| {
+            let mut c = good.clone();
+            f(&mut c);
+            c.failure("copy batch")
+        };
+        assert_eq!(
+            bad(|c| c.dst_ok = false).as_deref(),
+            Some("copy batch: status 0x30001, results 1,1,1, src_ok yes, dst_ok no")
+        );
+        assert!(bad(|c| c.src_ok = false).is_some());
+        assert!(bad(|c| c.results[2] = RESULT_MISCOMPARE).is_some());
+        assert!(bad(|c| c.results.push(RESULT_OK)).is_some(), "count 3 of 4");
+        // COUNT 2, ERROR with SRC_FAULT
+        let m = bad(|c| c.status = Status(0x0002_0202)).unwrap();
+        assert!(m.contains("status 0x20202"), "{m}");
+        assert!(
+            bad(|c| c.status = Status(0x0003_0000)).is_some(),
+            "not DONE"
+        );
+    }
+
+    #[test]
     fn layout_places_buffers_back_to_back() {
         let l = Layout::new(0x10_0000, 4, 4096).unwrap();
         assert_eq!(
@@ -1069,6 +1166,11 @@ mod tests {
                 unmapped: 0x1010_0000,
             }
         );
+        assert_eq!(l.span(), 0x10_0000..0x10_9000);
+        assert_eq!(l.at(0x10_0000), Some(l));
+        assert_eq!(l.at(0x4010_0000), Layout::new(0x4010_0000, 4, 4096));
+        assert_eq!(l.at(0), Layout::new(0, 4, 4096));
+        assert_eq!(l.at(u64::MAX - UNMAPPED_OFFSET + 1), None);
         assert!(Layout::new(0x10_0000, 0, 4096).is_none());
         assert!(Layout::new(u64::MAX - 0x1000, 1, 4096).is_none());
         // The unmapped IOVA must itself be representable: u64::MAX is, one more is not.

@@ -1,15 +1,16 @@
 //! The guest agent: a small, statically linked program that runs inside the test guest's
 //! initramfs. It binds PCI devices to `vfio-pci`, drives the VFIO type1 container API
 //! (`MAP_DMA` / `UNMAP_DMA`) and the DMA engine device through its VFIO device file
-//! ([`dma_engine`]), reads guest-physical addresses from `/proc/self/pagemap`, and
-//! prints one machine-readable line per result (see [`report`]) on the serial console, where
-//! the host-side tests parse it.
+//! ([`dma_engine`]; moving its group to a new container: [`dma_move`]), reads
+//! guest-physical addresses from `/proc/self/pagemap`, and prints one machine-readable line
+//! per result (see [`report`]) on the serial console, where the host-side tests parse it.
 //!
 //! Built with `RUSTFLAGS="-C target-feature=+crt-static" cargo build -p guest-agent --release
 //! --target x86_64-unknown-linux-gnu`; it depends on `libc` only at run time.
 
 pub mod args;
 pub mod dma_engine;
+pub mod dma_move;
 pub mod pagemap;
 pub mod report;
 #[cfg(target_os = "linux")]

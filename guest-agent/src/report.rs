@@ -79,6 +79,19 @@ impl Report {
     }
 }
 
+/// A yes/no report value.
+pub fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Addresses as a report value: comma-separated hexadecimal (`0x1000,0x2000`).
+pub fn hex_list(v: &[u64]) -> String {
+    v.iter()
+        .map(|a| format!("{a:#x}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Parses an unsigned number: decimal, or hexadecimal with a `0x` prefix.
 pub fn parse_u64(s: &str) -> Option<u64> {
     if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
@@ -163,6 +176,13 @@ mod tests {
         assert!(parse_line("no report here").is_none());
         assert!(parse_line("AGENT x key_without_value").is_none());
         assert!(parse_line("AGENT x k=\"unterminated").is_none());
+    }
+
+    #[test]
+    fn value_helpers() {
+        assert_eq!((yes(true), yes(false)), ("yes", "no"));
+        assert_eq!(hex_list(&[0x1000, 0, 0xfee0_0000]), "0x1000,0x0,0xfee00000");
+        assert_eq!(hex_list(&[]), "");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Carries out one parsed command on the running system.
 
+mod move_container;
+
 use guest_agent::args::{Command, DmaArgs, MapArgs};
 use guest_agent::dma_engine::{
-    self as dma, CONTROL_IE, Cap, Descriptor, ENGINE_ID, Engine, FILL_PATTERN, Layout, PageFrames,
-    RESULT_MISCOMPARE, RESULT_OK, Status,
+    self as dma, CONTROL_IE, Cap, CopyCheck, Descriptor, ENGINE_ID, Engine, FILL_PATTERN, Layout,
+    PageFrames, RESULT_MISCOMPARE, RESULT_OK, Status,
 };
-use guest_agent::report::Report;
+use guest_agent::report::{Report, hex_list, yes};
 use guest_agent::sysfs::{self, PciDevice};
 use guest_agent::vfio::{
     Container, Device, DmaBuffer, EventFd, Group, VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD,
@@ -151,12 +153,7 @@ fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
     let iommu_type = container.set_iommu()?;
     let pgsizes = container.iova_pgsizes()?;
     let page_size = page_size()?;
-    let min_pg = 1u64 << pgsizes.trailing_zeros().min(63);
-    if pgsizes == 0 || min_pg > page_size {
-        return Err(AgentError::Vfio(format!(
-            "IOMMU page sizes {pgsizes:#x} have no page of {page_size:#x} bytes or smaller"
-        )));
-    }
+    check_pgsizes(pgsizes, page_size)?;
     if !iova.is_multiple_of(page_size) {
         return Err(AgentError::Vfio(format!(
             "IOVA {iova:#x} is not aligned to the {page_size:#x}-byte page"
@@ -172,6 +169,17 @@ fn open_session(root: &Path, bdf: &PciBdf, iova: u64) -> Result<Session> {
     })
 }
 
+/// Fails unless the IOMMU maps pages of `page_size` bytes or smaller.
+fn check_pgsizes(pgsizes: u64, page_size: u64) -> Result<()> {
+    let min_pg = 1u64 << pgsizes.trailing_zeros().min(63);
+    if pgsizes == 0 || min_pg > page_size {
+        return Err(AgentError::Vfio(format!(
+            "IOMMU page sizes {pgsizes:#x} have no page of {page_size:#x} bytes or smaller"
+        )));
+    }
+    Ok(())
+}
+
 /// The guest-physical address of each page of `buf`, from pagemap. After `MAP_DMA` the pages
 /// are pinned, so their frames cannot move while the mapping lives; before it (as
 /// `dma-engine --identity` reads them, to map each page at its own address) they may still
@@ -182,14 +190,6 @@ fn frames(buf: &DmaBuffer, page_size: u64) -> Result<Vec<u64>> {
         .iter()
         .map(|e| e.phys_addr(page_size, 0))
         .collect()
-}
-
-/// `0x1000,0x2000,...`
-fn hex_list(v: &[u64]) -> String {
-    v.iter()
-        .map(|g| format!("{g:#x}"))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn vfio_map(root: &Path, m: &MapArgs) -> Result<()> {
@@ -299,10 +299,6 @@ fn vfio_bench(root: &Path, m: &MapArgs, count: u64) -> Result<()> {
 
 /// How long a DMA engine batch may take to show DONE or ERROR, and its interrupt to arrive.
 const DMA_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn yes(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
-}
 
 /// The engine's interrupt: an eventfd VFIO signals, on MSI or, when the function offers no
 /// MSI, on INTx.
@@ -416,6 +412,57 @@ fn unmap_all(s: &Session, iova: u64, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Reads `ID` and fails unless it is the DMA engine's.
+fn check_id(engine: &Engine<'_>, bdf: &PciBdf) -> Result<u32> {
+    let id = engine.read(dma::REG_ID)?;
+    if id != ENGINE_ID {
+        return Err(AgentError::Engine(format!(
+            "{bdf} reads ID {id:#010x}, not the DMA engine's {ENGINE_ID:#010x}"
+        )));
+    }
+    Ok(id)
+}
+
+/// Runs the copy batch of `plan` (FILL src, COPY src -> dst, COMPARE src with dst; `desc` is
+/// the descriptor page) with the completion interrupt enabled, and returns what it left with
+/// the destination's bytes. The caller reads whatever else it reports, then [`finish`]es.
+fn copy_batch(
+    engine: &Engine<'_>,
+    irq: &Irq,
+    plan: &Plan,
+    desc: &mut DmaBuffer,
+    src: &DmaBuffer,
+    dst: &DmaBuffer,
+) -> Result<(CopyCheck, Vec<u8>)> {
+    engine.clear()?;
+    engine.write(dma::REG_CONTROL, CONTROL_IE)?;
+    let descs = match plan {
+        // At most MAX_LEN (16 MiB), by Layout::new.
+        Plan::Iova(l) => vec![
+            Descriptor::fill(l.src, FILL_PATTERN, l.len as u32),
+            Descriptor::copy(l.src, l.dst, l.len as u32),
+            Descriptor::compare(l.src, l.dst, l.len as u32),
+        ],
+        Plan::Identity(f) => f.copy_batch(FILL_PATTERN),
+    };
+    let n = descs.len();
+    write_descs(desc, &descs)?;
+    // At most 3 * IDENTITY_MAX_PAGES descriptors.
+    let (status, got_irq) = batch(engine, irq, plan.desc_base(), n as u32)?;
+    let results = read_results(desc, n)?;
+    let src_ok = dma::holds_pattern(&src.to_vec(), FILL_PATTERN);
+    let dst_bytes = dst.to_vec();
+    let dst_ok = dma::holds_pattern(&dst_bytes, FILL_PATTERN);
+    let check = CopyCheck {
+        status,
+        results,
+        irq: got_irq,
+        src_ok,
+        dst_ok,
+    };
+    Ok((check, dst_bytes))
+}
+
 /// Where the engine finds the descriptor page and the buffers.
 enum Plan {
     /// The default: mapped back to back at IOVAs from `--iova`; one descriptor moves a whole
@@ -505,13 +552,14 @@ fn check_unmoved(f: &PageFrames, now: &PageFrames) -> Result<()> {
 /// `dma-engine`, through VFIO type1 in both modes. In the default (IOVA) mode its reports,
 /// in order: `dma-engine-open`, `dma-map`, `dma-batch name=copy`, (`dma-wait`),
 /// `dma-batch name=miscompare`, `dma-fault name=unmapped`, (`dma-bench`),
-/// `dma-fault name=after-unmap`, `dma-engine-done`. With `--identity` the same without the
-/// two `dma-fault`s; every page is then mapped on its own at an IOVA equal to its
-/// guest-physical frame, so `dma-map`'s `desc_iova`, `src_iova` and `dst_iova` are the first
-/// frame of each (`desc_gpa`, the first of `src_gpas`, the first of `dst_gpas`), and the
-/// batches hold one descriptor per page (`results=1,1,...` of 3 × pages for the copy batch,
-/// pages for the miscompare one). `dma-engine-open` says `iommu=type1` and
-/// `mode=iova|identity`.
+/// `dma-fault name=after-unmap`, (`dma-move`, `dma-move-fault`: `--move-container`, see
+/// [`move_container::run`]), `dma-engine-done`. With `--identity` the same without the two
+/// `dma-fault`s (and `--move-container` is refused); every page is then mapped on its own at
+/// an IOVA equal to its guest-physical frame, so `dma-map`'s `desc_iova`, `src_iova` and
+/// `dst_iova` are the first frame of each (`desc_gpa`, the first of `src_gpas`, the first of
+/// `dst_gpas`), and the batches hold one descriptor per page (`results=1,1,...` of 3 × pages
+/// for the copy batch, pages for the miscompare one). `dma-engine-open` says `iommu=type1`
+/// and `mode=iova|identity`.
 fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     // With --identity `a.iova` is the unused default: aligned.
     let s = open_session(root, &a.bdf, a.iova)?;
@@ -544,13 +592,7 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     let dev = s.vfio_group.device(&a.bdf)?;
     let engine = Engine::new(&dev)?;
     let command = dev.enable_memory_and_bus_master()?;
-    let id = engine.read(dma::REG_ID)?;
-    if id != ENGINE_ID {
-        return Err(AgentError::Engine(format!(
-            "{} reads ID {id:#010x}, not the DMA engine's {ENGINE_ID:#010x}",
-            a.bdf
-        )));
-    }
+    let id = check_id(&engine, &a.bdf)?;
     let cap = Cap(engine.read(dma::REG_CAP)?);
     let irq = Irq::setup(&dev)?;
     emit(
@@ -619,38 +661,19 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     );
 
     // 3. FILL src, COPY src -> dst, COMPARE src with dst, with the completion interrupt.
-    engine.clear()?;
-    engine.write(dma::REG_CONTROL, CONTROL_IE)?;
-    let descs = match &plan {
-        // At most MAX_LEN (16 MiB), by Layout::new.
-        Plan::Iova(l) => vec![
-            Descriptor::fill(l.src, FILL_PATTERN, l.len as u32),
-            Descriptor::copy(l.src, l.dst, l.len as u32),
-            Descriptor::compare(l.src, l.dst, l.len as u32),
-        ],
-        Plan::Identity(f) => f.copy_batch(FILL_PATTERN),
-    };
-    let n = descs.len();
-    write_descs(&mut desc, &descs)?;
-    // At most 3 * IDENTITY_MAX_PAGES descriptors.
-    let (status, got_irq) = batch(&engine, &irq, plan.desc_base(), n as u32)?;
-    let results = read_results(&desc, n)?;
-    let src_ok = dma::holds_pattern(&src.to_vec(), FILL_PATTERN);
-    let dst_bytes = dst.to_vec();
-    let dst_ok = dma::holds_pattern(&dst_bytes, FILL_PATTERN);
-    let status_ok = status.done() && !status.error() && usize::from(status.count()) == n;
+    let (copy, dst_bytes) = copy_batch(&engine, &irq, &plan, &mut desc, &src, &dst)?;
     let total_desc = engine.read(dma::REG_TOTAL_DESC)?;
     let total_bytes = engine.read64(dma::REG_TOTAL_BYTES)?;
     finish(&engine, &dev, &irq)?;
     emit(
         Report::new("dma-batch")
             .field("name", "copy")
-            .hex("status", u64::from(status.0))
-            .field("results", dma::results_list(&results))
-            .field("irq", yes(got_irq))
-            .field("dst_ok", yes(dst_ok))
-            .field("src_ok", yes(src_ok))
-            .field("status_ok", yes(status_ok))
+            .hex("status", u64::from(copy.status.0))
+            .field("results", dma::results_list(&copy.results))
+            .field("irq", yes(copy.irq))
+            .field("dst_ok", yes(copy.dst_ok))
+            .field("src_ok", yes(copy.src_ok))
+            .field("status_ok", yes(copy.status_ok()))
             .field("total_desc", total_desc)
             .field("total_bytes", total_bytes)
             .field(
@@ -658,16 +681,7 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
                 dma::hex_bytes(&dst_bytes[..dst_bytes.len().min(16)]),
             ),
     );
-    let copy_failed =
-        (!src_ok || !dst_ok || !status_ok || results != vec![RESULT_OK; n]).then(|| {
-            format!(
-                "copy batch: status {:#x}, results {}, src_ok {}, dst_ok {}",
-                status.0,
-                dma::results_list(&results),
-                yes(src_ok),
-                yes(dst_ok)
-            )
-        });
+    let copy_failed = copy.failure("copy batch");
 
     // The host reads its counters and the translations of the copy batch meanwhile.
     if a.wait_stdin {
@@ -794,6 +808,17 @@ fn dma_engine(root: &Path, a: &DmaArgs) -> Result<()> {
     dev.disable_irq(irq.index)?;
     if let Some(msg) = copy_failed {
         return Err(AgentError::Engine(msg));
+    }
+
+    // 9. The group into a new container: the device's file closed first (the engine's
+    //    borrow of it ended with its last use), the first container empty since 8.
+    if a.move_container {
+        let Plan::Iova(old) = &plan else {
+            return Err(AgentError::Usage("--move-container with --identity".into()));
+        };
+        drop(irq);
+        drop(dev);
+        move_container::run(s, a, old)?;
     }
     emit(Report::new("dma-engine-done").field("bdf", a.bdf));
     Ok(())

@@ -9,6 +9,7 @@ use crate::{AgentError, Result};
 use iommu_emulator::PciBdf;
 use std::ffi::CString;
 use std::fs::OpenOptions;
+use std::ops::RangeInclusive;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,15 @@ pub const VFIO_DMA_MAP_FLAG_READ: u32 = 1 << 0;
 pub const VFIO_DMA_MAP_FLAG_WRITE: u32 = 1 << 1;
 /// `VFIO_IOMMU_INFO_PGSIZES`: `iova_pgsizes` is valid.
 pub const VFIO_IOMMU_INFO_PGSIZES: u32 = 1 << 0;
+/// `VFIO_IOMMU_INFO_CAPS`: a capability chain follows the info, from `cap_offset`.
+pub const VFIO_IOMMU_INFO_CAPS: u32 = 1 << 1;
+/// `VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`: the capability listing the IOVA ranges a container
+/// can map (`struct vfio_iommu_type1_info_cap_iova_range`: the 8-byte header, `nr_iovas`,
+/// 4 reserved bytes, then `nr_iovas` pairs of `u64` start and inclusive end).
+pub const VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: u16 = 1;
+/// The most bytes of `VFIO_IOMMU_GET_INFO` answer (info and capabilities) the agent reads: a
+/// chain that claims more is refused rather than allocated.
+pub const MAX_IOMMU_INFO: u32 = 1 << 16;
 
 /// `VFIO_REGION_INFO_FLAG_READ`: the region can be read.
 pub const VFIO_REGION_INFO_FLAG_READ: u32 = 1 << 0;
@@ -316,13 +326,20 @@ impl Container {
         } else {
             return Err(AgentError::Vfio("no type1 IOMMU backend".into()));
         };
+        self.set_iommu_type(kind)?;
+        Ok(kind)
+    }
+
+    /// `VFIO_SET_IOMMU` of backend `kind` ([`VFIO_TYPE1_IOMMU`] or [`VFIO_TYPE1V2_IOMMU`]),
+    /// once a group is in the container.
+    pub fn set_iommu_type(&self, kind: u32) -> Result<()> {
         ioctl_val(
             &self.fd,
             VFIO_SET_IOMMU,
             libc::c_ulong::from(kind),
             "VFIO_SET_IOMMU",
         )?;
-        Ok(kind)
+        Ok(())
     }
 
     /// `VFIO_IOMMU_GET_INFO`: the supported IOVA page sizes.
@@ -341,6 +358,50 @@ impl Container {
             return Err(AgentError::Vfio("IOMMU info gives no page sizes".into()));
         }
         Ok(info.iova_pgsizes)
+    }
+
+    /// The IOVA ranges the container can map, from the IOVA range capability of
+    /// `VFIO_IOMMU_GET_INFO` (the IOMMU's aperture less its reserved regions, such as the MSI
+    /// window), or `None` when the kernel reports no such capability. Asks twice: first for
+    /// the size of the info with its capabilities, then for all of it.
+    pub fn iova_ranges(&self) -> Result<Option<Vec<RangeInclusive<u64>>>> {
+        let mut info = VfioIommuType1Info {
+            argsz: argsz::<VfioIommuType1Info>(),
+            ..Default::default()
+        };
+        ioctl_ptr(
+            &self.fd,
+            VFIO_IOMMU_GET_INFO,
+            &mut info,
+            "VFIO_IOMMU_GET_INFO",
+        )?;
+        let want = info.argsz;
+        if info.flags & VFIO_IOMMU_INFO_CAPS == 0 || want <= argsz::<VfioIommuType1Info>() {
+            return Ok(None);
+        }
+        if want > MAX_IOMMU_INFO {
+            return Err(AgentError::Vfio(format!(
+                "VFIO_IOMMU_GET_INFO wants {want} bytes for its capabilities, more than \
+                 {MAX_IOMMU_INFO}"
+            )));
+        }
+        let mut buf = vec![0u8; want as usize];
+        buf[..4].copy_from_slice(&want.to_ne_bytes());
+        // SAFETY: `self.fd` is an open container we own; `buf` is an exclusively borrowed,
+        // writable buffer of `want` bytes whose first field, `argsz`, says `want`, so the
+        // kernel writes the info and its capability chain within it (it copies the chain only
+        // when `argsz` holds all of it). The kernel needs no alignment of the pointer.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                VFIO_IOMMU_GET_INFO as libc::Ioctl,
+                buf.as_mut_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(AgentError::last_os("VFIO_IOMMU_GET_INFO (capabilities)"));
+        }
+        parse_iova_ranges(&buf)
     }
 
     /// `VFIO_IOMMU_MAP_DMA` of `size` bytes at process address `vaddr` to `iova`, readable
@@ -425,6 +486,19 @@ impl Group {
         Ok(())
     }
 
+    /// `VFIO_GROUP_UNSET_CONTAINER`: the group leaves its container. The kernel refuses
+    /// (`EBUSY`) while a device of the group is open: close its [`Device`] first, and open it
+    /// again once the group is in a container with an IOMMU set.
+    pub fn unset_container(&self) -> Result<()> {
+        ioctl_val(
+            &self.fd,
+            VFIO_GROUP_UNSET_CONTAINER,
+            0,
+            "VFIO_GROUP_UNSET_CONTAINER",
+        )?;
+        Ok(())
+    }
+
     /// `VFIO_GROUP_GET_DEVICE_FD` for the device named `bdf` (its sysfs name,
     /// `SSSS:BB:DD.F`); the group must be in a container with an IOMMU set.
     pub fn device(&self, bdf: &PciBdf) -> Result<Device> {
@@ -451,6 +525,73 @@ impl Group {
         let fd = unsafe { OwnedFd::from_raw_fd(r) };
         Ok(Device { fd, name })
     }
+}
+
+/// The `N` bytes at `off` of `buf`, if it holds them.
+fn ne_bytes<const N: usize>(buf: &[u8], off: usize) -> Option<[u8; N]> {
+    buf.get(off..off.checked_add(N)?)?.try_into().ok()
+}
+
+/// The IOVA ranges of the IOVA range capability ([`VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE`]) in
+/// the bytes of a `VFIO_IOMMU_GET_INFO` answer (`struct vfio_iommu_type1_info` and its
+/// capability chain, in the host's byte order), or `None` if the answer has no capability
+/// chain or the chain no such capability. Each capability header is `id` (`u16`), `version`
+/// (`u16`) and `next` (`u32`, the offset of the next header from the start of the info, 0 at
+/// the end). A header, range or count outside the bytes, a range whose start lies above its
+/// end, or a chain that loops is an error.
+pub fn parse_iova_ranges(info: &[u8]) -> Result<Option<Vec<RangeInclusive<u64>>>> {
+    let bad = |m: String| AgentError::Vfio(format!("VFIO_IOMMU_GET_INFO capabilities: {m}"));
+    let u32_at = |off: usize| ne_bytes(info, off).map(u32::from_ne_bytes);
+    let u64_at = |off: usize| ne_bytes(info, off).map(u64::from_ne_bytes);
+    let (Some(flags), Some(first)) = (u32_at(4), u32_at(16)) else {
+        return Err(bad(format!("{} bytes hold no info", info.len())));
+    };
+    if flags & VFIO_IOMMU_INFO_CAPS == 0 {
+        return Ok(None);
+    }
+    let mut off = first as usize;
+    // Every header takes 8 bytes, so a chain of more hops than that revisits one.
+    for _ in 0..=info.len() / 8 {
+        if off == 0 {
+            return Ok(None);
+        }
+        let (Some(id), Some(next)) = (ne_bytes(info, off).map(u16::from_ne_bytes), u32_at(off + 4))
+        else {
+            return Err(bad(format!(
+                "a header at {off:#x} outside the {} bytes",
+                info.len()
+            )));
+        };
+        if id != VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE {
+            off = next as usize;
+            continue;
+        }
+        let n = u32_at(off + 8).ok_or_else(|| bad(format!("no IOVA range count at {off:#x}")))?;
+        let ranges_at = off + 16;
+        let fits = (n as usize)
+            .checked_mul(16)
+            .and_then(|l| l.checked_add(ranges_at))
+            .is_some_and(|end| end <= info.len());
+        if !fits {
+            return Err(bad(format!(
+                "{n} IOVA ranges at {ranges_at:#x} do not fit the {} bytes",
+                info.len()
+            )));
+        }
+        let ranges = (0..n as usize)
+            .map(|i| Some(u64_at(ranges_at + 16 * i)?..=u64_at(ranges_at + 16 * i + 8)?))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad(format!("IOVA ranges at {ranges_at:#x} cut short")))?;
+        if let Some(r) = ranges.iter().find(|r| r.is_empty()) {
+            return Err(bad(format!(
+                "IOVA range {:#x}..={:#x} ends below its start",
+                r.start(),
+                r.end()
+            )));
+        }
+        return Ok(Some(ranges));
+    }
+    Err(bad("the capability chain loops".into()))
 }
 
 /// One region of a device: where it lies in the device descriptor and how large it is.
@@ -1039,6 +1180,111 @@ mod tests {
         assert_eq!(offset_of!(VfioIrqSetEventfd, start), 12);
         assert_eq!(offset_of!(VfioIrqSetEventfd, count), 16);
         assert_eq!(offset_of!(VfioIrqSetEventfd, fd), 20);
+    }
+
+    /// The bytes of a `VFIO_IOMMU_GET_INFO` answer: the 24-byte info with `flags` and
+    /// `cap_offset`, then `caps` as they lie from offset 24.
+    fn info_bytes(flags: u32, cap_offset: u32, caps: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(24 + caps.len() as u32).to_ne_bytes());
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&0x1000u64.to_ne_bytes());
+        b.extend_from_slice(&cap_offset.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b.extend_from_slice(caps);
+        b
+    }
+
+    /// A capability header.
+    fn cap_header(id: u16, next: u32) -> Vec<u8> {
+        let mut b = id.to_ne_bytes().to_vec();
+        b.extend_from_slice(&1u16.to_ne_bytes());
+        b.extend_from_slice(&next.to_ne_bytes());
+        b
+    }
+
+    /// An IOVA range capability with `next` and `ranges` (`nr_iovas` given apart, so that a
+    /// count the ranges do not back can be built).
+    fn iova_cap(next: u32, nr_iovas: u32, ranges: &[(u64, u64)]) -> Vec<u8> {
+        let mut b = cap_header(VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, next);
+        b.extend_from_slice(&nr_iovas.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        for (start, end) in ranges {
+            b.extend_from_slice(&start.to_ne_bytes());
+            b.extend_from_slice(&end.to_ne_bytes());
+        }
+        b
+    }
+
+    const FLAGS: u32 = VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS;
+
+    #[test]
+    fn iova_range_capability_is_found_along_the_chain() {
+        assert_eq!(
+            (VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE),
+            (2, 1)
+        );
+        // The x86 layout: everything below the MSI window, and above it to 39 bits.
+        let ranges = [(0, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)];
+        let want = Some(vec![0..=0xfedf_ffff, 0xfef0_0000..=0x7f_ffff_ffff]);
+        let b = info_bytes(FLAGS, 24, &iova_cap(0, 2, &ranges));
+        assert_eq!(parse_iova_ranges(&b).unwrap(), want);
+        // Behind another capability (migration, id 2, 16 bytes in the kernel's order).
+        let mut caps = cap_header(2, 40);
+        caps.extend_from_slice(&[0; 8]);
+        caps.extend(iova_cap(0, 2, &ranges));
+        assert_eq!(
+            parse_iova_ranges(&info_bytes(FLAGS, 24, &caps)).unwrap(),
+            want
+        );
+        // One range that is a single page, and the whole space.
+        let b = info_bytes(FLAGS, 24, &iova_cap(0, 1, &[(0x1000, 0x1000)]));
+        assert_eq!(parse_iova_ranges(&b).unwrap(), Some(vec![0x1000..=0x1000]));
+        let b = info_bytes(FLAGS, 24, &iova_cap(0, 1, &[(0, u64::MAX)]));
+        assert_eq!(parse_iova_ranges(&b).unwrap(), Some(vec![0..=u64::MAX]));
+    }
+
+    #[test]
+    fn no_iova_range_capability_is_none() {
+        let caps = iova_cap(0, 1, &[(0, 0xffff)]);
+        // No chain flag (an old kernel, or the first of the two calls' 24 bytes).
+        let b = info_bytes(VFIO_IOMMU_INFO_PGSIZES, 24, &caps);
+        assert_eq!(parse_iova_ranges(&b).unwrap(), None);
+        assert_eq!(parse_iova_ranges(&info_bytes(FLAGS, 0, &[])).unwrap(), None);
+        // A chain of one other capability.
+        let mut other = cap_header(3, 0);
+        other.extend_from_slice(&[0; 8]);
+        let b = info_bytes(FLAGS, 24, &other);
+        assert_eq!(parse_iova_ranges(&b).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_capability_chains_are_errors() {
+        let err = |b: &[u8]| match parse_iova_ranges(b) {
+            Err(AgentError::Vfio(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(&[0; 12]).contains("no info"));
+        // The first header beyond the bytes.
+        assert!(err(&info_bytes(FLAGS, 200, &[])).contains("outside"));
+        // A header pointing at itself.
+        let m = err(&info_bytes(FLAGS, 24, &cap_header(2, 24)));
+        assert!(m.contains("loops"), "{m}");
+        // Two headers pointing at each other.
+        let mut caps = cap_header(2, 32);
+        caps.extend(cap_header(3, 24));
+        assert!(err(&info_bytes(FLAGS, 24, &caps)).contains("loops"));
+        // More ranges counted than the bytes hold, and a count that overflows.
+        let m = err(&info_bytes(FLAGS, 24, &iova_cap(0, 3, &[(0, 0xfff)])));
+        assert!(m.contains("3 IOVA ranges"), "{m}");
+        let m = err(&info_bytes(FLAGS, 24, &iova_cap(0, u32::MAX, &[])));
+        assert!(m.contains("do not fit"), "{m}");
+        // The count itself cut off.
+        let cut = &cap_header(VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, 0);
+        assert!(err(&info_bytes(FLAGS, 24, cut)).contains("count"));
+        // A range ending below its start.
+        let m = err(&info_bytes(FLAGS, 24, &iova_cap(0, 1, &[(0x2000, 0x1fff)])));
+        assert!(m.contains("0x2000..=0x1fff"), "{m}");
     }
 
     /// A `Device` over a plain file, so that the region arithmetic and byte order of
