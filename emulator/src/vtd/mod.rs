@@ -21,7 +21,7 @@
 //! | CAP.RWBF | write-buffer flushing required | 0 (GCMD.WBF accepted, completes at once) |
 //! | CAP.PLMR/PHMR | protected memory regions | 0 |
 //! | CAP.CM | caching mode | configurable (no not-present entries are cached either way) |
-//! | CAP.SAGAW | 3/4/5-level second stage | configurable (default 4-level and 3-level) |
+//! | CAP.SAGAW | 3/4/5-level second stage | configurable (default 4-level and 3-level); 0 on a scalable-mode unit without ECAP.SSTS |
 //! | CAP.MGAW | max guest address width | configurable (default 48) |
 //! | CAP.ZLR, DRD, DWD | zero-length reads, draining | 1 (requests complete synchronously) |
 //! | CAP.FRO, NFR | fault recording registers | configurable offset and count |
@@ -30,7 +30,7 @@
 //! | CAP.FS1GP, FS5LP | first-stage 1 GiB pages, 5-level | configurable (default 1 GiB only) |
 //! | CAP.PI, ESRTPS, ESIRTPS | posted interrupts, enhanced SRTP | 0 |
 //! | ECAP.C, SC | coherency, snoop control | 1 (memory is coherent; SNP accepted) |
-//! | ECAP.QI | queued invalidation | configurable (default 1) |
+//! | ECAP.QI | queued invalidation | configurable (default 1); SMTS and DT need it |
 //! | ECAP.DT | device TLBs | configurable: T = 01b, DTE, translation requests, device-TLB descriptors (no device-side TLB is modelled) |
 //! | ECAP.IR, EIM | interrupt remapping (IEC descriptors are invalid) | 0 |
 //! | ECAP.PT | pass-through | configurable (default 1) |

@@ -397,6 +397,15 @@ pub enum ConfigError {
     /// ECAP.NEST needs ECAP.FSTS and ECAP.SSTS.
     #[error("nested translation needs first- and second-stage support")]
     NestedWithoutStages,
+    /// ECAP.SMTS: a unit reporting QI Clear also reports SMTS Clear (§10.4.3).
+    #[error("scalable mode needs queued invalidation")]
+    ScalableModeWithoutQueuedInvalidation,
+    /// ECAP.DT: a unit reporting QI Clear also reports DT Clear (§10.4.3).
+    #[error("device TLBs need queued invalidation")]
+    DeviceTlbWithoutQueuedInvalidation,
+    /// CAP.SAGAW: a unit reporting ECAP.SSTS Clear also reports SAGAW as 0 (§10.4.2).
+    #[error("SAGAW {0:#x} must be 0 on a scalable-mode unit without second-stage translation")]
+    SagawWithoutSecondStage(u8),
     /// A cache's size must be a non-zero multiple of its associativity.
     #[error("a cache of {entries} entries cannot be {ways}-way set-associative")]
     CacheGeometry {
@@ -408,9 +417,15 @@ pub enum ConfigError {
 }
 
 impl VtdConfig {
-    /// Checks that every field can be encoded and that the register blocks do not overlap.
+    /// Checks that every field can be encoded, that the register blocks do not overlap and
+    /// that the capabilities form a set the spec allows.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.sagaw & !0b1110 != 0 || self.sagaw == 0 {
+        // A scalable-mode unit without second-stage translation (ECAP.SSTS = 0) has no
+        // second-stage tables at all, so SAGAW is 0 (§10.4.2) and legacy mode, which only has
+        // second-stage tables, translates nothing. (ECAP.SSTS is reported only with SMTS: a
+        // legacy-only unit keeps the SAGAW that pre-scalable-mode units report.)
+        let no_second_stage = self.scalable_mode && !self.second_stage;
+        if self.sagaw & !0b1110 != 0 || (self.sagaw == 0 && !no_second_stage) {
             return Err(ConfigError::Sagaw(self.sagaw));
         }
         if !(39..=57).contains(&self.mgaw) {
@@ -451,6 +466,15 @@ impl VtdConfig {
         }
         if self.nested && !(self.first_stage && self.second_stage) {
             return Err(ConfigError::NestedWithoutStages);
+        }
+        if no_second_stage && self.sagaw != 0 {
+            return Err(ConfigError::SagawWithoutSecondStage(self.sagaw));
+        }
+        if self.scalable_mode && !self.queued_invalidation {
+            return Err(ConfigError::ScalableModeWithoutQueuedInvalidation);
+        }
+        if self.device_tlb && !self.queued_invalidation {
+            return Err(ConfigError::DeviceTlbWithoutQueuedInvalidation);
         }
         for entries in [
             self.context_cache_entries,
@@ -702,6 +726,34 @@ mod tests {
                     ways: ok.ways,
                 },
             ),
+            // Capability sets the spec rules out (review finding 12): SMTS and DT need QI, and
+            // a scalable-mode unit without second-stage translation reports SAGAW = 0.
+            (
+                VtdConfig {
+                    queued_invalidation: false,
+                    device_tlb: false,
+                    ..ok.clone()
+                },
+                ConfigError::ScalableModeWithoutQueuedInvalidation,
+            ),
+            (
+                VtdConfig {
+                    queued_invalidation: false,
+                    scalable_mode: false,
+                    first_stage: false,
+                    nested: false,
+                    ..ok.clone()
+                },
+                ConfigError::DeviceTlbWithoutQueuedInvalidation,
+            ),
+            (
+                VtdConfig {
+                    second_stage: false,
+                    nested: false,
+                    ..ok.clone()
+                },
+                ConfigError::SagawWithoutSecondStage(ok.sagaw),
+            ),
         ];
         for (cfg, want) in cases {
             assert_eq!(cfg.validate(), Err(want), "{cfg:?}");
@@ -711,5 +763,45 @@ mod tests {
             VtdConfig { iro, ..ok.clone() }.validate(),
             Err(ConfigError::IroOverlapsFro { iro, fro: ok.fro })
         );
+    }
+
+    /// The capability sets the spec allows at those edges are accepted, and report what the
+    /// rules say: a first-stage-only scalable-mode unit reports SAGAW = 0, a unit without QI
+    /// offers neither scalable mode nor device TLBs.
+    #[test]
+    fn capability_edges_the_spec_allows() {
+        let ok = VtdConfig::default();
+        let fs_only = VtdConfig {
+            second_stage: false,
+            nested: false,
+            sagaw: 0,
+            ..ok.clone()
+        };
+        fs_only.validate().unwrap();
+        assert_eq!((fs_only.cap() >> CAP_SAGAW_SHIFT) & 0x1f, 0);
+        assert_eq!(fs_only.ecap() & ECAP_SSTS, 0);
+        let no_qi = VtdConfig {
+            queued_invalidation: false,
+            device_tlb: false,
+            scalable_mode: false,
+            first_stage: false,
+            nested: false,
+            ..ok.clone()
+        };
+        no_qi.validate().unwrap();
+        assert_eq!(no_qi.ecap() & (ECAP_QI | ECAP_DT | ECAP_SMTS), 0);
+        // SAGAW = 0 is refused wherever the second stage is offered, legacy mode included.
+        for cfg in [
+            VtdConfig {
+                sagaw: 0,
+                ..ok.clone()
+            },
+            VtdConfig {
+                sagaw: 0,
+                ..no_qi.clone()
+            },
+        ] {
+            assert_eq!(cfg.validate(), Err(ConfigError::Sagaw(0)), "{cfg:?}");
+        }
     }
 }
