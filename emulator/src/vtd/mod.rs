@@ -6,7 +6,9 @@
 //! - [`Unit::translate`] ([`Vtd::translate`]): one DMA request through the root, context and (in scalable mode) PASID
 //!   structures, the caches and the page walkers, with the event trace of what it did. Callable
 //!   from many threads at once; lock-free unless it faults.
-//! - Queued invalidation is processed synchronously when IQT is written.
+//! - Queued invalidation is processed synchronously when IQT is written. Register-based
+//!   invalidation (CCMD_REG, IOTLB_REG) works only on a unit of major version below 6 (one
+//!   without scalable mode) in legacy mode, with queued invalidation off.
 //! - Translations that land in the interrupt address range 0xFEEx_xxxx fault (LGN.4 / SGN.8,
 //!   §3.15); interrupt requests themselves (and interrupt remapping) are not modelled.
 //! - Fault events and invalidation-completion events reach the embedder through the callback
@@ -663,6 +665,24 @@ impl<M: PhysMem> Vtd<M> {
         // supported: CAP.AFL and ECAP.IR are 0, so those commands are ignored.
     }
 
+    /// Whether a CCMD_REG or IOTLB_REG invalidation request is an incorrect one, performing
+    /// nothing and reporting an actual granularity of 00b (§10.4.7 CCMD_REG, §10.4.8.1
+    /// IOTLB_REG): while queued invalidation is enabled, while the translation table mode is
+    /// not legacy mode (TTM != 00b), and always on a unit of major version 6 or more.
+    fn register_invalidation_refused(&self, r: &RegFile) -> bool {
+        let why = if r.gsts & GCMD_QIE != 0 {
+            "queued invalidation is enabled"
+        } else if self.cfg.version() >> 4 >= 6 {
+            "the unit's major version is 6 or more"
+        } else if self.active_ttm() != TTM_LEGACY {
+            "the translation table mode is not legacy mode"
+        } else {
+            return false;
+        };
+        log::warn!("vtd: register-based invalidation refused: {why}");
+        true
+    }
+
     /// CCMD-based context-cache invalidation (§10.4.7, §6.5.1.1).
     fn register_context_invalidation(&self, r: &mut RegFile) {
         let v = r.ccmd;
@@ -670,8 +690,7 @@ impl<M: PhysMem> Vtd<M> {
         let sid = ((v >> CCMD_SID_SHIFT) & 0xffff) as u16;
         let fm = ((v >> CCMD_FM_SHIFT) & 3) as u8;
         let cirg = (v >> CCMD_CIRG_SHIFT) & 3;
-        let caig = if r.gsts & GCMD_QIE != 0 {
-            log::warn!("vtd: register-based invalidation while queued invalidation is enabled");
+        let caig = if self.register_invalidation_refused(r) {
             0
         } else {
             let g = match cirg {
@@ -682,7 +701,8 @@ impl<M: PhysMem> Vtd<M> {
             };
             match g {
                 Some(g) => {
-                    self.caches.invalidate_context(g, self.scalable_active());
+                    // Performed only in legacy mode, where cached context entries carry a DID.
+                    self.caches.invalidate_context(g, false);
                     cirg
                 }
                 None => 0,
@@ -698,8 +718,7 @@ impl<M: PhysMem> Vtd<M> {
         let did = ((v >> IOTLB_DID_SHIFT) & 0xffff) as u16;
         let iirg = (v >> IOTLB_IIRG_SHIFT) & 3;
         let am = (r.iva & IVA_AM_MASK) as u8;
-        let iaig = if r.gsts & GCMD_QIE != 0 {
-            log::warn!("vtd: register-based invalidation while queued invalidation is enabled");
+        let iaig = if self.register_invalidation_refused(r) {
             0
         } else {
             match iirg {

@@ -539,7 +539,8 @@ impl VtdConfig {
             .into_bits()
     }
 
-    /// VER_REG: 6.0 when scalable mode is offered, 1.0 otherwise (§10.4.1).
+    /// VER_REG: 6.0 when scalable mode is offered, 1.0 otherwise (§10.4.1). Major version 6
+    /// refuses register-based invalidation (§10.4.7, §10.4.8.1).
     pub fn version(&self) -> u32 {
         if self.scalable_mode { 0x60 } else { 0x10 }
     }

@@ -355,7 +355,13 @@ const R: PwPerms = PwPerms::R;
 // Fixtures shared by the topics.
 
 fn legacy_with_domain() -> (Driver, TableBuilder, u16) {
-    let mut d = Driver::legacy();
+    legacy_with_domain_on(VtdConfig::default())
+}
+
+/// [`legacy_with_domain`] on a unit configured as `cfg`.
+fn legacy_with_domain_on(cfg: VtdConfig) -> (Driver, TableBuilder, u16) {
+    let mut d = Driver::new(cfg);
+    d.set_root(false);
     let mut t = d.ss_domain(2);
     let dev = sid(0, 3, 0);
     d.map(&mut t, 0x10_0000, 0x9000_0000, 0x4000, RW);
