@@ -44,8 +44,13 @@ impl Vendor {
 }
 
 /// The daemon serving the front and the engine, and a guest with both attached, booted with
-/// the vendor's driver and `intremap=off`.
-fn boot(env: &GuestEnv, vendor: Vendor, script: String) -> ([RunDir; 2], Daemon, Qemu) {
+/// the vendor's driver and `intremap=off`, that may reboot if `reboot`.
+fn boot(
+    env: &GuestEnv,
+    vendor: Vendor,
+    script: String,
+    reboot: bool,
+) -> ([RunDir; 2], Daemon, Qemu) {
     let dev = RunDir::new(env);
     let (front, ep, table) = (
         dev.host.join("front.sock"),
@@ -99,6 +104,7 @@ fn boot(env: &GuestEnv, vendor: Vendor, script: String) -> ([RunDir; 2], Daemon,
             .collect(),
         timeout: Duration::from_secs(240),
         script: format!("dmesg -n 1\n{script}"),
+        no_reboot: !reboot,
         ..Default::default()
     };
     opts.args.extend([
@@ -143,20 +149,29 @@ fn amd_iommu_programs_the_amdvi_unit_and_the_engine_dmas_through_it() {
     driver_programs_the_unit(Vendor::Amdvi);
 }
 
+/// The script lines that set the front function's Bus Master Enable. No driver binds the
+/// function, so nothing else sets it, and without it QEMU drops the unit's interrupt messages
+/// (as it drops a device's MSIs): the guest sets it through sysfs, as a platform's firmware
+/// would for an IOMMU function.
+fn front_bus_master() -> String {
+    format!(
+        "printf '\\006' | dd of=/sys/bus/pci/devices/0000:00:{FRONT_ADDR}/config bs=1 seek=4 \
+         count=1 conv=notrunc 2>/dev/null || exit 1\n"
+    )
+}
+
+/// The script lines that print the kernel's IOMMU messages as `GUEST-DMESG` lines.
+const IOMMU_DMESG: &str = "dmesg | grep -E 'DMAR|AMD-Vi|iommu' | sed 's/^/GUEST-DMESG /'\n";
+
 fn driver_programs_the_unit(vendor: Vendor) {
     let env = GuestEnv::provision();
-    // No driver binds the front's function, so nothing sets its Bus Master Enable, without
-    // which QEMU drops the unit's interrupt messages (as it drops a device's MSIs): set it
-    // through sysfs, as a platform's firmware would for an IOMMU function.
     let script = format!(
-        "printf '\\006' | dd of=/sys/bus/pci/devices/0000:00:{FRONT_ADDR}/config bs=1 seek=4 \
-         count=1 conv=notrunc 2>/dev/null || exit 1\n\
-         {}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin || exit 1\n\
-         sleep 1\n\
-         dmesg | grep -E 'DMAR|AMD-Vi|iommu' | sed 's/^/GUEST-DMESG /'\n",
+        "{}{}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin || exit 1\n\
+         sleep 1\n{IOMMU_DMESG}",
+        front_bus_master(),
         bind_first(ENGINE_ID)
     );
-    let (_dirs, d, mut q) = boot(&env, vendor, script);
+    let (_dirs, d, mut q) = boot(&env, vendor, script, false);
     q.next("boot");
     let iommu = q.next("iommu");
     let sysfs_name = match vendor {
@@ -268,4 +283,117 @@ fn driver_programs_the_unit(vendor: Vendor) {
         }
     };
     eprintln!("guest fault line: {line}");
+}
+
+/// A reboot resets the front's function, which puts the unit back in its power-on state; the
+/// second boot's driver programs it from scratch, and its DMA and faults go through the second
+/// boot's tables only.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn intel_iommu_reboot_reprograms_a_reset_vtd_unit() {
+    reboot_reprograms_a_reset_unit(Vendor::Vtd(""));
+}
+
+/// [`intel_iommu_reboot_reprograms_a_reset_vtd_unit`] for AMD-Vi.
+#[test]
+#[ignore = "boots a guest against the daemon: run by scripts/guest-test"]
+fn amd_iommu_reboot_reprograms_a_reset_amdvi_unit() {
+    reboot_reprograms_a_reset_unit(Vendor::Amdvi);
+}
+
+fn reboot_reprograms_a_reset_unit(vendor: Vendor) {
+    let env = GuestEnv::provision();
+    // The second boot's engine run waits after its copy, for the host to read the copy's
+    // translations.
+    let engine = |opts: &str| {
+        format!(
+            "{}{}guest-agent dma-engine \"$bdf\" --pages 4{opts} || exit 1\n",
+            front_bus_master(),
+            bind_first(ENGINE_ID)
+        )
+    };
+    let script = format!(
+        "echo AGENT ask what=next\n\
+         read -r cmd\n\
+         case \"$cmd\" in\n\
+         first)\n{}touch /tmp/reboot ;;\n\
+         second)\n{}sleep 1\n{IOMMU_DMESG} ;;\n\
+         *) exit 3 ;;\n\
+         esac\n",
+        engine(""),
+        engine(" --wait-stdin")
+    );
+    let (_dirs, d, mut q) = boot(&env, vendor, script, true);
+    let stats = |d: &Daemon| d.ctl(json!({"cmd": "stats"}));
+    // One boot's engine run; the copy's translations if it waited after the copy.
+    let boot_once = |q: &mut Qemu, d: &Daemon, word: &str, waits: bool| {
+        q.next("boot");
+        q.next("ask");
+        q.send_line(word);
+        let map = q.next("dma-map");
+        let copy = q.next("dma-batch");
+        assert_eq!(copy.get("results"), Some("1,1,1"), "{word}: {copy:?}");
+        assert_eq!(copy.get("dst_ok"), Some("yes"), "{word}: {copy:?}");
+        let copied = waits.then(|| {
+            q.next("dma-wait");
+            let e = endpoint(d);
+            q.send_line("");
+            e["last_batch"].as_array().unwrap().clone()
+        });
+        let faults = [q.next("dma-fault"), q.next("dma-fault")];
+        q.next("dma-engine-done");
+        (map, copied, faults)
+    };
+
+    let (first_map, _, _) = boot_once(&mut q, &d, "first", false);
+    let done = q.next("script-done");
+    assert_eq!(done.get_u64("rc"), Some(0), "{done:?}");
+    let first = stats(&d);
+    let (second_map, copied, faults) = boot_once(&mut q, &d, "second", true);
+    let second = stats(&d);
+    let log = q.finish().log;
+    let n = |v: &Value, k: &str| v["register_front"][k].as_u64().unwrap();
+    eprintln!("first boot: {}", first["register_front"]);
+    eprintln!("second boot: {}", second["register_front"]);
+
+    // The reboot reset the function, and with it the unit.
+    assert!(
+        n(&second, "resets") > n(&first, "resets"),
+        "the reboot did not reset the front's function: {first} then {second}"
+    );
+    // The second boot's driver programmed the unit again, through a BAR at the same address.
+    assert!(n(&second, "writes") > n(&first, "writes") + 10, "{second}");
+    assert_eq!(second["register_front"]["bar0"], json!(vendor.base()));
+    // Its DMA went through its own tables: the copy's sources reached the second boot's
+    // frames (a translation the first boot's tables or caches gave would reach the first
+    // boot's, which the agent's new buffers do not share).
+    let last = copied.expect("the second boot's copy");
+    let src_iova = second_map.get_u64("src_iova").unwrap();
+    let (old, new) = (gpas(&first_map, "src_gpas"), gpas(&second_map, "src_gpas"));
+    eprintln!("source frames: first boot {old:x?}, second boot {new:x?}");
+    for (i, gpa) in new.iter().enumerate() {
+        let iova = src_iova + i as u64 * 4096;
+        assert!(
+            batch_reaches(&last, iova, *gpa, None),
+            "IOVA {iova:#x} did not reach the second boot's frame {gpa:#x}: {last:?}"
+        );
+    }
+    // The fault path works again: the unit's interrupt reached the second boot's driver,
+    // which logged the fault (the second kernel's log holds only its own messages).
+    let hole = faults[0].get_u64("error_addr").unwrap();
+    let logged = log
+        .lines()
+        .filter(|l| l.starts_with("GUEST-DMESG"))
+        .any(|l| match vendor {
+            Vendor::Vtd(_) => {
+                l.contains("DMAR: [DMA Write") && l.contains(&format!("fault addr {hole:#x}"))
+            }
+            Vendor::Amdvi => {
+                l.contains("IO_PAGE_FAULT") && l.contains(&format!("address={hole:#x}"))
+            }
+        });
+    assert!(
+        logged,
+        "the second boot logged no fault at {hole:#x}:\n{log}"
+    );
 }

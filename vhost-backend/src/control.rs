@@ -498,7 +498,8 @@ pub fn handle_register_front_line(
                                       "bar0": (bar0 != u64::MAX).then_some(bar0),
                                       "events": n(&front.events),
                                       "interrupts": n(&front.interrupts),
-                                      "command": n(&front.command)},
+                                      "command": n(&front.command),
+                                      "resets": n(&front.resets)},
                    "endpoints": endpoints_json(endpoints, false)})
         }
         Command::Translate { .. } | Command::Domains {} => json!({"ok": false,

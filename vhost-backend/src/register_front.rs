@@ -221,6 +221,9 @@ pub struct FrontStats {
     /// The function's Command register as software last wrote it (QEMU performs the unit's
     /// interrupt writes only with Bus Master Enable set).
     pub command: AtomicU64,
+    /// Function resets (QEMU resets the function when the machine starts and on a guest
+    /// reboot, and the daemon when a client disconnects).
+    pub resets: AtomicU64,
 }
 
 /// A unit's register file behind BAR0.
@@ -334,8 +337,16 @@ impl Device for UnitRegisters {
         false
     }
 
+    /// A function reset is the unit's platform reset: its registers, caches and pending
+    /// records go back to power-on, so nothing of the tables a previous boot programmed is
+    /// used again.
     fn reset(&mut self) {
         self.checked = false;
+        self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        log::info!(
+            "register front: function reset, {} unit back to power-on",
+            self.unit.name()
+        );
     }
 
     fn config_written(&mut self, config: &ConfigSpace) {
