@@ -9,6 +9,8 @@
 //! - Queued invalidation is processed synchronously when IQT is written. Register-based
 //!   invalidation (CCMD_REG, IOTLB_REG) works only on a unit of major version below 6 (one
 //!   without scalable mode) in legacy mode, with queued invalidation off.
+//! - Translation Disable (GCMD.TE 1 -> 0) empties every cache when scalable mode is offered
+//!   (ECAP.SMTS), and fault recording restarts at the first fault recording register.
 //! - Translations that land in the interrupt address range 0xFEEx_xxxx fault (LGN.4 / SGN.8,
 //!   §3.15); interrupt requests themselves (and interrupt remapping) are not modelled.
 //! - Fault events and invalidation-completion events reach the embedder through the callback
@@ -352,9 +354,9 @@ impl<M: PhysMem> Vtd<M> {
         &self.mem
     }
 
-    /// Empties every cache, as global invalidations do, without the queue: for the fuzz oracle
-    /// that compares cached translations with fresh ones.
-    #[cfg(any(test, feature = "fuzz-support"))]
+    /// Empties every cache, as global invalidations do, without the queue: what Translation
+    /// Disable does with ECAP.SMTS, and what the fuzz oracle that compares cached translations
+    /// with fresh ones uses.
     pub(crate) fn invalidate_caches(&self) {
         self.caches
             .invalidate_context(ContextGranularity::Global, true);
@@ -641,6 +643,16 @@ impl<M: PhysMem> Vtd<M> {
             } else {
                 r.gsts &= !GCMD_TE;
                 self.active.fetch_and(!ACTIVE_TE, Ordering::AcqRel);
+                // §7.2.1: the index of the next fault recording register returns to 0 when
+                // both translations are disabled (GSTS.TES and IRES clear; IR is not offered).
+                r.next_frcd = 0;
+                // GCMD.TE: with ECAP.SMTS reported, Translation Disable performs a global
+                // invalidation of every DMA-remapping cache. Translation is already off, and
+                // the invalidation moves every cache's generation on, so no walk that began
+                // before can fill a cache after it.
+                if self.cfg.scalable_mode {
+                    self.invalidate_caches();
+                }
             }
             log::debug!(
                 "vtd: translation {}",

@@ -78,3 +78,63 @@ fn translation_disabled_passes_dma_through() {
     assert!(t.identity);
     assert_eq!(t.addr, 0xdead_b000);
 }
+
+/// Translation Disable on a unit reporting ECAP.SMTS performs a global invalidation of every
+/// DMA-remapping cache (§10.4.4 GCMD.TE): after TE 1 -> 0 -> 1 with no invalidation from
+/// software, the context, PASID and paging-structure caches and the IOTLB hold nothing of
+/// before. Review finding 5: the old translation kept being served.
+#[test]
+fn translation_disable_invalidates_every_cache() {
+    let mut d = scalable();
+    let dev = sid(0, 6, 0);
+    let mut t = d.ss_domain(2);
+    d.map(&mut t, 0x20_0000, 0x7000_0000, 0x1000, RW);
+    let dir = d.sm_context(dev, 0, false, 0);
+    d.pasid_entry(dir, 0, ss_pasid(&t, 9));
+    let tr = d
+        .translate(DmaRequest::new(dev, 0x20_0010, 4, AccessKind::Read))
+        .unwrap();
+    assert_eq!((tr.addr, tr.domain_id), (0x7000_0010, 9));
+    // Behind the caches: a new context entry, PASID directory, PASID entry (new DID) and
+    // tables, and the old tables changed too.
+    let mut t2 = d.ss_domain(2);
+    d.map(&mut t2, 0x20_0000, 0x7100_0000, 0x1000, RW);
+    let dir2 = d.sm_context(dev, 0, false, 0);
+    d.pasid_entry(dir2, 0, ss_pasid(&t2, 10));
+    d.unmap(&mut t, 0x20_0000, 0x1000);
+    d.gcmd(GCMD_TE, true, false);
+    d.enable_translation();
+    let (r, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(dev, 0x20_0010, 4, AccessKind::Read));
+    let tr = r.unwrap();
+    assert_eq!((tr.addr, tr.domain_id), (0x7100_0010, 10));
+    for cache in [CacheId::Context, CacheId::Pasid, CacheId::Iotlb] {
+        assert_eq!(trace.lookup(cache), Some(false), "{cache:?} was emptied");
+    }
+    assert_eq!(
+        trace.lookup(CacheId::PagingStructure {
+            stage: Stage::Second,
+            level: 2
+        }),
+        Some(false)
+    );
+}
+
+/// The index of the fault recording register the next fault goes to returns to 0 when both
+/// translations are disabled (§7.2.1: TES and IRES clear; interrupt remapping is not offered),
+/// as QEMU resets it on Translation Disable. Review §4: it kept counting.
+#[test]
+fn translation_disable_resets_the_fault_recording_index() {
+    let (mut d, _t, dev) = legacy_with_domain();
+    d.read(dev, 0x50_0000).unwrap_err();
+    assert_eq!(d.frcd(0)[1] >> 63, 1);
+    d.clear_frcd(0);
+    d.gcmd(GCMD_TE, true, false);
+    d.enable_translation();
+    d.read(dev, 0x60_0000).unwrap_err();
+    assert_eq!(d.frcd(0)[1] >> 63, 1, "recorded at index 0 again");
+    assert_eq!(d.frcd(0)[0], 0x60_0000);
+    assert_eq!(d.frcd(1)[1] >> 63, 0);
+    assert_eq!((d.r32(FSTS_REG) >> FSTS_FRI_SHIFT) & 0xff, 0);
+}
