@@ -166,7 +166,7 @@ const IOMMU_DMESG: &str = "dmesg | grep -E 'DMAR|AMD-Vi|iommu' | sed 's/^/GUEST-
 fn driver_programs_the_unit(vendor: Vendor) {
     let env = GuestEnv::provision();
     let script = format!(
-        "{}{}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin || exit 1\n\
+        "{}{}guest-agent dma-engine \"$bdf\" --pages 4 --wait-stdin --move-container || exit 1\n\
          sleep 1\n{IOMMU_DMESG}",
         front_bus_master(),
         bind_first(ENGINE_ID)
@@ -192,6 +192,21 @@ fn driver_programs_the_unit(vendor: Vendor) {
     q.send_line("");
     let fault = q.next("dma-fault");
     assert_eq!(fault.get_u64("code"), Some(3), "DST_FAULT: {fault:?}");
+    // The group moves to a second VFIO container: the guest's driver detaches the device
+    // from the first container's domain and attaches it to the second's, whose mappings
+    // (fresh buffers at other IOVAs) the copy then uses; the first container's IOVAs are gone.
+    let moved = q.next("dma-move");
+    assert_eq!(moved.get("results"), Some("1,1,1"), "{moved:?}");
+    assert_eq!(moved.get("dst_ok"), Some("yes"), "{moved:?}");
+    assert_ne!(moved.get("new_iova"), moved.get("old_iova"), "{moved:?}");
+    let stale = q.next("dma-move-fault");
+    assert_eq!(stale.get("fault_ok"), Some("yes"), "{stale:?}");
+    assert_eq!(
+        stale.get_u64("error_addr"),
+        stale.get_u64("src_iova"),
+        "{stale:?}"
+    );
+    eprintln!("container move: {moved:?}\nstale IOVA: {stale:?}");
     q.next("dma-engine-done");
     let log = q.finish().log;
 
