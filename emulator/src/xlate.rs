@@ -186,15 +186,33 @@ impl WalkObserver for Obs<'_> {
     }
 }
 
-/// Input address bits a tag may carry (first-stage addresses are sign-extended).
+/// The widest input an x86-format (first-stage) table translates: 57 bits, 5-level paging.
+pub const X86_TAG_INPUT_BITS: u8 = 57;
+
+/// Input address bits a tag carries. First-stage addresses are sign-extended, and
+/// software names them sign-extended in its invalidations (VT-d §6.5.2.4): their tags keep
+/// the low 57 bits whatever the paging depth, which tells a 4-level table's upper and lower
+/// halves apart (bits 56:47 are copies of bit 47) and lets an invalidation's address be
+/// reduced the same way without knowing the depth ([`tag_address`]). Non-canonical inputs
+/// never reach the tags (they go to the walk, which faults).
 #[inline]
 fn tag_input(cfg: &WalkConfig, addr: u64) -> u64 {
-    let w = cfg.input_width();
+    let w = match cfg {
+        WalkConfig::VtdFirstStage(_) | WalkConfig::AmdV2(_) => X86_TAG_INPUT_BITS,
+        _ => cfg.input_width(),
+    };
     if w >= 64 {
         addr
     } else {
         addr & ((1u64 << w) - 1)
     }
+}
+
+/// An invalidation's input address as the tags carry it: its low 57 bits, enough for every
+/// input width a table translates (first-stage addresses sign-extended, see [`tag_input`]).
+#[inline]
+pub fn tag_address(addr: u64) -> u64 {
+    addr & ((1u64 << X86_TAG_INPUT_BITS) - 1)
 }
 
 /// The cache-tag stage of a walk: the first-stage entries of a nested walk hold

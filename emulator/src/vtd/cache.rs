@@ -125,6 +125,7 @@ impl VtdCaches {
                     // More than the second-stage range: the spec lets hardware drop more.
                     Invalidation::Domain(did)
                 } else {
+                    let addr = crate::xlate::tag_address(addr);
                     match PageRange::vtd(did, PasidMatch::Any, addr, am, ih) {
                         Ok(r) => Invalidation::Range(r),
                         Err(_) => Invalidation::Domain(did),
@@ -157,6 +158,9 @@ impl VtdCaches {
                 pasid: Some(pasid),
             },
             PasidIotlbGranularity::Page { addr, am, ih } => {
+                // ADDR is a first-stage input address, sign-extended (§6.5.2.4): reduced as
+                // the tags are, an upper-half address finds its entries.
+                let addr = crate::xlate::tag_address(addr);
                 match PageRange::vtd(did, PasidMatch::Exactly(Some(pasid)), addr, am, ih) {
                     Ok(r) => Invalidation::Range(r),
                     Err(_) => Invalidation::DomainPasid {

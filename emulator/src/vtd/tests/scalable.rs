@@ -686,3 +686,34 @@ fn translation_requests_set_dirty_before_granting_write() {
     );
     assert_eq!(d.frcd(0)[1] >> 63, 0, "nothing recorded");
 }
+
+/// A PASID-based page-selective invalidation of an upper-half canonical address (a supervisor
+/// SVA or upper-half IOVA; the descriptor's ADDR is the sign-extended input address, §6.5.2.4)
+/// drops the translation cached for it. Review finding 8: tags kept 48 bits of the input, the
+/// invalidation all 64, so they never matched and the old page kept being served.
+#[test]
+fn pasid_page_invalidation_of_an_upper_half_address() {
+    let mut d = scalable();
+    let dev = sid(0, 5, 0);
+    let mut t = d.fs_domain();
+    let high = 0xffff_8000_0010_0000u64;
+    d.map(&mut t, high, 0x6100_0000, 0x1000, PwPerms::RW);
+    let dir = d.sm_context(dev, 0, true, 0);
+    d.pasid_entry(dir, 1, fs_pasid(&t, 4, true, false));
+    let req = DmaRequest::new(dev, high | 0x20, 4, AccessKind::Read)
+        .with_pasid(1)
+        .privileged();
+    assert_eq!(d.translate(req).unwrap().addr, 0x6100_0020);
+    d.unmap(&mut t, high, 0x1000);
+    d.map(&mut t, high, 0x6200_0000, 0x1000, PwPerms::RW);
+    d.submit_and_wait(&[piotlb_page(4, 1, high, 0)]);
+    let (r, trace) = d.vtd.translate(&req);
+    assert_eq!(r.unwrap().addr, 0x6200_0020);
+    assert_eq!(trace.lookup(CacheId::Iotlb), Some(false));
+    // The lower-half address with the same low 48 bits is another page: it stays unmapped.
+    let low = DmaRequest {
+        addr: 0x0000_7fff_0010_0020,
+        ..req
+    };
+    assert_eq!(d.translate(low).unwrap_err().code, 0x71);
+}
