@@ -45,8 +45,16 @@ pub enum FaultReason {
     /// LCT.5: a translation request blocked by the context entry's translation type.
     TranslationRequestBlocked = 0xd,
     /// LGN.4: an untranslated or translation request whose translated address falls in the
-    /// interrupt address range 0xFEEx_xxxx (§3.15).
+    /// interrupt address range 0xFEEx_xxxx (§3.15); also a translation request without PASID
+    /// to that range.
     InterruptAddress = 0xe,
+    /// Interrupt-remapping fault 20h: a request without PASID to the interrupt address range
+    /// that is neither an interrupt request (a DWORD write) nor a zero-length read, decoded as
+    /// an invalid interrupt request and blocked (§3.15: "reported as interrupt remapping
+    /// faults"; the reason is the one for an interrupt request whose decoding finds reserved
+    /// fields set, the closest the interrupt-remapping table of §5.1.4 has). The only
+    /// interrupt-remapping fault the model records: it does not remap interrupts (ECAP.IR = 0).
+    InterruptRequestBlocked = 0x20,
     /// RTA.1: the root-table address register programs an invalid mode (TTM reserved).
     InvalidRootTable = 0x30,
     /// RTA.2: a request with PASID while the root table is in legacy mode.
@@ -148,6 +156,7 @@ impl FaultReason {
                 | FaultReason::ContextAccessError
                 | FaultReason::InvalidRootTable
                 | FaultReason::LegacyModePasid
+                | FaultReason::InterruptRequestBlocked
                 | FaultReason::SmRootAccessError
                 | FaultReason::SmRootNotPresent
                 | FaultReason::SmRootReserved
@@ -220,6 +229,7 @@ impl FaultReason {
             | SmDteClear
             | SmPasidDisabled
             | InterruptAddress
+            | InterruptRequestBlocked
             | SmInterruptAddress => FaultKind::Blocked,
         }
     }
@@ -235,7 +245,10 @@ impl FaultReason {
             level: walk.map(|w| w.1),
         };
         match self {
-            InvalidRootTable | LegacyModePasid | TranslationRequestBlocked => FaultSite::Request,
+            InvalidRootTable
+            | LegacyModePasid
+            | TranslationRequestBlocked
+            | InterruptRequestBlocked => FaultSite::Request,
             RootNotPresent | ContextNotPresent | ContextInvalid | RootAccessError
             | ContextAccessError | RootReserved | ContextReserved | SmRootAccessError
             | SmRootNotPresent | SmRootReserved | SmContextAccessError | SmContextNotPresent
@@ -344,6 +357,8 @@ mod tests {
         assert_eq!(FaultReason::SsNotPresent.code(), 0x79);
         assert_eq!(FaultReason::InterruptAddress.code(), 0xe);
         assert_eq!(FaultReason::SmInterruptAddress.code(), 0x87);
+        assert_eq!(FaultReason::InterruptRequestBlocked.code(), 0x20);
+        assert!(!FaultReason::InterruptRequestBlocked.qualified());
         assert!(FaultReason::InterruptAddress.qualified());
         assert!(FaultReason::SmInterruptAddress.qualified());
         assert!(!FaultReason::InvalidRootTable.qualified());

@@ -11,8 +11,11 @@
 //!   without scalable mode) in legacy mode, with queued invalidation off.
 //! - Translation Disable (GCMD.TE 1 -> 0) empties every cache when scalable mode is offered
 //!   (ECAP.SMTS), and fault recording restarts at the first fault recording register.
-//! - Translations that land in the interrupt address range 0xFEEx_xxxx fault (LGN.4 / SGN.8,
-//!   §3.15); interrupt requests themselves (and interrupt remapping) are not modelled.
+//! - The interrupt address range 0xFEEx_xxxx (§3.15): translations that land in it fault
+//!   (LGN.4 / SGN.8), as do pass-through requests with PASID to it; requests without PASID to
+//!   it are not remapped: a DWORD write (an interrupt request) goes on untranslated, a
+//!   zero-length read completes, anything else is blocked (interrupt-remapping fault 20h).
+//!   Interrupt remapping itself is not modelled (ECAP.IR = 0).
 //! - Fault events and invalidation-completion events reach the embedder through the callback
 //!   given to [`Vtd::new`], as the MSI address/data pair software programmed.
 //!

@@ -119,6 +119,13 @@ const INTERRUPT_RANGE_FIRST: u64 = 0xfee0_0000;
 /// Last byte of the interrupt address range.
 const INTERRUPT_RANGE_LAST: u64 = 0xfeef_ffff;
 
+/// Whether `len` bytes (at least one) from `addr` reach into the interrupt address range.
+#[inline]
+fn overlaps_interrupt_range(addr: u64, len: u64) -> bool {
+    let last = addr.saturating_add(len.max(1) - 1);
+    addr <= INTERRUPT_RANGE_LAST && last >= INTERRUPT_RANGE_FIRST
+}
+
 /// The address width check: the input is above 2^X - 1, X = min(MGAW, AGAW of the entry).
 #[inline]
 fn width_for_aw(mgaw: u8, aw: u8) -> u8 {
@@ -230,9 +237,14 @@ impl<M: PhysMem> Vtd<M> {
             // Translation disabled: DMA is not remapped (§10.4.4 GCMD.TE).
             return Ok(identity(req, 0));
         }
+        let ttm = u64::from(RtaddrReg::from_bits(active).ttm());
+        if req.pasid.is_none() && (INTERRUPT_RANGE_FIRST..=INTERRUPT_RANGE_LAST).contains(&req.addr)
+        {
+            return interrupt_range_request(req, ttm);
+        }
         let tokens = self.tokens();
         let rta = active & !0xfff;
-        match u64::from(RtaddrReg::from_bits(active).ttm()) {
+        match ttm {
             TTM_LEGACY => self.legacy(rta, req, tokens, trace),
             TTM_SCALABLE if self.cfg.scalable_mode => self.scalable(rta, req, tokens, trace),
             // TTM = 10b is reserved; 11b (abort-DMA mode) needs ECAP.ADMS, not offered.
@@ -505,6 +517,12 @@ impl<M: PhysMem> Vtd<M> {
         let req_priv = DmaRequest { privileged, ..*req };
         match self.pasid_walk(&pe, pasid, fpd, &req_priv)? {
             Some(walk) => self.walk(&walk, &req_priv, tokens, trace),
+            // §3.15: a request with PASID to the interrupt address range is translated
+            // normally, but blocked (SGN.8) if it is processed with pass-through translation.
+            // (One without PASID never gets here, see `interrupt_range_request`.)
+            None if req.pasid.is_some() && overlaps_interrupt_range(req.addr, req.len) => {
+                Err(Fail::fpd(FaultReason::SmInterruptAddress, fpd))
+            }
             None => Ok(identity(req, pe.did)),
         }
     }
@@ -601,6 +619,29 @@ impl<M: PhysMem> Vtd<M> {
             ad: true,
             ps_1g: self.cfg.fs_1g,
         }
+    }
+}
+
+/// A request without PASID to the interrupt address range, which is not subjected to DMA
+/// remapping whatever the tables say (§3.15 "Handling Requests to Interrupt Address Range"): a
+/// DWORD write is an interrupt request, handed on untranslated (the unit does no interrupt
+/// remapping, ECAP.IR = 0, so it goes to the interrupt controller as it is); a zero-length read
+/// completes; every other untranslated request is blocked as an interrupt-remapping fault. A
+/// translation request there has nothing to translate and is blocked (LGN.4 / SGN.8).
+fn interrupt_range_request(req: &DmaRequest, ttm: u64) -> Result<Translation, Fail> {
+    if req.at == AddressType::TranslationRequest {
+        return Err(Fail::new(if ttm == TTM_LEGACY {
+            FaultReason::InterruptAddress
+        } else {
+            FaultReason::SmInterruptAddress
+        }));
+    }
+    let interrupt = req.access == AccessKind::Write && req.len == 4;
+    let zero_length_read = req.access == AccessKind::Read && req.len == 0;
+    if interrupt || zero_length_read {
+        Ok(identity(req, 0))
+    } else {
+        Err(Fail::new(FaultReason::InterruptRequestBlocked))
     }
 }
 

@@ -360,3 +360,86 @@ proptest! {
         prop_assert_eq!(r.err().map(|f| f.code), expected);
     }
 }
+
+/// Requests without PASID to the interrupt address range 0xFEEx_xxxx are not subjected to DMA
+/// remapping, whatever the tables map there (§3.15): a DWORD write is an interrupt request and
+/// goes on untranslated (there is no interrupt remapping, ECAP.IR = 0), a zero-length read
+/// completes, and any other such request is blocked as an interrupt-remapping fault (20h). A
+/// translation request without PASID there is blocked (LGN.4). Review finding 9: they were
+/// remapped through the tables.
+#[test]
+fn requests_without_pasid_to_the_interrupt_range_are_not_remapped() {
+    let (mut d, mut t, dev) = legacy_with_domain();
+    d.map(&mut t, 0xfee0_0000, 0x9200_0000, 0x2000, RW);
+    // The same IOVA outside translation's reach would be translated; this one is not.
+    let (r, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(dev, 0xfee0_1004, 4, AccessKind::Write));
+    let tr = r.unwrap();
+    assert_eq!((tr.addr, tr.identity), (0xfee0_1004, true));
+    assert_eq!(trace.mem_reads(), 0, "no structure is read");
+    let zlr = d
+        .translate(DmaRequest::new(dev, 0xfee0_0000, 0, AccessKind::Read))
+        .unwrap();
+    assert_eq!((zlr.addr, zlr.identity), (0xfee0_0000, true));
+    for (len, access) in [
+        (4, AccessKind::Read),
+        (8, AccessKind::Write),
+        (2, AccessKind::Write),
+        (8, AccessKind::Atomic),
+    ] {
+        let f = d
+            .translate(DmaRequest::new(dev, 0xfee0_0100, len, access))
+            .unwrap_err();
+        assert_eq!(
+            (f.code, f.kind, f.recorded),
+            (0x20, FaultKind::Blocked, true)
+        );
+        assert_eq!(d.frcd(0)[1] >> 32 & 0xff, 0x20);
+        d.clear_frcd(0);
+        d.clear_frcd(1);
+        d.w32(FSTS_REG, FSTS_PFO);
+    }
+    // Just below the range the tables translate as usual.
+    d.map(&mut t, 0xfedf_f000, 0x9300_0000, 0x1000, RW);
+    assert_eq!(d.read(dev, 0xfedf_fff0).unwrap(), 0x9300_0ff0);
+    // A translation request without PASID into the range (T = 01b: device TLBs enabled).
+    let ats_dev = sid(0, 7, 0);
+    d.legacy_context(ats_dev, t.root() | (1 << 2) | 1, 2 | (5 << 8));
+    let mut ats = DmaRequest::new(ats_dev, 0xfee0_0000, 4, AccessKind::Read);
+    ats.at = AddressType::TranslationRequest;
+    let f = d.translate(ats).unwrap_err();
+    assert_eq!(
+        (f.code, f.kind, f.recorded),
+        (0xe, FaultKind::Blocked, true)
+    );
+}
+
+/// Requests with PASID to the interrupt address range are translated normally, but one that
+/// the PASID entry passes through is blocked (SGN.8, §3.15), and FPD suppresses the record.
+/// Review finding 9: pass-through let them through.
+#[test]
+fn pass_through_requests_with_pasid_to_the_interrupt_range_are_blocked() {
+    let mut d = scalable();
+    let dev = sid(0, 8, 0);
+    let mut t = d.ss_domain(2);
+    d.map(&mut t, 0xfee0_0000, 0x7000_0000, 0x1000, RW);
+    let dir = d.sm_context(dev, 0, true, 0);
+    d.pasid_entry(dir, 1, ss_pasid(&t, 3));
+    d.pasid_entry(dir, 2, [(4 << 6) | (2 << 2) | 1, 3, 0]);
+    d.pasid_entry(dir, 3, [(4 << 6) | (2 << 2) | 2 | 1, 3, 0]);
+    let req = |pasid, addr| DmaRequest::new(dev, addr, 4, AccessKind::Write).with_pasid(pasid);
+    assert_eq!(d.translate(req(1, 0xfee0_0010)).unwrap().addr, 0x7000_0010);
+    let f = d.translate(req(2, 0xfee0_0010)).unwrap_err();
+    assert_eq!(
+        (f.code, f.kind, f.recorded),
+        (0x87, FaultKind::Blocked, true)
+    );
+    let f = d.translate(req(3, 0xfeef_fffc)).unwrap_err();
+    assert_eq!((f.code, f.recorded), (0x87, false));
+    // Outside the range pass-through passes, also for a request ending just below it.
+    let below = d
+        .translate(DmaRequest::new(dev, 0xfedf_fff0, 0x10, AccessKind::Read).with_pasid(2))
+        .unwrap();
+    assert_eq!((below.addr, below.identity), (0xfedf_fff0, true));
+}
