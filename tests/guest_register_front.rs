@@ -242,6 +242,47 @@ fn driver_programs_the_unit(vendor: Vendor) {
     {
         eprintln!("{l}");
     }
+    // The endpoint landed in an IOMMU group of the unit.
+    assert!(
+        bound.get("iommu_group").is_some_and(|g| g != "none")
+            && bound
+                .get("iommu")
+                .is_some_and(|i| i.starts_with(sysfs_name)),
+        "{bound:?}"
+    );
+    // The driver read our capability registers: the kernel's log shows the values the
+    // unit reports.
+    let reg = |k: &str| {
+        stats["registers"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let shown = match vendor {
+        Vendor::Vtd(_) => format!(
+            "DMAR: dmar0: reg_base_addr {:x} ver {}:{} cap {:x} ecap {:x}",
+            vendor.base(),
+            (reg("ver") >> 4) & 0xf,
+            reg("ver") & 0xf,
+            reg("cap"),
+            reg("ecap")
+        ),
+        Vendor::Amdvi => format!("AMD-Vi: Extended features ({:#x}, 0x0)", reg("efr")),
+    };
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("GUEST-DMESG") && l.contains(&shown)),
+        "the guest's log does not show {shown:?}:\n{log}"
+    );
+    // Every invalidation wait completed: no queue timeout, no completion-wait loop that
+    // gave up.
+    for bad in [
+        "Invalidation Time-out",
+        "QI HW",
+        "Completion-Wait loop timed out",
+        "Command buffer timeout",
+    ] {
+        assert!(!log.contains(bad), "the guest logged {bad:?}:\n{log}");
+    }
     eprintln!("hardware: {}", stats["hardware"]);
     eprintln!("register front: {}", stats["register_front"]);
     // The copy to an unmapped IOVA faulted in the unit, which recorded it (VT-d: in its

@@ -456,6 +456,9 @@ pub fn handle_register_front_line(
             // The registers the guest's driver programs, as it last left them (VT-d §10.4;
             // AMD-Vi §3.4).
             const VTD: &[(&str, u64, u32)] = &[
+                ("ver", 0x00, 4),
+                ("cap", 0x08, 8),
+                ("ecap", 0x10, 8),
                 ("gsts", 0x1c, 4),
                 ("rtaddr", 0x20, 8),
                 ("fsts", 0x34, 4),
