@@ -72,7 +72,7 @@ fn model_allows(cfg: &WalkConfig, p: Perms, a: Access) -> bool {
             return false;
         }
         return match a.kind {
-            AccessKind::Read => p.read(),
+            AccessKind::Read | AccessKind::ZeroLengthRead => p.read(),
             AccessKind::Write => p.write(),
             AccessKind::Execute => p.execute() && !(a.privileged && smep && p.user()),
         };
@@ -81,6 +81,7 @@ fn model_allows(cfg: &WalkConfig, p: Perms, a: Access) -> bool {
         AccessKind::Read => p.read(),
         AccessKind::Write => p.write(),
         AccessKind::Execute => p.execute(),
+        AccessKind::ZeroLengthRead => p.read() || p.write(),
     }
 }
 

@@ -48,6 +48,10 @@ pub enum AccessKind {
     Write,
     /// Instruction fetch (execute request).
     Execute,
+    /// A zero-length read (VT-d CAP.ZLR, §10.4.2: supported to write-only pages): it reads
+    /// nothing, so a page granting read or write allows it. It sets accessed flags as a read
+    /// does, never dirty flags.
+    ZeroLengthRead,
 }
 
 /// A translation request's access: kind and privilege (VT-d PR / AMD-Vi PRIV bit).

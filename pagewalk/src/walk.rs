@@ -311,6 +311,33 @@ mod tests {
         ]
     }
 
+    /// A zero-length read (VT-d CAP.ZLR) reads nothing: a write-only page allows it, a page
+    /// with neither permission does not, and it sets the accessed flag but never the dirty
+    /// flag. First-stage pages are readable whenever present, so it is a read there.
+    #[test]
+    fn zero_length_reads_need_read_or_write_permission() {
+        let zlr = Access {
+            kind: AccessKind::ZeroLengthRead,
+            privileged: false,
+        };
+        let mem = SparseMem::new(1 << 30);
+        let addrs = vtd_ss_tables(&mem, SS_W);
+        let mut ss = VtdSsConfig::new(4);
+        ss.slade = true;
+        let cfg = WalkConfig::VtdSecondStage(ss);
+        let mut tr = RecordingTrace::<16>::new();
+        let t = walk(&cfg, &mem, 0x1000, IOVA, zlr, &mut tr).unwrap();
+        assert_eq!(t.output, 0x9_9456);
+        assert!(!t.perms.read() && t.perms.write());
+        assert_eq!(mem.read_u64(addrs[3]).unwrap() & (SS_A | SS_D), SS_A);
+        let e = walk(&cfg, &mem, 0x1000, IOVA, Access::READ, &mut tr).unwrap_err();
+        assert_eq!(e.kind, FaultKind::Permission);
+        assert!(cfg.permits(Perms::W, zlr) && !cfg.permits(Perms::NONE, zlr));
+        let fs = WalkConfig::VtdFirstStage(X86Config::vtd_first_stage(4));
+        assert!(fs.permits(Perms::R | Perms::U, zlr));
+        assert!(!fs.permits(Perms::R, zlr), "U/S still applies");
+    }
+
     #[test]
     fn vtd_ss_four_level_walk_and_trace() {
         let mem = SparseMem::new(1 << 30);

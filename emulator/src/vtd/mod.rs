@@ -30,7 +30,7 @@
 //! | CAP.CM | caching mode | configurable (no not-present entries are cached either way) |
 //! | CAP.SAGAW | 3/4/5-level second stage | configurable (default 4-level and 3-level); 0 on a scalable-mode unit without ECAP.SSTS |
 //! | CAP.MGAW | max guest address width | configurable (default 48) |
-//! | CAP.ZLR, DRD, DWD | zero-length reads, draining | 1 (requests complete synchronously) |
+//! | CAP.ZLR, DRD, DWD | zero-length reads, draining | 1 (a zero-length read needs read or write permission; requests complete synchronously) |
 //! | CAP.FRO, NFR | fault recording registers | configurable offset and count |
 //! | CAP.SLLPS | second-stage 2 MiB / 1 GiB pages | configurable (default both) |
 //! | CAP.PSI, MAMV | page-selective invalidation | configurable (default MAMV 18) |

@@ -75,7 +75,8 @@ pub(crate) struct VtdCtx {
 struct VtdVendor;
 
 /// The walker access for a request. An ATS translation request asks what the page allows; it
-/// walks as a write first ([`Vtd::walk`] retries a page that refuses writes as a read).
+/// walks as a write first ([`Vtd::walk`] retries a page that refuses writes as a read). A
+/// zero-length read needs read or write permission.
 #[inline]
 fn pw_access(req: &DmaRequest, legacy: bool) -> PwAccess {
     let privileged = req.privileged;
@@ -86,6 +87,8 @@ fn pw_access(req: &DmaRequest, legacy: bool) -> PwAccess {
         };
     }
     let kind = match req.access {
+        // CAP.ZLR = 1 (§10.4.2): zero-length reads are supported to write-only pages.
+        AccessKind::Read if req.len == 0 => PwKind::ZeroLengthRead,
         AccessKind::Read => PwKind::Read,
         AccessKind::Write | AccessKind::Atomic => PwKind::Write,
         // Legacy mode has no execute requests: an execute-requested read is a read.

@@ -202,6 +202,7 @@ impl WalkConfig {
                 AccessKind::Read => perms.read(),
                 AccessKind::Write => perms.write(),
                 AccessKind::Execute => perms.execute(),
+                AccessKind::ZeroLengthRead => perms.read() || perms.write(),
             },
         }
     }

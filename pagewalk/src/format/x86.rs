@@ -209,7 +209,8 @@ impl X86Config {
             return false;
         }
         match access.kind {
-            AccessKind::Read => perms.read(),
+            // Present entries are readable: a zero-length read is a read here.
+            AccessKind::Read | AccessKind::ZeroLengthRead => perms.read(),
             AccessKind::Write => perms.write() || (access.privileged && !self.wpe),
             AccessKind::Execute => {
                 perms.execute() && !(access.privileged && self.smep && perms.user())

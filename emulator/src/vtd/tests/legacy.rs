@@ -281,3 +281,47 @@ fn masked_fault_event_is_pending_until_unmasked() {
     assert_eq!(d.take_events(), vec![VtdEvent::Fault { addr: 0, data: 7 }]);
     assert_eq!(d.r32(FECTL_REG) & CTL_IP, 0);
 }
+
+/// CAP.ZLR = 1 (§10.4.2): a zero-length read to a write-only page is allowed, in legacy and in
+/// scalable mode, from a walk or from the IOTLB, without setting the dirty flag; a read of one
+/// byte there still faults, and a zero-length read of a page with neither permission too.
+/// Review finding 10: a zero-length read was a one-byte read and faulted.
+#[test]
+fn zero_length_reads_of_write_only_pages_are_allowed() {
+    let (mut d, mut t, dev) = legacy_with_domain();
+    assert_ne!(d.r64(CAP_REG) & CAP_ZLR, 0);
+    d.map(&mut t, 0x40_0000, 0x9400_0000, 0x1000, PwPerms::W);
+    let zlr = DmaRequest::new(dev, 0x40_0010, 0, AccessKind::Read);
+    for _ in 0..2 {
+        let tr = d.translate(zlr).unwrap();
+        assert_eq!(tr.addr, 0x9400_0010);
+        assert!(!tr.perms.read() && tr.perms.write(), "{:?}", tr.perms);
+    }
+    assert_eq!(d.read(dev, 0x40_0010).unwrap_err().code, 0x6);
+    let unmapped = DmaRequest::new(dev, 0x41_0000, 0, AccessKind::Read);
+    assert_eq!(d.translate(unmapped).unwrap_err().code, 0x6);
+    // Scalable mode, second stage with A/D tracking: no dirty flag for a zero-length read.
+    let mut s = Driver::new(VtdConfig {
+        ss_ad: true,
+        ..VtdConfig::default()
+    });
+    s.set_root(true);
+    s.enable_qi(true);
+    s.enable_translation();
+    let sdev = sid(0, 9, 0);
+    let mut st = s.ss_domain(2);
+    s.map(&mut st, 0x8000, 0x5100_0000, 0x1000, PwPerms::W);
+    let dir = s.sm_context(sdev, 0, true, 0);
+    s.pasid_entry(
+        dir,
+        0,
+        [st.root() | (1 << 9) | (2 << 6) | (2 << 2) | 1, 3, 0],
+    );
+    let tr = s
+        .translate(DmaRequest::new(sdev, 0x8000, 0, AccessKind::Read))
+        .unwrap();
+    assert_eq!(tr.addr, 0x5100_0000);
+    let (_, leaf) = entry_at(s.mem, st.root(), 0x8000, 1);
+    assert_eq!(leaf & 0x200, 0, "D clear after a zero-length read");
+    assert_eq!(s.read(sdev, 0x8000).unwrap_err().code, 0x86);
+}
