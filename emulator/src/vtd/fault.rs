@@ -119,7 +119,9 @@ pub enum FaultReason {
     SsNotPresent = 0x79,
     /// SSS.3: reserved field set in a present second-stage paging entry.
     SsReserved = 0x7a,
-    /// SSS.4: invalid second-stage page-table pointer.
+    /// SSS.4: the second-stage root table SSPTPTR points at cannot be read ("invalid
+    /// second-level page table pointer" in Linux's table; the counterpart of SFS.4, 73h, which
+    /// QEMU names an invalid FSPTPTR).
     SsptptrInvalid = 0x7b,
     /// SGN.1: a first-stage input address is not canonical.
     NonCanonical = 0x80,
@@ -129,8 +131,9 @@ pub enum FaultReason {
     ExecuteDenied = 0x82,
     /// SGN.4: the input address is beyond the address width.
     SmAddressBeyondAw = 0x83,
-    /// SGN.5: a second-stage output address is beyond the host address width.
-    SsOutputBeyondHaw = 0x84,
+    // SGN.5 (84h, "second-level entry address beyond the max") is not reported: address bits
+    // at or above the host address width in a second-stage entry are reserved, a reserved-field
+    // fault (SSS.3), as QEMU's reserved masks make them too.
     /// SGN.6: a write or atomic request without write permission.
     SmWriteDenied = 0x85,
     /// SGN.7: a read or atomic request without read permission.
@@ -207,11 +210,11 @@ impl FaultReason {
             | NestedFsWriteDenied
             | EreClear
             | SreClear => FaultKind::Permission,
-            AddressBeyondAw | SmAddressBeyondAw | NonCanonical | SsOutputBeyondHaw
-            | NestedFsBeyondAw | SmPasidTooLarge => FaultKind::AddressWidth,
+            AddressBeyondAw | SmAddressBeyondAw | NonCanonical | NestedFsBeyondAw
+            | SmPasidTooLarge => FaultKind::AddressWidth,
             ContextInvalid | RootReserved | ContextReserved | SlReserved | InvalidRootTable
             | SmRootReserved | SmContextReserved | SmContextInvalid | PasidDirReserved
-            | PasidEntryReserved | PasidEntryInvalid | FsReserved | SsReserved | SsptptrInvalid => {
+            | PasidEntryReserved | PasidEntryInvalid | FsReserved | SsReserved => {
                 FaultKind::InvalidEntry
             }
             SlAccessError
@@ -223,6 +226,7 @@ impl FaultReason {
             | PasidEntryAccessError
             | FsAccessError
             | FsptptrAccessError
+            | SsptptrInvalid
             | SsAccessError => FaultKind::MemoryAccess,
             TranslationRequestBlocked
             | LegacyModePasid
@@ -280,7 +284,6 @@ impl FaultReason {
             | SsptptrInvalid
             | ExecuteDenied
             | SmAddressBeyondAw
-            | SsOutputBeyondHaw
             | SmWriteDenied
             | SmReadDenied => table(Stage::Second),
             InterruptAddress | SmInterruptAddress => FaultSite::Output,
@@ -354,6 +357,8 @@ mod tests {
         assert_eq!(FaultReason::EreClear.code(), 0x5c);
         assert_eq!(FaultReason::SreClear.code(), 0x5d);
         assert_eq!(FaultReason::FsptptrAccessError.code(), 0x73);
+        assert_eq!(FaultReason::SsptptrInvalid.code(), 0x7b);
+        assert_eq!(FaultReason::SsptptrInvalid.kind(), FaultKind::MemoryAccess);
         assert_eq!(FaultReason::SsNotPresent.code(), 0x79);
         assert_eq!(FaultReason::InterruptAddress.code(), 0xe);
         assert_eq!(FaultReason::SmInterruptAddress.code(), 0x87);

@@ -680,6 +680,8 @@ impl Vendor for VtdVendor {
                 PwFault::Permission => R::SmReadDenied,
                 PwFault::ReservedBit | PwFault::BadLevel => R::SsReserved,
                 PwFault::AddressBeyondWidth => R::SmAddressBeyondAw,
+                // The root table SSPTPTR points at cannot be read: SSS.4, as SFS.4 below.
+                PwFault::MemoryRead(_) if f.level == levels => R::SsptptrInvalid,
                 PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
             }
         } else {
@@ -696,7 +698,14 @@ impl Vendor for VtdVendor {
     }
 
     fn nested_fault(&self, s: &Walk<VtdCtx>, access: PwAccess, f: &pagewalk::Fault) -> Fail {
-        Fail::fpd(nested_ss_fault(s.cfg.levels(), access, f), s.vendor.fpd).at(f)
+        let ss_levels = s.nested.map_or(0, |(ss, _)| ss.levels());
+        let reason = match f.kind {
+            // Every second-stage walk of a nested translation starts at the table SSPTPTR
+            // points at: an error reading it is SSS.4, whichever address was translated.
+            PwFault::MemoryRead(_) if f.level == ss_levels => FaultReason::SsptptrInvalid,
+            _ => nested_ss_fault(s.cfg.levels(), access, f),
+        };
+        Fail::fpd(reason, s.vendor.fpd).at(f)
     }
 
     fn read_denied(&self, s: &Walk<VtdCtx>) -> Fail {

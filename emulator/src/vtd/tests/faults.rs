@@ -443,3 +443,42 @@ fn pass_through_requests_with_pasid_to_the_interrupt_range_are_blocked() {
         .unwrap();
     assert_eq!((below.addr, below.identity), (0xfedf_fff0, true));
 }
+
+/// An error reading the second-stage root table SSPTPTR points at is SSS.4 (7Bh, "invalid
+/// second-level page table pointer"), as an error reading the first-stage root FSPTPTR points
+/// at is SFS.4 (73h); an error reading a lower second-stage table stays SSS.1 (78h). In a
+/// nested walk the second stage's root is read through SSPTPTR too. Review finding 14: the
+/// root-level error was 78h, and 7Bh was never reported.
+#[test]
+fn unreadable_root_tables_are_table_pointer_errors() {
+    let mut d = scalable();
+    let dev = sid(0, 15, 0);
+    let outside = MEM; // beyond the memory, below HAW
+    let dir = d.sm_context(dev, 0, true, 0);
+    let code = |d: &Driver, pasid| {
+        d.translate(DmaRequest::new(dev, 0x1000, 4, AccessKind::Read).with_pasid(pasid))
+            .unwrap_err()
+            .code
+    };
+    // Second stage, SSPTPTR outside memory: 7Bh.
+    d.pasid_entry(dir, 1, [outside | (2 << 6) | (2 << 2) | 1, 3, 0]);
+    assert_eq!(code(&d, 1), 0x7b);
+    // Second stage, a level-3 table outside memory: 78h.
+    let mut t = d.ss_domain(2);
+    d.map(&mut t, 0x1000, 0x7000_0000, 0x1000, RW);
+    let (at, e) = entry_at(d.mem, t.root(), 0x1000, 4);
+    d.mem.write_u64(at, (e & 0xfff) | outside).unwrap();
+    d.pasid_entry(dir, 2, ss_pasid(&t, 3));
+    assert_eq!(code(&d, 2), 0x78);
+    // First stage, FSPTPTR outside memory: 73h.
+    d.pasid_entry(dir, 3, [(1 << 6) | 1, 3, outside | 1]);
+    assert_eq!(code(&d, 3), 0x73);
+    // Nested, SSPTPTR outside memory: 7Bh from the first second-stage walk.
+    let fs = d.fs_domain();
+    d.pasid_entry(
+        dir,
+        4,
+        [outside | (3 << 6) | (2 << 2) | 1, 3, fs.root() | 1],
+    );
+    assert_eq!(code(&d, 4), 0x7b);
+}
