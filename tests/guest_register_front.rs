@@ -190,6 +190,43 @@ fn driver_programs_the_unit(vendor: Vendor) {
     let e = endpoint(&d);
     let stats = d.ctl(json!({"cmd": "stats"}));
     q.send_line("");
+    // What the guest's driver built for the engine, as the unit follows it: the chain is
+    // complete and ends in the entry that names the DMA domain's tables.
+    let chain = &e["structures"];
+    eprintln!("structures the driver built for the engine: {chain}");
+    assert_eq!(chain["stop"], Value::Null, "{chain}");
+    let entries = chain["entries"].as_array().unwrap();
+    let named = &entries.last().unwrap()["fields"];
+    let (names, table, id) = match vendor {
+        Vendor::Vtd(o) if o.contains("sm_off") => (
+            vec!["root table pointer", "root entry", "context entry"],
+            "SLPTPTR",
+            "DID",
+        ),
+        Vendor::Vtd(_) => (
+            vec![
+                "root table pointer",
+                "scalable root entry",
+                "scalable context entry",
+                "PASID-directory entry",
+                "PASID-table entry",
+            ],
+            // The kernel's DMA domains are first-stage tables in scalable mode (PGTT 001b).
+            "FSPTPTR",
+            "DID",
+        ),
+        Vendor::Amdvi => (vec!["device table base", "DTE"], "PtRoot", "DomainID"),
+    };
+    let got: Vec<&str> = entries
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, names, "{chain}");
+    assert_ne!(named[table], json!(0), "{chain}");
+    assert_ne!(named[id], json!(0), "{chain}");
+    if let Vendor::Vtd("") = vendor {
+        assert_eq!(named["PGTT"], json!(1), "first-stage translation: {chain}");
+    }
     let fault = q.next("dma-fault");
     assert_eq!(fault.get_u64("code"), Some(3), "DST_FAULT: {fault:?}");
     // The group moves to a second VFIO container: the guest's driver detaches the device
@@ -335,6 +372,12 @@ fn driver_programs_the_unit(vendor: Vendor) {
                     panic!("the guest logged no IO_PAGE_FAULT at {hole:#x}:\n{log}")
                 });
             assert!(line.contains("0000:00:04.0"), "{line}");
+            // The domain the guest names is the one its driver put in the engine's DTE.
+            let domain = named["DomainID"].as_u64().unwrap();
+            assert!(
+                line.contains(&format!("domain={domain:#06x}")),
+                "the DTE holds domain {domain:#x}: {line}"
+            );
             line
         }
     };

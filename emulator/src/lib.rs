@@ -28,6 +28,7 @@ pub mod core;
 pub mod driver;
 #[cfg(any(test, feature = "fuzz-support"))]
 pub mod fuzz_support;
+pub mod inspect;
 pub mod pci;
 pub mod request;
 pub mod trace;

@@ -94,4 +94,11 @@ pub trait Unit: Send + Sync + fmt::Debug {
 
     /// The unit's counters.
     fn stats(&self) -> UnitStats;
+
+    /// The memory-resident structures the unit follows for requester `rid` and `pasid`, read
+    /// without translating (see [`crate::inspect`]); `None` for a unit that keeps none in
+    /// memory.
+    fn structures(&self, _rid: u16, _pasid: Option<u32>) -> Option<crate::inspect::StructureView> {
+        None
+    }
 }

@@ -433,6 +433,27 @@ fn unit_stats_json(u: &iommu_emulator::UnitStats) -> Value {
            "faults_recorded": u.faults_recorded, "commands": u.commands, "caches": caches})
 }
 
+/// The chain of structures `unit` follows for requester `rid` (without a PASID): each entry's
+/// name, address, raw qwords and decoded fields, and why the chain stops early, if it does.
+fn structures_json(unit: &dyn Unit, rid: u16) -> Value {
+    let Some(v) = unit.structures(rid, None) else {
+        return Value::Null;
+    };
+    let entries: Vec<Value> = v
+        .entries
+        .iter()
+        .map(|e| {
+            let fields: serde_json::Map<String, Value> = e
+                .fields
+                .iter()
+                .map(|&(k, x)| (k.to_string(), json!(x)))
+                .collect();
+            json!({"name": e.name, "addr": e.addr, "raw": e.raw, "fields": fields})
+        })
+        .collect();
+    json!({"entries": entries, "stop": v.stop})
+}
+
 /// Answers one request line under the register front: `endpoints`, and `stats` with the
 /// unit's counters (`hardware`), the front's (`register_front`: register `reads`, `writes`,
 /// the `bar0` the firmware programmed, unit `events`) and the endpoints'. The virtio-iommu's
@@ -449,8 +470,19 @@ pub fn handle_register_front_line(
     };
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     match cmd {
-        Command::Endpoints {} => json!({"ok": true,
-            "endpoints": endpoints_json(endpoints, true)}),
+        Command::Endpoints {} => {
+            // Each endpoint with the structures the guest's driver built for it, as the unit
+            // follows them (root, context and PASID entries; the DTE and GCR3 entry).
+            let list: Vec<Value> = endpoints
+                .iter()
+                .map(|e| {
+                    let mut v = endpoint_json(e, true);
+                    v["structures"] = structures_json(unit, e.spec.bdf.rid());
+                    v
+                })
+                .collect();
+            json!({"ok": true, "endpoints": list})
+        }
         Command::Stats {} => {
             let bar0 = n(&front.bar0);
             // The registers the guest's driver programs, as it last left them (VT-d §10.4;
@@ -965,6 +997,11 @@ mod tests {
         assert!(s["hardware"]["caches"]["iotlb"]["lookups"].is_u64(), "{s}");
         let e = handle_register_front_line(&*unit, &front, &[], r#"{"cmd":"endpoints"}"#);
         assert_eq!(e["endpoints"], json!([]));
+        // With translation off, an endpoint's structures stop at the root table pointer.
+        let v = structures_json(&*unit, 0x20);
+        assert_eq!(v["entries"][0]["name"], json!("root table pointer"), "{v}");
+        assert_eq!(v["entries"][0]["fields"]["TES"], json!(0), "{v}");
+        assert!(v["stop"].as_str().unwrap().contains("disabled"), "{v}");
         for line in [
             r#"{"cmd":"domains"}"#,
             r#"{"cmd":"translate","endpoint":8,"iova":0,"access":"read"}"#,

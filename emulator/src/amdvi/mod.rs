@@ -57,6 +57,7 @@ pub mod command;
 pub mod config;
 mod dte;
 pub mod event;
+mod inspect;
 pub mod layout;
 mod translate;
 
@@ -562,6 +563,10 @@ impl<M: PhysMem> AmdVi<M> {
 }
 
 impl<M: PhysMem + Send + Sync> Unit for AmdVi<M> {
+    fn structures(&self, rid: u16, pasid: Option<u32>) -> Option<crate::inspect::StructureView> {
+        Some(AmdVi::structures(self, rid, pasid))
+    }
+
     fn name(&self) -> &'static str {
         "amdvi"
     }

@@ -53,6 +53,7 @@
 
 mod cache;
 pub mod fault;
+mod inspect;
 pub mod layout;
 pub mod qi;
 pub mod regs;
@@ -248,6 +249,10 @@ struct VtdStats {
 }
 
 impl<M: PhysMem + Send + Sync> Unit for Vtd<M> {
+    fn structures(&self, rid: u16, pasid: Option<u32>) -> Option<crate::inspect::StructureView> {
+        Some(Vtd::structures(self, rid, pasid))
+    }
+
     fn name(&self) -> &'static str {
         "vtd"
     }
