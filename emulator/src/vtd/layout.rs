@@ -157,8 +157,14 @@ pub struct EcapReg {
     pub smpwcs: bool,
     /// RPS, bit 49: RID_PASID.
     pub rps: bool,
-    /// Bits 63:50, not modelled (reported zero).
-    #[bits(14)]
+    #[bits(2)]
+    __: u8,
+    /// ADMS, bit 52: abort-DMA mode (TTM = 11b).
+    pub adms: bool,
+    /// RPRIVS, bit 53: the RID_PRIV field of scalable-mode context entries.
+    pub rprivs: bool,
+    /// Bits 63:54, not modelled (reported zero).
+    #[bits(10)]
     __: u16,
 }
 

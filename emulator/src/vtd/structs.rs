@@ -212,10 +212,11 @@ impl ScalableContextEntry {
             pdts: q0.pdts(),
             pasiddirptr,
             rid_pasid: q1.rid_pasid(),
-            rid_priv: q1.rid_priv(),
+            // Without ECAP.RPRIVS the unit "uses the value of 0 for RID_PRIV" (§10.4.3).
+            rid_priv: rid_priv_ok && q1.rid_priv(),
         };
         // Page requests are not supported (ECAP.PRS = 0): PRE must be clear. DTE needs ECAP.DT.
-        if e.pre || (e.dte && !dt_ok) || (e.rid_priv && !rid_priv_ok) {
+        if e.pre || (e.dte && !dt_ok) {
             return Err(EntryError::Invalid);
         }
         Ok(e)
@@ -548,6 +549,10 @@ mod tests {
         assert_eq!(res([qw0 | 0x10, 0, 0, 0]), Err(EntryError::Invalid)); // PRE
         assert_eq!(res([qw0 & !1, 0, 0, 0]), Err(EntryError::NotPresent));
         assert!(ScalableContextEntry::decode([qw0 | 4, 0, 0, 0], HAW, true, false).is_ok());
+        // RID_PRIV without ECAP.RPRIVS is used as 0, not refused (§10.4.3 ECAP.RPRIVS).
+        assert_eq!(res([qw0, 1 << 20, 0, 0]).map(|e| e.rid_priv), Ok(false));
+        let with_rprivs = ScalableContextEntry::decode([qw0, 1 << 20, 0, 0], HAW, false, true);
+        assert_eq!(with_rprivs.map(|e| e.rid_priv), Ok(true));
     }
 
     fn support() -> PasidSupport {

@@ -532,7 +532,7 @@ impl<M: PhysMem> Vtd<M> {
 
     /// The PASID whose PASID-table entry serves `req`, and the privilege it is translated
     /// with: the request's own PASID and privilege (the context entry must enable PASIDs), or,
-    /// for a request without PASID, RID_PASID and RID_PRIV (ECAP.RPS; RID_PRIV must be 0
+    /// for a request without PASID, RID_PASID and RID_PRIV (ECAP.RPS; RID_PRIV reads as 0
     /// without ECAP.RPRIVS). The PASID must fit the unit's width and the directory (PDTS).
     fn request_pasid(
         &self,

@@ -717,3 +717,31 @@ fn pasid_page_invalidation_of_an_upper_half_address() {
     };
     assert_eq!(d.translate(low).unwrap_err().code, 0x71);
 }
+
+/// A unit without ECAP.RPRIVS uses 0 for a context entry's RID_PRIV (§10.4.3): requests without
+/// PASID are translated as user requests through RID_PASID, not refused as invalid
+/// programming. Review finding 15: the context entry faulted (SCT.4, 43h).
+#[test]
+fn rid_priv_is_used_as_zero_without_rprivs() {
+    let mut d = scalable();
+    let ecap = crate::vtd::layout::EcapReg::from_bits(d.r64(ECAP_REG));
+    assert!(!ecap.rprivs());
+    let dev = sid(0, 18, 0);
+    let mut t = d.fs_domain();
+    d.map(
+        &mut t,
+        0x1000,
+        0x6300_0000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+    );
+    d.map(&mut t, 0x2000, 0x6400_0000, 0x1000, PwPerms::RW);
+    let dir = d.sm_context(dev, 0, false, 0);
+    // RID_PRIV (qword 1 bit 20) set; the PASID entry does not allow supervisor requests.
+    let at = d.sm_context_table(dev) + u64::from(dev & 0x7f) * 32;
+    d.mem.write_u64(at + 8, 1 << 20).unwrap();
+    d.pasid_entry(dir, 0, fs_pasid(&t, 4, false, false));
+    assert_eq!(d.read(dev, 0x1010).unwrap(), 0x6300_0010);
+    // A user request to a supervisor page: SGN.2, the user privilege RID_PRIV = 0 gives.
+    assert_eq!(d.read(dev, 0x2000).unwrap_err().code, 0x81);
+}
