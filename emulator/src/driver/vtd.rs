@@ -19,7 +19,7 @@
 //!   PASID-table entry (§9.6) of RID_PASID 0: PGTT = 010b (second stage) with SSPTPTR and DID,
 //!   or PGTT = 100b (pass-through); blocked clears its P bit (fault reason 59h). The invalidation
 //!   queue then uses 256-bit descriptors (IQA.DW = 1), and PASID-entry changes add PASID-cache
-//!   invalidations (§6.5.2.4).
+//!   invalidations (§6.5.2.2).
 
 // Keys are our handles, source ids and domain ids, never hashed by a guest's choice alone
 // (the topology bounds them): a fast hash.
@@ -554,7 +554,7 @@ impl<M: PhysMem + Send + Sync + 'static> VtdDriver<M> {
         v
     }
 
-    /// Page-selective IOTLB invalidations covering `[iova, iova + len)` in `did` (§6.5.2.2:
+    /// Page-selective IOTLB invalidations covering `[iova, iova + len)` in `did` (§6.5.2.3:
     /// 2^AM pages at an address aligned to them), or one domain-selective invalidation when PSI
     /// is unsupported or the range needs too many descriptors.
     fn iotlb_range_descs(&self, did: u16, iova: u64, len: u64) -> Descs {

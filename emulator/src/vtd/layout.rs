@@ -433,9 +433,9 @@ pub struct PasidEntryQw2 {
     pub fspm: u8,
     /// WPE: write protect enable.
     pub wpe: bool,
-    /// NXE: no-execute enable.
+    /// NXE: no-execute enable (earlier revisions; ignored by rev 4.x and by the model).
     pub nxe: bool,
-    /// SMEP: supervisor-mode execute prevention.
+    /// SMEP: supervisor-mode execute prevention (earlier revisions; ignored likewise).
     pub smep: bool,
     /// EAFE: extended accessed flag enable.
     pub eafe: bool,

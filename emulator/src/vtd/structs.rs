@@ -300,10 +300,8 @@ pub struct PasidEntry {
     pub fs_5level: bool,
     /// Write-protect enable (supervisor writes honour R/W).
     pub wpe: bool,
-    /// No-execute enable.
-    pub nxe: bool,
-    /// Supervisor-mode execute prevention.
-    pub smep: bool,
+    // NXE and SMEP (qword 2 bits 5 and 6) are not decoded: rev 4.x removed those controls
+    // (XD is always defined and SMEP semantics always apply, see `Vtd::fs_config`).
     /// First-stage page-table pointer.
     pub fsptptr: u64,
 }
@@ -367,8 +365,6 @@ impl PasidEntry {
             ere: q2.ere(),
             fs_5level: q2.fspm() == 1,
             wpe: q2.wpe(),
-            nxe: q2.nxe(),
-            smep: q2.smep(),
             fsptptr: q2.fsptptr_page() << 12,
         };
         let uses_fs = matches!(pgtt, Pgtt::FirstStage | Pgtt::Nested);
