@@ -113,13 +113,14 @@ impl ContextEntry {
         };
         let aw = h.aw();
         let slptptr = l.slptptr_page() << 12;
-        if tt != TranslationType::PassThrough {
-            if slptptr & above_haw(haw) != 0 {
-                return Err(EntryError::Reserved);
-            }
-            if !aw_ok(aw) {
-                return Err(EntryError::Invalid);
-            }
+        // SLPTPTR is unused (ignored) by a pass-through entry.
+        if tt != TranslationType::PassThrough && slptptr & above_haw(haw) != 0 {
+            return Err(EntryError::Reserved);
+        }
+        // AW must name a supported AGAW whatever the type: for pass-through, the largest
+        // (§9.3), which the model does not insist on.
+        if !aw_ok(aw) {
+            return Err(EntryError::Invalid);
         }
         Ok(Self {
             fpd: l.fpd(),
@@ -464,10 +465,15 @@ mod tests {
         );
         let pt = lo | (2 << 2);
         assert_eq!(
-            ContextEntry::decode(pt, 0x1234 << 8, HAW, true, true, aw_ok)
+            ContextEntry::decode(pt, 2 | (0x1234 << 8), HAW, true, true, aw_ok)
                 .unwrap()
                 .tt,
             TranslationType::PassThrough
+        );
+        // Pass-through needs a supported AW too.
+        assert_eq!(
+            ContextEntry::decode(pt, 0x1234 << 8, HAW, true, true, aw_ok),
+            Err(EntryError::Invalid)
         );
         assert_eq!(
             ContextEntry::decode(pt, hi, HAW, false, true, aw_ok),

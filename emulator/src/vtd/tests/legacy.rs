@@ -81,7 +81,9 @@ fn paging_structure_cache_shortens_walks_of_neighbouring_pages() {
 fn legacy_pass_through_and_translation_types() {
     let mut d = Driver::legacy();
     let pt = sid(1, 0, 0);
-    d.legacy_context(pt, (2 << 2) | 1, 7 << 8);
+    // T = 10b with AW = 2, the largest AGAW the unit supports, as §9.3 requires of
+    // pass-through entries.
+    d.legacy_context(pt, (2 << 2) | 1, 2 | (7 << 8));
     d.enable_translation();
     let t = d
         .translate(DmaRequest::new(pt, 0x1234_5678, 4, AccessKind::Write))
@@ -324,4 +326,22 @@ fn zero_length_reads_of_write_only_pages_are_allowed() {
     let (_, leaf) = entry_at(s.mem, st.root(), 0x8000, 1);
     assert_eq!(leaf & 0x200, 0, "D clear after a zero-length read");
     assert_eq!(s.read(sdev, 0x8000).unwrap_err().code, 0x86);
+}
+
+/// A pass-through context entry's AW must be an AGAW the unit supports too (§9.3: programmed
+/// with the largest one); another value is invalid programming (LCT.4, 3h), checked before the
+/// translation type, as QEMU does. Review §4: it was not checked.
+#[test]
+fn pass_through_context_entries_need_a_supported_address_width() {
+    let mut d = Driver::legacy();
+    d.enable_translation();
+    for (aw, ok) in [(0u64, false), (1, true), (2, true), (3, false), (4, false)] {
+        let pt = sid(2, aw as u16, 0);
+        d.legacy_context(pt, (2 << 2) | 1, aw | (7 << 8));
+        let r = d.translate(DmaRequest::new(pt, 0x1000, 4, AccessKind::Write));
+        match ok {
+            true => assert!(r.unwrap().identity, "AW {aw}"),
+            false => assert_eq!(r.unwrap_err().code, 0x3, "AW {aw}"),
+        }
+    }
 }
