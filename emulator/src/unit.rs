@@ -56,6 +56,9 @@ pub struct UnitStats {
     pub faults_recorded: u64,
     /// Commands (invalidation descriptors, command-buffer entries) the unit executed.
     pub commands: u64,
+    /// The same by kind, as the spec names them (VT-d descriptor types, §6.5.2; AMD-Vi
+    /// command opcodes, §2.4), every kind the unit knows listed, executed or not.
+    pub commands_by_kind: Vec<(&'static str, u64)>,
     /// Each cache's lookups, hits, misses, fills (inserts), refusals, evictions and
     /// invalidations.
     pub caches: Vec<(CacheKind, CacheStats)>,
@@ -100,5 +103,81 @@ pub trait Unit: Send + Sync + fmt::Debug {
     /// memory.
     fn structures(&self, _rid: u16, _pasid: Option<u32>) -> Option<crate::inspect::StructureView> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pagewalk::SparseMem;
+
+    use crate::core::{MapFlags, Mapping};
+    use crate::driver::{Driver, EndpointMode, PrivateRegion};
+    use crate::{AmdViConfig, AmdViDriver, VtdConfig, VtdDriver, VtdMode};
+
+    /// A driver's programming shows in the unit's command counts by kind: they add up to the
+    /// total, every kind is listed, and the kinds a driver uses to map and attach are there.
+    #[test]
+    fn commands_are_counted_by_kind() {
+        let region = PrivateRegion {
+            base: 0x1000_0000,
+            size: 4096 * 4096,
+        };
+        let mem = || SparseMem::new(0x2000_0000);
+        let drivers: [(Arc<dyn Driver>, usize, &[&str]); 3] = [
+            (
+                Arc::new(
+                    VtdDriver::with_unit(mem(), VtdConfig::default(), region, VtdMode::Legacy)
+                        .unwrap(),
+                ),
+                7,
+                &[
+                    "invalidation wait",
+                    "context-cache invalidate",
+                    "IOTLB invalidate",
+                ],
+            ),
+            (
+                Arc::new(
+                    VtdDriver::with_unit(mem(), VtdConfig::default(), region, VtdMode::Scalable)
+                        .unwrap(),
+                ),
+                7,
+                &["invalidation wait", "PASID-cache invalidate"],
+            ),
+            (
+                Arc::new(AmdViDriver::with_unit(mem(), AmdViConfig::default(), region).unwrap()),
+                8,
+                &["COMPLETION_WAIT", "INVALIDATE_DEVTAB_ENTRY"],
+            ),
+        ];
+        for (driver, kinds, used) in drivers {
+            let d = driver.domain_alloc().unwrap();
+            let m = Mapping {
+                virt_start: 0x10_0000,
+                virt_end: 0x10_0fff,
+                phys_start: 0x20_0000,
+                flags: MapFlags::RW,
+            };
+            driver.map(d, &m).unwrap();
+            driver
+                .set_endpoint(0x20, EndpointMode::Translated(d))
+                .unwrap();
+            driver.unmap(d, &[m]).unwrap();
+            let s = driver.unit().stats();
+            assert_eq!(s.commands_by_kind.len(), kinds, "{s:?}");
+            let total: u64 = s.commands_by_kind.iter().map(|(_, n)| n).sum();
+            assert_eq!(total, s.commands, "{s:?}");
+            for k in used {
+                let n = s
+                    .commands_by_kind
+                    .iter()
+                    .find(|(name, _)| name == k)
+                    .unwrap()
+                    .1;
+                assert!(n > 0, "{}: no {k}: {s:?}", driver.name());
+            }
+        }
     }
 }

@@ -429,8 +429,14 @@ fn unit_stats_json(u: &iommu_emulator::UnitStats) -> Value {
             )
         })
         .collect();
+    let by_kind: serde_json::Map<String, Value> = u
+        .commands_by_kind
+        .iter()
+        .map(|&(k, n)| (k.to_string(), json!(n)))
+        .collect();
     json!({"translations": u.translations, "faults": u.faults,
-           "faults_recorded": u.faults_recorded, "commands": u.commands, "caches": caches})
+           "faults_recorded": u.faults_recorded, "commands": u.commands,
+           "commands_by_kind": by_kind, "caches": caches})
 }
 
 /// The chain of structures `unit` follows for requester `rid` (without a PASID): each entry's

@@ -198,6 +198,34 @@ struct AmdViStats {
     /// Translation faults written to the event log.
     faults_recorded: AtomicU64,
     commands: AtomicU64,
+    /// The same by opcode, indexed as [`COMMAND_KINDS`].
+    by_kind: [AtomicU64; COMMAND_KINDS.len()],
+}
+
+/// The commands (§2.4), as [`UnitStats::commands_by_kind`] names them.
+const COMMAND_KINDS: [&str; 8] = [
+    "COMPLETION_WAIT",
+    "INVALIDATE_DEVTAB_ENTRY",
+    "INVALIDATE_IOMMU_PAGES",
+    "INVALIDATE_IOTLB_PAGES",
+    "INVALIDATE_INTERRUPT_TABLE",
+    "PREFETCH_IOMMU_PAGES",
+    "COMPLETE_PPR_REQUEST",
+    "INVALIDATE_IOMMU_ALL",
+];
+
+/// `cmd`'s index in [`COMMAND_KINDS`].
+fn command_kind(cmd: &Command) -> usize {
+    match cmd {
+        Command::CompletionWait { .. } => 0,
+        Command::InvalidateDevtabEntry { .. } => 1,
+        Command::InvalidateIommuPages(_) => 2,
+        Command::InvalidateIotlbPages { .. } => 3,
+        Command::InvalidateInterruptTable { .. } => 4,
+        Command::PrefetchIommuPages { .. } => 5,
+        Command::CompletePprRequest { .. } => 6,
+        Command::InvalidateIommuAll => 7,
+    }
 }
 
 /// An AMD-Vi IOMMU over the memory `M`.
@@ -441,6 +469,7 @@ impl<M: PhysMem> AmdVi<M> {
                     Ok(cmd) => {
                         log::trace!("amdvi: command {cmd:?} at {at:#x}");
                         self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                        self.stats.by_kind[command_kind(&cmd)].fetch_add(1, Ordering::Relaxed);
                         self.execute(r, cmd, out).err()
                     }
                 },
@@ -601,6 +630,11 @@ impl<M: PhysMem + Send + Sync> Unit for AmdVi<M> {
             faults: s.faults.load(Ordering::Relaxed),
             faults_recorded: s.faults_recorded.load(Ordering::Relaxed),
             commands: s.commands.load(Ordering::Relaxed),
+            commands_by_kind: COMMAND_KINDS
+                .iter()
+                .zip(&s.by_kind)
+                .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+                .collect(),
             caches,
         }
     }

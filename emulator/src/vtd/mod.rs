@@ -246,6 +246,32 @@ struct VtdStats {
     faults_recorded: AtomicU64,
     /// Invalidation descriptors executed.
     descriptors: AtomicU64,
+    /// The same by type, indexed as [`DESCRIPTOR_KINDS`].
+    by_kind: [AtomicU64; DESCRIPTOR_KINDS.len()],
+}
+
+/// The invalidation descriptor types (§6.5.2), as [`UnitStats::commands_by_kind`] names them.
+const DESCRIPTOR_KINDS: [&str; 7] = [
+    "context-cache invalidate",
+    "IOTLB invalidate",
+    "device-TLB invalidate",
+    "invalidation wait",
+    "PASID-based IOTLB invalidate",
+    "PASID-cache invalidate",
+    "PASID-based device-TLB invalidate",
+];
+
+/// `desc`'s index in [`DESCRIPTOR_KINDS`].
+fn descriptor_kind(desc: &Descriptor) -> usize {
+    match desc {
+        Descriptor::ContextCache(_) => 0,
+        Descriptor::Iotlb(_) => 1,
+        Descriptor::DeviceTlb { .. } => 2,
+        Descriptor::Wait { .. } => 3,
+        Descriptor::PasidIotlb { .. } => 4,
+        Descriptor::PasidCache { .. } => 5,
+        Descriptor::PasidDeviceTlb { .. } => 6,
+    }
 }
 
 impl<M: PhysMem + Send + Sync> Unit for Vtd<M> {
@@ -288,6 +314,11 @@ impl<M: PhysMem + Send + Sync> Unit for Vtd<M> {
             faults: s.faults.load(Ordering::Relaxed),
             faults_recorded: s.faults_recorded.load(Ordering::Relaxed),
             commands: s.descriptors.load(Ordering::Relaxed),
+            commands_by_kind: DESCRIPTOR_KINDS
+                .iter()
+                .zip(&s.by_kind)
+                .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+                .collect(),
             caches,
         }
     }
@@ -868,6 +899,7 @@ impl<M: PhysMem> Vtd<M> {
     }
 
     fn execute(&self, r: &mut RegFile, desc: Descriptor, out: &mut Vec<VtdEvent>) {
+        self.stats.by_kind[descriptor_kind(&desc)].fetch_add(1, Ordering::Relaxed);
         match desc {
             Descriptor::ContextCache(g) => {
                 self.caches.invalidate_context(g, self.scalable_active())
