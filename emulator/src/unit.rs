@@ -95,6 +95,15 @@ pub trait Unit: Send + Sync + fmt::Debug {
     /// the specification gives the register. Accesses the unit does not implement are ignored.
     fn mmio_write(&self, offset: u64, size: u32, value: u64);
 
+    /// Returns the unit to its power-on state, as a platform reset does: every register to its
+    /// reset value (translation disabled), every cache empty, pending fault records and queued
+    /// events gone, so that nothing of the previous boot's tables or caches can be used
+    /// afterwards. A translation that began before the reset may still complete with what it
+    /// found, but caches nothing and records no fault. Memory is not the unit's and is left as
+    /// it is. The counters of [`Unit::stats`] keep counting across a reset: they say what the
+    /// unit did since it was built, as a simulator's statistics do, not architectural state.
+    fn reset(&self);
+
     /// The unit's counters.
     fn stats(&self) -> UnitStats;
 

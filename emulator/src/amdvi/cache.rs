@@ -121,6 +121,14 @@ impl AmdViCaches {
         }
     }
 
+    /// A reset: every cache empty, and no two-dimensional translation cached any more (the
+    /// mark is cleared before the invalidation, so a walk that set it since is refused its
+    /// fill, and one that sets it later sets it again).
+    pub fn reset(&self) {
+        self.nested_cached.store(false, Ordering::Release);
+        self.invalidate_all();
+    }
+
     /// INVALIDATE_IOMMU_ALL (§2.4.8): every cache.
     pub fn invalidate_all(&self) {
         let g = Invalidation::Global;

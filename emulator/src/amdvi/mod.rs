@@ -238,6 +238,8 @@ pub struct AmdVi<M: PhysMem> {
     caches: AmdViCaches,
     sink: EventSink,
     stats: AmdViStats,
+    /// Resets so far: a translation logs its event only if no reset came after it began.
+    resets: AtomicU64,
 }
 
 impl<M: PhysMem> std::fmt::Debug for AmdVi<M> {
@@ -264,7 +266,32 @@ impl<M: PhysMem> AmdVi<M> {
             caches,
             sink,
             stats: AmdViStats::default(),
+            resets: AtomicU64::new(0),
         })
+    }
+
+    /// Returns the unit to its power-on state, as a platform reset does (see [`Unit::reset`]):
+    /// every register zero (§3.4: the IOMMU, its rings and logging disabled, the bases, heads,
+    /// tails and Status cleared; EFR is what it was), every cache empty, nothing remembered of
+    /// the page faults of devices with DTE.SE.
+    pub fn reset(&self) {
+        let mut r = self.regs();
+        // IommuEn off first, so that no translation starting from now on uses the old device
+        // table; the registers under their lock; the caches last: translations take their
+        // cache tokens before they read Control (`translate_inner`), so one that saw the
+        // IOMMU still on took its tokens before this invalidation, and its fills are refused.
+        for f in [
+            &self.fast.control,
+            &self.fast.dev_tab,
+            &self.fast.excl_base,
+            &self.fast.excl_limit,
+        ] {
+            f.store(0, Ordering::Release);
+        }
+        self.resets.fetch_add(1, Ordering::AcqRel);
+        *r = RegFile::default();
+        self.caches.reset();
+        log::debug!("amdvi: reset");
     }
 
     /// The configuration.
@@ -575,16 +602,18 @@ impl<M: PhysMem> AmdVi<M> {
         true
     }
 
-    /// Logs a translation event (from any thread) and reports whether it was written.
-    fn record(&self, e: Event, se: bool) -> bool {
+    /// Logs a translation event (from any thread) and reports whether it was written: not if
+    /// the unit was reset after the translation began (`resets` was then `boot`).
+    fn record(&self, e: Event, se: bool, boot: u64) -> bool {
         let mut out = Vec::new();
         let logged = {
             let mut r = self.regs();
-            if se && e.code == EventCode::IoPageFault && !r.se_logged.insert(e.device_id) {
-                false
-            } else {
-                self.log_event(&mut r, e, &mut out)
-            }
+            let current = self.resets.load(Ordering::Acquire) == boot;
+            // A device with DTE.SE logs one IO_PAGE_FAULT until its DTE is invalidated.
+            let once = se && e.code == EventCode::IoPageFault;
+            current
+                && (!once || r.se_logged.insert(e.device_id))
+                && self.log_event(&mut r, e, &mut out)
         };
         self.emit(out);
         logged
@@ -610,6 +639,10 @@ impl<M: PhysMem + Send + Sync> Unit for AmdVi<M> {
 
     fn mmio_write(&self, offset: u64, size: u32, value: u64) {
         AmdVi::mmio_write(self, offset, size, value)
+    }
+
+    fn reset(&self) {
+        AmdVi::reset(self)
     }
 
     fn stats(&self) -> UnitStats {

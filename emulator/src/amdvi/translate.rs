@@ -236,6 +236,7 @@ impl<M: PhysMem> AmdVi<M> {
     ) -> Result<Translation, Fault> {
         trace.clear();
         self.stats.translations.incr();
+        let boot = self.resets.load(Ordering::Acquire);
         let fail = match self.translate_inner(req, trace) {
             Ok(t) => return Ok(t),
             Err(f) => f,
@@ -266,7 +267,7 @@ impl<M: PhysMem> AmdVi<M> {
             addr: fail.addr.unwrap_or(req.addr),
         };
         let suppressed = fail.code == EventCode::IoPageFault && fail.sa;
-        let recorded = !suppressed && self.record(event, fail.se);
+        let recorded = !suppressed && self.record(event, fail.se, boot);
         if recorded {
             self.stats.faults_recorded.fetch_add(1, Ordering::Relaxed);
         }
@@ -384,12 +385,15 @@ impl<M: PhysMem> AmdVi<M> {
         req: &DmaRequest,
         trace: &mut Trace,
     ) -> Result<Translation, Fail> {
+        // The tokens before Control: a translation that sees the IOMMU enabled took its tokens
+        // before any later reset emptied the caches, so what it fills from the old structures
+        // is refused.
+        let tokens = self.tokens();
         let ctl = Control::from_bits(self.fast.control.load(Ordering::Acquire));
         if !ctl.iommu_en() {
             // The IOMMU is disabled: DMA passes untranslated (§3.4.4 IommuEn).
             return Ok(identity(req, 0));
         }
-        let tokens = self.tokens();
         let mut flags = request_flags(req, req.pasid);
         let Some(dte) = self.dte(req.source_id, flags, tokens, trace)? else {
             // V = 0: untranslated, without checks.

@@ -108,9 +108,8 @@ impl Driver for SoftDriver {
     }
 
     fn reset(&self) -> Result<(), HwError> {
-        let mut st = self.write();
-        st.domains.clear();
-        st.endpoints.clear();
+        // The state the driver brings the unit up in is its power-on state.
+        Unit::reset(&*self.unit);
         Ok(())
     }
 
@@ -203,11 +202,69 @@ impl Unit for SoftUnit {
 
     fn mmio_write(&self, _offset: u64, _size: u32, _value: u64) {}
 
+    /// The soft unit keeps its mapping trees inside the unit, not in memory a driver could
+    /// point it at again: its power-on state has no domains and every endpoint blocked.
+    fn reset(&self) {
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        st.domains.clear();
+        st.endpoints.clear();
+    }
+
     fn stats(&self) -> UnitStats {
         UnitStats {
             translations: self.translations.load(Ordering::Relaxed),
             faults: self.faults.load(Ordering::Relaxed),
             ..UnitStats::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::MapFlags;
+    use crate::request::AccessKind;
+
+    fn mapping(iova: u64, phys: u64) -> Mapping {
+        Mapping {
+            virt_start: iova,
+            virt_end: iova + 0xfff,
+            phys_start: phys,
+            flags: MapFlags::RW,
+        }
+    }
+
+    /// A reset unit forgets its endpoints and mapping trees: every endpoint is blocked again,
+    /// its registers (none) read zero, and a driver programming it anew gets only the new
+    /// mappings, also for the endpoint and IOVA it used before.
+    #[test]
+    fn reset_blocks_every_endpoint_and_forgets_the_mappings() {
+        let d = SoftDriver::new();
+        let unit = d.unit();
+        let req = DmaRequest::new(7, 0x1040, 4, AccessKind::Read);
+        let dom = d.domain_alloc().unwrap();
+        d.map(dom, &mapping(0x1000, 0x8000_0000)).unwrap();
+        d.set_endpoint(7, EndpointMode::Translated(dom)).unwrap();
+        let mut trace = Trace::new();
+        assert_eq!(unit.translate(&req, &mut trace).unwrap().addr, 0x8000_0040);
+
+        unit.reset();
+
+        assert_eq!(unit.mmio_read(0, 8), 0);
+        let f = unit.translate(&req, &mut trace).unwrap_err();
+        assert_eq!(
+            (f.kind, f.site),
+            (FaultKind::NotPresent, FaultSite::DeviceTable)
+        );
+        assert_eq!(d.stats().domains, 0, "the mapping trees are gone");
+        // The old domain cannot be used again; a new one serves the new boot.
+        assert!(d.map(dom, &mapping(0x1000, 0x8000_0000)).is_err());
+        let dom2 = d.domain_alloc().unwrap();
+        assert_ne!(dom2, dom);
+        d.map(dom2, &mapping(0x1000, 0x9000_0000)).unwrap();
+        d.set_endpoint(7, EndpointMode::Translated(dom2)).unwrap();
+        assert_eq!(unit.translate(&req, &mut trace).unwrap().addr, 0x9000_0040);
+        // The counters keep counting across the reset (see `Unit::reset`).
+        assert_eq!(unit.stats().translations, 3);
     }
 }

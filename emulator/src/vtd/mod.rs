@@ -295,6 +295,10 @@ impl<M: PhysMem + Send + Sync> Unit for Vtd<M> {
         Vtd::mmio_write(self, offset, size, value)
     }
 
+    fn reset(&self) {
+        Vtd::reset(self)
+    }
+
     fn stats(&self) -> UnitStats {
         let s = &self.stats;
         let mut caches = vec![
@@ -332,6 +336,8 @@ pub struct Vtd<M: PhysMem> {
     ecap: u64,
     /// TE, TTM and the latched root table address, read once per translation.
     active: AtomicU64,
+    /// Resets so far: a translation records its fault only if no reset came after it began.
+    resets: AtomicU64,
     regs: Mutex<RegFile>,
     caches: VtdCaches,
     sink: EventSink,
@@ -372,6 +378,7 @@ impl<M: PhysMem> Vtd<M> {
             cap: cfg.cap(),
             ecap: cfg.ecap(),
             active: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
             regs: Mutex::new(RegFile::new(usize::from(cfg.nfr))),
             caches,
             legacy_ss: core::array::from_fn(|aw| {
@@ -402,6 +409,24 @@ impl<M: PhysMem> Vtd<M> {
         self.caches
             .invalidate_pasid_cache(0, 0, qi::PasidCacheGranularity::Global);
         self.caches.invalidate_iotlb(IotlbGranularity::Global);
+    }
+
+    /// Returns the unit to its power-on state, as a platform reset does (see [`Unit::reset`]):
+    /// translation off, every register at its reset value (§10.4: FECTL and IECTL with IM set,
+    /// everything else zero; VER, CAP and ECAP are what they were), the fault recording
+    /// registers empty and the next fault going to the first, every cache empty.
+    pub fn reset(&self) {
+        let mut r = self.regs();
+        // Translation off first, so that no translation starting from now on uses the old root
+        // table; the registers under their lock, so that no MMIO access sees half of each; the
+        // caches last: translations take their cache tokens before they read the active state
+        // (`translate_inner`), so one that saw translation still on took its tokens before
+        // this invalidation, and its fills are refused.
+        self.active.store(0, Ordering::Release);
+        self.resets.fetch_add(1, Ordering::AcqRel);
+        *r = RegFile::new(usize::from(self.cfg.nfr));
+        self.invalidate_caches();
+        log::debug!("vtd: reset");
     }
 
     fn regs(&self) -> std::sync::MutexGuard<'_, RegFile> {
@@ -688,7 +713,8 @@ impl<M: PhysMem> Vtd<M> {
                 // GCMD.TE: with ECAP.SMTS reported, Translation Disable performs a global
                 // invalidation of every DMA-remapping cache. Translation is already off, and
                 // the invalidation moves every cache's generation on, so no walk that began
-                // before can fill a cache after it.
+                // before can fill a cache after it (translations take their tokens before they
+                // read whether translation is on).
                 if self.cfg.scalable_mode {
                     self.invalidate_caches();
                 }
@@ -938,11 +964,14 @@ impl<M: PhysMem> Vtd<M> {
         }
     }
 
-    /// Records `info` in the fault recording registers (unless suppressed) and reports whether it
-    /// was recorded.
-    fn record_fault(&self, info: &FaultInfo) -> bool {
+    /// Records `info` in the fault recording registers and reports whether it was recorded:
+    /// not if the unit was reset after the translation began (`resets` was then `boot`).
+    fn record_fault(&self, info: &FaultInfo, boot: u64) -> bool {
         let mut events = Vec::new();
-        let recorded = self.regs().record_fault(info, &mut events);
+        let recorded = {
+            let mut r = self.regs();
+            self.resets.load(Ordering::Acquire) == boot && r.record_fault(info, &mut events)
+        };
         self.emit(events);
         recorded
     }

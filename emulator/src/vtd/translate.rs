@@ -154,6 +154,7 @@ impl<M: PhysMem> Vtd<M> {
     ) -> Result<Translation, Fault> {
         trace.clear();
         self.stats.translations.incr();
+        let boot = self.resets.load(Ordering::Acquire);
         match self.translate_inner(req, trace) {
             Ok(t) => Ok(t),
             // A translation request that finds no (or no permitted) page is not a fault: the
@@ -189,7 +190,7 @@ impl<M: PhysMem> Vtd<M> {
                     at: req.at,
                 };
                 let suppressed = fail.fpd && fail.reason.qualified();
-                let recorded = !suppressed && self.record_fault(&info);
+                let recorded = !suppressed && self.record_fault(&info, boot);
                 if recorded {
                     self.stats.faults_recorded.fetch_add(1, Ordering::Relaxed);
                 }
@@ -235,6 +236,10 @@ impl<M: PhysMem> Vtd<M> {
         req: &DmaRequest,
         trace: &mut Trace,
     ) -> Result<Translation, Fail> {
+        // The tokens before the active state: a translation that sees translation enabled took
+        // its tokens before any later Translation Disable or reset emptied the caches, so what
+        // it fills from the old structures is refused.
+        let tokens = self.tokens();
         let active = self.active.load(Ordering::Acquire);
         if active & ACTIVE_TE == 0 {
             // Translation disabled: DMA is not remapped (§10.4.4 GCMD.TE).
@@ -245,7 +250,6 @@ impl<M: PhysMem> Vtd<M> {
         {
             return interrupt_range_request(req, ttm);
         }
-        let tokens = self.tokens();
         let rta = active & !0xfff;
         match ttm {
             TTM_LEGACY => self.legacy(rta, req, tokens, trace),

@@ -16,6 +16,7 @@ use crate::trace::{CacheId, TraceEvent};
 
 mod commands;
 mod properties;
+mod reset;
 mod translation;
 
 const MEM: u64 = 1 << 32;

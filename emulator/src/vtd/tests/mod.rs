@@ -440,5 +440,6 @@ fn guest_first_stage(
 }
 
 mod registers;
+mod reset;
 mod scalable;
 mod trace_bounds;
