@@ -222,7 +222,8 @@ pub struct FrontStats {
     /// interrupt writes only with Bus Master Enable set).
     pub command: AtomicU64,
     /// Function resets (QEMU resets the function when the machine starts and on a guest
-    /// reboot, and the daemon when a client disconnects).
+    /// reboot, and the daemon when a client disconnects), each of which puts the unit back in
+    /// its power-on state.
     pub resets: AtomicU64,
 }
 
@@ -338,10 +339,11 @@ impl Device for UnitRegisters {
     }
 
     /// A function reset is the unit's platform reset: its registers, caches and pending
-    /// records go back to power-on, so nothing of the tables a previous boot programmed is
-    /// used again.
+    /// records go back to power-on ([`Unit::reset`]), so nothing of the tables a previous boot
+    /// programmed is used again.
     fn reset(&mut self) {
         self.checked = false;
+        self.unit.reset();
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
         log::info!(
             "register front: function reset, {} unit back to power-on",
@@ -468,6 +470,15 @@ mod tests {
         f.region_write(7, 4, &[0x02, 0]).unwrap();
         assert_eq!(*seen.lock().unwrap(), Some((0xfebf_e000, 0xfebf_d000)));
         assert_eq!(stats.bar0.load(Ordering::Relaxed), 0xfebf_d000);
+        // A function reset is the unit's: translation on, then a reset turns it off.
+        f.region_write(0, 0x18, &(1u32 << 31).to_le_bytes())
+            .unwrap();
+        assert_ne!(unit.mmio_read(0x1c, 4) & (1 << 31), 0, "GSTS.TES");
+        f.region_write(0, 0x3c, &0x4321u32.to_le_bytes()).unwrap();
+        f.reset_function();
+        assert_eq!(unit.mmio_read(0x1c, 4), 0, "GSTS at its reset value");
+        assert_eq!(unit.mmio_read(0x3c, 4), 0, "FEDATA at its reset value");
+        assert_eq!(stats.resets.load(Ordering::Relaxed), 1);
         // The right address is no mismatch.
         let seen = Arc::new(Mutex::new(None));
         let s2 = seen.clone();
