@@ -14,7 +14,8 @@
 //! - [`trace`]: the bounded, typed event trace a translation returns;
 //! - [`cache`]: cache wiring (traced lookups, generation tokens, geometry);
 //! - [`unit`](mod@unit): the trait every hardware unit implements;
-//! - [`xlate`]: the translation engine the units share (caches, walks, fills).
+//! - [`xlate`]: the translation engine the units share (caches, walks, fills);
+//! - [`timing`]: traces to cycles, and a discrete-event engine for concurrent streams.
 //!
 //! An embedder needs what the crate root re-exports: build a unit and its driver
 //! ([`VtdDriver::with_unit`], [`AmdViDriver::with_unit`], or [`SoftDriver::new`]), put a [`Core`] over the driver, and send
@@ -31,6 +32,7 @@ pub mod fuzz_support;
 pub mod inspect;
 pub mod pci;
 pub mod request;
+pub mod timing;
 pub mod trace;
 pub mod unit;
 pub mod vtd;
