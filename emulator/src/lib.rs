@@ -32,6 +32,7 @@ pub mod fuzz_support;
 pub mod inspect;
 pub mod pci;
 pub mod request;
+pub mod sim;
 pub mod timing;
 pub mod trace;
 pub mod unit;
