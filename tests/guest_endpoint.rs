@@ -48,9 +48,13 @@ fn dma_engine(model: &[&str]) {
     );
     let (dirs, d, mut q) = boot(&env, model, script.clone());
 
-    // First boot.
+    // First boot. The daemon records every translation the engine asks for until the copy
+    // is done, for the simulator to replay.
     q.next("boot");
     q.next("ask");
+    let recording = dirs[0].host.join("dma.jsonl");
+    let rec = d.ctl(json!({"cmd": "record", "path": recording}));
+    assert_eq!(rec["ok"], json!(true), "{rec}");
     q.send_line("first");
     let bound = q.next("bound");
     assert_eq!(bound.get("driver"), Some("vfio-pci"), "{bound:?}");
@@ -76,8 +80,22 @@ fn dma_engine(model: &[&str]) {
     // translations it made for the batch reached exactly the frames the guest's pagemap
     // reported, page by page.
     q.next("dma-wait");
+    let stopped = d.ctl(json!({"cmd": "record"}))["stopped"].clone();
     let e = endpoint(&d);
     assert_eq!(e["descriptors"], json!(3), "{e}");
+    // The timing model priced every translation the engine's DMA made.
+    let cycles = &e["cycles"];
+    assert_eq!(cycles["count"], e["translations"], "{e}");
+    let (p50, p99, max) = (
+        cycles["p50"].as_u64().unwrap(),
+        cycles["p99"].as_u64().unwrap(),
+        cycles["max"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= p99 && p99 <= max, "{cycles}");
+    eprintln!("the engine's translation cycles: {cycles}");
+    // The recording replays in the simulator: every request it holds translated (the
+    // simulator maps what the trace touches), none faulting.
+    replay_recording(&recording, &stopped, model);
     assert_eq!(
         e["bytes"],
         json!(2 * PAGES * 4096),
@@ -240,4 +258,41 @@ fn dma_engine_guest_bench() {
             median(&ratios)
         );
     }
+}
+
+/// Replays the daemon's recording in the simulator, through the model the daemon ran.
+fn replay_recording(path: &std::path::Path, stopped: &Value, model: &[&str]) {
+    use iommu_emulator::sim::platform::SimModel;
+    use iommu_emulator::sim::run::{RunConfig, Source, run};
+    use iommu_emulator::sim::trace_file;
+    use iommu_emulator::timing::Preset;
+    let records = trace_file::read(std::io::BufReader::new(
+        std::fs::File::open(path).expect("the recording"),
+    ))
+    .expect("the recording parses");
+    assert_eq!(
+        Some(records.len() as u64),
+        stopped["records"].as_u64(),
+        "{stopped}"
+    );
+    assert!(records.iter().all(|r| u64::from(r.source) == ENGINE_RID));
+    let (sim_model, preset) = match model {
+        [_, "amdvi", ..] => (SimModel::Amdvi, Preset::AmdviServer),
+        _ => (SimModel::VtdLegacy, Preset::VtdServer),
+    };
+    let cfg = RunConfig {
+        model: sim_model,
+        params: preset.params(),
+        page_size: 4096,
+        seed: 1,
+        tlp_bytes: 256,
+        translations: u64::MAX,
+    };
+    let r = run(&cfg, &Source::Trace(records.clone()), |_| {}).expect("the replay runs");
+    assert_eq!(r.translations, records.len() as u64);
+    assert_eq!(r.faults, 0, "the replay maps what the trace touches");
+    eprintln!(
+        "replayed {} recorded translations: hit rate {:.3}, latency p50 {} p99 {} cycles",
+        r.translations, r.iotlb_hit_rate, r.engine.latency.p50, r.engine.latency.p99
+    );
 }

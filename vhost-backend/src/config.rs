@@ -180,6 +180,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "vtd")]
     pub model: Model,
 
+    /// The timing model's parameters: a preset (`gem5-smmuv3`, `vtd-server`, `amdvi-server`),
+    /// a TOML file of them, `auto` (the server preset of --model's unit) or `off`. With
+    /// timing on, `translate` answers the cycles of each translation and `stats` each
+    /// endpoint's distribution of translation cycles.
+    #[arg(long, default_value = "auto", value_name = "PRESET|FILE|auto|off")]
+    pub timing: String,
+
     /// How the VT-d model is programmed: legacy (context entries) or scalable (PASID entries of
     /// RID_PASID; needs 8 KiB of private memory per endpoint ever made present).
     #[arg(long, value_enum, default_value = "legacy")]
@@ -290,6 +297,8 @@ pub struct DaemonConfig {
     pub control_socket: Option<PathBuf>,
     /// Hardware model.
     pub model: Model,
+    /// The timing model's parameters (none with `--timing off`).
+    pub timing: Option<iommu_emulator::timing::TimingParams>,
     /// VT-d programming mode.
     pub vtd_mode: VtdModeArg,
     /// The core's configuration.
@@ -466,6 +475,7 @@ impl TryFrom<Args> for DaemonConfig {
                 );
             }
         }
+        let timing = timing_params(&a.timing, a.model)?;
         let page_size_mask = parse_u64(&a.page_size_mask)?;
         if page_size_mask == 0 {
             return invalid("--page-size-mask must have at least one bit set".into());
@@ -548,6 +558,7 @@ impl TryFrom<Args> for DaemonConfig {
             vtd_mode: a.vtd_mode,
             probe_size: a.probe_size,
             request_poll: std::time::Duration::from_micros(a.request_poll_us),
+            timing,
             private_region: (private_base, private_size),
             viot,
             endpoint_devices,
@@ -567,6 +578,37 @@ impl TryFrom<Args> for DaemonConfig {
     }
 }
 
+/// The timing parameters `--timing` names: a preset, `auto` (the model's unit's server
+/// preset; VT-d's for the soft model), `off`, or a TOML file.
+fn timing_params(
+    arg: &str,
+    model: Model,
+) -> Result<Option<iommu_emulator::timing::TimingParams>, ConfigError> {
+    use iommu_emulator::timing::{Preset, TimingParams};
+    Ok(match arg {
+        "off" => None,
+        "auto" => Some(
+            match model {
+                Model::Amdvi => Preset::AmdviServer,
+                Model::Vtd | Model::Soft => Preset::VtdServer,
+            }
+            .params(),
+        ),
+        name => match name.parse::<Preset>() {
+            Ok(p) => Some(p.params()),
+            Err(_) if std::path::Path::new(name).exists() => Some(
+                TimingParams::load(name)
+                    .map_err(|e| ConfigError::Invalid(format!("--timing {name}: {e}")))?,
+            ),
+            Err(e) => {
+                return Err(ConfigError::Invalid(format!(
+                    "--timing {name:?}: {e}, and no such file"
+                )));
+            }
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,6 +618,35 @@ mod tests {
         argv.extend_from_slice(extra);
         let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
         DaemonConfig::try_from(args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn timing_is_the_models_server_preset_unless_told() {
+        use iommu_emulator::timing::Preset;
+        assert_eq!(parse(&[]).unwrap().timing, Some(Preset::VtdServer.params()));
+        assert_eq!(
+            parse(&["--model", "amdvi"]).unwrap().timing,
+            Some(Preset::AmdviServer.params())
+        );
+        assert_eq!(parse(&["--timing", "off"]).unwrap().timing, None);
+        assert_eq!(
+            parse(&["--timing", "gem5-smmuv3"]).unwrap().timing,
+            Some(Preset::Gem5Smmuv3.params())
+        );
+        let dir = std::env::temp_dir().join(format!("timing-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.toml");
+        std::fs::write(&file, Preset::AmdviServer.toml()).unwrap();
+        assert_eq!(
+            parse(&["--timing", file.to_str().unwrap()]).unwrap().timing,
+            Some(Preset::AmdviServer.params())
+        );
+        std::fs::write(&file, "clock_ghz = 2.0\nbogus = 1\n").unwrap();
+        let e = parse(&["--timing", file.to_str().unwrap()]).unwrap_err();
+        assert!(e.contains("--timing"), "{e}");
+        let e = parse(&["--timing", "fastest"]).unwrap_err();
+        assert!(e.contains("no such file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

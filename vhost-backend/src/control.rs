@@ -15,6 +15,12 @@
 //!   `{"event":"mem_read","target":"page_table","stage":"second","level":4,"addr":"0x1000"}`,
 //!   `{"event":"mem_write",..}`. A fault is also reported on the event queue, as any DMA fault
 //!   is.
+//!   With timing on (`--timing`), `"cycles"` gives the timing model's price of the translation:
+//!   `total` and its breakdown (`link`, `lookups`, `fills`, `structure_reads`, `walk_reads`,
+//!   `walk_steps`, `ad_updates`, `walk_cycles`, memory references `refs`, `table_refs`, ...).
+//! - `{"cmd":"record","path":"/tmp/dma.jsonl"}` — records every translation the endpoint
+//!   devices' DMA asks for, in the trace-file format `iommu-sim replay` reads;
+//!   `{"cmd":"record"}` stops and answers `"stopped":{"path":..,"records":N}`.
 //! - `{"cmd":"domains"}` — `{"ok":true,"bypass":false,"domains":[{"id":1,"kind":"paging",
 //!   "hw_domain":1,"hw_domain_id":2,"endpoints":[8],"mappings":[{"virt_start":..,"virt_end":..,
 //!   "phys_start":..,"flags":"rw"}]}]}`.
@@ -26,14 +32,16 @@
 //!   `translations`, `faults`, `not_ram`, `interrupts`), the last error
 //!   (`{"code":3,"name":"dst_fault","iova":..}`), and `last_batch`: the translations the
 //!   IOMMU made for the last doorbell, `{"iova":..,"phys":..,"len":..,"page_shift":12,
-//!   "access":"write","pasid":null}` (`phys` null where it faulted).
+//!   "access":"write","pasid":null}` (`phys` null where it faulted); with timing on, `cycles`:
+//!   the distribution of the timing model's cycles of its translations (`count`, `mean`,
+//!   `min`, `p50`, `p90`, `p99`, `max`).
 //!
 //! Bad input gets `{"ok":false,"error":"..."}`; lines longer than [`MAX_LINE`] close the
 //! connection.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -45,6 +53,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::device::IommuDevice;
+use crate::endpoint::observe::Observers;
 use crate::endpoint::server::EndpointHandle;
 use crate::register_front::FrontStats;
 use iommu_emulator::Unit;
@@ -85,6 +94,13 @@ pub enum Command {
     Stats {},
     /// The endpoint devices, with the translations of each one's last batch.
     Endpoints {},
+    /// Start recording every translation the endpoints' DMA asks for to the trace file at
+    /// `path` (the format `iommu-sim replay` reads), or, without `path`, stop.
+    Record {
+        /// The file to write (created or truncated).
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
 }
 
 /// The access kind of a `translate` command.
@@ -260,6 +276,10 @@ fn endpoint_json(e: &EndpointHandle, recent: bool) -> Value {
         "translations": n(&s.translations), "faults": n(&s.faults), "not_ram": n(&s.not_ram),
         "interrupts": n(&s.interrupts), "last_error": last_error,
     });
+    // The timing model's cycles of the endpoint's translations, when it is timed.
+    if let Some(c) = e.observed.as_ref().and_then(|o| o.cycles()) {
+        v["cycles"] = serde_json::to_value(c).unwrap_or(Value::Null);
+    }
     if recent {
         let list: Vec<Value> = s
             .recent
@@ -291,6 +311,17 @@ fn parse_command(line: &str) -> Result<Command, Value> {
 pub fn handle_line_with(
     device: &IommuDevice,
     endpoints: &[Arc<EndpointHandle>],
+    line: &str,
+) -> Value {
+    handle_line_observed(device, endpoints, &Observers::default(), line)
+}
+
+/// [`handle_line_with`], with the daemon's observers: `translate` answers the cycles the
+/// timing model gives the translation, and `record` starts and stops the recorder.
+pub fn handle_line_observed(
+    device: &IommuDevice,
+    endpoints: &[Arc<EndpointHandle>],
+    obs: &Observers,
     line: &str,
 ) -> Value {
     let cmd = match parse_command(line) {
@@ -351,8 +382,12 @@ pub fn handle_line_with(
                                              f.unit.kind, f.unit.site)}),
                 ),
             };
+            let cycles = obs.cost(&out.trace).map_or(Value::Null, |c| {
+                serde_json::to_value(c).unwrap_or(Value::Null)
+            });
             let trace = trace_json(&out.trace);
             json!({"ok": true, "translation": translation, "fault": fault,
+                   "cycles": cycles,
                    "trace_len": trace.len(), "trace_dropped": out.trace.dropped(),
                    "trace": trace})
         }
@@ -400,6 +435,7 @@ pub fn handle_line_with(
                 "endpoints": endpoints_json(endpoints, false),
             })
         }
+        Command::Record { path } => record_json(obs, path.as_deref()),
         Command::Endpoints {} => {
             json!({"ok": true,
                    "endpoints": endpoints_json(endpoints, true)})
@@ -470,12 +506,24 @@ pub fn handle_register_front_line(
     endpoints: &[Arc<EndpointHandle>],
     line: &str,
 ) -> Value {
+    handle_register_front_observed(unit, front, endpoints, &Observers::default(), line)
+}
+
+/// [`handle_register_front_line`], with the daemon's observers (`record`).
+pub fn handle_register_front_observed(
+    unit: &dyn Unit,
+    front: &FrontStats,
+    endpoints: &[Arc<EndpointHandle>],
+    obs: &Observers,
+    line: &str,
+) -> Value {
     let cmd = match parse_command(line) {
         Ok(c) => c,
         Err(answer) => return answer,
     };
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     match cmd {
+        Command::Record { path } => record_json(obs, path.as_deref()),
         Command::Endpoints {} => {
             // Each endpoint with the structures the guest's driver built for it, as the unit
             // follows them (root, context and PASID entries; the DTE and GCR3 entry).
@@ -549,16 +597,42 @@ pub fn handle_register_front_line(
     }
 }
 
-fn answer(target: &Target, endpoints: &[Arc<EndpointHandle>], line: &str) -> Value {
+fn answer(
+    target: &Target,
+    endpoints: &[Arc<EndpointHandle>],
+    obs: &Observers,
+    line: &str,
+) -> Value {
     match target {
-        Target::Virtio(d) => handle_line_with(d, endpoints, line),
-        Target::Registers(u, f) => handle_register_front_line(&**u, f, endpoints, line),
+        Target::Virtio(d) => handle_line_observed(d, endpoints, obs, line),
+        Target::Registers(u, f) => handle_register_front_observed(&**u, f, endpoints, obs, line),
+    }
+}
+
+/// Starts (with `path`) or stops the recorder; the answer names what a stopped recording
+/// holds.
+fn record_json(obs: &Observers, path: Option<&Path>) -> Value {
+    let done = |r: Option<crate::endpoint::observe::Recorded>| {
+        r.map_or(
+            Value::Null,
+            |r| json!({"path": r.path.display().to_string(), "records": r.records}),
+        )
+    };
+    match path {
+        Some(p) => match obs.recorder.start(p) {
+            Ok(prev) => json!({"ok": true, "recording": p.display().to_string(),
+                               "stopped": done(prev)}),
+            Err(e) => json!({"ok": false,
+                             "error": format!("cannot record to {}: {e}", p.display())}),
+        },
+        None => json!({"ok": true, "recording": Value::Null, "stopped": done(obs.recorder.stop())}),
     }
 }
 
 fn serve_connection(
     target: &Target,
     endpoints: &[Arc<EndpointHandle>],
+    obs: &Observers,
     stream: UnixStream,
 ) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
@@ -581,7 +655,7 @@ fn serve_connection(
         if text.is_empty() {
             continue;
         }
-        let answer = answer(target, endpoints, text);
+        let answer = answer(target, endpoints, obs, text);
         writeln!(out, "{answer}")?;
     }
 }
@@ -592,9 +666,10 @@ use std::io::Read as _;
 pub fn spawn(
     device: Arc<IommuDevice>,
     endpoints: Vec<Arc<EndpointHandle>>,
+    obs: Arc<Observers>,
     path: &Path,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    spawn_target(Target::Virtio(device), endpoints, path)
+    spawn_target(Target::Virtio(device), endpoints, obs, path)
 }
 
 /// [`spawn`] for the register front.
@@ -602,14 +677,16 @@ pub fn spawn_register_front(
     unit: Arc<dyn Unit>,
     front: Arc<FrontStats>,
     endpoints: Vec<Arc<EndpointHandle>>,
+    obs: Arc<Observers>,
     path: &Path,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    spawn_target(Target::Registers(unit, front), endpoints, path)
+    spawn_target(Target::Registers(unit, front), endpoints, obs, path)
 }
 
 fn spawn_target(
     target: Target,
     endpoints: Vec<Arc<EndpointHandle>>,
+    obs: Arc<Observers>,
     path: &Path,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let target = Arc::new(target);
@@ -635,12 +712,16 @@ fn spawn_target(
                     continue;
                 }
                 active.fetch_add(1, Ordering::AcqRel);
-                let (target, active, endpoints) =
-                    (target.clone(), active.clone(), endpoints.clone());
+                let (target, active, endpoints, obs) = (
+                    target.clone(),
+                    active.clone(),
+                    endpoints.clone(),
+                    obs.clone(),
+                );
                 let spawned = std::thread::Builder::new()
                     .name("control-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve_connection(&target, &endpoints, stream) {
+                        if let Err(e) = serve_connection(&target, &endpoints, &obs, stream) {
                             log::debug!("control connection: {e}");
                         }
                         active.fetch_sub(1, Ordering::AcqRel);
@@ -916,6 +997,57 @@ mod tests {
     }
 
     #[test]
+    fn with_timing_translate_answers_cycles_and_record_starts_and_stops() {
+        use iommu_emulator::timing::Preset;
+        let d = vtd_device(iommu_emulator::VtdMode::Legacy);
+        d.core().attach(3, 8, false).unwrap();
+        d.core()
+            .map(3, 0x1000, 0x1fff, 0xa000, MapFlags::RW)
+            .unwrap();
+        let obs = Observers::new(Some(&Preset::VtdServer.params()));
+        let line = r#"{"cmd":"translate","endpoint":8,"iova":4100,"access":"write"}"#;
+        let miss = handle_line_observed(&d, &[], &obs, line);
+        let hit = handle_line_observed(&d, &[], &obs, line);
+        let total = |v: &Value| v["cycles"]["total"].as_u64().unwrap();
+        assert!(
+            total(&miss) > total(&hit),
+            "a walk costs more than a hit: {miss} {hit}"
+        );
+        assert_eq!(miss["cycles"]["iotlb_hit"], json!(false));
+        assert_eq!(hit["cycles"]["iotlb_hit"], json!(true));
+        assert!(miss["cycles"]["table_refs"].as_u64().unwrap() > 0, "{miss}");
+        // Without timing, no cycles.
+        assert_eq!(handle_line(&d, line)["cycles"], Value::Null);
+
+        let dir = std::env::temp_dir().join(format!("ctl-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.jsonl");
+        let start = handle_line_observed(
+            &d,
+            &[],
+            &obs,
+            &json!({"cmd": "record", "path": path}).to_string(),
+        );
+        assert_eq!(
+            start["recording"],
+            json!(path.display().to_string()),
+            "{start}"
+        );
+        assert!(obs.recorder.is_on());
+        let stop = handle_line_observed(&d, &[], &obs, r#"{"cmd":"record"}"#);
+        assert_eq!(stop["stopped"]["records"], json!(0), "{stop}");
+        assert!(!obs.recorder.is_on());
+        let bad = handle_line_observed(
+            &d,
+            &[],
+            &obs,
+            &json!({"cmd": "record", "path": dir.join("no/dir/r")}).to_string(),
+        );
+        assert_eq!(bad["ok"], json!(false), "{bad}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_requests_get_errors() {
         let d = device();
         for line in [
@@ -954,7 +1086,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("viommu-ctl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ctl.sock");
-        spawn(d, Vec::new(), &path).unwrap();
+        spawn(d, Vec::new(), Arc::default(), &path).unwrap();
         let mut s = UnixStream::connect(&path).unwrap();
         writeln!(s, r#"{{"cmd":"stats"}}"#).unwrap();
         writeln!(s).unwrap();

@@ -17,6 +17,7 @@ use crate::backend::{BackendError, FAULT_EVENT, IommuBackend};
 use crate::config::{DaemonConfig, Model, VtdModeArg};
 use crate::device::{DeviceError, IommuDevice};
 use crate::dmar::DmarTopology;
+use crate::endpoint::observe::Observers;
 use crate::endpoint::server::EndpointHandle;
 use crate::endpoint::{DmaTranslator, UnitTranslator};
 use crate::ivrs::IvrsTopology;
@@ -118,21 +119,25 @@ pub fn build_device(
     Ok(Arc::new(IommuDevice::new(core, cfg.probe_size)?))
 }
 
-/// Serves the `--endpoint` devices, each translated by `iommu` unless it bypasses the IOMMU.
+/// Serves the `--endpoint` devices, each translated by `iommu` (and observed by `obs`) unless
+/// it bypasses the IOMMU.
 fn spawn_endpoints(
     cfg: &DaemonConfig,
     iommu: &Arc<dyn DmaTranslator>,
+    obs: &Observers,
 ) -> Result<Vec<Arc<EndpointHandle>>, DaemonError> {
     let mut endpoints = Vec::new();
     for spec in &cfg.endpoint_devices {
-        let translator: Arc<dyn DmaTranslator> = if spec.bypass_iommu {
-            Arc::new(crate::endpoint::NoIommu)
+        let (translator, observed): (Arc<dyn DmaTranslator>, _) = if spec.bypass_iommu {
+            (Arc::new(crate::endpoint::NoIommu), None)
         } else {
-            iommu.clone()
+            let o = obs.endpoint(iommu.clone());
+            (o.clone(), Some(o))
         };
-        let e = crate::endpoint::server::spawn(spec.clone(), translator).map_err(|e| {
-            DaemonError::Endpoint(format!("{} at {}", spec.bdf, spec.socket.display()), e)
-        })?;
+        let e =
+            crate::endpoint::server::spawn(spec.clone(), translator, observed).map_err(|e| {
+                DaemonError::Endpoint(format!("{} at {}", spec.bdf, spec.socket.display()), e)
+            })?;
         log::info!(
             "endpoint {} (DMA engine) served over vfio-user at {}{}",
             spec.bdf,
@@ -183,9 +188,11 @@ pub fn run(cfg: DaemonConfig) -> Result<(), DaemonError> {
     let ram = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let device = build_device(&cfg, &ram)?;
     let core: Arc<dyn DmaTranslator> = device.core().clone();
-    let endpoints = spawn_endpoints(&cfg, &core)?;
+    let obs = Arc::new(Observers::new(cfg.timing.as_ref()));
+    let endpoints = spawn_endpoints(&cfg, &core, &obs)?;
     if let Some(path) = &cfg.control_socket {
-        crate::control::spawn(device.clone(), endpoints, path).map_err(DaemonError::Control)?;
+        crate::control::spawn(device.clone(), endpoints, obs, path)
+            .map_err(DaemonError::Control)?;
         log::info!("control socket at {}", path.display());
     }
     let backend = Arc::new(IommuBackend::new(device.clone())?);
@@ -344,9 +351,10 @@ fn run_register_front(
         front.socket.display()
     );
     let translator: Arc<dyn DmaTranslator> = Arc::new(UnitTranslator(unit.clone()));
-    let endpoints = spawn_endpoints(cfg, &translator)?;
+    let obs = Arc::new(Observers::new(cfg.timing.as_ref()));
+    let endpoints = spawn_endpoints(cfg, &translator, &obs)?;
     if let Some(path) = &cfg.control_socket {
-        crate::control::spawn_register_front(unit, stats, endpoints, path)
+        crate::control::spawn_register_front(unit, stats, endpoints, obs, path)
             .map_err(DaemonError::Control)?;
         log::info!("control socket at {}", path.display());
     }

@@ -10,6 +10,7 @@
 //! virtio-iommu front), or a unit that a guest's own driver programs (the register front).
 
 pub mod engine;
+pub mod observe;
 pub mod server;
 
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use iommu_emulator::core::Core;
 use iommu_emulator::request::{Fault, FaultKind, FaultSite};
-use iommu_emulator::{DmaRequest, PciBdf, Perms, Translation, Unit};
+use iommu_emulator::{DmaRequest, PciBdf, Perms, Trace, Translation, Unit};
 
 /// What translates an endpoint's DMA: the IOMMU as the endpoint's requests reach it.
 ///
@@ -27,6 +28,13 @@ use iommu_emulator::{DmaRequest, PciBdf, Perms, Translation, Unit};
 pub trait DmaTranslator: Send + Sync {
     /// Translates one request.
     fn translate(&self, req: &DmaRequest) -> Result<Translation, Fault>;
+
+    /// [`DmaTranslator::translate`], recording into `trace` what the IOMMU did (for the
+    /// timing model). A translator with no IOMMU behind it records nothing.
+    fn translate_traced(&self, req: &DmaRequest, trace: &mut Trace) -> Result<Translation, Fault> {
+        trace.clear();
+        self.translate(req)
+    }
 }
 
 /// Behind the virtio-iommu front: the core, which knows the endpoint's domain and reports
@@ -35,6 +43,10 @@ impl DmaTranslator for Core {
     #[inline]
     fn translate(&self, req: &DmaRequest) -> Result<Translation, Fault> {
         self.translate_untraced(req).map_err(|f| f.unit)
+    }
+
+    fn translate_traced(&self, req: &DmaRequest, trace: &mut Trace) -> Result<Translation, Fault> {
+        self.translate_into(req, trace).map_err(|f| f.unit)
     }
 }
 
@@ -46,7 +58,11 @@ pub struct UnitTranslator(pub Arc<dyn Unit>);
 impl DmaTranslator for UnitTranslator {
     #[inline]
     fn translate(&self, req: &DmaRequest) -> Result<Translation, Fault> {
-        self.0.translate(req, &mut iommu_emulator::Trace::off())
+        self.0.translate(req, &mut Trace::off())
+    }
+
+    fn translate_traced(&self, req: &DmaRequest, trace: &mut Trace) -> Result<Translation, Fault> {
+        self.0.translate(req, trace)
     }
 }
 

@@ -90,23 +90,37 @@ impl PciFunction<DmaEngineDevice> {
 }
 
 /// A served endpoint, as the control socket reports it.
-#[derive(Debug)]
 pub struct EndpointHandle {
     /// What was asked for.
     pub spec: EndpointSpec,
     /// Its counters.
     pub stats: Arc<EndpointStats>,
+    /// What the daemon observes of its DMA (the timing model's cycles), when its DMA crosses
+    /// the IOMMU.
+    pub observed: Option<Arc<super::observe::Observed>>,
+}
+
+impl std::fmt::Debug for EndpointHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointHandle")
+            .field("spec", &self.spec)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Binds `spec.socket` (replacing a stale socket file) and serves the endpoint on a thread
-/// of its own, one connection after another, with its DMA translated by `iommu`.
+/// of its own, one connection after another, with its DMA translated by `iommu` (`observed`,
+/// when given, is `iommu` with the daemon's observations around it).
 pub fn spawn(
     spec: EndpointSpec,
     iommu: Arc<dyn DmaTranslator>,
+    observed: Option<Arc<super::observe::Observed>>,
 ) -> Result<Arc<EndpointHandle>, vfio_user::Error> {
     let handle = Arc::new(EndpointHandle {
         spec,
         stats: Arc::new(EndpointStats::default()),
+        observed,
     });
     let function = EndpointFunction::dma_engine(handle.spec.bdf.rid(), iommu, handle.stats.clone());
     let stats = handle.stats.clone();
@@ -672,7 +686,7 @@ mod tests {
             socket: sock.clone(),
             bypass_iommu: false,
         };
-        let h = spawn(spec, core.clone()).unwrap();
+        let h = spawn(spec, core.clone(), None).unwrap();
         let ram = ram_file();
         for round in 0..2u8 {
             let mut c = vfio_user::Client::new(&sock).unwrap();
