@@ -68,6 +68,22 @@ pub enum DaemonError {
     Register(std::io::Error),
 }
 
+/// With timing on, the unit's caches take the timing parameters' geometry (`apply` gives it
+/// to the unit's configuration), so the cycles the model charges are those of the caches that
+/// translate; what the unit cannot follow is logged.
+fn timed_geometry(
+    cfg: &DaemonConfig,
+    apply: impl FnOnce(
+        &iommu_emulator::timing::TimingParams,
+    ) -> Vec<iommu_emulator::timing::UnitDeviation>,
+) {
+    if let Some(p) = &cfg.timing {
+        for d in apply(p) {
+            log::info!("timing: the unit's caches differ from the parameters: {d:?}");
+        }
+    }
+}
+
 /// Builds the hardware model the configuration names: a unit and the driver that programs
 /// it. A VT-d or AMD-Vi unit's memory is the system physical address space: the
 /// IOMMU-private region (an anonymous mapping at `cfg.private_region`'s physical base, holding
@@ -89,10 +105,11 @@ pub fn build_driver(
     Ok(match cfg.model {
         Model::Soft => Arc::new(SoftDriver::new()),
         Model::Vtd => {
-            let vtd_cfg = VtdConfig {
+            let mut vtd_cfg = VtdConfig {
                 haw: phys_bits(0),
                 ..VtdConfig::default()
             };
+            timed_geometry(cfg, |p| p.apply_to_vtd(&mut vtd_cfg));
             let mode = match cfg.vtd_mode {
                 VtdModeArg::Legacy => VtdMode::Legacy,
                 VtdModeArg::Scalable => VtdMode::Scalable,
@@ -100,10 +117,11 @@ pub fn build_driver(
             Arc::new(VtdDriver::with_unit(system()?, vtd_cfg, region, mode)?)
         }
         Model::Amdvi => {
-            let amd_cfg = AmdViConfig {
+            let mut amd_cfg = AmdViConfig {
                 phys_addr_bits: phys_bits(32),
                 ..AmdViConfig::default()
             };
+            timed_geometry(cfg, |p| p.apply_to_amdvi(&mut amd_cfg));
             Arc::new(AmdViDriver::with_unit(system()?, amd_cfg, region)?)
         }
     })
@@ -247,10 +265,11 @@ fn run_register_front(
     };
     let (unit, registers): (Arc<dyn Unit>, _) = match front.kind {
         FrontKind::Vtd => {
-            let vtd_cfg = VtdConfig {
+            let mut vtd_cfg = VtdConfig {
                 haw: phys_bits,
                 ..VtdConfig::default()
             };
+            timed_geometry(cfg, |p| p.apply_to_vtd(&mut vtd_cfg));
             let (events, to_guest) = (stats.clone(), link.clone());
             let unit: Arc<dyn Unit> = Arc::new(
                 Vtd::new(
@@ -293,10 +312,11 @@ fn run_register_front(
             )
         }
         FrontKind::Amdvi => {
-            let amd_cfg = AmdViConfig {
+            let mut amd_cfg = AmdViConfig {
                 phys_addr_bits: phys_bits,
                 ..AmdViConfig::default()
             };
+            timed_geometry(cfg, |p| p.apply_to_amdvi(&mut amd_cfg));
             let unit: Arc<dyn Unit> = Arc::new(
                 AmdVi::new(
                     GuestRam::new(ram.clone()),
