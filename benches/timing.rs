@@ -7,8 +7,10 @@
 //! second-stage tables, legacy mode):
 //! - `untimed_hit_trace_off`: the translation without a trace, as an untimed simulator runs it;
 //! - `untimed_hit` (the baseline of `timed_hit`): the translation recording its trace;
-//! - `timed_hit`: the same, then its cost and its placement in the engine;
-//! - `cost_hit` / `engine_hit`: each half of the timing alone, on the trace of a hit;
+//! - `timed_hit`: the same, then its cost (`CostModel::cost_into`) and its placement in the
+//!   engine;
+//! - `cost_hit` / `cost_into_hit` / `engine_hit`: each half of the timing alone, on the trace
+//!   of a hit (`cost_into` writes into a caller's `Cost` instead of returning one);
 //! - `untimed_miss` / `timed_miss`: with 8-entry caches (every request walks), so the timing of
 //!   walks (LLC model, walker slots, coalescing map) is measured too.
 
@@ -16,7 +18,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use iommu_emulator::request::{AccessKind, DmaRequest};
-use iommu_emulator::timing::{CacheParams, CostModel, Engine, Preset, TimingParams};
+use iommu_emulator::timing::{CacheParams, Cost, CostModel, Engine, Preset, TimingParams};
 use iommu_emulator::trace::Trace;
 use iommu_emulator::vtd::layout::{ContextEntryHi, ContextEntryLo, RootEntryLo, RtaddrReg};
 use iommu_emulator::vtd::regs::*;
@@ -112,6 +114,7 @@ struct Sim {
     i: usize,
     trace: Trace,
     model: CostModel,
+    cost: Cost,
     engine: Engine,
     now: u64,
 }
@@ -123,6 +126,7 @@ impl Sim {
         Self {
             vtd: unit(params, &list),
             model: engine.cost_model(),
+            cost: Cost::default(),
             engine,
             list,
             i: 0,
@@ -151,9 +155,11 @@ impl Sim {
     fn timed(&mut self) -> u64 {
         let req = self.request();
         let t = self.vtd.translate_with(&req, &mut self.trace).unwrap();
-        let cost = self.model.cost(&self.trace);
+        self.model.cost_into(&self.trace, &mut self.cost);
         self.now += 4;
-        let c = self.engine.translate(self.now, 0, req.addr >> 12, &cost);
+        let c = self
+            .engine
+            .translate(self.now, 0, req.addr >> 12, &self.cost);
         t.addr ^ c.done
     }
 
@@ -182,6 +188,13 @@ fn bench(c: &mut Criterion) {
     let mut model = CostModel::new(&big);
     g.bench_function("cost_hit", |b| {
         b.iter(|| black_box(model.cost(&hit_trace).total))
+    });
+    let mut out = Cost::default();
+    g.bench_function("cost_into_hit", |b| {
+        b.iter(|| {
+            model.cost_into(&hit_trace, &mut out);
+            black_box(out.total)
+        })
     });
     let cost = model.cost(&hit_trace);
     let mut engine = Engine::new(&big, 1);

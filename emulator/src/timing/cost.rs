@@ -91,6 +91,7 @@ impl Cost {
     }
 
     /// Adds `cycles` of `cache` lookups to the front (merged with earlier ones of the cache).
+    #[inline(always)]
     pub fn add_front(&mut self, cache: FrontCache, cycles: u32) {
         let n = usize::from(self.front_len);
         if let Some(u) = self.front[..n].iter_mut().find(|u| u.cache == cache) {
@@ -144,6 +145,36 @@ impl Cost {
         }
         c.total = c.components();
         c
+    }
+}
+
+/// A component of [`Cost`] (each charge also adds to the total, so that the total is never
+/// re-read from the components on the hot path).
+#[derive(Clone, Copy)]
+enum Part {
+    Link,
+    Lookups,
+    Fills,
+    StructureReads,
+    WalkReads,
+    WalkSteps,
+    AdUpdates,
+}
+
+impl Cost {
+    #[inline(always)]
+    fn add(&mut self, part: Part, cycles: u64) {
+        self.total += cycles;
+        let f = match part {
+            Part::Link => &mut self.link,
+            Part::Lookups => &mut self.lookups,
+            Part::Fills => &mut self.fills,
+            Part::StructureReads => &mut self.structure_reads,
+            Part::WalkReads => &mut self.walk_reads,
+            Part::WalkSteps => &mut self.walk_steps,
+            Part::AdUpdates => &mut self.ad_updates,
+        };
+        *f += cycles;
     }
 }
 
@@ -233,15 +264,20 @@ impl CostModel {
     }
 
     /// The cost of the untranslated DMA whose translation recorded `trace`.
+    #[inline]
     pub fn cost(&mut self, trace: &Trace) -> Cost {
-        self.cost_over(trace, self.link)
+        let mut c = Cost::default();
+        self.cost_over(trace, self.link, &mut c);
+        c
     }
 
     /// The cost of an ATS translation request that recorded `trace`: the request's round trip
     /// (half each way, the odd cycle on the way back) instead of the link.
     pub fn cost_ats(&mut self, trace: &Trace) -> Cost {
         let to = self.ats_round_trip / 2;
-        self.cost_over(trace, (to, self.ats_round_trip - to))
+        let mut c = Cost::default();
+        self.cost_over(trace, (to, self.ats_round_trip - to), &mut c);
+        c
     }
 
     /// The cost of a device-TLB hit: it never reaches the IOMMU.
@@ -254,33 +290,40 @@ impl CostModel {
         c
     }
 
-    fn cost_over(&mut self, trace: &Trace, link: (u32, u32)) -> Cost {
-        let mut c = Cost {
+    /// [`Self::cost`] written into `out` (which it overwrites): no copy of the result, for
+    /// the hot loop of a simulator.
+    pub fn cost_into(&mut self, trace: &Trace, out: &mut Cost) {
+        self.cost_over(trace, self.link, out);
+    }
+
+    #[inline]
+    fn cost_over(&mut self, trace: &Trace, link: (u32, u32), c: &mut Cost) {
+        let links = u64::from(link.0) + u64::from(link.1);
+        *c = Cost {
             link_to_iommu: link.0,
             link_from_iommu: link.1,
-            link: u64::from(link.0) + u64::from(link.1),
+            link: links,
+            total: links,
             ..Cost::default()
         };
         let mut w = Walking::default();
         for e in trace.events() {
-            self.charge(*e, &mut c, &mut w);
+            self.charge(*e, c, &mut w);
         }
         // No IOTLB lookup (a fault or pass-through before it): the held-back lookups happened.
         if !w.iotlb_seen {
-            self.release_deferred(&mut c, &mut w);
+            self.release_deferred(c, &mut w);
         }
-        c.total = c.components();
-        c
     }
 
-    #[inline]
+    #[inline(always)]
     fn charge(&mut self, e: TraceEvent, c: &mut Cost, w: &mut Walking) {
         match e {
             TraceEvent::CacheLookup { cache, hit } => self.lookup(slot(cache), hit, c, w),
             TraceEvent::CacheFill { cache } => {
                 let s = slot(cache);
                 let cy = u64::from(self.fill[s]);
-                c.fills += cy;
+                c.add(Part::Fills, cy);
                 if s == PWC || w.in_walk {
                     c.walk_cycles += cy;
                 }
@@ -288,7 +331,7 @@ impl CostModel {
             TraceEvent::WalkStart { .. } => {
                 w.in_walk = true;
                 c.walks = c.walks.saturating_add(1);
-                c.walk_steps += u64::from(self.walk_start);
+                c.add(Part::WalkSteps, u64::from(self.walk_start));
                 c.walk_cycles += u64::from(self.walk_start);
             }
             TraceEvent::WalkEnd { faulted } => {
@@ -303,11 +346,11 @@ impl CostModel {
                     let n = &mut c.walk_reads_by_level[stage_index(stage)]
                         [usize::from(level).min(MAX_LEVEL)];
                     *n = n.saturating_add(1);
-                    c.walk_reads += m;
-                    c.walk_steps += u64::from(self.per_read);
+                    c.add(Part::WalkReads, m);
+                    c.add(Part::WalkSteps, u64::from(self.per_read));
                     c.walk_cycles += m + u64::from(self.per_read);
                 } else {
-                    c.structure_reads += m;
+                    c.add(Part::StructureReads, m);
                     if w.in_walk {
                         c.walk_cycles += m;
                     }
@@ -317,13 +360,13 @@ impl CostModel {
                 let m = self.memory(addr, c);
                 c.refs += 1;
                 c.ad_refs += 1;
-                c.ad_updates += m;
+                c.add(Part::AdUpdates, m);
                 c.walk_cycles += m;
             }
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn lookup(&mut self, s: usize, hit: bool, c: &mut Cost, w: &mut Walking) {
         let cy = self.lookup[s];
         let walker = s == PWC || w.in_walk;
@@ -337,18 +380,19 @@ impl CostModel {
         } else {
             c.add_front(front_cache(s), cy);
         }
-        c.lookups += u64::from(cy);
+        c.add(Part::Lookups, u64::from(cy));
         if s == IOTLB && !w.iotlb_seen {
             w.iotlb_seen = true;
             c.iotlb_hit = Some(hit);
             if !hit {
-                c.link += u64::from(self.miss_path);
+                c.add(Part::Link, u64::from(self.miss_path));
                 self.release_deferred(c, w);
             }
         }
     }
 
     /// Charges the context and PASID lookups held back for the IOTLB's outcome.
+    #[inline(always)]
     fn release_deferred(&self, c: &mut Cost, w: &mut Walking) {
         for (i, f) in [FrontCache::Context, FrontCache::Pasid]
             .into_iter()
@@ -356,14 +400,14 @@ impl CostModel {
         {
             let cy = std::mem::take(&mut w.deferred[i]);
             if cy > 0 {
-                c.lookups += u64::from(cy);
+                c.add(Part::Lookups, u64::from(cy));
                 c.add_front(f, cy);
             }
         }
     }
 
     /// The cycles of one memory access at `addr`.
-    #[inline]
+    #[inline(always)]
     fn memory(&mut self, addr: u64, c: &mut Cost) -> u64 {
         if let Some(llc) = &mut self.llc
             && llc.access(addr)

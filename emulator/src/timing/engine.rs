@@ -386,20 +386,23 @@ impl Engine {
         }
     }
 
+    #[inline]
     fn account(&mut self, stream: u32, arrival: u64, c: &Completion, w: &Waits, walked: bool) {
         self.translations += 1;
         self.last_done = self.last_done.max(c.done);
         self.walks += u64::from(walked);
         self.coalesced += u64::from(c.coalesced);
-        let q = &mut self.q;
-        q.queued_translations += u64::from(c.queued_cycles > 0);
-        q.queued_cycles += c.queued_cycles;
-        q.link_wait_cycles += w.link;
-        q.port_wait_cycles += w.port;
-        q.walker_wait_cycles += w.walker;
-        q.coalesce_wait_cycles += w.coalesce;
-        q.invalidation_stalls += u64::from(w.stall > 0);
-        q.invalidation_stall_cycles += w.stall;
+        if c.queued_cycles > 0 {
+            let q = &mut self.q;
+            q.queued_translations += 1;
+            q.queued_cycles += c.queued_cycles;
+            q.link_wait_cycles += w.link;
+            q.port_wait_cycles += w.port;
+            q.walker_wait_cycles += w.walker;
+            q.coalesce_wait_cycles += w.coalesce;
+            q.invalidation_stalls += u64::from(w.stall > 0);
+            q.invalidation_stall_cycles += w.stall;
+        }
         let s = self.stream(stream);
         s.latency.record(c.done - arrival);
         s.walks += u64::from(walked);
