@@ -287,6 +287,8 @@ fn replay_recording(path: &std::path::Path, stopped: &Value, model: &[&str]) {
         seed: 1,
         tlp_bytes: 256,
         translations: u64::MAX,
+        remap_every: 0,
+        inflight: 0,
     };
     let r = run(&cfg, &Source::Trace(records.clone()), |_| {}).expect("the replay runs");
     assert_eq!(r.translations, records.len() as u64);

@@ -74,6 +74,8 @@ enum SweepParam {
     Iotlb,
     /// Concurrent walker slots.
     Walkers,
+    /// Paging-structure-cache entries per level.
+    Pwc,
     /// Page size (4k or 2m).
     PageSize,
 }
@@ -99,12 +101,19 @@ struct Common {
     /// Walker slots (overrides the parameters).
     #[arg(long)]
     walkers: Option<u32>,
+    /// Paging-structure-cache entries per level (overrides the parameters).
+    #[arg(long)]
+    pwc: Option<u32>,
     /// Translations to simulate.
     #[arg(long, default_value_t = 2_000_000)]
     translations: u64,
     /// Bytes per PCIe request.
     #[arg(long, default_value_t = 256)]
     tlp_bytes: u64,
+    /// Translations a device may have outstanding (0: no limit, the offered load arrives as
+    /// offered); with a limit, latency costs throughput.
+    #[arg(long, default_value_t = 0)]
+    inflight: usize,
     /// The seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -148,6 +157,10 @@ struct WorkloadArgs {
     /// tenants: how many.
     #[arg(long)]
     tenants: Option<u32>,
+    /// nic, tenants: every N packets the driver unmaps the buffer and maps it again (the DMA
+    /// API's strict mode is 1), invalidating through the unit's queue.
+    #[arg(long, default_value_t = 0)]
+    remap_every: u64,
 }
 
 impl WorkloadArgs {
@@ -221,6 +234,10 @@ impl Common {
         if let Some(n) = self.walkers {
             params.walkers = n;
         }
+        if let Some(n) = self.pwc {
+            params.pwc.entries = n;
+            params.pwc.ways = params.pwc.ways.min(n.max(1));
+        }
         params.validate().map_err(|e| e.to_string())?;
         if self.translations == 0 {
             return Err("--translations must be at least 1".into());
@@ -232,6 +249,8 @@ impl Common {
             seed: self.seed,
             tlp_bytes: self.tlp_bytes,
             translations: self.translations,
+            remap_every: 0,
+            inflight: self.inflight,
         })
     }
 }
@@ -263,6 +282,18 @@ fn table(r: &RunReport) -> String {
     row("walkers", r.walkers.to_string());
     row("translations", r.translations.to_string());
     row("faults", r.faults.to_string());
+    if r.remaps > 0 {
+        row(
+            "buffers remapped",
+            format!(
+                "{} ({} invalidations, {} translations stalled {} cycles)",
+                r.remaps,
+                e.invalidations,
+                e.queueing.invalidation_stalls,
+                e.queueing.invalidation_stall_cycles
+            ),
+        );
+    }
     row("IOTLB hit rate", format!("{:.4}", r.iotlb_hit_rate));
     row(
         "memory refs / translation",
@@ -376,7 +407,8 @@ fn real_main() -> Result<(), String> {
             Ok(())
         }
         Cmd::Run { common, workload } => {
-            let cfg = common.config()?;
+            let mut cfg = common.config()?;
+            cfg.remap_every = workload.remap_every;
             let kind = workload.kind()?;
             let bar = progress(cfg.translations, kind.name());
             let r = run(&cfg, &Source::Workload(kind), |n| bar.set_position(n))
@@ -431,25 +463,22 @@ fn sweep(
     let mut points = Vec::new();
     for v in values {
         let mut c = common.clone();
+        let count = || -> Result<u32, String> {
+            v.parse()
+                .map_err(|_| format!("--values: {v:?} is not a count"))
+        };
         match param {
-            SweepParam::Iotlb => {
-                c.iotlb = Some(
-                    v.parse()
-                        .map_err(|_| format!("--values: {v:?} is not a count"))?,
-                )
-            }
-            SweepParam::Walkers => {
-                c.walkers = Some(
-                    v.parse()
-                        .map_err(|_| format!("--values: {v:?} is not a count"))?,
-                )
-            }
+            SweepParam::Iotlb => c.iotlb = Some(count()?),
+            SweepParam::Walkers => c.walkers = Some(count()?),
+            SweepParam::Pwc => c.pwc = Some(count()?),
             SweepParam::PageSize => {
                 page_size(v)?;
                 c.page_size = v.clone();
             }
         }
-        points.push((v.clone(), c.config()?));
+        let mut cfg = c.config()?;
+        cfg.remap_every = workload.remap_every;
+        points.push((v.clone(), cfg));
     }
     let total: u64 = points.iter().map(|(_, c)| c.translations).sum();
     let bar = progress(total, "sweep");
@@ -492,6 +521,7 @@ fn sweep(
     let name = match param {
         SweepParam::Iotlb => "IOTLB entries",
         SweepParam::Walkers => "walkers",
+        SweepParam::Pwc => "PWC entries per level",
         SweepParam::PageSize => "page size",
     };
     if common.json {
@@ -505,14 +535,15 @@ fn sweep(
         );
     } else {
         println!(
-            "{name:>14} {:>10} {:>10} {:>8} {:>8} {:>10} {:>12}",
-            "hit rate", "refs/xlat", "p50", "p99", "mean", "M xlat/s"
+            "{name:>14} {:>10} {:>10} {:>10} {:>8} {:>8} {:>10} {:>12}",
+            "hit rate", "refs/xlat", "refs/walk", "p50", "p99", "mean", "M xlat/s"
         );
         for (v, r) in &reports {
             println!(
-                "{v:>14} {:>10.4} {:>10.3} {:>8} {:>8} {:>10.1} {:>12.1}",
+                "{v:>14} {:>10.4} {:>10.3} {:>10.2} {:>8} {:>8} {:>10.1} {:>12.1}",
                 r.iotlb_hit_rate,
                 r.refs_per_translation,
+                r.table_refs_per_walk,
                 r.engine.latency.p50,
                 r.engine.latency.p99,
                 r.engine.latency.mean,
@@ -559,12 +590,22 @@ fn sweep(
             (
                 Chart {
                     title: format!("mean latency against {name}: {label}"),
-                    x: x_desc,
+                    x: x_desc.clone(),
                     y: "cycles".into(),
                     log_x: param != SweepParam::Walkers,
                     series: vec![line(&|r| r.engine.latency.mean)],
                 },
                 "latency",
+            ),
+            (
+                Chart {
+                    title: format!("page-table references per walk against {name}: {label}"),
+                    x: x_desc.clone(),
+                    y: "table references per walk".into(),
+                    log_x: param != SweepParam::Walkers,
+                    series: vec![line(&|r| r.table_refs_per_walk)],
+                },
+                "refs_per_walk",
             ),
         ];
         for (c, stem) in charts {

@@ -3,6 +3,7 @@
 //! ([`platform`]), and the trace-file format of `replay` and the daemon's `record`
 //! ([`trace_file`]).
 
+pub mod nested;
 pub mod platform;
 pub mod plot;
 pub mod run;

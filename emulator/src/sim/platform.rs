@@ -21,7 +21,7 @@ use crate::{AmdViConfig, AmdViDriver, VtdConfig, VtdDriver, VtdMode};
 /// Where the driver's structures and page tables live.
 pub const PRIVATE: PrivateRegion = PrivateRegion {
     base: 0x1000_0000,
-    size: 256 << 20,
+    size: 96 << 20,
 };
 
 /// The physical address the first stream's buffers map to; stream `s` maps from
@@ -39,14 +39,18 @@ pub enum SimModel {
     VtdScalable,
     /// AMD-Vi: DTEs and v1 host tables.
     Amdvi,
+    /// VT-d in scalable mode with nested PASID-table entries: a first stage per stream over
+    /// one second stage, every miss a two-dimensional walk ([`super::nested`]).
+    VtdNested,
 }
 
 impl SimModel {
     /// Every model, by its command-line name.
-    pub const ALL: [(&'static str, SimModel); 3] = [
+    pub const ALL: [(&'static str, SimModel); 4] = [
         ("vtd", SimModel::VtdLegacy),
         ("vtd-scalable", SimModel::VtdScalable),
         ("amdvi", SimModel::Amdvi),
+        ("vtd-nested", SimModel::VtdNested),
     ];
 
     /// The command-line name.
@@ -78,8 +82,15 @@ impl std::str::FromStr for SimModel {
 #[derive(Debug)]
 pub struct Platform {
     model: SimModel,
-    driver: Arc<dyn Driver>,
-    unit: Arc<dyn Unit>,
+    /// The driver (none for the nested platform, whose structures are built at
+    /// [`Platform::map`]).
+    driver: Option<Arc<dyn Driver>>,
+    unit: Option<Arc<dyn Unit>>,
+    vtd: VtdConfig,
+    /// Each stream's domain, and the page size it maps with (once mapped).
+    domains: std::collections::BTreeMap<u32, crate::driver::HwDomain>,
+    regions: Vec<Region>,
+    page_size: u64,
 }
 
 /// Why the platform could not be built.
@@ -96,6 +107,12 @@ pub enum PlatformError {
     /// The page size is not one the tables can map with.
     #[error("page size {0:#x} is neither 4 KiB nor 2 MiB")]
     PageSize(u64),
+    /// The nested platform's structures could not be built.
+    #[error("building the nested platform: {0}")]
+    Build(String),
+    /// The platform was used before it was mapped.
+    #[error("the platform has no unit until its regions are mapped")]
+    NotMapped,
 }
 
 impl Platform {
@@ -108,6 +125,17 @@ impl Platform {
             source,
         };
         let driver: Arc<dyn Driver> = match model {
+            SimModel::VtdNested => {
+                return Ok(Platform {
+                    model,
+                    driver: None,
+                    unit: None,
+                    vtd: vtd.clone(),
+                    domains: Default::default(),
+                    regions: Vec::new(),
+                    page_size: 4096,
+                });
+            }
             SimModel::VtdLegacy | SimModel::VtdScalable => {
                 let mode = if model == SimModel::VtdLegacy {
                     VtdMode::Legacy
@@ -123,8 +151,12 @@ impl Platform {
         let unit = driver.unit();
         Ok(Platform {
             model,
-            driver,
-            unit,
+            driver: Some(driver),
+            unit: Some(unit),
+            vtd: vtd.clone(),
+            domains: Default::default(),
+            regions: Vec::new(),
+            page_size: 4096,
         })
     }
 
@@ -133,26 +165,30 @@ impl Platform {
         self.model
     }
 
-    /// The unit.
-    pub fn unit(&self) -> &Arc<dyn Unit> {
-        &self.unit
+    /// The unit (the nested platform's exists once its regions are mapped).
+    pub fn unit(&self) -> Option<&Arc<dyn Unit>> {
+        self.unit.as_ref()
     }
 
     /// Maps every region into its stream's domain (one domain per stream, created on first
     /// use) with pages of `page_size` (4 KiB or 2 MiB), and attaches each stream's device
     /// (requester id [`stream_rid`]) to its domain.
-    pub fn map(&self, regions: &[Region], page_size: u64) -> Result<(), PlatformError> {
+    pub fn map(&mut self, regions: &[Region], page_size: u64) -> Result<(), PlatformError> {
         if page_size != 4096 && page_size != 2 << 20 {
             return Err(PlatformError::PageSize(page_size));
         }
+        let Some(driver) = self.driver.clone() else {
+            let unit = super::nested::nested_unit(&self.vtd, regions, page_size)?;
+            self.unit = Some(Arc::new(unit));
+            return Ok(());
+        };
         let mut domains = std::collections::BTreeMap::new();
         for r in regions {
             let what = |w: &str| format!("{w} for stream {}", r.stream);
             let d = match domains.get(&r.stream) {
                 Some(d) => *d,
                 None => {
-                    let d = self
-                        .driver
+                    let d = driver
                         .domain_alloc()
                         .map_err(|source| PlatformError::Driver {
                             what: what("allocating a domain"),
@@ -173,16 +209,17 @@ impl Platform {
                     phys_start: phys + off,
                     flags: MapFlags::RW,
                 };
-                self.driver
-                    .map(d, &m)
-                    .map_err(|source| PlatformError::Driver {
-                        what: what(&format!("mapping {:#x}", m.virt_start)),
-                        source,
-                    })?;
+                driver.map(d, &m).map_err(|source| PlatformError::Driver {
+                    what: what(&format!("mapping {:#x}", m.virt_start)),
+                    source,
+                })?;
             }
         }
+        self.page_size = page_size;
+        self.domains = domains.clone();
+        self.regions = regions.to_vec();
         for (stream, d) in domains {
-            self.driver
+            driver
                 .set_endpoint(u32::from(stream_rid(stream)), EndpointMode::Translated(d))
                 .map_err(|source| PlatformError::Driver {
                     what: format!("attaching stream {stream}"),
@@ -192,11 +229,86 @@ impl Platform {
         Ok(())
     }
 
+    /// Unmaps the pages holding `[iova, iova + len)` from `stream`'s domain and maps them
+    /// again, as a driver's DMA unmap and map do, through the driver (its invalidations go
+    /// through the unit's queue). Returns the commands the unit ran for it: (invalidation
+    /// descriptors or commands, waits).
+    pub fn remap(&self, stream: u32, iova: u64, len: u64) -> Result<(u32, u32), PlatformError> {
+        let (Some(driver), Some(&d), Some(unit)) =
+            (&self.driver, self.domains.get(&stream), &self.unit)
+        else {
+            return Err(PlatformError::Build(format!(
+                "{} cannot remap: no driver or no domain for stream {stream}",
+                self.model.name()
+            )));
+        };
+        let page = self.page_size;
+        let first = iova / page * page;
+        let end = (iova + len.max(1)).div_ceil(page) * page;
+        // Each page maps back to the frame `map` gave it.
+        let Some(region) = self
+            .regions
+            .iter()
+            .find(|r| r.stream == stream && (r.iova..r.iova + r.len).contains(&first))
+        else {
+            return Err(PlatformError::Build(format!(
+                "stream {stream} maps nothing at {first:#x}"
+            )));
+        };
+        let phys = |a: u64| BUFFERS_BASE + u64::from(stream) * BUFFERS_STRIDE + (a - region.iova);
+        let maps: Vec<Mapping> = (first..end)
+            .step_by(page as usize)
+            .map(|a| Mapping {
+                virt_start: a,
+                virt_end: a + page - 1,
+                phys_start: phys(a),
+                flags: MapFlags::RW,
+            })
+            .collect();
+        let waits = |u: &Arc<dyn Unit>| {
+            let s = u.stats();
+            let w = s
+                .commands_by_kind
+                .iter()
+                .filter(|(k, _)| *k == "invalidation wait" || *k == "COMPLETION_WAIT")
+                .map(|(_, n)| n)
+                .sum::<u64>();
+            (s.commands, w)
+        };
+        let (c0, w0) = waits(unit);
+        let err = |what: &str, source| PlatformError::Driver {
+            what: format!("{what} {first:#x} for stream {stream}"),
+            source,
+        };
+        driver
+            .unmap(d, &maps)
+            .map_err(|(_, e)| err("unmapping", e))?;
+        for m in &maps {
+            driver.map(d, m).map_err(|e| err("mapping", e))?;
+        }
+        let (c1, w1) = waits(unit);
+        let w = (w1 - w0) as u32;
+        Ok(((c1 - c0) as u32 - w, w))
+    }
+
     /// Translates one request through the unit, recording into `trace`.
     pub fn translate(&self, r: &SimRequest, trace: &mut Trace) -> Result<Translation, Fault> {
         let mut req = DmaRequest::new(stream_rid(r.stream), r.addr, r.len, r.access);
         req.pasid = r.pasid;
-        self.unit.translate(&req, trace)
+        match &self.unit {
+            Some(u) => u.translate(&req, trace),
+            // Not mapped yet: as a blocked device (no unit translates it).
+            None => Err(Fault {
+                kind: crate::request::FaultKind::NotPresent,
+                site: crate::request::FaultSite::Request,
+                code: 0,
+                source_id: req.source_id,
+                pasid: req.pasid,
+                addr: req.addr,
+                access: req.access,
+                recorded: false,
+            }),
+        }
     }
 }
 
@@ -217,7 +329,7 @@ mod tests {
         };
         for (name, model) in SimModel::ALL {
             for page in [4096u64, 2 << 20] {
-                let p =
+                let mut p =
                     Platform::new(model, &VtdConfig::default(), &AmdViConfig::default()).unwrap();
                 p.map(&kind.regions(page), page).unwrap();
                 let mut trace = Trace::new();
@@ -228,6 +340,7 @@ mod tests {
                     addr: (1 << 30) + 0x1234,
                     len: 8,
                     access: AccessKind::Write,
+                    remap: None,
                 };
                 let t = p.translate(&r, &mut trace).unwrap();
                 assert_eq!(t.addr, BUFFERS_BASE + 0x1234, "{name} {page:#x}");

@@ -33,6 +33,14 @@ pub struct RunConfig {
     pub tlp_bytes: u64,
     /// Translations to simulate (a workload runs until then; a trace, at most that many).
     pub translations: u64,
+    /// Ring workloads: every how many packets a device's driver unmaps and maps the buffer
+    /// again (0: never), its invalidations run through the unit's queue and the engine's.
+    pub remap_every: u64,
+    /// How many translations a device may have outstanding (its PCIe tags, or its address
+    /// translation's request slots): a request waits for the one this many before it to
+    /// complete, so latency costs throughput. 0: no limit (the offered load arrives as
+    /// offered).
+    pub inflight: usize,
 }
 
 /// Where the requests come from.
@@ -61,6 +69,8 @@ pub struct RunReport {
     pub translations: u64,
     /// Of which faulted.
     pub faults: u64,
+    /// Buffers the drivers unmapped and mapped again.
+    pub remaps: u64,
     /// IOTLB hits over first IOTLB lookups.
     pub iotlb_hit_rate: f64,
     /// Memory references per translation.
@@ -118,7 +128,7 @@ pub fn run(
         _ => cfg.params.apply_to_vtd(&mut vtd),
     };
     deviations.dedup();
-    let platform = Platform::new(cfg.model, &vtd, &amd)?;
+    let mut platform = Platform::new(cfg.model, &vtd, &amd)?;
     let clock = cfg.params.clock_ghz;
     // The requests, and the regions their domains map.
     let (name, regions, requests): (String, Vec<Region>, Box<dyn Iterator<Item = SimRequest>>) =
@@ -130,6 +140,7 @@ pub fn run(
                     kind.regions(cfg.page_size),
                     Box::new(
                         Generator::new(kind, clock, cfg.tlp_bytes, cfg.seed)
+                            .with_remap_every(cfg.remap_every)
                             .take(cfg.translations as usize),
                     ),
                 )
@@ -147,16 +158,44 @@ pub fn run(
     let mut engine = Engine::new(&cfg.params, cfg.seed);
     let mut model = engine.cost_model();
     let mut trace = Trace::new();
+    let mut cost = crate::timing::Cost::default();
     let (mut n, mut faults, mut lookups, mut hits) = (0u64, 0u64, 0u64, 0u64);
+    let mut remaps = 0u64;
+    // Each stream's outstanding completions, oldest first (with an in-flight limit), and the
+    // latest arrival so far (arrivals stay in order).
+    let mut outstanding: Vec<std::collections::VecDeque<u64>> = Vec::new();
+    let mut latest = 0u64;
     let (mut refs, mut table_refs, mut walks, mut cost_sum) = (0u64, 0u64, 0u64, 0u64);
     let mut breakdown = [0u64; 8];
     let began = Instant::now();
     for r in requests {
         let result = platform.translate(&r, &mut trace);
-        let cost = model.cost(&trace);
+        model.cost_into(&trace, &mut cost);
         let shift = result.as_ref().map_or(12, |t| t.page_shift.max(12));
         let key = (u64::from(r.stream) << 52) ^ (r.addr >> shift);
-        engine.translate(r.t, r.stream, key, &cost);
+        let mut arrival = r.t.max(latest);
+        if cfg.inflight > 0 {
+            let i = r.stream as usize;
+            if outstanding.len() <= i {
+                outstanding.resize_with(i + 1, Default::default);
+            }
+            if outstanding[i].len() >= cfg.inflight
+                && let Some(oldest) = outstanding[i].pop_front()
+            {
+                arrival = arrival.max(oldest);
+            }
+        }
+        latest = arrival;
+        let done = engine.translate(arrival, r.stream, key, &cost);
+        if cfg.inflight > 0 {
+            outstanding[r.stream as usize].push_back(done.done);
+        }
+        if let Some((iova, len)) = r.remap {
+            // The driver unmaps and maps the buffer once the device's DMA is done.
+            let (descriptors, waits) = platform.remap(r.stream, iova, len)?;
+            engine.invalidate(done.done, descriptors, waits);
+            remaps += 1;
+        }
         n += 1;
         faults += u64::from(result.is_err());
         if let Some(hit) = cost.iotlb_hit {
@@ -204,6 +243,7 @@ pub fn run(
         walkers: cfg.params.walkers,
         translations: n,
         faults,
+        remaps,
         iotlb_hit_rate: per(hits, lookups),
         refs_per_translation: per(refs, n),
         table_refs_per_walk: per(table_refs, walks),
@@ -241,6 +281,7 @@ pub fn replay_requests(
             set.insert(p);
         }
         reqs.push(SimRequest {
+            remap: None,
             t: (rec.t as f64 * clock_ghz) as u64,
             stream,
             pasid: rec.pasid,
@@ -292,6 +333,8 @@ mod tests {
             seed: 1,
             tlp_bytes: 256,
             translations: n,
+            remap_every: 0,
+            inflight: 0,
         }
     }
 
@@ -321,6 +364,43 @@ mod tests {
     }
 
     #[test]
+    fn with_few_requests_in_flight_iotlb_misses_cost_throughput_and_2m_pages_recover_it() {
+        let nic = WorkloadKind::Nic {
+            ring: 4096,
+            buffer_bytes: 2048,
+            packet_bytes: 1500,
+            gbps: 400.0,
+        };
+        let mut c = cfg(SimModel::VtdLegacy, 4096, 100_000);
+        c.inflight = 6;
+        c.params.iotlb.entries = 64;
+        c.params.iotlb.ways = 4;
+        let four_k = run(&c, &Source::Workload(nic.clone()), |_| {}).unwrap();
+        let open = run(
+            &RunConfig {
+                inflight: 0,
+                ..c.clone()
+            },
+            &Source::Workload(nic.clone()),
+            |_| {},
+        )
+        .unwrap();
+        c.page_size = 2 << 20;
+        let two_m = run(&c, &Source::Workload(nic), |_| {}).unwrap();
+        let tput = |r: &RunReport| r.engine.translations_per_second;
+        assert!(
+            tput(&four_k) < tput(&open),
+            "the limit costs the 4 KiB run throughput"
+        );
+        assert!(
+            tput(&two_m) > tput(&four_k),
+            "{} vs {}",
+            tput(&two_m),
+            tput(&four_k)
+        );
+    }
+
+    #[test]
     fn runs_are_deterministic_and_every_model_runs_every_workload() {
         for (_, model) in SimModel::ALL {
             for w in WorkloadKind::NAMES {
@@ -335,6 +415,42 @@ mod tests {
                 );
                 assert_eq!(a.translations, 5_000);
             }
+        }
+    }
+
+    #[test]
+    fn a_driver_remapping_its_buffers_invalidates_through_the_queue_and_stalls() {
+        let nic = WorkloadKind::Nic {
+            ring: 64,
+            buffer_bytes: 2048,
+            packet_bytes: 1500,
+            gbps: 100.0,
+        };
+        for (_, model) in SimModel::ALL
+            .into_iter()
+            .filter(|(_, m)| *m != SimModel::VtdNested)
+        {
+            let plain = run(
+                &cfg(model, 4096, 20_000),
+                &Source::Workload(nic.clone()),
+                |_| {},
+            )
+            .unwrap();
+            let c = RunConfig {
+                remap_every: 1,
+                ..cfg(model, 4096, 20_000)
+            };
+            let r = run(&c, &Source::Workload(nic.clone()), |_| {}).unwrap();
+            assert_eq!(r.faults, 0, "{model:?}: a remapped buffer is mapped again");
+            assert_eq!(
+                r.remaps,
+                20_000 / 6 + u64::from(20_000 % 6 != 0) - 1,
+                "{model:?}"
+            );
+            assert!(r.engine.invalidations >= r.remaps, "{model:?}");
+            assert!(r.engine.queueing.invalidation_busy_cycles > 0, "{model:?}");
+            // Each remap drops the page's translation: more walks than without.
+            assert!(r.engine.walks > plain.engine.walks, "{model:?}");
         }
     }
 

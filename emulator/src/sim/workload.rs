@@ -29,6 +29,9 @@ pub struct SimRequest {
     pub len: u64,
     /// Read or write.
     pub access: AccessKind,
+    /// On the last request of a DMA after which the device's driver unmaps the buffer and
+    /// maps it again (the DMA API's per-packet map and unmap): the buffer's IOVA range.
+    pub remap: Option<(u64, u64)>,
 }
 
 /// The requester id of stream `s`: bus 1 upwards, one function per stream.
@@ -288,6 +291,21 @@ struct Stream {
     count: u64,
 }
 
+/// What is left of the DMA a generator is splitting into requests.
+#[derive(Debug, Clone, Copy)]
+struct PendingDma {
+    stream: u32,
+    /// The next request's address.
+    addr: u64,
+    /// The DMA's end.
+    end: u64,
+    access: AccessKind,
+    /// Its arrival.
+    t: u64,
+    /// The buffer its driver remaps after it.
+    remap: Option<(u64, u64)>,
+}
+
 /// The requests of a workload, in arrival order, with `tlp_bytes` per request.
 #[derive(Debug, Clone)]
 pub struct Generator {
@@ -295,8 +313,10 @@ pub struct Generator {
     streams: Vec<Stream>,
     rng: SplitMix,
     tlp_bytes: u64,
-    /// The current DMA's requests still to hand out: (stream, addr, end, access, t).
-    pending: Option<(u32, u64, u64, AccessKind, u64)>,
+    /// The current DMA's requests still to hand out.
+    pending: Option<PendingDma>,
+    /// Every how many DMAs of a ring stream its driver remaps the buffer (0: never).
+    remap_every: u64,
 }
 
 impl Generator {
@@ -343,7 +363,29 @@ impl Generator {
             rng: SplitMix::new(seed),
             tlp_bytes: tlp_bytes.clamp(1, 4096),
             pending: None,
+            remap_every: 0,
         }
+    }
+
+    /// For the ring workloads (`nic`, `tenants`): every `every` packets of a stream, the
+    /// driver unmaps the buffer just filled and maps it again, as the DMA API's strict mode
+    /// does for every packet (`every` = 1); the invalidations that takes are the unit's real
+    /// queue work. 0 never remaps; the other workloads ignore it.
+    pub fn with_remap_every(mut self, every: u64) -> Self {
+        self.remap_every = every;
+        self
+    }
+
+    /// The buffer the ring stream's DMA number `n` (from 1) fills, if its driver remaps it
+    /// after.
+    fn remap_after(&self, addr: u64, n: u64) -> Option<(u64, u64)> {
+        let buffer = match self.kind {
+            WorkloadKind::Nic { buffer_bytes, .. } | WorkloadKind::Tenants { buffer_bytes, .. } => {
+                buffer_bytes
+            }
+            _ => return None,
+        };
+        (self.remap_every > 0 && n.is_multiple_of(self.remap_every)).then_some((addr, buffer))
     }
 
     /// The next DMA of stream `s`: (address, bytes, access).
@@ -400,20 +442,26 @@ impl Iterator for Generator {
 
     fn next(&mut self) -> Option<SimRequest> {
         loop {
-            if let Some((stream, addr, end, access, t)) = self.pending {
+            if let Some(p) = self.pending {
                 // The next request: up to tlp_bytes, never across a 4 KiB boundary.
-                let page_end = (addr | 0xfff) + 1;
-                let len = self.tlp_bytes.min(end - addr).min(page_end - addr);
-                self.pending = (addr + len < end).then_some((stream, addr + len, end, access, t));
+                let page_end = (p.addr | 0xfff) + 1;
+                let len = self.tlp_bytes.min(p.end - p.addr).min(page_end - p.addr);
+                let last = p.addr + len >= p.end;
+                self.pending = (!last).then_some(PendingDma {
+                    addr: p.addr + len,
+                    ..p
+                });
                 return Some(SimRequest {
-                    t,
-                    stream,
+                    t: p.t,
+                    stream: p.stream,
                     pasid: None,
-                    addr,
+                    addr: p.addr,
                     len,
-                    access,
+                    access: p.access,
+                    remap: if last { p.remap } else { None },
                 });
             }
+
             // The stream whose next DMA arrives first (the lowest index on a tie).
             let (s, _) = self
                 .streams
@@ -426,7 +474,16 @@ impl Iterator for Generator {
             let st = &mut self.streams[s as usize];
             st.count += 1;
             st.next += st.period;
-            self.pending = Some((s, addr, addr + len, access, t));
+            let n = st.count;
+            let remap = self.remap_after(addr, n);
+            self.pending = Some(PendingDma {
+                stream: s,
+                addr,
+                end: addr + len,
+                access,
+                t,
+                remap,
+            });
         }
     }
 }
@@ -458,6 +515,41 @@ mod tests {
         for r in &reqs {
             assert_eq!(r.addr >> 12, (r.addr + r.len - 1) >> 12, "{r:?}");
         }
+    }
+
+    #[test]
+    fn a_remapping_ring_marks_the_last_request_of_every_nth_packet() {
+        let kind = WorkloadKind::Nic {
+            ring: 4,
+            buffer_bytes: 2048,
+            packet_bytes: 1500,
+            gbps: 100.0,
+        };
+        let reqs: Vec<SimRequest> = Generator::new(&kind, 2.0, 256, 1)
+            .with_remap_every(2)
+            .take(6 * 4)
+            .collect();
+        let marked: Vec<(usize, Option<(u64, u64)>)> = reqs
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.remap.is_some())
+            .map(|(i, r)| (i, r.remap))
+            .collect();
+        // Packets 2 and 4 (requests 6..12 and 18..24), each marked on its last request.
+        assert_eq!(
+            marked,
+            [
+                (11, Some(((1 << 30) + 2048, 2048))),
+                (23, Some(((1 << 30) + 3 * 2048, 2048)))
+            ]
+        );
+        let storage = WorkloadKind::by_name("storage").unwrap();
+        assert!(
+            Generator::new(&storage, 2.0, 4096, 1)
+                .with_remap_every(1)
+                .take(100)
+                .all(|r| r.remap.is_none())
+        );
     }
 
     #[test]
