@@ -197,6 +197,23 @@ pub struct Fault {
     pub recorded: bool,
 }
 
+impl Fault {
+    /// An unrecorded fault of `req` (vendor code 0): what a translator with no unit behind
+    /// it, or one that refuses a request before any unit sees it, reports.
+    pub fn unrecorded(req: &DmaRequest, kind: FaultKind, site: FaultSite) -> Self {
+        Fault {
+            kind,
+            site,
+            code: 0,
+            source_id: req.source_id,
+            pasid: req.pasid,
+            addr: req.addr,
+            access: req.access,
+            recorded: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

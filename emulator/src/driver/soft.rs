@@ -138,16 +138,7 @@ impl Unit for SoftUnit {
             .unwrap_or(EndpointMode::Blocked);
         let fault = |kind, site| {
             self.faults.fetch_add(1, Ordering::Relaxed);
-            Fault {
-                kind,
-                site,
-                code: 0,
-                source_id: req.source_id,
-                pasid: req.pasid,
-                addr: req.addr,
-                access: req.access,
-                recorded: false,
-            }
+            Fault::unrecorded(req, kind, site)
         };
         let table = FaultSite::PageTable {
             stage: Stage::Second,

@@ -298,16 +298,11 @@ impl Platform {
         match &self.unit {
             Some(u) => u.translate(&req, trace),
             // Not mapped yet: as a blocked device (no unit translates it).
-            None => Err(Fault {
-                kind: crate::request::FaultKind::NotPresent,
-                site: crate::request::FaultSite::Request,
-                code: 0,
-                source_id: req.source_id,
-                pasid: req.pasid,
-                addr: req.addr,
-                access: req.access,
-                recorded: false,
-            }),
+            None => Err(Fault::unrecorded(
+                &req,
+                crate::request::FaultKind::NotPresent,
+                crate::request::FaultSite::Request,
+            )),
         }
     }
 }

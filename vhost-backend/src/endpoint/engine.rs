@@ -778,14 +778,9 @@ impl DmaEngine {
 /// The fault of a translation that succeeded without the permission the access needs (a
 /// unit refuses such requests itself; this covers a translator that does not).
 fn no_permission(req: &DmaRequest) -> Fault {
-    Fault {
-        kind: iommu_emulator::FaultKind::Permission,
-        site: iommu_emulator::FaultSite::Output,
-        code: 0,
-        source_id: req.source_id,
-        pasid: req.pasid,
-        addr: req.addr,
-        access: req.access,
-        recorded: false,
-    }
+    Fault::unrecorded(
+        req,
+        iommu_emulator::FaultKind::Permission,
+        iommu_emulator::FaultSite::Output,
+    )
 }

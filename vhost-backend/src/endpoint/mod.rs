@@ -83,16 +83,11 @@ impl DmaTranslator for NoIommu {
                 domain_id: 0,
                 identity: true,
             }),
-            None => Err(Fault {
-                kind: FaultKind::AddressWidth,
-                site: FaultSite::Request,
-                code: 0,
-                source_id: req.source_id,
-                pasid: req.pasid,
-                addr: req.addr,
-                access: req.access,
-                recorded: false,
-            }),
+            None => Err(Fault::unrecorded(
+                req,
+                FaultKind::AddressWidth,
+                FaultSite::Request,
+            )),
         }
     }
 }
