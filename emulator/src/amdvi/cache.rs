@@ -93,20 +93,25 @@ impl AmdViCaches {
     }
 
     /// INVALIDATE_IOMMU_PAGES (§2.4.3).
+    ///
+    /// v2 (guest) inputs are sign-extended x86 addresses (§2.2.6), and software names an
+    /// upper-half page by that address (Address[63:12], §2.4.3). Their tags keep the low 57
+    /// bits ([`crate::xlate::tag_address`]), so the address is reduced the same way before the
+    /// S encoding is decoded (bits 63:57 never hold the lowest clear bit of a range the tags
+    /// can tell apart). v1 (host) inputs are not sign-extended and a Mode-6 table translates
+    /// all 64 bits, so a GN = 0 address above bit 56 is also invalidated as given (the reduced
+    /// one then drops more than asked, which §2.4.3 allows).
     pub fn invalidate_pages(&self, p: PagesInvalidation) {
         let pasid = match p.pasid {
             Some(pasid) => PasidMatch::Exactly(Some(pasid)),
             None => PasidMatch::Any,
         };
-        let range = PageRange::amd(p.domain, pasid, p.addr, p.s, p.pde);
-        let inv = if range.validate().is_ok() {
-            Invalidation::Range(range)
-        } else {
-            Invalidation::Domain(p.domain)
-        };
-        self.iotlb.invalidate(&inv);
+        let reduced = crate::xlate::tag_address(p.addr);
+        self.invalidate_range(p, pasid, reduced);
+        if p.pasid.is_none() && reduced != p.addr {
+            self.invalidate_range(p, pasid, p.addr);
+        }
         if p.pde {
-            self.pdc.invalidate(&inv);
             self.gcr3.invalidate(&match p.pasid {
                 Some(pasid) => Invalidation::DomainPasid {
                     domain: p.domain,
@@ -118,6 +123,20 @@ impl AmdViCaches {
         if p.pasid.is_none() && self.nested_cached.load(Ordering::Acquire) {
             // Two-dimensional translations of the domain depend on the host entries named.
             self.iotlb.invalidate(&Invalidation::Domain(p.domain));
+        }
+    }
+
+    /// The IOTLB entries (and, with PDE, page-directory entries) of `p`'s range at `addr`.
+    fn invalidate_range(&self, p: PagesInvalidation, pasid: PasidMatch, addr: u64) {
+        let range = PageRange::amd(p.domain, pasid, addr, p.s, p.pde);
+        let inv = if range.validate().is_ok() {
+            Invalidation::Range(range)
+        } else {
+            Invalidation::Domain(p.domain)
+        };
+        self.iotlb.invalidate(&inv);
+        if p.pde {
+            self.pdc.invalidate(&inv);
         }
     }
 

@@ -251,3 +251,142 @@ fn a_full_event_log_overflows_and_stops_until_logging_is_restarted() {
     assert_eq!(s.status() & 0b1001, 0b1000);
     assert!(s.read(DEV, 0x6000_0000).unwrap_err().recorded);
 }
+
+/// v2 tables of `levels` levels at system-physical addresses mapping the 4 KiB page `gva` to
+/// `pa` (a supervisor page, so user and privileged requests reach it), whose guest CR3 is
+/// PASID 1's GCR3 entry; the DTE has Mode 0 (no host translation) and, with `giov`, GIoV.
+fn v2_device(s: &mut Sw, levels: u8, gva: u64, pa: u64, giov: bool) -> TableBuilder {
+    let mut g = TableBuilder::new(
+        WalkConfig::AmdV2(X86Config::amd_v2(levels)),
+        s.mem,
+        &mut s.alloc,
+    )
+    .unwrap();
+    s.map(&mut g, gva, pa, 0x1000, PwPerms::RW | PwPerms::U);
+    let gcr3 = s.frame();
+    s.mem.write_u64(gcr3, g.root() | 1).unwrap();
+    s.mem.write_u64(gcr3 + 8, g.root() | 1).unwrap();
+    let [mut q0, q1] = dte_guest(dte_q0(0, 0, true, true), 0, gcr3, DID);
+    if giov {
+        q0 |= 1 << 54;
+    }
+    let q2 = u64::from(levels - 4) << 54; // GPM, DTE bits 183:182 (qword 2 bits 55:54)
+    s.set_dte(DEV, [q0, q1, q2, 0]);
+    g
+}
+
+/// Remaps `gva`'s page of `g` to `pa`, in memory only.
+fn remap(s: &mut Sw, g: &mut TableBuilder, gva: u64, pa: u64) {
+    g.unmap(s.mem, &mut s.alloc, gva, 0x1000).unwrap();
+    s.map(g, gva, pa, 0x1000, PwPerms::RW | PwPerms::U);
+}
+
+/// Translates `req`: its output and whether the IOTLB served it.
+fn xlate(s: &Sw, req: &DmaRequest) -> (u64, bool) {
+    let (r, trace) = s.unit.translate(req);
+    (r.unwrap().addr, iotlb_hit(&trace))
+}
+
+/// v2 (guest) addresses are sign-extended, x86-canonical (§2.2.6: the guest tables are x86
+/// long-mode tables), and software names an upper-half page by that address in
+/// INVALIDATE_IOMMU_PAGES (§2.4.3: Address[63:12]; Linux passes the IOVA as it is). The unit's
+/// tags keep the low 57 bits of a v2 input (`xlate::tag_input`): the invalidation's address
+/// must be reduced the same way, or an upper-half page's translation is never dropped (the
+/// AMD-Vi side of VT-d review finding 8). Checked for 4- and 5-level guest tables, S = 0 and
+/// S = 1.
+#[test]
+fn a_guest_page_invalidation_of_an_upper_half_address_drops_its_translation() {
+    for (levels, high) in [
+        (4, 0xffff_8000_0000_0000u64),
+        (4, 0xffff_ffff_ffff_f000),
+        (5, 0xff00_0000_0010_0000),
+    ] {
+        let mut s = Sw::with(AmdViConfig {
+            guest_levels: 5,
+            ..AmdViConfig::default()
+        });
+        s.bring_up(Control::new().with_gt_en(true));
+        let mut g = v2_device(&mut s, levels, high, 0x6100_0000, false);
+        let low = 0x0010_0000;
+        s.map(&mut g, low, 0x6500_0000, 0x1000, PwPerms::RW | PwPerms::U);
+        let req = DmaRequest::new(DEV, high | 0x20, 4, AccessKind::Read).with_pasid(1);
+        let low_req = DmaRequest { addr: low, ..req };
+        assert_eq!(s.translate(&req).unwrap().addr, 0x6100_0020, "{high:#x}");
+        assert_eq!(xlate(&s, &req), (0x6100_0020, true), "warm: {high:#x}");
+        assert_eq!(s.translate(&low_req).unwrap().addr, 0x6500_0000);
+
+        // One page, S = 0, leaf entries only (PDE = 0).
+        remap(&mut s, &mut g, high, 0x6200_0000);
+        s.submit(&[encode::invalidate_iommu_pages(PagesInvalidation {
+            domain: DID,
+            pasid: Some(1),
+            addr: high,
+            s: false,
+            pde: false,
+        })]);
+        assert_eq!(xlate(&s, &req), (0x6200_0020, false), "S=0: {high:#x}");
+        assert_eq!(
+            xlate(&s, &low_req),
+            (0x6500_0000, true),
+            "a lower-half page is not named: {high:#x}"
+        );
+
+        // A 16 KiB range around the page, S = 1 (bit 13 of the address is its lowest clear
+        // bit at or above bit 12 when bit 12 is set), page-directory entries too.
+        remap(&mut s, &mut g, high, 0x6300_0000);
+        let base = high & !0x3fff;
+        s.submit(&[encode::invalidate_range(DID, Some(1), base, 0x4000)]);
+        assert_eq!(xlate(&s, &req), (0x6300_0020, false), "S=1: {high:#x}");
+    }
+}
+
+/// Under GIoV a request without PASID is translated through PASID 0's v2 tables, and Linux's
+/// v2 DMA domains invalidate them with GN = 1 and PASID 0 (`domain_flush_pages_v2`); GN = 0
+/// names host addresses (§2.4.3), but the unit drops more than asked rather than keep an
+/// upper-half guest translation it names: both find the page.
+#[test]
+fn an_upper_half_giov_translation_is_dropped_by_gn_1_pasid_0_and_by_gn_0() {
+    for pasid in [Some(0), None] {
+        let mut s = Sw::new();
+        let high = 0xffff_c000_1234_5000u64;
+        let mut g = v2_device(&mut s, 4, high, 0x6100_0000, true);
+        let req = DmaRequest::new(DEV, high, 8, AccessKind::Write);
+        assert_eq!(s.translate(&req).unwrap().addr, 0x6100_0000);
+        assert!(xlate(&s, &req).1);
+        remap(&mut s, &mut g, high, 0x6200_0000);
+        s.submit(&[encode::invalidate_range(DID, pasid, high, 0x1000)]);
+        assert_eq!(xlate(&s, &req), (0x6200_0000, false), "{pasid:?}");
+    }
+}
+
+/// v1 (host) addresses are not sign-extended: a Mode-6 table translates all 64 bits, and a
+/// GN = 0 invalidation of a page above bit 56 must still find it (reducing its address as a
+/// v2 one is reduced would name another page). A Mode-4 table does not take an upper-half
+/// address as its lower 48 bits: it is beyond the mode's width.
+#[test]
+fn a_host_page_invalidation_above_bit_56_drops_a_mode_6_translation() {
+    let mut s = Sw::new();
+    let mut t = s.v1_tables(6);
+    let far = 0xffff_8000_0000_0000u64;
+    s.map(&mut t, far, 0x6100_0000, 0x1000, PwPerms::RW);
+    s.set_dte(DEV, [dte_q0(6, t.root(), true, true), u64::from(DID), 0, 0]);
+    let req = DmaRequest::new(DEV, far | 0x10, 4, AccessKind::Read);
+    assert_eq!(s.read(DEV, far | 0x10), Ok(0x6100_0010));
+    assert!(xlate(&s, &req).1);
+    t.unmap(s.mem, &mut s.alloc, far, 0x1000).unwrap();
+    s.map(&mut t, far, 0x6200_0000, 0x1000, PwPerms::RW);
+    s.submit(&[encode::invalidate_range(DID, None, far, 0x1000)]);
+    assert_eq!(xlate(&s, &req), (0x6200_0010, false));
+
+    let mut s = Sw::new();
+    let mut t = s.v1_tables(4);
+    let low48 = far & 0xffff_ffff_ffff;
+    s.map(&mut t, low48, 0x6100_0000, 0x1000, PwPerms::RW);
+    s.set_dte(DEV, [dte_q0(4, t.root(), true, true), u64::from(DID), 0, 0]);
+    assert_eq!(s.read(DEV, low48), Ok(0x6100_0000));
+    assert_eq!(
+        s.read(DEV, far).unwrap_err().kind,
+        FaultKind::AddressWidth,
+        "v1 inputs are not sign-extended"
+    );
+}
