@@ -4,10 +4,10 @@
 //! No copy of Appendix A was available to check against; the encodings agree with Linux's
 //! `dma_remap_sm_fault_reasons` table (0x30-0x90, in Appendix A order), QEMU's `VTDFaultReason`
 //! (0x31 is its "TTM legacy for a request with PASID", 0x73, 0x81, 0x85, 0x87) and VirtualBox's
-//! mapping (RTA.1 for reserved TTM, LGN.2/3 vs SGN.6/7, LGN.4/SGN.8). Which faults are
-//! "qualified" (FPD-suppressible) follows the rule that a fault is qualified once an entry
-//! carrying FPD has been read; QEMU treats the PASID-directory and PASID-table access errors
-//! (0x50, 0x58) as unqualified, which this model does not follow.
+//! mapping (RTA.1 for reserved TTM, LGN.1 vs SGN.5, LGN.2/3 vs SGN.6/7, LGN.4/SGN.8). Which
+//! faults are "qualified" (FPD-suppressible) follows the rule that a fault is qualified once an
+//! entry carrying FPD has been read; QEMU treats the PASID-directory and PASID-table access
+//! errors (0x50, 0x58) as unqualified, which this model does not follow.
 
 use super::regs::*;
 use crate::request::{AccessKind, AddressType, FaultKind, FaultSite};
@@ -129,11 +129,20 @@ pub enum FaultReason {
     UserSupervisor = 0x81,
     /// SGN.3: an execute request to a non-executable page.
     ExecuteDenied = 0x82,
-    /// SGN.4: the input address is beyond the address width.
-    SmAddressBeyondAw = 0x83,
-    // SGN.5 (84h, "second-level entry address beyond the max") is not reported: address bits
-    // at or above the host address width in a second-stage entry are reserved, a reserved-field
-    // fault (SSS.3), as QEMU's reserved masks make them too.
+    /// SGN.5: the input address of second-stage translation is above 2^X - 1, X = min(MGAW,
+    /// the AGAW of the PASID entry's AW): a second-stage-only request's address, or in nested
+    /// translation the final guest-physical output of the first stage (a first-stage *table*
+    /// address there is SFS.5, 74h). No copy of Appendix A was at hand: VirtualBox reports
+    /// its second-level "input address beyond MGAW" as LGN.1 in legacy mode and SGN.5 in
+    /// scalable mode, and OpenVMM's table of rev 4.1 Table 26 names SGN.5 "second-stage input
+    /// address exceeds min(MGAW, AGAW)"; Linux's strings ("Address beyond the DMA hardware
+    /// max" for 83h, "Second-level entry address beyond the max" for 84h) read either way.
+    /// Review finding 14: the model reported 83h.
+    SmAddressBeyondAw = 0x84,
+    // SGN.4 (83h) is the host-address-width condition (OpenVMM: "host input address exceeds
+    // HAW", for requests the PASID entry passes through): not modelled, a pass-through
+    // request goes on untranslated. Address bits at or above HAW in a second-stage entry are
+    // reserved fields (SSS.3), as QEMU's reserved masks make them.
     /// SGN.6: a write or atomic request without write permission.
     SmWriteDenied = 0x85,
     /// SGN.7: a read or atomic request without read permission.
@@ -360,6 +369,8 @@ mod tests {
         assert_eq!(FaultReason::SsptptrInvalid.code(), 0x7b);
         assert_eq!(FaultReason::SsptptrInvalid.kind(), FaultKind::MemoryAccess);
         assert_eq!(FaultReason::SsNotPresent.code(), 0x79);
+        assert_eq!(FaultReason::NestedFsBeyondAw.code(), 0x74);
+        assert_eq!(FaultReason::SmAddressBeyondAw.code(), 0x84);
         assert_eq!(FaultReason::InterruptAddress.code(), 0xe);
         assert_eq!(FaultReason::SmInterruptAddress.code(), 0x87);
         assert_eq!(FaultReason::InterruptRequestBlocked.code(), 0x20);

@@ -799,7 +799,9 @@ fn nested_ss_fault(fs_levels: u8, access: PwAccess, f: &pagewalk::Fault) -> Faul
             PwFault::AddressBeyondWidth => R::NestedFsBeyondAw,
             PwFault::MemoryRead(_) | PwFault::AdUpdateContention => R::SsAccessError,
         },
-        // The final output (and, defensively, a second-stage fault the walker did not place).
+        // The final output (and, defensively, a second-stage fault the walker did not place):
+        // the conditions of a second-stage walk of that input, beyond its width SGN.5 (84h),
+        // as its permissions are SGN.6/SGN.7 and not SFS.6/SFS.7.
         Some(NestedPhase::FinalOutput) | None => match f.kind {
             PwFault::NotPresent => R::SsNotPresent,
             PwFault::Permission if access.kind == PwKind::Execute => R::ExecuteDenied,

@@ -76,6 +76,44 @@ fn nested_second_stage_fault_phases() {
     assert_eq!(code(&d, 4, 0x7000_0000), 0x74);
 }
 
+/// Nested translation whose final output (the first-stage leaf's guest-physical page) is
+/// beyond the second stage's address width: the second stage's input-address condition, SGN.5
+/// (84h), as for a second-stage-only translation, not SFS.5 (74h, a first-stage *table*
+/// address beyond it, as SFS.6/SFS.7 are for table reads the second stage denies while the
+/// final output's are SGN.7) and not SGN.4 (83h, the host-address-width condition). Review
+/// finding 14 (last bullet); see `FaultReason::SmAddressBeyondAw`.
+#[test]
+fn nested_final_output_beyond_the_second_stage_width_is_sgn_5() {
+    let mut d = scalable();
+    let dev = sid(0, 13, 0);
+    let gpa_base = 0x4000_0000u64;
+    // A 39-bit (3-level) second stage mapping guest-physical 0..16 MiB.
+    let mut ss = d.ss_domain(1);
+    d.map(&mut ss, 0, gpa_base, 0x100_0000, RW);
+    let (view, mut galloc, mut fs) = guest_first_stage(&d, &ss, 4);
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_0000,
+        0x30_0000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let dir = d.sm_context(dev, 0, true, 0);
+    d.pasid_entry(dir, 1, [ss.root() | (3 << 6) | (1 << 2) | 1, 7, fs.root()]);
+    let req = DmaRequest::new(dev, 0x7000_0010, 4, AccessKind::Read).with_pasid(1);
+    assert_eq!(d.translate(req).unwrap().addr, gpa_base + 0x30_0010);
+    // The leaf now names guest-physical 2^40 + 3 MiB: its table addresses are all in range.
+    let (at, pte) = entry_at(&view, fs.root(), 0x7000_0000, 1);
+    view.write_u64(at, pte | (1 << 40)).unwrap();
+    d.submit(&[piotlb_pasid(7, 1)]);
+    let f = d.translate(req).unwrap_err();
+    assert_eq!((f.code, f.kind), (0x84, FaultKind::AddressWidth));
+    assert_eq!(d.frcd(0)[1] >> 32 & 0xff, 0x84);
+}
+
 /// A first-stage user/supervisor violation found from a paging-structure-cache hit: the U/S
 /// bit cleared in a directory entry the cached walk skipped still decides the reason (SGN.2),
 /// not the leaf's own bits.

@@ -169,13 +169,14 @@ fn scalable_pass_through_and_structure_faults() {
     assert_eq!(code(&d, r(7)), 0x5b);
     d.pasid_entry(dir, 8, [(4 << 6) | 1 | 0x400, 1, 0]);
     assert_eq!(code(&d, r(8)), 0x5a);
-    // Second-stage not present (SSS.2) and beyond AW (SGN.4).
+    // Second-stage not present (SSS.2) and beyond AW (SGN.5, 84h; see
+    // `FaultReason::SmAddressBeyondAw`).
     let t = d.ss_domain(2);
     d.pasid_entry(dir, 9, ss_pasid(&t, 3));
     assert_eq!(code(&d, r(9)), 0x79);
     let mut big = r(9);
     big.addr = 1 << 50;
-    assert_eq!(code(&d, big), 0x83);
+    assert_eq!(code(&d, big), 0x84);
     // The fault record carries the PASID.
     let [_, hi] = d.frcd(0);
     assert_ne!(hi & FRCD_PP, 0);
