@@ -9,10 +9,13 @@
 //!    leaf's dirty flag is known to be set);
 //! 2. the paging-structure-cache lookups, deepest level first, for where the walk can start;
 //! 3. the one- or two-dimensional walk through `pagewalk`, with its A/D updates, recording every
-//!    memory reference and the walk's start and end in the trace;
-//! 4. the fills: the non-leaf entries the walk went through, then the translation, each with
-//!    the generation token taken before any structure was read, so a walk that began before an
-//!    invalidation never inserts its result after that invalidation completed;
+//!    memory reference and the walk's start and end in the trace; each second-stage walk of a
+//!    nested walk (of a first-stage table's address, and of the output) starts from the
+//!    second-stage paging-structure-cache entries the same way;
+//! 4. the fills: the non-leaf entries the walk went through (a nested walk's of both stages),
+//!    then the translation, each with the generation token taken before any structure was
+//!    read, so a walk that began before an invalidation never inserts its result after that
+//!    invalidation completed;
 //! 5. the vendor's output check (VT-d: the interrupt address range) on every use, cached or not.
 //!
 //! A vendor supplies, through [`Vendor`], what differs: the fault a walker fault becomes (its
@@ -21,8 +24,8 @@
 
 use iotlb::{Tag, Token};
 use pagewalk::{
-    Access as PwAccess, MemRef, PhysMem, RefKind, SecondStage, TableVisit, WalkConfig,
-    WalkObserver, WalkStart, level_shift, walk_nested_from,
+    Access as PwAccess, MemRef, PhysMem, RefKind, SecondStage, SecondStageStart, TableVisit,
+    WalkConfig, WalkObserver, WalkStart, level_shift, walk_nested_cached,
 };
 
 use crate::cache::{FLAG_DIRTY_OK, PSC_MAX_LEVEL, PagingStructureCaches, PscEntry, TracedCache};
@@ -35,7 +38,9 @@ use crate::trace::{MemTarget, Stage, Trace, WalkKind};
 pub struct Walk<X> {
     /// The domain id cached translations are tagged with.
     pub did: u16,
-    /// The PASID cached translations are tagged with (`None`: untagged).
+    /// The PASID cached translations are tagged with (`None`: untagged). Second-stage
+    /// paging-structure entries never carry it: they are PASID-independent, tagged with the
+    /// domain alone (see `psc_tag`).
     pub pasid_tag: Option<u32>,
     /// The stage of a one-dimensional walk (a nested walk's is [`Stage::First`]).
     pub stage: Stage,
@@ -44,7 +49,8 @@ pub struct Walk<X> {
     /// Their root.
     pub root: u64,
     /// For a nested walk, the second stage's format and root: the first stage's table addresses
-    /// and output are translated by it.
+    /// and output are translated by it, each second-stage walk starting from the domain's
+    /// cached second-stage entries.
     pub nested: Option<(WalkConfig, u64)>,
     /// The vendor's context (VT-d: the FPD bits read on the way, the mode).
     pub vendor: X,
@@ -133,23 +139,33 @@ pub fn covered_len(addr: u64, len: u64, shift: u8) -> u64 {
 }
 
 /// Records the walker's memory references in the trace and keeps the non-leaf entries it
-/// visited for the paging-structure cache.
-struct Obs<'a> {
+/// visited for the paging-structure caches: up to 8 of the walked stage's (a nested walk's
+/// first stage), and up to `S` distinct second-stage ones of a nested walk's second-stage
+/// walks (`S` is 0 for a one-dimensional walk).
+struct Obs<'a, const S: usize> {
     trace: &'a mut Trace,
-    /// The stage whose non-leaf entries are kept (a nested walk also visits second-stage
-    /// entries, which are not cached).
+    /// The stage whose non-leaf entries are kept in `visits`.
     keep: Stage,
     visits: [TableVisit; 8],
     n: usize,
+    /// A nested walk's second-stage entries, each once.
+    ss_visits: [TableVisit; S],
+    ss_n: usize,
 }
 
-impl<'a> Obs<'a> {
+/// Distinct second-stage non-leaf entries a nested walk can visit: `n + 1` second-stage walks
+/// of `m - 1` non-leaf levels each, at most 24 for 5 levels over 5.
+const NESTED_SS_VISITS: usize = 24;
+
+impl<'a, const S: usize> Obs<'a, S> {
     fn new(trace: &'a mut Trace, keep: Stage) -> Self {
         Self {
             trace,
             keep,
             visits: [TableVisit::default(); 8],
             n: 0,
+            ss_visits: [TableVisit::default(); S],
+            ss_n: 0,
         }
     }
 
@@ -164,7 +180,7 @@ impl<'a> Obs<'a> {
     }
 }
 
-impl WalkObserver for Obs<'_> {
+impl<const S: usize> WalkObserver for Obs<'_, S> {
     fn mem_ref(&mut self, r: MemRef) {
         let target = MemTarget::PageTable {
             stage: r.stage,
@@ -176,13 +192,57 @@ impl WalkObserver for Obs<'_> {
         }
     }
     fn table(&mut self, v: TableVisit) {
-        if v.stage != self.keep {
+        if v.stage == self.keep {
+            if let Some(slot) = self.visits.get_mut(self.n) {
+                *slot = v;
+                self.n += 1;
+            }
             return;
         }
-        if let Some(slot) = self.visits.get_mut(self.n) {
-            *slot = v;
-            self.n += 1;
+        // A nested walk's second-stage entry: the second-stage walks of neighbouring tables
+        // go through the same upper entries, kept once.
+        let seen = &self.ss_visits[..self.ss_n];
+        if seen
+            .iter()
+            .any(|s| s.level == v.level && s.prefix == v.prefix)
+        {
+            return;
         }
+        if let Some(slot) = self.ss_visits.get_mut(self.ss_n) {
+            *slot = v;
+            self.ss_n += 1;
+        }
+    }
+}
+
+/// Where each second-stage walk of a nested walk starts: the deepest second-stage
+/// paging-structure-cache entry covering its guest-physical input, with the tags a
+/// one-dimensional second-stage walk of the same domain uses ([`psc_tag`]).
+struct SecondStagePsc<'e> {
+    psc: &'e PagingStructureCaches,
+    cfg: &'e WalkConfig,
+    root: u64,
+    did: u16,
+}
+
+impl<const S: usize> SecondStageStart<Obs<'_, S>> for SecondStagePsc<'_> {
+    fn start(&mut self, obs: &mut Obs<'_, S>, gpa: u64) -> Option<WalkStart> {
+        // An input beyond what the tables translate must not find another input's entry: it
+        // walks from the root, which faults.
+        if !self.cfg.input_in_range(gpa) {
+            return None;
+        }
+        let start = psc_start(
+            self.psc,
+            self.cfg,
+            self.root,
+            self.did,
+            None,
+            iotlb::Stage::Second,
+            tag_input(self.cfg, gpa),
+            obs.trace,
+        );
+        Some(start)
     }
 }
 
@@ -226,6 +286,95 @@ fn tag_stage<X>(w: &Walk<X>) -> iotlb::Stage {
     }
 }
 
+/// The tag of a paging-structure-cache entry of `stage` at `level` covering `input` (reduced
+/// by [`tag_input`]). Second-stage entries are PASID-independent: they are tagged with the
+/// domain alone (no PASID), so a one-dimensional second-stage walk and the second-stage walks
+/// inside nested walks of the same domain share them (VT-d §6.2.5: in nested mode the PASID
+/// entry's DID tags both stages' entries; AMD-Vi: the DTE's DomainID tags the host table's).
+/// Invalidations that name the domain (any PASID) or a second-stage address range of it
+/// reach them.
+#[inline]
+fn psc_tag(did: u16, pasid: Option<u32>, stage: iotlb::Stage, level: u8, input: u64) -> Tag {
+    let pasid = if stage == iotlb::Stage::Second {
+        None
+    } else {
+        pasid
+    };
+    let shift = level_shift(level);
+    let page = (input >> shift) << (shift - 12);
+    Tag::paging_structure(did, pasid, stage, level, page, shift - 12)
+}
+
+/// Where a walk of `cfg` rooted at `root` for `input` (reduced by [`tag_input`]) starts: the
+/// deepest paging-structure-cache hit of the domain, or the root.
+#[allow(clippy::too_many_arguments)]
+fn psc_start(
+    psc: &PagingStructureCaches,
+    cfg: &WalkConfig,
+    root: u64,
+    did: u16,
+    pasid: Option<u32>,
+    stage: iotlb::Stage,
+    input: u64,
+    trace: &mut Trace,
+) -> WalkStart {
+    for level in 2..=cfg.levels() {
+        let tag = psc_tag(did, pasid, stage, level, input);
+        let Some(cache) = psc.level(level) else {
+            break;
+        };
+        if let Some(e) = cache.lookup(&tag, trace) {
+            // An entry that skips levels (AMD-Vi v1) translates only inputs whose index
+            // bits of the skipped levels are zero; any other walks from the root, which
+            // faults it.
+            let skipped = ((1u64 << level_shift(level).min(63)) - 1)
+                & !((1u64 << level_shift(e.next_level + 1).min(63)) - 1);
+            if e.next_level >= 1 && e.next_level < level && input & skipped == 0 {
+                return WalkStart {
+                    level: e.next_level,
+                    table: e.next_table,
+                    perms: pagewalk::Perms::from_bits_truncate(e.perms),
+                };
+            }
+            break;
+        }
+    }
+    cfg.root_start(root)
+}
+
+/// Caches the non-leaf entries `visits` of `cfg`'s tables, tagged as [`psc_tag`] says.
+#[allow(clippy::too_many_arguments)]
+fn psc_fill(
+    psc: &PagingStructureCaches,
+    tokens: &Tokens,
+    cfg: &WalkConfig,
+    did: u16,
+    pasid: Option<u32>,
+    stage: iotlb::Stage,
+    visits: &[TableVisit],
+    trace: &mut Trace,
+) {
+    for t in visits {
+        let tag = psc_tag(did, pasid, stage, t.level, tag_input(cfg, t.prefix));
+        let (Some(cache), Some(token)) = (
+            psc.level(t.level),
+            tokens.psc.get(usize::from(t.level).wrapping_sub(2)),
+        ) else {
+            continue;
+        };
+        cache.insert(
+            *token,
+            &tag,
+            &PscEntry {
+                next_table: t.next_table,
+                next_level: t.next_level,
+                perms: t.perms.bits(),
+            },
+            trace,
+        );
+    }
+}
+
 impl<M: PhysMem> Engine<'_, M> {
     /// The engine caches' generation tokens (see [`Tokens`]).
     #[inline]
@@ -261,19 +410,40 @@ impl<M: PhysMem> Engine<'_, M> {
         }
         let stage = tag_stage(w);
         let start = if in_range {
-            self.psc_start(w, stage, input, trace)
+            psc_start(
+                self.psc,
+                &w.cfg,
+                w.root,
+                w.did,
+                w.pasid_tag,
+                stage,
+                input,
+                trace,
+            )
         } else {
             w.cfg.root_start(w.root)
         };
-        let keep = w.stage;
+        // The walked stage's non-leaf entries.
+        let fill = |visits: &[TableVisit], trace: &mut Trace| {
+            psc_fill(
+                self.psc,
+                &tokens,
+                &w.cfg,
+                w.did,
+                w.pasid_tag,
+                stage,
+                visits,
+                trace,
+            );
+        };
         let (res, above) = match w.nested {
             None => {
                 trace.walk_start(WalkKind::OneD(w.stage), start.level);
-                let mut obs = Obs::new(trace, keep);
+                let mut obs = Obs::<0>::new(trace, w.stage);
                 let res = pagewalk::walk_from(&w.cfg, self.mem, start, req.addr, access, &mut obs)
                     .map(|t| (t.output, t.page_shift, t.perms));
                 obs.trace.walk_end(res.is_err());
-                self.psc_fill(w, stage, &mut obs, tokens);
+                fill(&obs.visits[..obs.n], obs.trace);
                 (res, obs.perms_above(start.perms))
             }
             Some((ss, ssptr)) => {
@@ -282,12 +452,38 @@ impl<M: PhysMem> Engine<'_, M> {
                     root: ssptr,
                 };
                 trace.walk_start(WalkKind::Nested, start.level);
-                let mut obs = Obs::new(trace, Stage::First);
-                let res =
-                    walk_nested_from(&w.cfg, start, &second, self.mem, req.addr, access, &mut obs)
-                        .map(|t| (t.output, t.page_shift, t.perms));
+                let mut obs = Obs::<NESTED_SS_VISITS>::new(trace, Stage::First);
+                let mut ss_start = SecondStagePsc {
+                    psc: self.psc,
+                    cfg: &ss,
+                    root: ssptr,
+                    did: w.did,
+                };
+                let res = walk_nested_cached(
+                    &w.cfg,
+                    start,
+                    &second,
+                    self.mem,
+                    req.addr,
+                    access,
+                    &mut obs,
+                    &mut ss_start,
+                )
+                .map(|t| (t.output, t.page_shift, t.perms));
                 obs.trace.walk_end(res.is_err());
-                self.psc_fill(w, stage, &mut obs, tokens);
+                fill(&obs.visits[..obs.n], obs.trace);
+                // The second-stage entries, tagged as the domain's one-dimensional
+                // second-stage walks tag theirs.
+                psc_fill(
+                    self.psc,
+                    &tokens,
+                    &ss,
+                    w.did,
+                    None,
+                    iotlb::Stage::Second,
+                    &obs.ss_visits[..obs.ss_n],
+                    obs.trace,
+                );
                 (res, obs.perms_above(start.perms))
             }
         };
@@ -356,75 +552,10 @@ impl<M: PhysMem> Engine<'_, M> {
     ) -> Result<u64, pagewalk::Fault> {
         trace.walk_start(WalkKind::OneD(Stage::Second), cfg.levels());
         // Keep nothing: the observer keeps only first-stage visits.
-        let mut obs = Obs::new(trace, Stage::First);
+        let mut obs = Obs::<0>::new(trace, Stage::First);
         let res = pagewalk::walk(cfg, self.mem, root, addr, PwAccess::READ, &mut obs);
         obs.trace.walk_end(res.is_err());
         res.map(|t| t.output)
-    }
-
-    /// Where a walk of `w`'s first (or only) stage for `input` starts: the deepest
-    /// paging-structure-cache hit, or the root.
-    fn psc_start<X>(
-        &self,
-        w: &Walk<X>,
-        stage: iotlb::Stage,
-        input: u64,
-        trace: &mut Trace,
-    ) -> WalkStart {
-        let levels = w.cfg.levels();
-        for level in 2..=levels {
-            let shift = level_shift(level);
-            let page = (input >> shift) << (shift - 12);
-            let tag = Tag::paging_structure(w.did, w.pasid_tag, stage, level, page, shift - 12);
-            let Some(cache) = self.psc.level(level) else {
-                break;
-            };
-            if let Some(e) = cache.lookup(&tag, trace) {
-                // An entry that skips levels (AMD-Vi v1) translates only inputs whose index
-                // bits of the skipped levels are zero; any other walks from the root, which
-                // faults it.
-                let skipped = ((1u64 << level_shift(level).min(63)) - 1)
-                    & !((1u64 << level_shift(e.next_level + 1).min(63)) - 1);
-                if e.next_level >= 1 && e.next_level < level && input & skipped == 0 {
-                    return WalkStart {
-                        level: e.next_level,
-                        table: e.next_table,
-                        perms: pagewalk::Perms::from_bits_truncate(e.perms),
-                    };
-                }
-                break;
-            }
-        }
-        w.cfg.root_start(w.root)
-    }
-
-    /// Caches the non-leaf entries of `w`'s first (or only) stage the walk went through.
-    fn psc_fill<X>(&self, w: &Walk<X>, stage: iotlb::Stage, obs: &mut Obs<'_>, tokens: Tokens) {
-        let own = obs.keep;
-        let Obs {
-            trace, visits, n, ..
-        } = obs;
-        for t in visits[..*n].iter().filter(|t| t.stage == own) {
-            let shift = level_shift(t.level);
-            let page = (tag_input(&w.cfg, t.prefix) >> shift) << (shift - 12);
-            let tag = Tag::paging_structure(w.did, w.pasid_tag, stage, t.level, page, shift - 12);
-            let (Some(cache), Some(token)) = (
-                self.psc.level(t.level),
-                tokens.psc.get(usize::from(t.level).wrapping_sub(2)),
-            ) else {
-                continue;
-            };
-            cache.insert(
-                *token,
-                &tag,
-                &PscEntry {
-                    next_table: t.next_table,
-                    next_level: t.next_level,
-                    perms: t.perms.bits(),
-                },
-                trace,
-            );
-        }
     }
 
     /// The translation of `req` to `addr` in a page of 2^`shift` bytes, after the vendor's

@@ -5,8 +5,9 @@
 //!   configuration ([`WalkConfig`]) a hardware model builds once per context / PASID entry / DTE.
 //! - [`walk()`] / [`walk_from`]: the one-dimensional walker, from the root or from a
 //!   paging-structure-cache hit.
-//! - [`walk_nested`] / [`walk_nested_from`]: the two-dimensional walker (first stage over a
-//!   second stage, or over the identity).
+//! - [`walk_nested`] / [`walk_nested_from`] / [`walk_nested_cached`]: the two-dimensional
+//!   walker (first stage over a second stage, or over the identity), the last with each
+//!   second-stage walk starting where a [`SecondStageStart`] (a second-stage cache) says.
 //! - [`WalkObserver`]: receives every memory reference and every non-leaf entry visited.
 //! - [`TableBuilder`]: maps and unmaps ranges in any format, with tables from a
 //!   [`FrameAllocator`].
@@ -67,7 +68,10 @@ pub use builder::{
 };
 pub use format::{AmdV1Config, Decoded, Format, VtdSsConfig, WalkConfig, X86Config};
 pub use mem::{AtomicAccess, FlatMem, GuestMem, MemError, PhysMem, SparseMem, region_atomic};
-pub use nested::{NestedTranslation, SecondStage, SecondStageView, walk_nested, walk_nested_from};
+pub use nested::{
+    FromRoot, NestedTranslation, SecondStage, SecondStageStart, SecondStageView, walk_nested,
+    walk_nested_cached, walk_nested_from,
+};
 pub use observer::{MemRef, RecordingTrace, RefKind, TableVisit, WalkObserver};
 pub use types::{
     Access, AccessKind, Fault, FaultKind, NestedPhase, Perms, Stage, Translation, WalkStart,

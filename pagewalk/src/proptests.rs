@@ -8,9 +8,68 @@ use proptest::prelude::*;
 use crate::builder::{BuildError, BumpAllocator, PageSizePolicy, Reclaim, TableBuilder};
 use crate::format::{AmdV1Config, VtdSsConfig, WalkConfig, X86Config};
 use crate::mem::{MemError, SparseMem};
-use crate::nested::{SecondStage, SecondStageView, walk_nested};
-use crate::types::{Access, AccessKind, FaultKind, NestedPhase, Perms, Stage};
+use crate::nested::{
+    SecondStage, SecondStageStart, SecondStageView, walk_nested, walk_nested_cached,
+};
+use crate::observer::{MemRef, TableVisit, WalkObserver};
+use crate::types::{
+    Access, AccessKind, FaultKind, NestedPhase, Perms, Stage, WalkStart, level_shift,
+};
 use crate::walk::walk;
+
+/// Counts a walk's references and keeps the second-stage non-leaf entries it visits.
+#[derive(Default)]
+struct SsVisits {
+    refs: usize,
+    visits: Vec<TableVisit>,
+}
+
+impl WalkObserver for SsVisits {
+    fn mem_ref(&mut self, _r: MemRef) {
+        self.refs += 1;
+    }
+    fn table(&mut self, v: TableVisit) {
+        if v.stage == Stage::Second {
+            self.visits.push(v);
+        }
+    }
+}
+
+/// A second-stage paging-structure cache that never forgets: every non-leaf entry a walk
+/// visited, by level and input prefix; a walk starts below the deepest one covering it.
+#[derive(Default)]
+struct SsMemo {
+    levels: u8,
+    entries: std::collections::HashMap<(u8, u64), TableVisit>,
+}
+
+impl SsMemo {
+    fn fill(&mut self, visits: &[TableVisit]) {
+        for v in visits {
+            self.entries.insert((v.level, v.prefix), *v);
+        }
+    }
+}
+
+impl SecondStageStart<SsVisits> for SsMemo {
+    fn start(&mut self, _obs: &mut SsVisits, gpa: u64) -> Option<WalkStart> {
+        for level in 2..=self.levels {
+            let prefix = gpa & !((1u64 << level_shift(level)) - 1);
+            if let Some(v) = self.entries.get(&(level, prefix)) {
+                // An AMD-Vi v1 entry that skips levels serves only inputs whose skipped index
+                // bits are zero.
+                let skipped = ((1u64 << level_shift(level)) - 1)
+                    & !((1u64 << level_shift(v.next_level + 1)) - 1);
+                return (gpa & skipped == 0).then_some(WalkStart {
+                    level: v.next_level,
+                    table: v.next_table,
+                    perms: v.perms,
+                });
+            }
+        }
+        None
+    }
+}
 
 /// The formats under test, with controls chosen so that every permission is expressible.
 fn config(sel: u8) -> WalkConfig {
@@ -280,6 +339,8 @@ proptest! {
         prop_assert_eq!(alloc.in_use(), 0);
     }
 
+    /// Also: the same walk with every second-stage walk started from a second-stage cache
+    /// filled by the walks before it gives the same answer (or fault) in no more references.
     #[test]
     fn nested_walk_is_the_composition_of_two_1d_walks(
         pair in 0u8..3,
@@ -345,6 +406,10 @@ proptest! {
                 None => build(&mem),
             }
         };
+        let mut memo = SsMemo { levels: ss_cfg.map_or(0, |c| c.levels()), ..SsMemo::default() };
+        // Walks that got past their first second-stage walk, and the references they made
+        // cold and warm.
+        let (mut past_first, mut cold_refs, mut warm_refs) = (0, 0, 0);
         for (i, off, a) in probes {
             // Near a first-stage mapping (in it or just past it), or anywhere below 4 GiB.
             let (n, _, pages, _) = fs_maps[i % fs_maps.len()];
@@ -354,7 +419,18 @@ proptest! {
                 off << 10
             };
             let acc = access(a >> 1);
-            let nested = walk_nested(&fs_cfg, fs_root, &second, &mem, iova, acc, &mut ());
+            let mut cold = SsVisits::default();
+            let nested = walk_nested(&fs_cfg, fs_root, &second, &mem, iova, acc, &mut cold);
+            let mut warm = SsVisits::default();
+            let cached = walk_nested_cached(&fs_cfg, fs_cfg.root_start(fs_root), &second, &mem, iova, acc, &mut warm, &mut memo);
+            prop_assert_eq!(&cached, &nested);
+            prop_assert!(warm.refs <= cold.refs, "{} > {}", warm.refs, cold.refs);
+            memo.fill(&warm.visits);
+            if cold.refs > usize::from(memo.levels) {
+                past_first += 1;
+                cold_refs += cold.refs;
+                warm_refs += warm.refs;
+            }
             match ss_cfg {
                 None => {
                     let one = walk(&fs_cfg, &mem, fs_root, iova, acc, &mut ());
@@ -395,6 +471,10 @@ proptest! {
                     }
                 }
             }
+        }
+        if ss_cfg.is_some() && past_first >= 2 {
+            // The first-stage root's second-stage path is cached after the first such walk.
+            prop_assert!(warm_refs < cold_refs, "{} warm, {} cold", warm_refs, cold_refs);
         }
     }
 }

@@ -49,16 +49,25 @@ fn two_pages(levels: u8) -> [u64; 2] {
     [first, first + (1u64 << (12 + 9 * (u32::from(levels) - 1)))]
 }
 
-/// An uncached nested walk: the context and PASID caches are warm (a first translation of a
-/// page that shares no paging-structure-cache entry), the IOTLB and paging-structure caches
-/// miss, and the accessed flags along the path are already set (an earlier unit walked it), so
-/// the walk only reads. Returns the trace of the walk.
+/// Warms `unit`'s context and PASID caches and nothing else: a request whose non-canonical
+/// address faults before any walk.
+fn warm_structure_caches(unit: &Unit) {
+    let mut req = DmaRequest::new(SID, 0x4000_0000_0000_0000, 8, AccessKind::Read);
+    req.pasid = Some(PASID);
+    let mut trace = Trace::new();
+    assert!(unit.translate_with(&req, &mut trace).is_err());
+    assert_eq!(trace.lookup(CacheId::Iotlb), None);
+}
+
+/// An uncached nested walk: the context and PASID caches are warm, the IOTLB and both stages'
+/// paging-structure caches miss (cold), and the accessed flags along the path are already set
+/// (an earlier unit walked it), so the walk only reads. Returns the trace of the walk.
 fn uncached_nested_walk(params: &TimingParams, levels: u8) -> Trace {
     let [first, second] = two_pages(levels);
     let tables = nested_tables(levels, &[first, second]);
     translate(&tables.unit(params), second, Some(PASID));
     let unit = tables.unit(params);
-    translate(&unit, first, Some(PASID));
+    warm_structure_caches(&unit);
     let trace = translate(&unit, second, Some(PASID));
     assert_eq!(trace.lookup(CacheId::Iotlb), Some(false));
     assert_eq!(trace.lookup(CacheId::Context), Some(true));
@@ -68,17 +77,34 @@ fn uncached_nested_walk(params: &TimingParams, levels: u8) -> Trace {
 
 /// The cost of an uncached `n`-over-`n` nested walk from the parameters alone: the IOTLB, the
 /// context and PASID caches and the `n - 1` first-stage paging-structure-cache levels looked
-/// up; those levels and the IOTLB filled; one walk of `n*n + 2n` table reads.
+/// up, and the `n - 1` second-stage levels before each of the `n + 1` second-stage walks;
+/// the first-stage levels, the [`ss_fills`] second-stage entries and the IOTLB filled; one
+/// walk of `n*n + 2n` table reads.
 fn nested_formula(p: &TimingParams, n: u64) -> u64 {
     let link = u64::from(p.link.to_iommu_cycles + p.link.from_iommu_cycles);
     let miss = u64::from(p.miss_path.to_walker_cycles + p.miss_path.from_walker_cycles);
     let lookups = u64::from(p.iotlb.lookup_cycles + p.context.lookup_cycles)
         + u64::from(p.pasid.lookup_cycles)
-        + (n - 1) * u64::from(p.pwc.lookup_cycles);
-    let fills = (n - 1) * u64::from(p.pwc.fill_cycles) + u64::from(p.iotlb.fill_cycles);
+        + (n - 1) * u64::from(p.pwc.lookup_cycles)
+        + ss_lookups(n) * u64::from(p.pwc.lookup_cycles);
+    let fills =
+        (n - 1 + ss_fills(n)) * u64::from(p.pwc.fill_cycles) + u64::from(p.iotlb.fill_cycles);
     let reads = n * n + 2 * n;
     let per_read = u64::from(p.memory.dram_cycles + p.walk.per_read_cycles);
     link + miss + lookups + fills + u64::from(p.walk.start_cycles) + reads * per_read
+}
+
+/// Second-stage paging-structure-cache lookups of a cold `n`-over-`n` nested walk: levels 2 to
+/// `n`, all missing, before each of the `n + 1` second-stage walks.
+fn ss_lookups(n: u64) -> u64 {
+    (n + 1) * (n - 1)
+}
+
+/// The distinct second-stage non-leaf entries a walk of [`nested_tables`] fills: every guest
+/// address is below 1 GiB, so one entry per level above 2; at level 2, one for the 2 MiB
+/// holding the first-stage tables and one for the output's.
+fn ss_fills(n: u64) -> u64 {
+    (n - 2) + 2
 }
 
 fn check_uncached_nested(levels: u8, refs: u32) {
@@ -92,7 +118,8 @@ fn check_uncached_nested(levels: u8, refs: u32) {
     assert_eq!(c.total, c.components());
     // Every reference and the walk's lookups and fills hold the walker.
     let n = u64::from(levels);
-    let walk = (n - 1) * u64::from(p.pwc.lookup_cycles + p.pwc.fill_cycles)
+    let walk = (n - 1 + ss_lookups(n)) * u64::from(p.pwc.lookup_cycles)
+        + (n - 1 + ss_fills(n)) * u64::from(p.pwc.fill_cycles)
         + u64::from(p.walk.start_cycles)
         + u64::from(refs) * u64::from(p.memory.dram_cycles + p.walk.per_read_cycles);
     assert_eq!(c.walk_cycles, walk);
@@ -124,7 +151,7 @@ fn accessed_flag_updates_are_charged_beside_the_reads() {
     let p = primes();
     let [first, second] = two_pages(4);
     let unit = nested_tables(4, &[first, second]).unit(&p);
-    translate(&unit, first, Some(PASID));
+    warm_structure_caches(&unit);
     let trace = translate(&unit, second, Some(PASID));
     let c = CostModel::new(&p).cost(&trace);
     assert_eq!((c.refs, c.table_refs, c.ad_refs), (28, 24, 4));

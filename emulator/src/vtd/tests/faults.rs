@@ -25,8 +25,11 @@ fn nested_second_stage_fault_phases() {
     )
     .unwrap();
     let dir = d.sm_context(dev, 0, true, 0);
-    let nested = |ss_root: u64, aw: u64| [ss_root | (3 << 6) | (aw << 2) | 1, 7, fs.root()];
-    d.pasid_entry(dir, 1, nested(ss.root(), 2));
+    // Each second stage has its own DID: second-stage paging-structure entries are tagged
+    // with the DID alone, so entries with one DID are taken to share one second stage.
+    let nested =
+        |ss_root: u64, aw: u64, did: u64| [ss_root | (3 << 6) | (aw << 2) | 1, did, fs.root()];
+    d.pasid_entry(dir, 1, nested(ss.root(), 2, 7));
     let code = |d: &Driver, pasid, addr| {
         d.translate(DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(pasid))
             .unwrap_err()
@@ -52,17 +55,17 @@ fn nested_second_stage_fault_phases() {
         0x100_0000 - pdpt - 0x1000,
         RW,
     );
-    d.pasid_entry(dir, 2, nested(holed.root(), 2));
+    d.pasid_entry(dir, 2, nested(holed.root(), 2, 8));
     assert_eq!(code(&d, 2, 0x7000_0000), 0x76);
     // The output GPA unmapped: SSS.2.
     let mut no_out = d.ss_domain(2);
     d.map(&mut no_out, 0, gpa_base, 0x30_0000, RW);
-    d.pasid_entry(dir, 3, nested(no_out.root(), 2));
+    d.pasid_entry(dir, 3, nested(no_out.root(), 2, 9));
     assert_eq!(code(&d, 3, 0x7000_0000), 0x79);
     // A first-stage table pointer beyond a 39-bit second stage: SFS.5.
     let mut narrow = d.ss_domain(1);
     d.map(&mut narrow, 0, gpa_base, 0x100_0000, RW);
-    d.pasid_entry(dir, 4, nested(narrow.root(), 1));
+    d.pasid_entry(dir, 4, nested(narrow.root(), 1, 10));
     assert_eq!(
         d.translate(DmaRequest::new(dev, 0x7000_0010, 4, AccessKind::Read).with_pasid(4))
             .unwrap()
@@ -72,7 +75,7 @@ fn nested_second_stage_fault_phases() {
     let (at, _) = entry_at(&view, fs.root(), 0x7000_0000, 4);
     view.write_u64(at, (pml4e & !0x000f_ffff_ffff_f000) | (1 << 40))
         .unwrap();
-    d.submit(&[piotlb_pasid(7, 4), pc_pasid(7, 4)]);
+    d.submit(&[piotlb_pasid(10, 4), pc_pasid(10, 4)]);
     assert_eq!(code(&d, 4, 0x7000_0000), 0x74);
 }
 
@@ -498,7 +501,8 @@ fn unreadable_root_tables_are_table_pointer_errors() {
             .unwrap_err()
             .code
     };
-    // Second stage, SSPTPTR outside memory: 7Bh.
+    // Second stage, SSPTPTR outside memory: 7Bh. (Each second stage has its own DID: the
+    // DID tags second-stage paging-structure entries.)
     d.pasid_entry(dir, 1, [outside | (2 << 6) | (2 << 2) | 1, 3, 0]);
     assert_eq!(code(&d, 1), 0x7b);
     // Second stage, a level-3 table outside memory: 78h.
@@ -506,7 +510,7 @@ fn unreadable_root_tables_are_table_pointer_errors() {
     d.map(&mut t, 0x1000, 0x7000_0000, 0x1000, RW);
     let (at, e) = entry_at(d.mem, t.root(), 0x1000, 4);
     d.mem.write_u64(at, (e & 0xfff) | outside).unwrap();
-    d.pasid_entry(dir, 2, ss_pasid(&t, 3));
+    d.pasid_entry(dir, 2, ss_pasid(&t, 4));
     assert_eq!(code(&d, 2), 0x78);
     // First stage, FSPTPTR outside memory: 73h.
     d.pasid_entry(dir, 3, [(1 << 6) | 1, 3, outside | 1]);
@@ -516,7 +520,7 @@ fn unreadable_root_tables_are_table_pointer_errors() {
     d.pasid_entry(
         dir,
         4,
-        [outside | (3 << 6) | (2 << 2) | 1, 3, fs.root() | 1],
+        [outside | (3 << 6) | (2 << 2) | 1, 5, fs.root() | 1],
     );
     assert_eq!(code(&d, 4), 0x7b);
 }

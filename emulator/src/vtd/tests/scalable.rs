@@ -224,6 +224,225 @@ fn nested_at_pasid_4(d: &mut Driver, dev: u16) -> Nested {
     }
 }
 
+/// The table reads of a trace, as (stage, level), in order.
+fn table_reads(trace: &crate::trace::Trace) -> Vec<(Stage, u8)> {
+    trace
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::MemRead {
+                target: MemTarget::PageTable { stage, level },
+                ..
+            } => Some((*stage, *level)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The second-stage paging-structure-cache lookups of a trace, as (level, hit), in order.
+fn ss_psc_lookups(trace: &crate::trace::Trace) -> Vec<(u8, bool)> {
+    trace
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::CacheLookup {
+                cache:
+                    CacheId::PagingStructure {
+                        stage: Stage::Second,
+                        level,
+                    },
+                hit,
+            } => Some((*level, *hit)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The second-stage walks inside a nested walk look up and fill the second-stage
+/// paging-structure caches, tagged as the domain's one-dimensional second-stage walks tag
+/// theirs (the DID alone: second-stage entries are PASID-independent).
+///
+/// Cold, a 4-over-4 walk makes 24 reads and looks up levels 2..=4 before each of its five
+/// second-stage walks, all missing. Warm (a page whose first-stage path shares no cached
+/// first-stage entry, so all four first-stage levels are read), each second-stage walk starts
+/// from a cached second-stage PDE and reads only its leaf: 4 + 5 = 9 reads. With the
+/// first-stage PDE cached too: 1 + 2 = 3 (see `scalable_nested_translation`).
+#[test]
+fn nested_second_stage_walks_use_the_second_stage_paging_structure_caches() {
+    let mut d = scalable();
+    let dev = sid(0, 8, 1);
+    let Nested {
+        dir,
+        ss,
+        view,
+        mut galloc,
+        mut fs,
+    } = nested_at_pasid_4(&mut d, dev);
+    // A second page whose first-stage path shares only the root table with the first:
+    // another PML4 slot; its output in the same 2 MiB of guest-physical space.
+    let far = 0x7000_0000u64 + (1 << 39);
+    fs.map(
+        &view,
+        &mut galloc,
+        far,
+        0x30_5000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let read = |d: &Driver, addr| {
+        let (r, trace) = d
+            .vtd
+            .translate(&DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(4));
+        (r.unwrap().addr, trace)
+    };
+    let (addr, cold) = read(&d, 0x7000_0010);
+    assert_eq!(addr, NESTED_SPA + 0x30_0010);
+    assert_eq!(table_reads(&cold).len(), 24);
+    let misses: Vec<(u8, bool)> = (0..5)
+        .flat_map(|_| [(2, false), (3, false), (4, false)])
+        .collect();
+    assert_eq!(ss_psc_lookups(&cold), misses);
+    // The second-stage entries filled: levels 4 and 3 once (every address is below 512 GiB
+    // and 1 GiB), level 2 for the 2 MiB of the first-stage tables and that of the output.
+    let ss_fills = |trace: &crate::trace::Trace| {
+        trace
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    TraceEvent::CacheFill {
+                        cache: CacheId::PagingStructure {
+                            stage: Stage::Second,
+                            ..
+                        }
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(ss_fills(&cold), 4);
+
+    let (addr, warm) = read(&d, far | 0x20);
+    assert_eq!(addr, NESTED_SPA + 0x30_5020);
+    // Every second-stage walk hits its PDE at once and reads the leaf; the first stage is
+    // read at every level.
+    assert_eq!(ss_psc_lookups(&warm), vec![(2, true); 5]);
+    let mut want = Vec::new();
+    for level in (1..=4).rev() {
+        want.push((Stage::Second, 1));
+        want.push((Stage::First, level));
+    }
+    want.push((Stage::Second, 1));
+    assert_eq!(table_reads(&warm), want);
+    assert_eq!(warm.mem_reads(), 4 + 5);
+
+    // A one-dimensional second-stage walk of the same domain (PASID 5, PGTT = 010b, DID 2,
+    // the same tables) finds the entries the nested walks filled: it reads only its leaf.
+    d.pasid_entry(dir, 5, ss_pasid(&ss, 2));
+    let (r, oned) = d
+        .vtd
+        .translate(&DmaRequest::new(dev, 0x30_0040, 4, AccessKind::Read).with_pasid(5));
+    assert_eq!(r.unwrap().addr, NESTED_SPA + 0x30_0040);
+    assert_eq!(ss_psc_lookups(&oned), vec![(2, true)]);
+    assert_eq!(table_reads(&oned), vec![(Stage::Second, 1)]);
+}
+
+/// A one-dimensional second-stage walk fills entries a nested walk of the same domain then
+/// uses: a fresh unit whose first translation is second-stage-only, of a guest address in the
+/// 2 MiB of the first-stage tables, then the nested walk: its four table-address walks start
+/// from that PDE (one read each), and the output's (another 2 MiB) from the cached PDPTE (two).
+#[test]
+fn one_dimensional_second_stage_entries_serve_nested_walks() {
+    let mut d = scalable();
+    let dev = sid(0, 8, 2);
+    let Nested { dir, ss, .. } = nested_at_pasid_4(&mut d, dev);
+    d.pasid_entry(dir, 5, ss_pasid(&ss, 2));
+    d.translate(DmaRequest::new(dev, 0x10_0000, 4, AccessKind::Read).with_pasid(5))
+        .unwrap();
+    let (r, trace) = d
+        .vtd
+        .translate(&DmaRequest::new(dev, 0x7000_0010, 4, AccessKind::Read).with_pasid(4));
+    assert_eq!(r.unwrap().addr, NESTED_SPA + 0x30_0010);
+    let lookups = ss_psc_lookups(&trace);
+    assert_eq!(&lookups[..4], &[(2, true); 4]);
+    assert_eq!(&lookups[4..], &[(2, false), (3, true)]);
+    assert_eq!(table_reads(&trace).len(), 4 + 4 + 2);
+}
+
+/// After the second stage under a nested translation changes, the page-selective IOTLB
+/// invalidation software issues for it (type 2, the nested DID, the guest-physical address:
+/// what Linux's cache_tag_flush_range sends for a nesting parent) drops the cached
+/// second-stage entries it covers with the domain's nested translations (§6.5.2.3: every
+/// first-stage and nested translation of the DID), so no walk uses the old guest-physical to
+/// host-physical table translation afterwards.
+#[test]
+fn a_second_stage_change_invalidated_page_selectively_reaches_nested_walks() {
+    let mut d = scalable();
+    let dev = sid(0, 8, 3);
+    let Nested {
+        ss,
+        view,
+        mut galloc,
+        mut fs,
+        ..
+    } = nested_at_pasid_4(&mut d, dev);
+    // Two pages whose outputs share the second-stage page table of GPA [2 MiB, 4 MiB).
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_1000,
+        0x30_1000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    let read = |d: &Driver, addr| {
+        d.translate(DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(4))
+            .unwrap()
+            .addr
+    };
+    // Warm: the first-stage and second-stage paging-structure caches, the IOTLB.
+    assert_eq!(read(&d, 0x7000_0000), NESTED_SPA + 0x30_0000);
+    // The host moves GPA [2 MiB, 4 MiB) to new memory: a new second-stage page table, the
+    // PDE switched to it. The old table stays as it was (freed memory, still readable).
+    const MOVED: u64 = 0x6000_0000;
+    let (pde_at, pde) = entry_at(d.mem, ss.root(), 0x30_0000, 2);
+    let old_pt = pde & 0x000f_ffff_ffff_f000;
+    let new_pt = d.frame();
+    for i in 0..512u64 {
+        let e = d.mem.read_u64(old_pt + i * 8).unwrap();
+        let moved = (e & !0x000f_ffff_ffff_f000) | (MOVED + 0x20_0000 + i * 0x1000);
+        d.mem.write_u64(new_pt + i * 8, moved).unwrap();
+    }
+    d.mem
+        .write_u64(pde_at, (pde & !0x000f_ffff_ffff_f000) | new_pt)
+        .unwrap();
+    // Before the invalidation a walk may still go through the cached PDE (the old table):
+    // the second stage's entries are cached.
+    assert_eq!(read(&d, 0x7000_1000), NESTED_SPA + 0x30_1000);
+    // The invalidation software owes the change: page-selective, the nested domain's DID,
+    // the guest-physical 2 MiB, IH = 0 (a non-leaf entry changed).
+    d.submit_and_wait(&[iotlb_page(2, 0x20_0000, 9, false)]);
+    // Every later walk uses the new table: a page the IOTLB held, and one it did not.
+    assert_eq!(read(&d, 0x7000_0000), MOVED + 0x30_0000);
+    assert_eq!(read(&d, 0x7000_1000), MOVED + 0x30_1000);
+    fs.map(
+        &view,
+        &mut galloc,
+        0x7000_2000,
+        0x30_2000,
+        0x1000,
+        PwPerms::RW | PwPerms::U,
+        PageSizePolicy::Fixed(12),
+    )
+    .unwrap();
+    assert_eq!(read(&d, 0x7000_2000), MOVED + 0x30_2000);
+}
+
 #[test]
 fn scalable_nested_translation() {
     let mut d = scalable();
@@ -243,8 +462,9 @@ fn scalable_nested_translation() {
     assert_eq!(t.addr, gpa_base + 0x30_0044);
     // 4 x 4 nested: 24 table reads after the four structure reads.
     assert_eq!(trace.mem_reads(), 4 + 24);
-    // A neighbouring page starts from the cached first-stage PDE: the second-stage walk of the
-    // leaf table's address, the leaf, and the second-stage walk of the output.
+    // A neighbouring page starts from the cached first-stage PDE, and each second-stage walk
+    // from a cached second-stage PDE: the second-stage leaf of the leaf table's address, the
+    // leaf, and the second-stage leaf of the output.
     fs.map(
         &view,
         &mut galloc,
@@ -266,7 +486,16 @@ fn scalable_nested_translation() {
         }),
         Some(true)
     );
-    assert_eq!(trace.mem_reads(), 4 + 1 + 4);
+    for level in [1, 2] {
+        assert_eq!(
+            trace.lookup(CacheId::PagingStructure {
+                stage: Stage::Second,
+                level
+            }),
+            (level == 2).then_some(true)
+        );
+    }
+    assert_eq!(trace.mem_reads(), 1 + 1 + 1);
     // An unmapped IOVA faults in the first stage.
     let code = |d: &Driver, pasid, addr| {
         d.translate(DmaRequest::new(dev, addr, 4, AccessKind::Read).with_pasid(pasid))
