@@ -309,6 +309,10 @@ proptest! {
                 TreeOp::Detach(d, e) => (soft.detach(d, e), vtd.detach(d, e)),
                 TreeOp::Map(d, s, n, p, w) => {
                     let f = MapFlags { read: true, write: w, mmio: false };
+                    // Outputs stay out of the x86 interrupt window (0xfee0_0000, the 2 MiB
+                    // slot 2039): a VT-d unit blocks DMA there (its output check) where the
+                    // soft double, which knows no interrupts, would not.
+                    let p = if p == 0xfee0_0000 / 0x20_0000 { p + 1 } else { p };
                     let args = (s * P, (s + n) * P - 1, p * 0x20_0000 + (s % 512) * P);
                     probes.push(s * P);
                     probes.push((s + n) * P - 8);
