@@ -12,10 +12,11 @@
 //!   whole cache.
 //! - IOTLB (§6.2.4): leaf translations tagged with (DID, PASID or none, page, size). Requests
 //!   without PASID in scalable mode are tagged with their RID_PASID.
-//! - Paging-structure caches (§6.2.5): non-leaf entries of one-dimensional walks and the
+//! - Paging-structure caches (§6.2.5): non-leaf entries of one-dimensional walks, the
 //!   first-stage entries of nested walks (tagged with the nested stage: their next-table
 //!   addresses are guest-physical), tagged with (DID, PASID, stage, level, the input prefix
-//!   they translate).
+//!   they translate), and second-stage entries, of one-dimensional walks and of the
+//!   second-stage sub-walks of nested ones alike, tagged with the DID alone (no PASID).
 
 use iotlb::{Invalidation, PageRange, PasidMatch, SourceSelector, Translation};
 

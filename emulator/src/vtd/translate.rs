@@ -601,8 +601,9 @@ impl<M: PhysMem> Vtd<M> {
                 }
                 // Nested (§3.8): the first-stage walk whose table addresses and output are
                 // guest-physical, each translated by the second stage. The IOTLB caches the
-                // combined translation and the paging-structure cache the first-stage
-                // non-leaf entries; the second-stage walks inside it always go to memory.
+                // combined translation, and the paging-structure caches the first-stage
+                // non-leaf entries and the second-stage ones its sub-walks visit (tagged
+                // with the DID alone, shared with one-dimensional second-stage walks).
                 let nested = (pe.pgtt == Pgtt::Nested).then(|| (ss(), pe.ssptptr));
                 Ok(walk(Stage::First, cfg, pe.fsptptr, nested))
             }
