@@ -223,7 +223,8 @@ pub struct CostModel {
     walk_start: u32,
     per_read: u32,
     link: (u32, u32),
-    miss_path: u32,
+    /// Both ways of the miss path (two `u32`s: their sum may not fit one).
+    miss_path: u64,
     ats_round_trip: u32,
     devtlb_hit: u32,
     iotlb_first: bool,
@@ -235,7 +236,7 @@ struct Walking {
     in_walk: bool,
     iotlb_seen: bool,
     /// Context and PASID lookup cycles held back until the IOTLB's outcome (`iotlb_first`).
-    deferred: [u32; 2],
+    deferred: [u64; 2],
 }
 
 impl CostModel {
@@ -256,7 +257,8 @@ impl CostModel {
             walk_start: params.walk.start_cycles,
             per_read: params.walk.per_read_cycles,
             link: (params.link.to_iommu_cycles, params.link.from_iommu_cycles),
-            miss_path: params.miss_path.to_walker_cycles + params.miss_path.from_walker_cycles,
+            miss_path: u64::from(params.miss_path.to_walker_cycles)
+                + u64::from(params.miss_path.from_walker_cycles),
             ats_round_trip: params.ats.round_trip_cycles,
             devtlb_hit: params.ats.devtlb_hit_cycles,
             iotlb_first: params.iotlb_first,
@@ -375,7 +377,7 @@ impl CostModel {
             c.walk_cycles += u64::from(cy);
         } else if s != IOTLB && self.iotlb_first && !w.iotlb_seen {
             // Held back until the IOTLB's outcome.
-            w.deferred[s - CONTEXT] += cy;
+            w.deferred[s - CONTEXT] += u64::from(cy);
             return;
         } else {
             c.add_front(front_cache(s), cy);
@@ -385,7 +387,7 @@ impl CostModel {
             w.iotlb_seen = true;
             c.iotlb_hit = Some(hit);
             if !hit {
-                c.add(Part::Link, u64::from(self.miss_path));
+                c.add(Part::Link, self.miss_path);
                 self.release_deferred(c, w);
             }
         }
@@ -400,8 +402,9 @@ impl CostModel {
         {
             let cy = std::mem::take(&mut w.deferred[i]);
             if cy > 0 {
-                c.add(Part::Lookups, u64::from(cy));
-                c.add_front(f, cy);
+                c.add(Part::Lookups, cy);
+                // A port use is a `u32` of cycles, saturating as `add_front` does.
+                c.add_front(f, u32::try_from(cy).unwrap_or(u32::MAX));
             }
         }
     }
@@ -493,7 +496,8 @@ mod tests {
         let dram = u64::from(p.memory.dram_cycles);
         let mut total = u64::from(p.link.to_iommu_cycles + p.link.from_iommu_cycles);
         if iotlb_hit == Some(false) {
-            total += u64::from(p.miss_path.to_walker_cycles + p.miss_path.from_walker_cycles);
+            total +=
+                u64::from(p.miss_path.to_walker_cycles) + u64::from(p.miss_path.from_walker_cycles);
         }
         for (i, e) in events.iter().enumerate() {
             total += match *e {
@@ -580,6 +584,38 @@ mod tests {
             let saved = u64::from(c.llc_hits) * u64::from(p.memory.dram_cycles - llc.hit_cycles);
             prop_assert_eq!(c.total + saved, plain.total);
         }
+    }
+
+    /// Cycle counts near `u32::MAX` (which a parameter file may give) add up without an
+    /// overflow: the miss path's two ways, and the lookups held back for the IOTLB
+    /// (`iotlb_first`) over a full trace (found by the `timing_params` fuzz target).
+    #[test]
+    fn the_largest_cycle_counts_add_up_without_overflow() {
+        let mut p = Preset::VtdServer.params();
+        p.memory.llc = None;
+        p.miss_path.to_walker_cycles = u32::MAX;
+        p.miss_path.from_walker_cycles = u32::MAX;
+        p.context.lookup_cycles = u32::MAX;
+        p.iotlb_first = true;
+        let mut t = Trace::new();
+        for _ in 0..crate::trace::TRACE_CAPACITY - 1 {
+            t.cache(CacheId::Context, false);
+        }
+        t.cache(CacheId::Iotlb, false);
+        let c = CostModel::new(&p).cost(&t);
+        let held = (crate::trace::TRACE_CAPACITY as u64 - 1) * u64::from(u32::MAX);
+        assert_eq!(c.lookups, held + u64::from(p.iotlb.lookup_cycles));
+        assert_eq!(c.link, 40 + 2 * u64::from(u32::MAX));
+        assert_eq!(c.total, c.components());
+        assert_eq!(c.total, reference(&p, t.events()));
+        assert_eq!(
+            c.front()[1],
+            PortUse {
+                cache: FrontCache::Context,
+                cycles: u32::MAX
+            },
+            "a port use saturates"
+        );
     }
 
     #[test]

@@ -273,6 +273,12 @@ pub const MAX_WALKERS: u32 = 4096;
 pub const MAX_PORTS: u32 = 64;
 /// The largest LLC model, in bytes.
 pub const MAX_LLC_BYTES: u64 = 1 << 30;
+/// The most lines of the LLC model (1 GiB of 64-byte lines): the model keeps two words per
+/// line, so a gigabyte of one-byte lines would take 16 GiB.
+pub const MAX_LLC_LINES: u64 = 1 << 24;
+/// The most entries of a cache (for the paging-structure caches, per level): the units
+/// allocate every entry when they are built.
+pub const MAX_CACHE_ENTRIES: u32 = 1 << 20;
 
 impl TimingParams {
     /// Parses TOML and validates the result.
@@ -330,11 +336,11 @@ impl TimingParams {
     /// associativity for every cache). Returns what the unit cannot follow.
     #[must_use = "the deviations say where the unit differs from the parameters"]
     pub fn apply_to_vtd(&self, cfg: &mut VtdConfig) -> Vec<UnitDeviation> {
-        cfg.context_cache_entries = self.context.entries as usize;
-        cfg.pasid_cache_entries = self.pasid.entries as usize;
-        cfg.iotlb_entries = self.iotlb.entries as usize;
-        cfg.pwc_entries = self.pwc.entries as usize;
-        cfg.ways = self.iotlb.ways as usize;
+        cfg.context_cache_entries = self.unit_entries(&self.context) as usize;
+        cfg.pasid_cache_entries = self.unit_entries(&self.pasid) as usize;
+        cfg.iotlb_entries = self.unit_entries(&self.iotlb) as usize;
+        cfg.pwc_entries = self.unit_entries(&self.pwc) as usize;
+        cfg.ways = self.unit_ways() as usize;
         self.deviations()
     }
 
@@ -343,11 +349,11 @@ impl TimingParams {
     /// [`Self::apply_to_vtd`] does.
     #[must_use = "the deviations say where the unit differs from the parameters"]
     pub fn apply_to_amdvi(&self, cfg: &mut AmdViConfig) -> Vec<UnitDeviation> {
-        cfg.dte_cache_entries = self.context.entries as usize;
-        cfg.gcr3_cache_entries = self.pasid.entries as usize;
-        cfg.iotlb_entries = self.iotlb.entries as usize;
-        cfg.pdc_entries = self.pwc.entries as usize;
-        cfg.ways = self.iotlb.ways as usize;
+        cfg.dte_cache_entries = self.unit_entries(&self.context) as usize;
+        cfg.gcr3_cache_entries = self.unit_entries(&self.pasid) as usize;
+        cfg.iotlb_entries = self.unit_entries(&self.iotlb) as usize;
+        cfg.pdc_entries = self.unit_entries(&self.pwc) as usize;
+        cfg.ways = self.unit_ways() as usize;
         self.deviations()
     }
 
@@ -355,7 +361,7 @@ impl TimingParams {
     /// these parameters: one associativity for every cache (the IOTLB's), bit pseudo-LRU
     /// replacement, and a power-of-two set count (`crate::cache::geometry` rounds down).
     pub fn deviations(&self) -> Vec<UnitDeviation> {
-        let ways = self.iotlb.ways.max(1);
+        let ways = self.unit_ways();
         let mut out = Vec::new();
         for (cache, c) in self.caches() {
             if c.replacement != Replacement::Plru {
@@ -371,8 +377,7 @@ impl TimingParams {
                     used: ways,
                 });
             }
-            let sets = (c.entries / ways).max(1);
-            let used = (1u32 << (u32::BITS - 1 - sets.leading_zeros())) * ways;
+            let used = self.unit_entries(c);
             if used != c.entries {
                 out.push(UnitDeviation::Entries {
                     cache,
@@ -382,6 +387,20 @@ impl TimingParams {
             }
         }
         out
+    }
+
+    /// The associativity of every cache of a unit built from these parameters: the IOTLB's.
+    fn unit_ways(&self) -> u32 {
+        self.iotlb.ways.max(1)
+    }
+
+    /// The entries a unit's cache of geometry `c` holds: a power-of-two number of sets (at
+    /// least one) of [`Self::unit_ways`] ways each. The units are given this number, so that a
+    /// cache smaller than one set of the IOTLB's ways is one set, not refused.
+    fn unit_entries(&self, c: &CacheParams) -> u32 {
+        let ways = self.unit_ways();
+        let sets = (c.entries / ways).max(1);
+        (1u32 << (u32::BITS - 1 - sets.leading_zeros())) * ways
     }
 }
 
@@ -397,6 +416,11 @@ impl CacheParams {
         if self.ports == 0 {
             return zero(field(cache, "ports"));
         }
+        too_large(
+            field(cache, "entries"),
+            self.entries.into(),
+            MAX_CACHE_ENTRIES.into(),
+        )?;
         too_large(field(cache, "ways"), self.ways.into(), MAX_WAYS.into())?;
         too_large(field(cache, "ports"), self.ports.into(), MAX_PORTS.into())?;
         if !self.entries.is_multiple_of(self.ways) {
@@ -442,6 +466,11 @@ impl LlcParams {
                 set_bytes,
             });
         }
+        too_large(
+            "memory.llc lines (size_bytes / line_bytes)",
+            self.size_bytes / u64::from(self.line_bytes),
+            MAX_LLC_LINES,
+        )?;
         if self.hit_cycles > dram {
             return Err(ParamError::LlcSlowerThanDram {
                 hit: self.hit_cycles,
@@ -728,6 +757,60 @@ mod tests {
                 max: 64
             })
         );
+    }
+
+    /// Sizes a unit cannot allocate are refused: a cache of more than [`MAX_CACHE_ENTRIES`]
+    /// entries, an LLC of more than [`MAX_LLC_LINES`] lines (a gigabyte of one-byte lines was
+    /// an 8 GiB allocation, found by the `timing_params` fuzz target).
+    #[test]
+    fn sizes_the_models_cannot_allocate_are_refused() {
+        let mut p = Preset::VtdServer.params();
+        p.iotlb.entries = 1 << 26;
+        assert_eq!(
+            p.validate(),
+            Err(ParamError::TooLarge {
+                field: "iotlb.entries",
+                value: 1 << 26,
+                max: MAX_CACHE_ENTRIES.into()
+            })
+        );
+        let mut p = Preset::VtdServer.params();
+        let llc = p.memory.llc.as_mut().unwrap();
+        (llc.size_bytes, llc.line_bytes, llc.ways) = (MAX_LLC_BYTES, 1, 1);
+        assert!(
+            matches!(p.validate(), Err(ParamError::TooLarge { value, .. }) if value == MAX_LLC_BYTES),
+            "{:?}",
+            p.validate()
+        );
+        p.memory.llc.as_mut().unwrap().line_bytes = 64;
+        assert_eq!(
+            p.validate(),
+            Ok(()),
+            "1 GiB of 64-byte lines is the largest"
+        );
+    }
+
+    /// A cache smaller than one set of the IOTLB's ways is given to the units as one set, as
+    /// the deviations say, instead of a geometry the units refuse (found by the
+    /// `timing_params` fuzz target).
+    #[test]
+    fn a_cache_below_one_set_of_the_units_ways_is_one_set() {
+        let mut p = Preset::VtdServer.params();
+        (p.context.entries, p.context.ways) = (2, 2);
+        assert_eq!(p.validate(), Ok(()));
+        let mut v = VtdConfig::default();
+        let d = p.apply_to_vtd(&mut v);
+        assert!(d.contains(&UnitDeviation::Entries {
+            cache: "context",
+            asked: 2,
+            used: 4
+        }));
+        assert_eq!(v.context_cache_entries, 4);
+        v.validate().unwrap();
+        let mut a = AmdViConfig::default();
+        let _ = p.apply_to_amdvi(&mut a);
+        assert_eq!(a.dte_cache_entries, 4);
+        a.validate().unwrap();
     }
 
     #[test]
