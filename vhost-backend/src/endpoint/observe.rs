@@ -67,10 +67,17 @@ impl Recorder {
     }
 
     /// Starts recording to `path` (created or truncated), ending any recording in progress,
-    /// which is returned.
+    /// which is returned. When `path` cannot be created, the recording in progress goes on.
     pub fn start(&self, path: &Path) -> std::io::Result<Option<Recorded>> {
-        let out = BufWriter::new(File::create(path)?);
         let mut cur = self.lock();
+        // The recording in progress writes what it buffered before `path` is truncated: when
+        // `path` is its own file, those writes would otherwise land in the new recording.
+        if let Some(r) = cur.as_mut()
+            && let Err(e) = r.out.flush()
+        {
+            log::warn!("recording {}: {e}", r.path.display());
+        }
+        let out = BufWriter::new(File::create(path)?);
         let previous = cur.take().map(Self::finish);
         *cur = Some(Recording {
             out,
@@ -311,6 +318,19 @@ mod tests {
         );
         assert!(recs.windows(2).all(|w| w[0].t <= w[1].t));
         assert!(obs.recorder.stop().is_none());
+        // A new recording to the file of the one in progress holds only its own records
+        // (the old one's buffered records once landed in it after the truncation; found by
+        // the `control_lines` fuzz target).
+        assert_eq!(obs.recorder.start(&path).unwrap(), None);
+        for _ in 0..3 {
+            let _ = e.translate(&r);
+        }
+        let old = obs.recorder.start(&path).unwrap().unwrap();
+        assert_eq!(old.records, 3);
+        let _ = e.translate(&r);
+        assert_eq!(obs.recorder.stop().unwrap().records, 1);
+        let recs = trace_file::read(std::io::BufReader::new(File::open(&path).unwrap())).unwrap();
+        assert_eq!(recs.len(), 1, "{recs:?}");
         // A file that cannot be created is an error, and nothing starts.
         assert!(obs.recorder.start(&dir.join("no/such/dir")).is_err());
         assert!(!obs.recorder.is_on());
