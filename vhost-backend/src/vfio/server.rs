@@ -94,6 +94,14 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The writing side of a connection, `writer` a clone of the stream it reads.
+    pub(crate) fn new(writer: UnixStream) -> Self {
+        Connection {
+            writer: Mutex::new(writer),
+            next_id: AtomicU16::new(0),
+        }
+    }
+
     /// Sends one message in one write: a client may read a reply with a single receive (the
     /// `vfio_user` crate's does), and the lock keeps messages of several threads whole.
     fn send(&self, parts: &[&[u8]]) -> std::io::Result<()> {
@@ -337,7 +345,16 @@ pub fn serve_connection(
             )));
         }
         let mut body = vec![0u8; size - HEADER];
-        let more = read_with_fd(stream, &mut body)?;
+        let more = match read_with_fd(stream, &mut body) {
+            // The header came, its body did not: the client left inside a message.
+            Err(ConnectionEnd::Closed) => {
+                return Err(ConnectionEnd::Malformed(format!(
+                    "the stream ended after the header of command {}",
+                    h.command
+                )));
+            }
+            r => r?,
+        };
         let fd = fd.or(more);
         // A reply to one of our requests (we ask for none, but a client answers a request it
         // refuses with an error).
@@ -396,10 +413,7 @@ pub fn serve_forever<F: ServerBackend>(
             }
         };
         let conn = match stream.try_clone() {
-            Ok(w) => Arc::new(Connection {
-                writer: Mutex::new(w),
-                next_id: AtomicU16::new(0),
-            }),
+            Ok(w) => Arc::new(Connection::new(w)),
             Err(e) => {
                 log::warn!("{name}: {e}");
                 continue;
@@ -621,5 +635,18 @@ mod tests {
         let (probe, r) = t.join().unwrap();
         assert!(matches!(r, Err(ConnectionEnd::Malformed(_))), "{r:?}");
         assert_eq!(probe.writes, vec![(0, 4, vec![1, 2])]);
+    }
+
+    /// A client that leaves after a header, before any of the body it declared, ends the
+    /// connection inside a message (it was once taken for a clean disconnect; found by the
+    /// `vfio_messages` fuzz target).
+    #[test]
+    fn a_stream_ending_after_a_header_is_malformed() {
+        let (mut c, t) = start();
+        c.write_all(&header(cmd::REGION_WRITE, HEADER + 18))
+            .unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let (_, r) = t.join().unwrap();
+        assert!(matches!(r, Err(ConnectionEnd::Malformed(_))), "{r:?}");
     }
 }
