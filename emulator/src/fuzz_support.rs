@@ -21,6 +21,8 @@
 //!   except a translation through an AMD-Vi page of a Next Level 7 size, which software must
 //!   replicate in every entry it covers and a program need not have.
 
+mod files;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pagewalk::{FlatMem, MemError, PhysMem};
@@ -31,6 +33,8 @@ use crate::amdvi::{AmdVi, AmdViConfig, command, reg};
 use crate::request::{AccessKind, AddressType, DmaRequest, Fault, Translation};
 use crate::trace::Trace;
 use crate::unit::Unit;
+
+pub use files::{check_timing_params, check_trace_file};
 
 /// Memory the programs run over: 16 pages at physical address 0.
 pub const MEM_BYTES: usize = 16 * 4096;

@@ -21,6 +21,9 @@
 //! What this does not reach: descriptor chains (their splits, indirect tables and bad lengths
 //! are the virtqueue's, in `backend.rs`) and device resets.
 
+mod control_lines;
+mod vfio_messages;
+
 use std::sync::Arc;
 
 use iommu_emulator::core::{DomainInfo, FaultReason};
@@ -33,6 +36,9 @@ use pagewalk::FlatMem;
 
 use crate::device::{DEVICE_FEATURES, IommuDevice};
 use crate::protocol::{HEAD_LEN, RequestType, TAIL_LEN};
+
+pub use control_lines::{ControlSummary, check_control};
+pub use vfio_messages::{VfioSummary, check_vfio_messages};
 
 /// PROBE's property-list size the devices are built with.
 const PROBE_SIZE: u32 = 64;
@@ -337,6 +343,49 @@ std::thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// The file standing in for the guest's memfd: [`ENGINE_RAM`] bytes of zeros.
+fn engine_ram() -> std::fs::File {
+    ENGINE_RAM_FILE.with(|f| {
+        let mut f = f.borrow_mut();
+        let file = f.get_or_insert_with(|| {
+            vmm_sys_util::tempfile::TempFile::new()
+                .expect("a temporary file")
+                .into_file()
+        });
+        file.set_len(0).expect("truncate");
+        file.set_len(ENGINE_RAM).expect("size");
+        file.try_clone().expect("clone the RAM file")
+    })
+}
+
+/// The core the engine's DMA goes through: the VT-d model, with the engine attached to a
+/// domain that maps the window's 8 pages writable (in reverse order) and one page read-only.
+fn engine_core() -> Arc<Core> {
+    let driver = VtdDriver::with_unit(
+        FlatMem::new(PRIVATE.base, PRIVATE.size as usize),
+        VtdConfig::default(),
+        PRIVATE,
+        VtdMode::Legacy,
+    )
+    .expect("the VT-d model brings up");
+    let core = Arc::new(Core::new(config(), Arc::new(driver)).expect("a core"));
+    core.attach(1, u32::from(ENGINE_RID), false)
+        .expect("attach");
+    for i in 0..ENGINE_PAGES {
+        let iova = ENGINE_IOVA + i * 4096;
+        let gpa = ENGINE_GPA + (ENGINE_PAGES - 1 - i) * 4096;
+        core.map(1, iova, iova + 4095, gpa, iommu_emulator::MapFlags::RW)
+            .expect("map");
+    }
+    let ro = iommu_emulator::MapFlags {
+        read: true,
+        ..Default::default()
+    };
+    core.map(1, ENGINE_RO_IOVA, ENGINE_RO_IOVA + 4095, ENGINE_RO_GPA, ro)
+        .expect("map read-only");
+    core
+}
+
 /// An engine address from the input: mostly inside the mapped window, sometimes the
 /// read-only page, sometimes anything.
 fn engine_addr(inp: &mut Input<'_>) -> Option<u64> {
@@ -370,52 +419,12 @@ pub fn check_dma_engine(data: &[u8]) -> Arc<crate::endpoint::engine::EndpointSta
     use std::os::unix::fs::FileExt;
     use vfio_user::{DmaMapFlags, DmaUnmapFlags, ServerBackend};
 
-    let ram = ENGINE_RAM_FILE.with(|f| {
-        let mut f = f.borrow_mut();
-        let file = f.get_or_insert_with(|| {
-            vmm_sys_util::tempfile::TempFile::new()
-                .expect("a temporary file")
-                .into_file()
-        });
-        file.set_len(0).expect("truncate");
-        file.set_len(ENGINE_RAM).expect("size");
-        file.try_clone().expect("clone the RAM file")
-    });
+    let ram = engine_ram();
     // What guest RAM must hold, outside the writable window.
     let mut expect = vec![0u8; ENGINE_RAM as usize];
     let writable = ENGINE_GPA..ENGINE_GPA + ENGINE_PAGES * 4096;
-
-    let core = Arc::new(
-        Core::new(
-            config(),
-            Arc::new(
-                VtdDriver::with_unit(
-                    FlatMem::new(PRIVATE.base, PRIVATE.size as usize),
-                    VtdConfig::default(),
-                    PRIVATE,
-                    VtdMode::Legacy,
-                )
-                .expect("the VT-d model brings up"),
-            ),
-        )
-        .expect("a core"),
-    );
-    core.attach(1, u32::from(ENGINE_RID), false)
-        .expect("attach");
-    for i in 0..ENGINE_PAGES {
-        let iova = ENGINE_IOVA + i * 4096;
-        let gpa = ENGINE_GPA + (ENGINE_PAGES - 1 - i) * 4096;
-        core.map(1, iova, iova + 4095, gpa, iommu_emulator::MapFlags::RW)
-            .expect("map");
-    }
-    let ro = iommu_emulator::MapFlags {
-        read: true,
-        ..Default::default()
-    };
-    core.map(1, ENGINE_RO_IOVA, ENGINE_RO_IOVA + 4095, ENGINE_RO_GPA, ro)
-        .expect("map read-only");
     let stats = Arc::new(eng::EndpointStats::default());
-    let mut f = EndpointFunction::dma_engine(ENGINE_RID, core, stats.clone());
+    let mut f = EndpointFunction::dma_engine(ENGINE_RID, engine_core(), stats.clone());
     let map_ram = |f: &mut EndpointFunction| {
         f.dma_map(
             DmaMapFlags::READ_WRITE,
