@@ -14,14 +14,21 @@
 //! | `len` | bytes (at least 1) |
 //! | `access` | `read`, `write`, `atomic` or `exec` |
 //!
-//! Blank lines and lines starting with `#` are skipped. A line that does not parse, or a time
-//! earlier than the line before's, is an error naming the line.
+//! Blank lines and lines starting with `#` are skipped. A line that does not parse, a time
+//! earlier than the line before's or beyond [`MAX_T`], a length beyond [`MAX_LEN`], or a range
+//! that runs past the end of the address space is an error naming the line.
 
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
 use crate::request::AccessKind;
+
+/// The latest time a record may carry, in nanoseconds (about 13 days): later times would
+/// overflow the simulator's clock once turned into cycles.
+pub const MAX_T: u64 = 1 << 50;
+/// The longest request a record may carry (1 GiB): a replay maps every page a trace touches.
+pub const MAX_LEN: u64 = 1 << 30;
 
 /// One line of a trace file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +114,18 @@ pub fn read(input: impl BufRead) -> Result<Vec<TraceRecord>, TraceFileError> {
         if r.len == 0 {
             return Err(parse("len must be at least 1".into()));
         }
+        if r.len > MAX_LEN {
+            return Err(parse(format!("len {} is beyond {MAX_LEN}", r.len)));
+        }
+        if r.addr.checked_add(r.len - 1).is_none() {
+            return Err(parse(format!(
+                "{} bytes at {:#x} run past the end of the address space",
+                r.len, r.addr
+            )));
+        }
+        if r.t > MAX_T {
+            return Err(parse(format!("time {} is beyond {MAX_T} ns", r.t)));
+        }
         if let Some(prev) = out.last()
             && r.t < prev.t
         {
@@ -167,6 +186,18 @@ mod tests {
             (
                 "{\"t\":5,\"source\":1,\"pasid\":null,\"addr\":0,\"len\":0,\"access\":\"read\"}\n",
                 "at least 1",
+            ),
+            (
+                "{\"t\":5,\"source\":1,\"pasid\":null,\"addr\":0,\"len\":18446744073709551615,\"access\":\"read\"}\n",
+                "is beyond 1073741824",
+            ),
+            (
+                "{\"t\":5,\"source\":1,\"pasid\":null,\"addr\":18446744073709551615,\"len\":2,\"access\":\"read\"}\n",
+                "past the end",
+            ),
+            (
+                "{\"t\":18446744073709551615,\"source\":1,\"pasid\":null,\"addr\":0,\"len\":1,\"access\":\"read\"}\n",
+                "beyond 1125899906842624 ns",
             ),
             (
                 "{\"t\":5,\"source\":1,\"pasid\":null,\"addr\":0,\"len\":1,\"access\":\"poke\"}\n",
