@@ -20,12 +20,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use iommu_emulator::request::{AccessKind, DmaRequest};
 use iommu_emulator::timing::{CacheParams, Cost, CostModel, Engine, Preset, TimingParams};
 use iommu_emulator::trace::Trace;
-use iommu_emulator::vtd::layout::{ContextEntryHi, ContextEntryLo, RootEntryLo, RtaddrReg};
-use iommu_emulator::vtd::regs::*;
+use iommu_emulator::vtd::setup::RootTable;
 use iommu_emulator::vtd::{Vtd, VtdConfig};
 use pagewalk::{
-    BumpAllocator, FrameAllocator, GuestMem, PageSizePolicy, Perms, PhysMem, TableBuilder,
-    VtdSsConfig, WalkConfig,
+    BumpAllocator, GuestMem, PageSizePolicy, Perms, TableBuilder, VtdSsConfig, WalkConfig,
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -40,14 +38,6 @@ fn iovas() -> Vec<u64> {
     (0..PAGES)
         .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20) & ((1u64 << 47) - 1) & !0xfff)
         .collect()
-}
-
-fn zeroed(mem: &Mem, alloc: &mut BumpAllocator) -> u64 {
-    let f = alloc.alloc_frame().unwrap();
-    for i in 0..512 {
-        mem.write_u64(f + i * 8, 0).unwrap();
-    }
-    f
 }
 
 /// A legacy-mode unit translating `SID` through 4-level second-stage tables mapping `list`,
@@ -72,27 +62,12 @@ fn unit(params: &TimingParams, list: &[u64]) -> Vtd<&'static Mem> {
         )
         .unwrap();
     }
-    let root = zeroed(mem, &mut alloc);
-    let ctx = zeroed(mem, &mut alloc);
-    let re = RootEntryLo::new().with_p(true).with_ctp_page(ctx >> 12);
-    mem.write_u64(root + u64::from(SID >> 8) * 16, re.into_bits())
-        .unwrap();
-    let ce = ctx + u64::from(SID & 0xff) * 16;
-    let hi = ContextEntryHi::new().with_aw(2).with_did(1);
-    let lo = ContextEntryLo::new()
-        .with_p(true)
-        .with_slptptr_page(t.root() >> 12);
-    mem.write_u64(ce + 8, hi.into_bits()).unwrap();
-    mem.write_u64(ce, lo.into_bits()).unwrap();
+    let mut rt = RootTable::new(mem, &mut alloc, false).unwrap();
+    rt.legacy(mem, &mut alloc, SID, 1, 2, t.root()).unwrap();
     let mut cfg = VtdConfig::default();
     let _ = params.apply_to_vtd(&mut cfg);
     let vtd = Vtd::new(mem, cfg, Box::new(|_| {})).unwrap();
-    let rtaddr = RtaddrReg::new()
-        .with_ttm(TTM_LEGACY as u8)
-        .with_rta_page(root >> 12);
-    vtd.mmio_write(RTADDR_REG, 8, rtaddr.into_bits());
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_SRTP));
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_TE));
+    rt.enable(&vtd);
     vtd
 }
 

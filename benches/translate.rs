@@ -27,11 +27,8 @@ use iommu_emulator::amdvi::layout::{Control, DevTabBase, DteQw0, DteQw1, with_gc
 use iommu_emulator::amdvi::{AmdVi, AmdViConfig, reg};
 use iommu_emulator::request::{AccessKind, DmaRequest};
 use iommu_emulator::trace::Trace;
-use iommu_emulator::vtd::layout::{
-    ContextEntryHi, ContextEntryLo, PGTT_NESTED, PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1,
-    PasidEntryQw2, RootEntryLo, RtaddrReg, ScalableContextQw0, ScalableRootHalfRaw,
-};
-use iommu_emulator::vtd::regs::*;
+use iommu_emulator::vtd::layout::{PGTT_NESTED, PasidEntryQw0, PasidEntryQw1, PasidEntryQw2};
+use iommu_emulator::vtd::setup::RootTable;
 use iommu_emulator::vtd::{Vtd, VtdConfig};
 use pagewalk::{
     Access, AmdV1Config, BumpAllocator, FrameAllocator, GuestMem, PageSizePolicy, Perms, PhysMem,
@@ -102,35 +99,15 @@ fn ss_tables(mem: &Mem, alloc: &mut BumpAllocator, list: &[u64]) -> TableBuilder
     t
 }
 
-/// Points RTADDR at `root` with `ttm`, latches it and enables translation.
-fn enable(vtd: &Vtd<&'static Mem>, root: u64, ttm: u64) {
-    let rtaddr = RtaddrReg::new()
-        .with_ttm(ttm as u8)
-        .with_rta_page(root >> 12);
-    vtd.mmio_write(RTADDR_REG, 8, rtaddr.into_bits());
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_SRTP));
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_TE));
-}
-
 fn legacy_unit(cache_entries: usize) -> (Vtd<&'static Mem>, TableBuilder, &'static Mem) {
     let mem: &'static Mem = Box::leak(Box::new(memory()));
     let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
     let t = ss_tables(mem, &mut alloc, &iovas());
-    let root = zeroed(mem, &mut alloc);
-    let ctx = zeroed(mem, &mut alloc);
-    let re = RootEntryLo::new().with_p(true).with_ctp_page(ctx >> 12);
-    mem.write_u64(root + u64::from(SID >> 8) * 16, re.into_bits())
-        .unwrap();
-    let ce = ctx + u64::from(SID & 0xff) * 16;
     // AW = 2 (4-level), DID 1; T = 00b over the second-stage tables.
-    let hi = ContextEntryHi::new().with_aw(2).with_did(1);
-    let lo = ContextEntryLo::new()
-        .with_p(true)
-        .with_slptptr_page(t.root() >> 12);
-    mem.write_u64(ce + 8, hi.into_bits()).unwrap();
-    mem.write_u64(ce, lo.into_bits()).unwrap();
+    let mut rt = RootTable::new(mem, &mut alloc, false).unwrap();
+    rt.legacy(mem, &mut alloc, SID, 1, 2, t.root()).unwrap();
     let vtd = Vtd::new(mem, config(cache_entries), Box::new(|_| {})).unwrap();
-    enable(&vtd, root, TTM_LEGACY);
+    rt.enable(&vtd);
     (vtd, t, mem)
 }
 
@@ -176,37 +153,19 @@ fn nested_unit(cache_entries: usize) -> Vtd<&'static Mem> {
         )
         .unwrap();
     }
-    let root = zeroed(mem, &mut alloc);
-    let ctx = zeroed(mem, &mut alloc);
-    let dir = zeroed(mem, &mut alloc);
-    let ptab = zeroed(mem, &mut alloc);
-    let root_half = ScalableRootHalfRaw::new()
-        .with_p(true)
-        .with_ctp_page(ctx >> 12);
-    mem.write_u64(root, root_half.into_bits()).unwrap();
-    let ce = ctx + u64::from(SID & 0x7f) * 32;
-    let ce0 = ScalableContextQw0::new()
-        .with_p(true)
-        .with_paside(true)
-        .with_pasiddirptr_page(dir >> 12);
-    mem.write_u64(ce, ce0.into_bits()).unwrap();
-    let pde = PasidDirEntryRaw::new()
-        .with_p(true)
-        .with_smptblptr_page(ptab >> 12);
-    mem.write_u64(dir, pde.into_bits()).unwrap();
-    let pe = ptab + 64; // PASID 1: nested, AW = 2, DID 3.
+    // PASID 1: nested, AW = 2, DID 3.
     let qw0 = PasidEntryQw0::new()
         .with_p(true)
         .with_aw(2)
         .with_pgtt(PGTT_NESTED)
         .with_ssptptr_page(ss.root() >> 12);
+    let qw1 = PasidEntryQw1::new().with_did(3);
     let qw2 = PasidEntryQw2::new().with_fsptptr_page(fs.root() >> 12);
-    mem.write_u64(pe + 8, PasidEntryQw1::new().with_did(3).into_bits())
-        .unwrap();
-    mem.write_u64(pe + 16, qw2.into_bits()).unwrap();
-    mem.write_u64(pe, qw0.into_bits()).unwrap();
+    let mut rt = RootTable::new(mem, &mut alloc, true).unwrap();
+    let qw = [qw0.into_bits(), qw1.into_bits(), qw2.into_bits()];
+    rt.pasid_entry(mem, &mut alloc, SID, 1, qw).unwrap();
     let vtd = Vtd::new(mem, config(cache_entries), Box::new(|_| {})).unwrap();
-    enable(&vtd, root, TTM_SCALABLE);
+    rt.enable(&vtd);
     vtd
 }
 

@@ -14,19 +14,16 @@
 //! read, so unbacked).
 
 use pagewalk::{
-    BumpAllocator, FlatMem, FrameAllocator, PageSizePolicy, Perms, PhysMem, SecondStageView,
-    TableBuilder, VtdSsConfig, WalkConfig, X86Config,
+    BumpAllocator, FlatMem, PageSizePolicy, Perms, SecondStageView, TableBuilder, VtdSsConfig,
+    WalkConfig, X86Config,
 };
 
 use super::platform::{BUFFERS_BASE, BUFFERS_STRIDE, PRIVATE, PlatformError};
 use super::workload::{Region, stream_rid};
 use crate::VtdConfig;
 use crate::vtd::Vtd;
-use crate::vtd::layout::{
-    PGTT_NESTED, PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1, PasidEntryQw2, RtaddrReg,
-    ScalableContextQw0, ScalableRootHalfRaw,
-};
-use crate::vtd::regs::{GCMD_REG, GCMD_SRTP, GCMD_TE, RTADDR_REG, TTM_SCALABLE};
+use crate::vtd::layout::{PGTT_NESTED, PasidEntryQw0, PasidEntryQw1, PasidEntryQw2};
+use crate::vtd::setup::RootTable;
 
 /// Guest-physical bytes reserved for the guests' first-stage tables.
 pub const GUEST_TABLES: u64 = 32 << 20;
@@ -48,10 +45,6 @@ pub fn nested_unit(
     let half = PRIVATE.size / 2;
     let mut host = BumpAllocator::new(PRIVATE.base, PRIVATE.base + half);
     let policy = PageSizePolicy::Fixed(page_size.trailing_zeros() as u8);
-    let zeroed = |host: &mut BumpAllocator| {
-        host.alloc_frame()
-            .ok_or_else(|| build_err("host structures", "out of frames"))
-    };
     // The second stage: guest RAM for tables, and every stream's buffers.
     let mut ss = TableBuilder::new(
         WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_haw(48)),
@@ -82,13 +75,12 @@ pub fn nested_unit(
         config: *ss.config(),
         root: s2_root,
     };
-    // The scalable-mode root table; each stream's context entry, PASID directory and table.
-    let root = zeroed(&mut host)?;
+    // The scalable-mode root table and each stream's PASID-table entry (RID_PASID 0).
+    let mut rt = RootTable::new(&mem, &mut host, true).map_err(|e| build_err("root table", e))?;
     let mut guest = BumpAllocator::new(0x10_0000, GUEST_TABLES);
     let mut streams: Vec<u32> = regions.iter().map(|r| r.stream).collect();
     streams.sort_unstable();
     streams.dedup();
-    let mut ctx_tables = std::collections::BTreeMap::new();
     for &s in &streams {
         // The stream's first stage (4-level), at guest-physical addresses.
         let mut c = X86Config::vtd_first_stage(4);
@@ -109,72 +101,28 @@ pub fn nested_unit(
             )
             .map_err(|e| build_err("first-stage buffers", e))?;
         }
-        let rid = stream_rid(s);
-        let (bus, devfn) = (u64::from(rid >> 8), u64::from(rid & 0xff));
-        if devfn >= 128 {
+        if stream_rid(s) & 0xff >= 128 {
             return Err(build_err("streams", "at most 128 streams"));
         }
-        let ctx = match ctx_tables.get(&bus) {
-            Some(c) => *c,
-            None => {
-                let c = zeroed(&mut host)?;
-                let half = ScalableRootHalfRaw::new()
-                    .with_p(true)
-                    .with_ctp_page(c >> 12);
-                write(&mem, root + bus * 16, half.into_bits())?;
-                ctx_tables.insert(bus, c);
-                c
-            }
-        };
-        let (dir, table) = (zeroed(&mut host)?, zeroed(&mut host)?);
-        write(
+        // Nested, AW 2 (4-level second stage), the stream's own domain id.
+        let qw0 = PasidEntryQw0::new()
+            .with_p(true)
+            .with_aw(2)
+            .with_pgtt(PGTT_NESTED)
+            .with_ssptptr_page(s2_root >> 12);
+        let qw1 = PasidEntryQw1::new().with_did(1 + s as u16);
+        let qw2 = PasidEntryQw2::new().with_fsptptr_page(fs.root() >> 12);
+        rt.pasid_entry(
             &mem,
-            dir,
-            PasidDirEntryRaw::new()
-                .with_p(true)
-                .with_smptblptr_page(table >> 12)
-                .into_bits(),
-        )?;
-        // RID_PASID 0: the PASID-table entry at index 0, nested, its own domain id.
-        let did = 1 + s as u16;
-        write(
-            &mem,
-            table + 8,
-            PasidEntryQw1::new().with_did(did).into_bits(),
-        )?;
-        write(
-            &mem,
-            table + 16,
-            PasidEntryQw2::new()
-                .with_fsptptr_page(fs.root() >> 12)
-                .into_bits(),
-        )?;
-        write(
-            &mem,
-            table,
-            PasidEntryQw0::new()
-                .with_p(true)
-                .with_aw(2)
-                .with_pgtt(PGTT_NESTED)
-                .with_ssptptr_page(s2_root >> 12)
-                .into_bits(),
-        )?;
-        write(
-            &mem,
-            ctx + devfn * 32,
-            ScalableContextQw0::new()
-                .with_p(true)
-                .with_pasiddirptr_page(dir >> 12)
-                .into_bits(),
-        )?;
+            &mut host,
+            stream_rid(s),
+            0,
+            [qw0.into_bits(), qw1.into_bits(), qw2.into_bits()],
+        )
+        .map_err(|e| build_err("PASID entries", e))?;
     }
     let vtd = Vtd::new(mem, cfg.clone(), Box::new(|_| {})).map_err(|e| build_err("the unit", e))?;
-    let rtaddr = RtaddrReg::new()
-        .with_ttm(TTM_SCALABLE as u8)
-        .with_rta_page(root >> 12);
-    vtd.mmio_write(RTADDR_REG, 8, rtaddr.into_bits());
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_SRTP));
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_TE));
+    rt.enable(&vtd);
     Ok(vtd)
 }
 
@@ -186,9 +134,4 @@ fn regions_base(regions: &[Region], s: u32) -> u64 {
         .map(|r| r.iova)
         .min()
         .unwrap_or(0)
-}
-
-fn write(mem: &FlatMem, addr: u64, v: u64) -> Result<(), PlatformError> {
-    mem.write_u64(addr, v)
-        .map_err(|e| build_err("structures", e))
 }

@@ -57,6 +57,7 @@ mod inspect;
 pub mod layout;
 pub mod qi;
 pub mod regs;
+pub mod setup;
 pub mod structs;
 mod translate;
 

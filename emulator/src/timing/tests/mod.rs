@@ -5,16 +5,13 @@ mod engine;
 mod walks;
 
 use pagewalk::{
-    BumpAllocator, FrameAllocator, PageSizePolicy, Perms, PhysMem, SecondStageView, SparseMem,
-    TableBuilder, VtdSsConfig, WalkConfig, X86Config,
+    BumpAllocator, PageSizePolicy, Perms, SecondStageView, SparseMem, TableBuilder, VtdSsConfig,
+    WalkConfig, X86Config,
 };
 
 use crate::timing::TimingParams;
-use crate::vtd::layout::{
-    ContextEntryHi, ContextEntryLo, PGTT_NESTED, PasidDirEntryRaw, PasidEntryQw0, PasidEntryQw1,
-    PasidEntryQw2, RootEntryLo, RtaddrReg, ScalableContextQw0, ScalableRootHalfRaw,
-};
-use crate::vtd::regs::{GCMD_REG, GCMD_SRTP, GCMD_TE, RTADDR_REG, TTM_LEGACY, TTM_SCALABLE};
+use crate::vtd::layout::{PGTT_NESTED, PasidEntryQw0, PasidEntryQw1, PasidEntryQw2};
+use crate::vtd::setup::RootTable;
 use crate::vtd::{Vtd, VtdConfig};
 
 /// The requester every fixture translates for.
@@ -33,32 +30,18 @@ fn memory() -> &'static SparseMem {
     Box::leak(Box::new(SparseMem::new(1 << 32)))
 }
 
-fn zeroed(mem: &SparseMem, alloc: &mut BumpAllocator) -> u64 {
-    let f = alloc.alloc_frame().unwrap();
-    for i in 0..512 {
-        mem.write_u64(f + i * 8, 0).unwrap();
-    }
-    f
-}
-
-/// A unit over `mem` with `cfg` and the timing parameters' cache geometry, its root table at
-/// `root` in translation table mode `ttm`, translating.
+/// A unit over `mem` with `cfg` and the timing parameters' cache geometry, translating
+/// through the root table `rt`.
 fn enable(
     mem: &'static SparseMem,
     mut cfg: VtdConfig,
     params: &TimingParams,
-    root: u64,
-    ttm: u64,
+    rt: &RootTable,
 ) -> Unit {
     // The deviations (replacement policy, rounding) do not matter to these tests.
     let _ = params.apply_to_vtd(&mut cfg);
     let vtd = Vtd::new(mem, cfg, Box::new(|_| {})).unwrap();
-    let rtaddr = RtaddrReg::new()
-        .with_ttm(ttm as u8)
-        .with_rta_page(root >> 12);
-    vtd.mmio_write(RTADDR_REG, 8, rtaddr.into_bits());
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_SRTP));
-    vtd.mmio_write(GCMD_REG, 4, u64::from(GCMD_TE));
+    rt.enable(&vtd);
     vtd
 }
 
@@ -86,27 +69,17 @@ pub(super) fn legacy_unit(params: &TimingParams, iovas: &[u64]) -> Unit {
         )
         .unwrap();
     }
-    let root = zeroed(mem, &mut alloc);
-    let ctx = zeroed(mem, &mut alloc);
-    let re = RootEntryLo::new().with_p(true).with_ctp_page(ctx >> 12);
-    mem.write_u64(root + u64::from(SID >> 8) * 16, re.into_bits())
-        .unwrap();
-    let ce = ctx + u64::from(SID & 0xff) * 16;
     // AW = 2 (4-level), DID 1; T = 00b over the second-stage tables.
-    let hi = ContextEntryHi::new().with_aw(2).with_did(1);
-    let lo = ContextEntryLo::new()
-        .with_p(true)
-        .with_slptptr_page(t.root() >> 12);
-    mem.write_u64(ce + 8, hi.into_bits()).unwrap();
-    mem.write_u64(ce, lo.into_bits()).unwrap();
-    enable(mem, VtdConfig::default(), params, root, TTM_LEGACY)
+    let mut rt = RootTable::new(mem, &mut alloc, false).unwrap();
+    rt.legacy(mem, &mut alloc, SID, 1, 2, t.root()).unwrap();
+    enable(mem, VtdConfig::default(), params, &rt)
 }
 
 /// Tables for a scalable-mode unit, in their memory: units built over them
 /// ([`NestedTables::unit`]) share the tables and the flags earlier walks set in them.
 pub(super) struct NestedTables {
     mem: &'static SparseMem,
-    root: u64,
+    rt: RootTable,
     levels: u8,
 }
 
@@ -119,7 +92,7 @@ impl NestedTables {
             mgaw: 57,
             ..VtdConfig::default()
         };
-        enable(self.mem, cfg, params, self.root, TTM_SCALABLE)
+        enable(self.mem, cfg, params, &self.rt)
     }
 }
 
@@ -168,37 +141,24 @@ pub(super) fn nested_tables(levels: u8, iovas: &[u64]) -> NestedTables {
         )
         .unwrap();
     }
-    let root = zeroed(mem, &mut alloc);
-    let ctx = zeroed(mem, &mut alloc);
-    let dir = zeroed(mem, &mut alloc);
-    let ptab = zeroed(mem, &mut alloc);
-    let root_half = ScalableRootHalfRaw::new()
-        .with_p(true)
-        .with_ctp_page(ctx >> 12);
-    mem.write_u64(root, root_half.into_bits()).unwrap();
-    let ce = ctx + u64::from(SID & 0x7f) * 32;
-    let ce0 = ScalableContextQw0::new()
-        .with_p(true)
-        .with_paside(true)
-        .with_pasiddirptr_page(dir >> 12);
-    mem.write_u64(ce, ce0.into_bits()).unwrap();
-    let pde = PasidDirEntryRaw::new()
-        .with_p(true)
-        .with_smptblptr_page(ptab >> 12);
-    mem.write_u64(dir, pde.into_bits()).unwrap();
-    let pe = ptab + 64 * u64::from(PASID);
     // Nested, AW = levels - 2, DID 3; FSPM 01b for a 5-level first stage.
     let qw0 = PasidEntryQw0::new()
         .with_p(true)
         .with_aw(levels - 2)
         .with_pgtt(PGTT_NESTED)
         .with_ssptptr_page(ss.root() >> 12);
+    let qw1 = PasidEntryQw1::new().with_did(3);
     let qw2 = PasidEntryQw2::new()
         .with_fspm(levels - 4)
         .with_fsptptr_page(fs.root() >> 12);
-    mem.write_u64(pe + 8, PasidEntryQw1::new().with_did(3).into_bits())
-        .unwrap();
-    mem.write_u64(pe + 16, qw2.into_bits()).unwrap();
-    mem.write_u64(pe, qw0.into_bits()).unwrap();
-    NestedTables { mem, root, levels }
+    let mut rt = RootTable::new(mem, &mut alloc, true).unwrap();
+    rt.pasid_entry(
+        mem,
+        &mut alloc,
+        SID,
+        PASID,
+        [qw0.into_bits(), qw1.into_bits(), qw2.into_bits()],
+    )
+    .unwrap();
+    NestedTables { mem, rt, levels }
 }
