@@ -342,8 +342,8 @@ impl Container {
         Ok(())
     }
 
-    /// `VFIO_IOMMU_GET_INFO`: the supported IOVA page sizes.
-    pub fn iova_pgsizes(&self) -> Result<u64> {
+    /// `VFIO_IOMMU_GET_INFO` without its capabilities.
+    fn iommu_info(&self) -> Result<VfioIommuType1Info> {
         let mut info = VfioIommuType1Info {
             argsz: argsz::<VfioIommuType1Info>(),
             ..Default::default()
@@ -354,6 +354,12 @@ impl Container {
             &mut info,
             "VFIO_IOMMU_GET_INFO",
         )?;
+        Ok(info)
+    }
+
+    /// `VFIO_IOMMU_GET_INFO`: the supported IOVA page sizes.
+    pub fn iova_pgsizes(&self) -> Result<u64> {
+        let info = self.iommu_info()?;
         if info.flags & VFIO_IOMMU_INFO_PGSIZES == 0 {
             return Err(AgentError::Vfio("IOMMU info gives no page sizes".into()));
         }
@@ -365,16 +371,7 @@ impl Container {
     /// window), or `None` when the kernel reports no such capability. Asks twice: first for
     /// the size of the info with its capabilities, then for all of it.
     pub fn iova_ranges(&self) -> Result<Option<Vec<RangeInclusive<u64>>>> {
-        let mut info = VfioIommuType1Info {
-            argsz: argsz::<VfioIommuType1Info>(),
-            ..Default::default()
-        };
-        ioctl_ptr(
-            &self.fd,
-            VFIO_IOMMU_GET_INFO,
-            &mut info,
-            "VFIO_IOMMU_GET_INFO",
-        )?;
+        let info = self.iommu_info()?;
         let want = info.argsz;
         if info.flags & VFIO_IOMMU_INFO_CAPS == 0 || want <= argsz::<VfioIommuType1Info>() {
             return Ok(None);
