@@ -27,7 +27,7 @@ use crate::register_front::{
     AMD_CAP_OFFSET, AMD_FUNCTION, FrontKind, FrontStats, RegisterFrontSpec, UnitRegisters,
     amd_iommu_capability, amdvi_interrupts,
 };
-use crate::vfio::function::{MsiLine, PciFunction};
+use crate::vfio::function::{IrqLine, PciFunction};
 use crate::vfio::regions::DmaRegions;
 
 /// Errors that stop the daemon.
@@ -259,7 +259,7 @@ fn run_register_front(
     // address and data the driver programmed, which QEMU delivers as MSIs.
     let link: Arc<std::sync::Mutex<Option<Arc<crate::vfio::Connection>>>> = Arc::default();
     // The function's MSI vector, for AMD-Vi's interrupts (set once the function exists).
-    let msi: Arc<std::sync::OnceLock<MsiLine>> = Arc::default();
+    let msi: Arc<std::sync::OnceLock<IrqLine>> = Arc::default();
     let count = |c: &std::sync::atomic::AtomicU64| {
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     };

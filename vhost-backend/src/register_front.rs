@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 
 use iommu_emulator::{PciBdf, Unit};
 
-use crate::vfio::function::{Context, Device, Layout, MsiLine};
+use crate::vfio::function::{Context, Device, IrqLine, Layout};
 use crate::vfio::pci::{COMMAND_MEMORY, ConfigSpace, DEVICE_CAP, DeviceCapability, FunctionId};
 
 /// PCI identity of the VT-d register front function: QEMU's vendor ID, class 08 06 00
@@ -116,11 +116,11 @@ pub fn amd_iommu_capability(base: u64, phys_bits: u8) -> DeviceCapability {
 /// and has set `msi`; `stats` counts the events and the interrupts delivered.
 pub fn amdvi_interrupts(
     stats: Arc<FrontStats>,
-    msi: Arc<OnceLock<MsiLine>>,
+    msi: Arc<OnceLock<IrqLine>>,
 ) -> iommu_emulator::amdvi::EventSink {
     Box::new(move |e| {
         stats.events.fetch_add(1, Ordering::Relaxed);
-        if msi.get().is_some_and(MsiLine::signal) {
+        if msi.get().is_some_and(IrqLine::signal) {
             stats.interrupts.fetch_add(1, Ordering::Relaxed);
         } else {
             log::info!("AMD-Vi interrupt {e:?} not delivered: the client set up no MSI");

@@ -66,25 +66,26 @@ pub trait Device: Send + 'static {
     fn config_written(&mut self, _config: &ConfigSpace) {}
 }
 
-/// The function's MSI vector, as a handle any thread may signal: a unit behind the register
-/// front raises its interrupts from the threads that program it or translate through it, not
-/// from the connection's. It holds the eventfd the client set for the vector, if any.
+/// One of the function's interrupts (INTx, the MSI vector, the error and request notifiers)
+/// as the eventfd the client set for it, if any, behind a handle any thread may signal: a
+/// unit behind the register front raises its MSI from the threads that program it or
+/// translate through it, not from the connection's.
 #[derive(Debug, Clone, Default)]
-pub struct MsiLine(Arc<Mutex<Option<File>>>);
+pub struct IrqLine(Arc<Mutex<Option<File>>>);
 
-impl MsiLine {
+impl IrqLine {
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<File>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Signals the vector; whether the client had set it up (and the signal was written).
-    /// The client (QEMU) delivers it as the message software programmed in the MSI
-    /// capability, and only while the function's Bus Master Enable is set.
+    /// Signals the interrupt; whether the client had set it up (and the signal was written).
+    /// For the MSI vector the client (QEMU) delivers the message software programmed in the
+    /// MSI capability, and only while the function's Bus Master Enable is set.
     pub fn signal(&self) -> bool {
         self.slot().as_mut().is_some_and(signal)
     }
 
-    /// Whether the client set the vector up.
+    /// Whether the client set the interrupt up.
     pub fn is_set(&self) -> bool {
         self.slot().is_some()
     }
@@ -97,14 +98,26 @@ impl MsiLine {
 /// The eventfds the client gave for the function's interrupts.
 #[derive(Debug, Default)]
 struct Irqs {
-    intx: Option<File>,
+    intx: IrqLine,
     /// INTx was signalled and not yet unmasked (vfio INTx is automasked).
     intx_masked: bool,
-    msi: MsiLine,
+    msi: IrqLine,
     /// The error (AER) and device-request notifiers: accepted, as a PCIe function's are, and
     /// never signalled (the function reports no errors and never asks to be unplugged).
-    err: Option<File>,
-    req: Option<File>,
+    err: IrqLine,
+    req: IrqLine,
+}
+
+impl Irqs {
+    /// The line of interrupt `index` (one of the four the function has).
+    fn line(&self, index: u32) -> &IrqLine {
+        match index {
+            VFIO_PCI_MSI_IRQ_INDEX => &self.msi,
+            VFIO_PCI_ERR_IRQ_INDEX => &self.err,
+            VFIO_PCI_REQ_IRQ_INDEX => &self.req,
+            _ => &self.intx,
+        }
+    }
 }
 
 /// One PCI function: what a vfio-user connection talks to.
@@ -239,19 +252,23 @@ impl<D: Device> PciFunction<D> {
     }
 
     /// The function's MSI vector, for a device that signals it from other threads.
-    pub fn msi_line(&self) -> MsiLine {
+    pub fn msi_line(&self) -> IrqLine {
         self.irqs.msi.clone()
     }
 
-    /// The connection is gone: its memory and eventfds with it.
+    /// The connection is gone: its memory and eventfds with it (the lines stay, empty, so
+    /// handles given out keep reaching the next connection's eventfds).
     pub fn disconnected(&mut self) {
         self.reset_function();
         self.ram.clear();
-        self.irqs.msi.set(None);
-        self.irqs = Irqs {
-            msi: self.irqs.msi.clone(),
-            ..Irqs::default()
-        };
+        for l in [
+            &self.irqs.intx,
+            &self.irqs.msi,
+            &self.irqs.err,
+            &self.irqs.req,
+        ] {
+            l.set(None);
+        }
     }
 
     /// Signals the function's interrupt: MSI when the client set it up, else INTx unless the
@@ -259,15 +276,11 @@ impl<D: Device> PciFunction<D> {
     fn interrupt(&mut self) {
         let sent = if self.irqs.msi.is_set() {
             self.irqs.msi.signal()
-        } else if let Some(fd) = self.irqs.intx.as_mut() {
-            if self.config.intx_disabled() || self.irqs.intx_masked {
-                false
-            } else {
-                self.irqs.intx_masked = true;
-                signal(fd)
-            }
-        } else {
+        } else if !self.irqs.intx.is_set() || self.config.intx_disabled() || self.irqs.intx_masked {
             false
+        } else {
+            self.irqs.intx_masked = true;
+            self.irqs.intx.signal()
         };
         if sent {
             self.device.interrupted();
@@ -403,32 +416,13 @@ impl<D: Device> ServerBackend for PciFunction<D> {
         let data = flags & VFIO_IRQ_SET_DATA_TYPE_MASK;
         match flags & VFIO_IRQ_SET_ACTION_TYPE_MASK {
             VFIO_IRQ_SET_ACTION_TRIGGER => {
-                if index == VFIO_PCI_MSI_IRQ_INDEX {
-                    let msi = &self.irqs.msi;
-                    match (data, count) {
-                        (VFIO_IRQ_SET_DATA_EVENTFD, 1) if fds.len() == 1 => msi.set(fds.pop()),
-                        (VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_DATA_NONE, 0) => msi.set(None),
-                        // Triggers the vector (a test of the path).
-                        (VFIO_IRQ_SET_DATA_NONE, 1) => {
-                            msi.signal();
-                        }
-                        _ => return Err(invalid("bad SET_IRQS trigger")),
-                    }
-                    return Ok(());
-                }
-                let slot = match index {
-                    VFIO_PCI_ERR_IRQ_INDEX => &mut self.irqs.err,
-                    VFIO_PCI_REQ_IRQ_INDEX => &mut self.irqs.req,
-                    _ => &mut self.irqs.intx,
-                };
+                let line = self.irqs.line(index);
                 match (data, count) {
-                    (VFIO_IRQ_SET_DATA_EVENTFD, 1) if fds.len() == 1 => *slot = fds.pop(),
-                    (VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_DATA_NONE, 0) => *slot = None,
-                    // Triggers the vector (a test of the path).
+                    (VFIO_IRQ_SET_DATA_EVENTFD, 1) if fds.len() == 1 => line.set(fds.pop()),
+                    (VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_DATA_NONE, 0) => line.set(None),
+                    // Triggers the interrupt (a test of the path).
                     (VFIO_IRQ_SET_DATA_NONE, 1) => {
-                        if let Some(fd) = slot.as_mut() {
-                            signal(fd);
-                        }
+                        line.signal();
                     }
                     _ => return Err(invalid("bad SET_IRQS trigger")),
                 }
