@@ -24,8 +24,8 @@ use crate::ivrs::IvrsTopology;
 use crate::private_mem::GuestRam;
 use crate::private_mem::{PrivateMem, PrivateMemError, SystemMem};
 use crate::register_front::{
-    AMD_CAP_OFFSET, AMD_FUNCTION, FrontKind, FrontStats, RegisterFrontSpec, UnitRegisters,
-    amd_iommu_capability, amdvi_interrupts,
+    AMD_CAP_OFFSET, AMD_FUNCTION, FrontKind, FrontStats, Link, RegisterFrontSpec, UnitRegisters,
+    amd_iommu_capability, amdvi_interrupts, vtd_interrupts,
 };
 use crate::vfio::function::{IrqLine, PciFunction};
 use crate::vfio::regions::DmaRegions;
@@ -257,12 +257,9 @@ fn run_register_front(
     // The front's current vfio-user connection, for VT-d's interrupt messages (§5.1.6 fault
     // events, §6.5.2.8 invalidation-completion events): DMA writes of the function to the
     // address and data the driver programmed, which QEMU delivers as MSIs.
-    let link: Arc<std::sync::Mutex<Option<Arc<crate::vfio::Connection>>>> = Arc::default();
+    let link: Link = Arc::default();
     // The function's MSI vector, for AMD-Vi's interrupts (set once the function exists).
     let msi: Arc<std::sync::OnceLock<IrqLine>> = Arc::default();
-    let count = |c: &std::sync::atomic::AtomicU64| {
-        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    };
     let (unit, registers): (Arc<dyn Unit>, _) = match front.kind {
         FrontKind::Vtd => {
             let mut vtd_cfg = VtdConfig {
@@ -270,23 +267,11 @@ fn run_register_front(
                 ..VtdConfig::default()
             };
             timed_geometry(cfg, |p| p.apply_to_vtd(&mut vtd_cfg));
-            let (events, to_guest) = (stats.clone(), link.clone());
             let unit: Arc<dyn Unit> = Arc::new(
                 Vtd::new(
                     GuestRam::new(ram.clone()),
                     vtd_cfg.clone(),
-                    Box::new(move |e| {
-                        use iommu_emulator::vtd::VtdEvent;
-                        count(&events.events);
-                        let (VtdEvent::Fault { addr, data }
-                        | VtdEvent::InvalidationComplete { addr, data }) = e;
-                        let conn = to_guest.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        match conn.map(|c| c.dma_write(addr, &data.to_le_bytes())) {
-                            Some(Ok(())) => count(&events.interrupts),
-                            Some(Err(err)) => log::warn!("VT-d event {e:?} not delivered: {err}"),
-                            None => log::info!("VT-d event {e:?} with no client connected"),
-                        }
-                    }),
+                    vtd_interrupts(stats.clone(), link.clone()),
                 )
                 .map_err(|e| DaemonError::Hardware(HwError::from(e)))?,
             );

@@ -110,6 +110,31 @@ pub fn amd_iommu_capability(base: u64, phys_bits: u8) -> DeviceCapability {
     DeviceCapability { id: 0x0f, body }
 }
 
+/// The client connection a register front's VT-d interrupts are written through (none between
+/// clients).
+pub type Link = Arc<std::sync::Mutex<Option<Arc<crate::vfio::Connection>>>>;
+
+/// The VT-d unit's event callback under the register front: each fault event (§5.1.6) and
+/// invalidation-completion event (§6.5.2.8) is the MSI write the driver programmed in
+/// FEADDR/FEDATA or IEADDR/IEDATA, sent as a DMA write of the function through `link`, which
+/// QEMU performs as the function's bus-master write; `stats` counts the events and the
+/// writes delivered.
+pub fn vtd_interrupts(stats: Arc<FrontStats>, link: Link) -> iommu_emulator::vtd::EventSink {
+    use iommu_emulator::vtd::VtdEvent;
+    Box::new(move |e| {
+        stats.events.fetch_add(1, Ordering::Relaxed);
+        let (VtdEvent::Fault { addr, data } | VtdEvent::InvalidationComplete { addr, data }) = e;
+        let conn = link.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match conn.map(|c| c.dma_write(addr, &data.to_le_bytes())) {
+            Some(Ok(())) => {
+                stats.interrupts.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Err(err)) => log::warn!("VT-d event {e:?} not delivered: {err}"),
+            None => log::info!("VT-d event {e:?} with no client connected"),
+        }
+    })
+}
+
 /// The AMD-Vi unit's interrupt callback under the register front: each event-log or
 /// completion-wait interrupt the unit raises (§2.5.1, §2.4.5 with the Control register's
 /// EventIntEn, ComWaitIntEn) signals the function's MSI vector, once the function exists
@@ -596,5 +621,18 @@ mod tests {
             .unwrap();
         wait(&mut f, 0);
         assert_eq!(signals(&mut ours), 0, "no MSI after the disconnect");
+    }
+
+    #[test]
+    fn vtd_events_with_no_client_are_counted_and_not_delivered() {
+        use iommu_emulator::vtd::VtdEvent;
+        let stats = Arc::new(FrontStats::default());
+        let sink = vtd_interrupts(stats.clone(), Link::default());
+        sink(VtdEvent::Fault {
+            addr: 0xfee0_0000,
+            data: 0x41,
+        });
+        assert_eq!(stats.events.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.interrupts.load(Ordering::Relaxed), 0);
     }
 }
