@@ -89,19 +89,21 @@ pub fn legacy_unit(cache_entries: usize) -> (Vtd<&'static Mem>, TableBuilder, &'
     (vtd, t, mem)
 }
 
-pub fn nested_unit(cache_entries: usize) -> Vtd<&'static Mem> {
-    let mem: &'static Mem = Box::leak(Box::new(memory()));
-    let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
-    // Second stage: GPA [0, 256 MiB) -> SPA [0x1000_0000, ...).
-    let mut ss = TableBuilder::new(
-        WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_haw(48)),
+/// The two stages of a nested unit: `host` tables (second stage, or AMD-Vi's host table) map
+/// GPA [0, 256 MiB) to SPA [0x1000_0000, ...) with 4 KiB pages, and `guest` tables (first
+/// stage, or AMD-Vi's guest table), allocated from guest-physical [1 MiB, 16 MiB) through the
+/// host tables, map every IOVA to a GPA at or above 16 MiB. Returns the host and guest tables
+/// and the guest allocator, for more guest-physical structures (AMD-Vi's GCR3 table).
+fn two_stage_tables(
+    mem: &'static Mem,
+    alloc: &mut BumpAllocator,
+    host: WalkConfig,
+    guest: WalkConfig,
+) -> (TableBuilder, TableBuilder, BumpAllocator) {
+    let mut host = TableBuilder::new(host, mem, alloc).unwrap();
+    host.map(
         mem,
-        &mut alloc,
-    )
-    .unwrap();
-    ss.map(
-        mem,
-        &mut alloc,
+        alloc,
         0,
         0x1000_0000,
         0x1000_0000,
@@ -111,26 +113,39 @@ pub fn nested_unit(cache_entries: usize) -> Vtd<&'static Mem> {
     .unwrap();
     let view = SecondStageView {
         mem,
-        config: *ss.config(),
-        root: ss.root(),
+        config: *host.config(),
+        root: host.root(),
     };
     let mut galloc = BumpAllocator::new(0x10_0000, 0xf0_0000);
-    let mut c = X86Config::vtd_first_stage(4);
-    c.out_width = 48;
-    let mut fs = TableBuilder::new(WalkConfig::VtdFirstStage(c), &view, &mut galloc).unwrap();
+    let mut guest = TableBuilder::new(guest, &view, &mut galloc).unwrap();
     for (i, iova) in iovas().iter().enumerate() {
         let gpa = 0x100_0000 + i as u64 * 0x3000;
-        fs.map(
-            &view,
-            &mut galloc,
-            *iova,
-            gpa,
-            0x1000,
-            Perms::RW | Perms::U,
-            PageSizePolicy::Fixed(12),
-        )
-        .unwrap();
+        guest
+            .map(
+                &view,
+                &mut galloc,
+                *iova,
+                gpa,
+                0x1000,
+                Perms::RW | Perms::U,
+                PageSizePolicy::Fixed(12),
+            )
+            .unwrap();
     }
+    (host, guest, galloc)
+}
+
+pub fn nested_unit(cache_entries: usize) -> Vtd<&'static Mem> {
+    let mem: &'static Mem = Box::leak(Box::new(memory()));
+    let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
+    let mut fs = X86Config::vtd_first_stage(4);
+    fs.out_width = 48;
+    let (ss, fs, _) = two_stage_tables(
+        mem,
+        &mut alloc,
+        WalkConfig::VtdSecondStage(VtdSsConfig::new(4).with_haw(48)),
+        WalkConfig::VtdFirstStage(fs),
+    );
     // PASID 1: nested, AW = 2, DID 3.
     let qw0 = PasidEntryQw0::new()
         .with_p(true)
@@ -212,42 +227,19 @@ pub fn amdvi_v1_unit(cache_entries: usize) -> AmdVi<&'static Mem> {
 pub fn amdvi_nested_unit(cache_entries: usize) -> AmdVi<&'static Mem> {
     let mem: &'static Mem = Box::leak(Box::new(memory()));
     let mut alloc = BumpAllocator::new(TABLES.0, TABLES.1);
-    // Host tables: GPA [0, 256 MiB) -> SPA [0x1000_0000, ...).
-    let mut host =
-        TableBuilder::new(WalkConfig::AmdV1(AmdV1Config::new(4)), mem, &mut alloc).unwrap();
-    host.map(
+    let mut g = X86Config::amd_v2(4);
+    g.out_width = 48;
+    let (host, guest, mut galloc) = two_stage_tables(
         mem,
         &mut alloc,
-        0,
-        0x1000_0000,
-        0x1000_0000,
-        Perms::RW,
-        PageSizePolicy::Fixed(12),
-    )
-    .unwrap();
+        WalkConfig::AmdV1(AmdV1Config::new(4)),
+        WalkConfig::AmdV2(g),
+    );
     let view = SecondStageView {
         mem,
         config: *host.config(),
         root: host.root(),
     };
-    let mut galloc = BumpAllocator::new(0x10_0000, 0xf0_0000);
-    let mut g = X86Config::amd_v2(4);
-    g.out_width = 48;
-    let mut guest = TableBuilder::new(WalkConfig::AmdV2(g), &view, &mut galloc).unwrap();
-    for (i, iova) in iovas().iter().enumerate() {
-        let gpa = 0x100_0000 + i as u64 * 0x3000;
-        guest
-            .map(
-                &view,
-                &mut galloc,
-                *iova,
-                gpa,
-                0x1000,
-                Perms::RW | Perms::U,
-                PageSizePolicy::Fixed(12),
-            )
-            .unwrap();
-    }
     // One-level GCR3 table (guest-physical): PASID 1's entry holds the guest CR3.
     let gcr3 = galloc.alloc_frame().unwrap();
     for i in 0..512 {
